@@ -1,0 +1,56 @@
+#pragma once
+// A provider makes one aspect of the host match the document: observe -> plan -> apply.
+// Concrete providers expose a typed, pure plan() for table tests; this interface is what the
+// reconciler drives.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "providers/host.h"
+#include "providers/model.h"
+#include "providers/result.h"
+#include "providers/settings.h"
+
+namespace pim {
+
+/// One change to make. A small value: describe() feeds logs and `plan` output and never
+/// contains secrets; `payload` carries what apply() needs (file contents, hashes) and is never
+/// logged.
+struct Action {
+  std::string provider;  // "ssh_keys", "sftp_accounts", ...
+  std::string verb;      // "create", "update", "remove", "lock", "write", "mount", ...
+  std::string object;    // a path, user name or mount point
+  std::string detail;    // human-readable detail, no secrets
+  std::string payload;   // data for apply(); may hold secrets; never printed
+  std::string before;    // short summary of the old state for the change log (no secrets)
+  std::string after;     // short summary of the new state for the change log (no secrets)
+
+  std::string describe() const {
+    std::string s = provider + ": " + verb + " " + object;
+    if (!detail.empty()) s += " (" + detail + ")";
+    return s;
+  }
+};
+
+/// What every provider is asked to reach.
+struct Desired {
+  const AccessDocument& document;
+  const HostSettings& host;
+  const SshdSettings& sshd;
+  int64_t now = 0;  // Unix seconds, from the injected clock
+};
+
+class Provider {
+ public:
+  virtual ~Provider() = default;
+  /// Stable name used in logs, actions and the change log ("ssh_keys").
+  virtual std::string name() const = 0;
+  /// Observes the host and returns the actions that make it match `desired`. Changes nothing.
+  /// Errors: observation failed (unreadable file, unsafe path); the cycle must stop.
+  virtual Result<std::vector<Action>> plan(const Desired& desired, Host& host) = 0;
+  /// Applies one action that this provider's plan() returned. Never throws.
+  virtual Status apply(const Action& action, const Desired& desired, Host& host) = 0;
+};
+
+}  // namespace pim

@@ -1,0 +1,2 @@
+// placeholder until RealHost lands
+namespace pim { int realHostPlaceholder() { return 0; } }

@@ -1,0 +1,8 @@
+#include "agent/config.h"
+
+#include <catch2/catch.hpp>
+
+TEST_CASE("config: defaults", "[config]") {
+  auto c = pim::parseConfig("");
+  REQUIRE(c.isOk());
+}
