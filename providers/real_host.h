@@ -1,0 +1,47 @@
+#pragma once
+// RealHost: the only implementation of Host that makes system calls. Every path is resolved
+// below the root prefix one component at a time with O_NOFOLLOW, so a symbolic link planted by a
+// user anywhere on the way (a home directory, ~/.ssh) is refused, never followed.
+
+#include <string>
+
+#include "providers/host.h"
+#include "providers/log.h"
+
+namespace pim {
+
+class RealHost : public Host {
+ public:
+  /// root: "" for the real system, or an existing directory that stands for "/".
+  RealHost(std::string root, Logger log);
+
+  const std::string& root() const override { return root_; }
+  std::string realPath(const std::string& hostPath) const override;
+
+  Result<FileInfo> lstat(const std::string& path) override;
+  Result<std::string> readFile(const std::string& path, size_t maxBytes) override;
+  Status writeFileAtomic(const std::string& path, std::string_view data, const Ownership& own) override;
+  Status makeDirectory(const std::string& path, const Ownership& own) override;
+  Status makeDirectories(const std::string& path, const Ownership& own) override;
+  Status setMode(const std::string& path, mode_t mode) override;
+  Status setOwner(const std::string& path, uid_t uid, gid_t gid) override;
+  Status removeFile(const std::string& path) override;
+  Status removeDirectory(const std::string& path) override;
+  Result<std::vector<std::string>> listDirectory(const std::string& path) override;
+  Result<std::optional<UserInfo>> findUser(const std::string& name) override;
+  Result<std::optional<GroupInfo>> findGroup(const std::string& name) override;
+  Result<std::vector<MountInfo>> listMounts() override;
+  Status bindMount(const std::string& source, const std::string& target) override;
+  Status unmount(const std::string& target, bool lazy) override;
+  Result<CommandResult> run(const std::vector<std::string>& argv, std::string_view input = {}) override;
+
+  /// Parses /proc/self/mountinfo text; mount points outside `root` are dropped and the prefix is
+  /// removed from the others. Exposed for tests.
+  static std::vector<MountInfo> parseMountInfo(const std::string& text, const std::string& root);
+
+ private:
+  std::string root_;
+  Logger log_;
+};
+
+}  // namespace pim

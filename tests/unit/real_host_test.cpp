@@ -1,0 +1,149 @@
+#include "providers/real_host.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+namespace fs = std::filesystem;
+using pim::ErrorCode;
+using pim::FileType;
+using pim::RealHost;
+
+namespace {
+
+struct Sandbox {
+  fs::path dir;
+  Sandbox() {
+    char tmpl[] = "/tmp/pim-host-XXXXXX";
+    dir = ::mkdtemp(tmpl);
+  }
+  ~Sandbox() { fs::remove_all(dir); }
+  void write(const std::string& rel, const std::string& text) {
+    fs::create_directories((dir / rel.substr(1)).parent_path());
+    std::ofstream(dir / rel.substr(1)) << text;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("RealHost maps host paths below the root", "[host]") {
+  RealHost host("/tmp/x/", pim::nullLogger());
+  CHECK(host.realPath("/etc/passwd") == "/tmp/x/etc/passwd");
+  CHECK(host.realPath("/") == "/tmp/x");
+  RealHost real("", pim::nullLogger());
+  CHECK(real.realPath("/etc/passwd") == "/etc/passwd");
+}
+
+TEST_CASE("RealHost writes atomically with mode and owner, leaving no temporary file", "[host]") {
+  Sandbox sb;
+  RealHost host(sb.dir.string(), pim::nullLogger());
+  fs::create_directories(sb.dir / "etc");
+  REQUIRE(host.writeFileAtomic("/etc/f", "hello\n", {0640, ::geteuid(), ::getegid()}).isOk());
+  auto text = host.readFile("/etc/f", 100);
+  REQUIRE(text.isOk());
+  CHECK(*text == "hello\n");
+  auto info = host.lstat("/etc/f");
+  REQUIRE(info.isOk());
+  CHECK(info->type == FileType::kRegular);
+  CHECK(info->mode == 0640);
+  REQUIRE(host.writeFileAtomic("/etc/f", "again\n", {0600, ::geteuid(), ::getegid()}).isOk());
+  CHECK(*host.readFile("/etc/f", 100) == "again\n");
+  auto names = host.listDirectory("/etc");
+  REQUIRE(names.isOk());
+  CHECK(*names == std::vector<std::string>{"f"});
+}
+
+TEST_CASE("RealHost refuses symbolic links on the way and at the target", "[host][security]") {
+  Sandbox sb;
+  RealHost host(sb.dir.string(), pim::nullLogger());
+  sb.write("/outside/secret", "root-only\n");
+  fs::create_directories(sb.dir / "home/u");
+  fs::create_directory_symlink(sb.dir / "outside", sb.dir / "home/u/.ssh");
+  auto w = host.writeFileAtomic("/home/u/.ssh/authorized_keys", "x", {0600, 0, 0});
+  CHECK(w.code() == ErrorCode::kUnsafe);
+  CHECK(!fs::exists(sb.dir / "outside/authorized_keys"));
+  CHECK(host.readFile("/home/u/.ssh/secret", 100).status().code() == ErrorCode::kUnsafe);
+
+  fs::create_symlink(sb.dir / "outside/secret", sb.dir / "home/u/link");
+  CHECK(host.writeFileAtomic("/home/u/link", "pwned", {0600, 0, 0}).code() == ErrorCode::kUnsafe);
+  CHECK(host.readFile("/home/u/link", 100).status().code() == ErrorCode::kUnsafe);
+  CHECK(host.setMode("/home/u/link", 0777).code() == ErrorCode::kUnsafe);
+  CHECK(host.setOwner("/home/u/link", 0, 0).code() == ErrorCode::kUnsafe);
+  CHECK(host.makeDirectory("/home/u/link", {0755, 0, 0}).code() == ErrorCode::kUnsafe);
+  std::ifstream in(sb.dir / "outside/secret");
+  std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(content == "root-only\n");
+  CHECK((fs::status(sb.dir / "outside/secret").permissions() & fs::perms::others_all) != fs::perms::others_all);
+  auto info = host.lstat("/home/u/link");
+  REQUIRE(info.isOk());
+  CHECK(info->type == FileType::kSymlink);
+  CHECK(host.lstat("/home/u/.ssh/secret").status().code() == ErrorCode::kUnsafe);
+}
+
+TEST_CASE("RealHost reports missing paths as kNone and creates directories with exact modes", "[host]") {
+  Sandbox sb;
+  RealHost host(sb.dir.string(), pim::nullLogger());
+  auto missing = host.lstat("/no/such/path");
+  REQUIRE(missing.isOk());
+  CHECK(!missing->exists());
+  ::umask(077);
+  REQUIRE(host.makeDirectories("/srv/pim-sftp/u", {0755, ::geteuid(), ::getegid()}).isOk());
+  ::umask(022);
+  auto info = host.lstat("/srv/pim-sftp/u");
+  REQUIRE(info.isOk());
+  CHECK(info->type == FileType::kDirectory);
+  CHECK(info->mode == 0755);
+  REQUIRE(host.setMode("/srv/pim-sftp/u", 02770).isOk());
+  CHECK(host.lstat("/srv/pim-sftp/u")->mode == 02770);
+  REQUIRE(host.removeDirectory("/srv/pim-sftp/u").isOk());
+  CHECK(!host.lstat("/srv/pim-sftp/u")->exists());
+  CHECK(host.removeFile("/srv/nothing").isOk());
+}
+
+TEST_CASE("RealHost reads users and groups from the root's account files", "[host]") {
+  Sandbox sb;
+  sb.write("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nakeneo:x:1000:1000::/home/akeneo:/bin/bash\n");
+  sb.write("/etc/group", "root:x:0:\npimtransfer:x:1001:akeneo,other\n");
+  RealHost host(sb.dir.string(), pim::nullLogger());
+  auto u = host.findUser("akeneo");
+  REQUIRE(u.isOk());
+  REQUIRE(u->has_value());
+  CHECK((*u)->uid == 1000);
+  CHECK((*u)->home == "/home/akeneo");
+  CHECK(!host.findUser("akeneosftp")->has_value());
+  auto g = host.findGroup("pimtransfer");
+  REQUIRE(g->has_value());
+  CHECK((*g)->gid == 1001);
+  CHECK((*g)->members == std::vector<std::string>{"akeneo", "other"});
+}
+
+TEST_CASE("RealHost parses mountinfo below its root only", "[host]") {
+  const std::string text =
+      "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+      "90 22 8:1 /data/transfer/pim /tmp/sb/srv/pim-sftp/a\\040b/transfer rw - ext4 /dev/sda1 rw\n"
+      "91 22 0:5 / /tmp/sbx/srv rw - tmpfs tmpfs rw\n";
+  auto mounts = RealHost::parseMountInfo(text, "/tmp/sb");
+  REQUIRE(mounts.size() == 1);
+  CHECK(mounts[0].target == "/srv/pim-sftp/a b/transfer");
+  CHECK(mounts[0].root == "/data/transfer/pim");
+  CHECK(RealHost::parseMountInfo(text, "").size() == 3);
+}
+
+TEST_CASE("RealHost runs commands without a shell and feeds standard input", "[host]") {
+  RealHost host("", pim::nullLogger());
+  auto r = host.run({"/bin/cat"}, "through stdin");
+  REQUIRE(r.isOk());
+  CHECK(r->exitCode == 0);
+  CHECK(r->out == "through stdin");
+  auto f = host.run({"/bin/sh", "-c", "echo oops >&2; exit 3"});
+  REQUIRE(f.isOk());
+  CHECK(f->exitCode == 3);
+  CHECK(f->err == "oops\n");
+  auto missing = host.run({"/no/such/binary"});
+  REQUIRE(missing.isOk());
+  CHECK(missing->exitCode == 127);
+}
