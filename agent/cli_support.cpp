@@ -1,0 +1,83 @@
+#include "agent/cli_support.h"
+
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Stringifier.h>
+
+#include <ctime>
+
+#include "agent/cli.h"
+#include <iostream>
+#include <sstream>
+
+namespace pim {
+
+std::string isoTime(int64_t t) {
+  std::time_t tt = std::time_t(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string toJson(const Poco::Dynamic::Var& v) {
+  std::ostringstream out;
+  Poco::JSON::Stringifier::stringify(v, out, 2);
+  return out.str();
+}
+
+Poco::JSON::Array::Ptr skippedJson(const std::vector<SkippedEntry>& skipped) {
+  Poco::JSON::Array::Ptr arr = new Poco::JSON::Array;
+  for (const auto& s : skipped) {
+    Poco::JSON::Object::Ptr o = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
+    o->set("id", s.id);
+    o->set("reason", s.reason);
+    arr->add(o);
+  }
+  return arr;
+}
+
+void printSkipped(std::ostream& out, const std::vector<SkippedEntry>& skipped) {
+  if (skipped.empty()) {
+    out << "skipped: none\n";
+    return;
+  }
+  out << "skipped " << skipped.size() << (skipped.size() == 1 ? " entry:\n" : " entries:\n");
+  for (const auto& s : skipped) out << "  " << s.id << ": " << s.reason << "\n";
+}
+
+/// Opens the state database of the config (below --root).
+Result<std::unique_ptr<StateStore>> openState(const Config& config, Host& host) {
+  const std::string dir = config.state.db.substr(0, config.state.db.rfind('/'));
+  if (!dir.empty()) {
+    const std::string parent = dir.substr(0, dir.rfind('/'));
+    if (!parent.empty()) {
+      Status s = host.makeDirectories(parent, Ownership{0755, 0, 0});
+      if (!s) return s;
+    }
+    // The database holds every document with its secrets: its directory is root's alone.
+    Status s = host.makeDirectory(dir, Ownership{0700, 0, 0});
+    if (!s) return s;
+  }
+  return StateStore::open(host.realPath(config.state.db), makeLogger("state"), config.state.keepGenerations);
+}
+
+std::string lockPath(const Config& config, Host& host) {
+  return host.realPath(config.state.db) + ".lock";
+}
+
+int exitFor(const Status& s) {
+  switch (s.code()) {
+    case ErrorCode::kInvalid: return kExitUsage;
+    case ErrorCode::kRejected: return kExitRejected;
+    case ErrorCode::kUnreachable: return kExitUnreachable;
+    default: return kExitInternal;
+  }
+}
+
+int fail(const Status& s) {
+  std::cerr << "pim-access-agent: " << s.message() << "\n";
+  return exitFor(s);
+}
+
+}  // namespace pim

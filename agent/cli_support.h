@@ -1,0 +1,37 @@
+#pragma once
+// Helpers shared by the command implementations: exit codes from errors, output formatting,
+// opening the state database below --root.
+
+#include <Poco/Dynamic/Var.h>
+#include <Poco/JSON/Array.h>
+
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "agent/config.h"
+#include "providers/host.h"
+#include "providers/model.h"
+#include "state/state_store.h"
+
+namespace pim {
+
+/// "2026-11-21T10:00:00Z" for Unix seconds.
+std::string isoTime(int64_t t);
+/// Pretty JSON (2 spaces).
+std::string toJson(const Poco::Dynamic::Var& v);
+/// [{"id": ..., "reason": ...}, ...]
+Poco::JSON::Array::Ptr skippedJson(const std::vector<SkippedEntry>& skipped);
+/// "skipped N entries:" then one line per entry ("  id: reason"), or "skipped: none".
+void printSkipped(std::ostream& out, const std::vector<SkippedEntry>& skipped);
+/// Opens the state database of the config below --root, creating its directory 0700.
+Result<std::unique_ptr<StateStore>> openState(const Config& config, Host& host);
+/// The cycle lock file next to the database (real path).
+std::string lockPath(const Config& config, Host& host);
+/// The exit code for an error: kInvalid -> 2, kRejected -> 3, kUnreachable -> 4, else 1.
+int exitFor(const Status& s);
+/// Prints the error on stderr and returns exitFor(s).
+int fail(const Status& s);
+
+}  // namespace pim

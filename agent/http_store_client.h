@@ -1,0 +1,65 @@
+#pragma once
+// The http:// and https:// source: one GET per fetch on a fresh connection (Poco::Net), with a
+// bearer token read at each request, ETag/If-None-Match, long polling, a size limit enforced while
+// reading, an overall deadline enforced by a watchdog, and optional Ed25519 signatures.
+// TLS: one Poco::Net::Context per client (no Poco SSLManager state is used or changed): strict
+// verification against the system CAs plus ca_file, TLS >= 1.2, host name or IP checked by
+// OpenSSL against the certificate's subjectAltName.
+
+#include <Poco/Net/Context.h>
+#include <Poco/URI.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "agent/signature.h"
+#include "agent/store_client.h"
+
+namespace pim {
+
+class FdRegistration;
+
+class HttpStoreClient : public StoreClient {
+ public:
+  struct Params {
+    std::string url;        // http(s)://host[:port]/path[?query]
+    std::string tokenPath;  // full path (root applied); "" = no Authorization header
+    std::string caPath;     // full path (root applied); "" = system CAs only
+    std::shared_ptr<const SignatureVerifier> verifier;  // null = signatures ignored
+    int64_t maxBytes = 4194304;
+    StoreClientOptions options;
+  };
+
+  /// Checks the URL and prepares TLS. Errors: kInvalid for a malformed URL, a scheme other than
+  /// http/https, a missing host, credentials in the URL, a fragment, or an unreadable CA file or
+  /// one holding no PEM certificate (message names the path).
+  static Result<std::unique_ptr<HttpStoreClient>> create(Params params, Logger log);
+
+  /// See StoreClient::fetch. Opens one connection, sends one GET (Connection: close), closes.
+  Result<FetchOutcome> fetch(const std::string& etag, int64_t waitSeconds) override;
+  /// See StoreClient::cancel: shuts the socket of the fetch in progress down; permanent.
+  void cancel() override;
+  /// scheme://host[:port]/path, without user info or query.
+  std::string describe() const override;
+
+ private:
+  HttpStoreClient(Params params, Poco::URI uri, Poco::Net::Context::Ptr tls, Logger log);
+  Result<FetchOutcome> fetchOnce(const std::string& etag, int64_t waitSeconds, const std::string& token);
+  Result<std::string> readToken() const;
+  // The fd of the connection in flight (-1 when none) so that cancel() can shut it down.
+  void setActiveFd(int fd);
+
+  friend class FdRegistration;
+
+  Params params_;
+  Poco::URI uri_;
+  Poco::Net::Context::Ptr tls_;  // null for http://
+  Logger log_;
+  std::mutex fdMutex_;
+  int activeFd_ = -1;
+  std::atomic<bool> cancelled_{false};
+};
+
+}  // namespace pim
