@@ -3,6 +3,7 @@
 #include "agent/document.h"
 #include "agent/reconciler.h"
 #include "agent/signature.h"
+#include "providers/ssh_keys.h"
 
 namespace pim {
 
@@ -352,6 +353,13 @@ CycleReport Agent::rollback(int64_t generation) {
     report.outcome = "rolled_back";
   }
   return report;
+}
+
+Result<std::optional<int64_t>> Agent::nextKeyExpiry() const {
+  auto doc = inForceDocument(nullptr);
+  if (!doc) return doc.status();
+  if (!doc->has_value()) return std::optional<int64_t>();
+  return nextExpiry(**doc, clock_.nowSeconds());
 }
 
 Status Agent::resume() { return state_.setPin(std::nullopt); }

@@ -59,8 +59,8 @@ class Agent {
   /// Lifts the pin; the next cycle applies the store's current document.
   Status resume();
 
-  /// The options the document parser needs from the config.
-  static std::string instanceOf(const Config& config) { return config.store.instance; }
+  /// The earliest expiry after now among the active keys of the document in force, if any.
+  Result<std::optional<int64_t>> nextKeyExpiry() const;
 
  private:
   struct Applied {

@@ -338,7 +338,7 @@ int runCli(int argc, char** argv) {
       return cmdShow(*config, o.args[0], o.json);
     }
     if (c == "enforce-perms" && noArgs()) return cmdEnforcePerms(*config);
-    if (c == "run" && noArgs()) return cmdRun(*config);
+    if (c == "run" && noArgs()) return cmdRun([o]() { return loadConfig(o); });
     if (c == "plan" || c == "once" || c == "resume" || c == "status" || c == "history" || c == "enforce-perms" || c == "run") {
       return usageError(c + " takes no arguments");
     }

@@ -1,6 +1,7 @@
 #pragma once
 // The commands that read the state database or run for long; each returns the exit code.
 
+#include <functional>
 #include <string>
 
 #include "agent/config.h"
@@ -16,7 +17,8 @@ int cmdHistory(const Config& config, bool json);
 int cmdShow(const Config& config, const std::string& generation, bool json);
 /// `enforce-perms`: one full permission pass over the transfer root; prints the counts.
 int cmdEnforcePerms(const Config& config);
-/// `run`: the resident daemon; returns when stopped by SIGTERM/SIGINT.
-int cmdRun(const Config& config);
+/// `run`: the resident daemon; returns when stopped by SIGTERM/SIGINT. `loadConfig` is called
+/// at start and on SIGHUP.
+int cmdRun(const std::function<Result<Config>()>& loadConfig);
 
 }  // namespace pim

@@ -2,18 +2,46 @@
 #include <iostream>
 
 #include "agent/cli.h"
+#include "agent/cli_support.h"
 #include "agent/commands.h"
+#include "agent/daemon.h"
+#include "providers/log.h"
+#include "providers/real_host.h"
+#include "providers/transfer_perms.h"
 
 namespace pim {
 
-int cmdEnforcePerms(const Config&) {
-  std::cerr << "pim-access-agent: enforce-perms: not available in this build yet\n";
-  return kExitInternal;
+int cmdEnforcePerms(const Config& config) {
+  RealHost host(config.root, makeLogger("host"));
+  auto group = host.findGroup(config.host.transferGroup);
+  if (!group) return fail(group.status());
+  if (!group->has_value()) {
+    std::cerr << "pim-access-agent: enforce-perms: group " << config.host.transferGroup
+              << " does not exist (run once first)\n";
+    return kExitInternal;
+  }
+  auto info = host.lstat(config.host.transferRoot);
+  if (!info) return fail(info.status());
+  if (info->type != FileType::kDirectory) {
+    std::cerr << "pim-access-agent: enforce-perms: " << config.host.transferRoot << " is not a directory\n";
+    return kExitInternal;
+  }
+  PermEnforcer enforcer(host.realPath(config.host.transferRoot), (*group)->gid, makeLogger("perms"));
+  PermStats stats = enforcer.fullPass();
+  std::cout << "scanned: " << stats.scanned << "\n"
+            << "changed: " << stats.changed << "\n"
+            << "skipped: " << (stats.skippedHardlinks + stats.skippedOther + stats.skippedSymlinks)
+            << " (hard links " << stats.skippedHardlinks << ", symbolic links " << stats.skippedSymlinks
+            << ", other types " << stats.skippedOther << ")\n"
+            << "errors: " << stats.errors << "\n";
+  for (const auto& line : stats.reports) std::cout << "  " << line << "\n";
+  if (stats.reportsDropped > 0) std::cout << "  (" << stats.reportsDropped << " more not shown)\n";
+  return stats.errors == 0 ? kExitOk : kExitInternal;
 }
 
-int cmdRun(const Config&) {
-  std::cerr << "pim-access-agent: run: not available in this build yet\n";
-  return kExitInternal;
+int cmdRun(const std::function<Result<Config>()>& loadConfig) {
+  Daemon daemon(loadConfig, makeLogger("daemon"));
+  return daemon.run();
 }
 
 }  // namespace pim
