@@ -1,0 +1,206 @@
+#include "state/schema.h"
+
+namespace pim::sql {
+namespace {
+
+// Version 1. Notes on the choices:
+// - generation is AUTOINCREMENT so a number is never reused after pruning: operators refer to
+//   "rollback 7" and must not get another document.
+// - outcome carries a CHECK so a corrupt or hand-edited value is refused at write time.
+// - changes/skipped/backups cascade from generations, so pruning a generation is one DELETE.
+// - owned objects do not reference generations: an object stays owned after its generation is
+//   pruned.
+// - backups keep rowids (their content may be large; WITHOUT ROWID suits small rows only).
+const char* const kSchemaV1 = R"sql(
+CREATE TABLE generations (
+  generation  INTEGER PRIMARY KEY AUTOINCREMENT,
+  time        INTEGER NOT NULL,
+  source      TEXT NOT NULL DEFAULT '',
+  revision    INTEGER,
+  etag        TEXT NOT NULL DEFAULT '',
+  doc_hash    TEXT NOT NULL DEFAULT '',
+  body        TEXT NOT NULL DEFAULT '',
+  outcome     TEXT NOT NULL CHECK (outcome IN
+                ('pending', 'applied', 'unchanged', 'rejected', 'failed', 'rolled_back', 'recorded')),
+  error       TEXT NOT NULL DEFAULT '',
+  rollback_of INTEGER
+);
+CREATE INDEX generations_by_outcome ON generations (outcome, generation);
+
+CREATE TABLE changes (
+  generation INTEGER NOT NULL REFERENCES generations (generation) ON DELETE CASCADE,
+  seq        INTEGER NOT NULL,
+  provider   TEXT NOT NULL,
+  object     TEXT NOT NULL,
+  action     TEXT NOT NULL,
+  before     TEXT NOT NULL DEFAULT '',
+  after      TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (generation, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE skipped (
+  generation INTEGER NOT NULL REFERENCES generations (generation) ON DELETE CASCADE,
+  seq        INTEGER NOT NULL,
+  id         TEXT NOT NULL,
+  reason     TEXT NOT NULL,
+  PRIMARY KEY (generation, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE backups (
+  generation INTEGER NOT NULL REFERENCES generations (generation) ON DELETE CASCADE,
+  path       TEXT NOT NULL,
+  existed    INTEGER NOT NULL CHECK (existed IN (0, 1)),
+  content    BLOB,
+  mode       INTEGER NOT NULL DEFAULT 0,
+  uid        INTEGER NOT NULL DEFAULT 0,
+  gid        INTEGER NOT NULL DEFAULT 0,
+  UNIQUE (generation, path)
+);
+
+CREATE TABLE owned (
+  kind               TEXT NOT NULL CHECK (kind IN ('user', 'group', 'mount', 'file', 'key')),
+  name               TEXT NOT NULL,
+  created_generation INTEGER,
+  PRIMARY KEY (kind, name)
+) WITHOUT ROWID;
+
+CREATE TABLE meta (
+  key   TEXT PRIMARY KEY,
+  value
+) WITHOUT ROWID;
+
+CREATE TABLE pending_cycle (
+  id                  INTEGER PRIMARY KEY CHECK (id = 1),
+  generation          INTEGER NOT NULL,
+  previous_generation INTEGER
+);
+)sql";
+
+}  // namespace
+
+const std::vector<Migration>& migrations() {
+  static const std::vector<Migration> kMigrations = {
+      {1, kSchemaV1},
+  };
+  return kMigrations;
+}
+
+int latestSchemaVersion() { return migrations().back().version; }
+
+const char* const kPragmaJournalModeWal = "PRAGMA journal_mode = WAL";
+const char* const kPragmaSynchronousFull = "PRAGMA synchronous = FULL";
+const char* const kPragmaForeignKeysOn = "PRAGMA foreign_keys = ON";
+const char* const kPragmaUserVersion = "PRAGMA user_version";
+const char* const kPragmaIntegrityCheck = "PRAGMA integrity_check";
+
+const char* const kBeginRead = "BEGIN DEFERRED";
+const char* const kBeginWrite = "BEGIN IMMEDIATE";
+const char* const kCommit = "COMMIT";
+const char* const kRollback = "ROLLBACK";
+
+// ---- generations ----
+
+const char* const kInsertGeneration =
+    "INSERT INTO generations (time, source, revision, etag, doc_hash, body, outcome, error, "
+    "rollback_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const char* const kInsertChange =
+    "INSERT INTO changes (generation, seq, provider, object, action, before, after) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+const char* const kInsertSkipped =
+    "INSERT INTO skipped (generation, seq, id, reason) VALUES (?1, ?2, ?3, ?4)";
+const char* const kInsertBackup =
+    "INSERT INTO backups (generation, path, existed, content, mode, uid, gid) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+const char* const kInsertBackupKeepFirst =
+    "INSERT INTO backups (generation, path, existed, content, mode, uid, gid) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (generation, path) DO NOTHING";
+const char* const kGenerationExists = "SELECT 1 FROM generations WHERE generation = ?1";
+const char* const kMaxChangeSeq = "SELECT COALESCE(MAX(seq), 0) FROM changes WHERE generation = ?1";
+const char* const kUpdateOutcome =
+    "UPDATE generations SET outcome = ?2, error = ?3 WHERE generation = ?1";
+
+// Column order shared by every generation read (see readGenerationRow() in state_store.cpp).
+// clang-format off
+#define PIM_GENERATION_COLUMNS(body)                                          \
+  "SELECT g.generation, g.time, g.source, g.revision, g.etag, g.doc_hash, "   \
+  body ", g.outcome, g.error, g.rollback_of, "                                \
+  "(SELECT COUNT(*) FROM changes c WHERE c.generation = g.generation), "      \
+  "(SELECT COUNT(*) FROM skipped s WHERE s.generation = g.generation) "       \
+  "FROM generations g "
+// clang-format on
+
+const char* const kSelectGeneration = PIM_GENERATION_COLUMNS("g.body") "WHERE g.generation = ?1";
+// History leaves the body out: a few hundred documents of up to 4 MiB each are not a listing.
+const char* const kSelectHistory =
+    PIM_GENERATION_COLUMNS("''") "ORDER BY g.generation DESC LIMIT ?1";
+const char* const kSelectLatest =
+    PIM_GENERATION_COLUMNS("g.body") "ORDER BY g.generation DESC LIMIT 1";
+const char* const kSelectLastApplied =
+    PIM_GENERATION_COLUMNS("g.body")
+    "WHERE g.outcome IN ('applied', 'unchanged', 'rolled_back') "
+    "ORDER BY g.generation DESC LIMIT 1";
+
+#undef PIM_GENERATION_COLUMNS
+
+const char* const kSelectSkipped =
+    "SELECT id, reason FROM skipped WHERE generation = ?1 ORDER BY seq";
+const char* const kSelectChanges =
+    "SELECT generation, seq, provider, object, action, before, after FROM changes "
+    "WHERE generation = ?1 ORDER BY seq";
+const char* const kSelectBackups =
+    "SELECT generation, path, existed, content, mode, uid, gid FROM backups "
+    "WHERE generation = ?1 ORDER BY path";
+
+// Deletes every generation older than the newest ?1, except the one in force (newest applied,
+// unchanged or rolled back), the pinned one and those of an interrupted cycle. Children cascade.
+const char* const kPruneGenerations =
+    "DELETE FROM generations WHERE generation < "
+    "  (SELECT MIN(generation) FROM "
+    "    (SELECT generation FROM generations ORDER BY generation DESC LIMIT ?1)) "
+    "AND generation IS NOT "
+    "  (SELECT value FROM meta WHERE key = 'pinned_generation') "
+    "AND generation IS NOT "
+    "  (SELECT generation FROM generations "
+    "   WHERE outcome IN ('applied', 'unchanged', 'rolled_back') "
+    "   ORDER BY generation DESC LIMIT 1) "
+    "AND generation NOT IN "
+    "  (SELECT generation FROM pending_cycle UNION ALL "
+    "   SELECT previous_generation FROM pending_cycle WHERE previous_generation IS NOT NULL)";
+
+// ---- meta ----
+
+const char* const kSelectMeta = "SELECT value FROM meta WHERE key = ?1";
+const char* const kUpsertMeta =
+    "INSERT INTO meta (key, value) VALUES (?1, ?2) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+const char* const kRaiseMetaMax =
+    "INSERT INTO meta (key, value) VALUES (?1, ?2) "
+    "ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)";
+const char* const kDeleteMeta = "DELETE FROM meta WHERE key = ?1";
+
+const char* const kMetaPinnedGeneration = "pinned_generation";
+const char* const kMetaLastPollTime = "last_poll_time";
+const char* const kMetaLastPollOutcome = "last_poll_outcome";
+const char* const kMetaLastError = "last_error";
+const char* const kMetaHighestStoreRevision = "highest_store_revision";
+const char* const kMetaStoreRevision = "store_revision";
+
+// ---- owned objects ----
+
+// The first creation wins: re-adding an owned object keeps its original generation.
+const char* const kInsertOwned =
+    "INSERT INTO owned (kind, name, created_generation) VALUES (?1, ?2, ?3) "
+    "ON CONFLICT (kind, name) DO NOTHING";
+const char* const kDeleteOwned = "DELETE FROM owned WHERE kind = ?1 AND name = ?2";
+const char* const kSelectOwnedOne = "SELECT 1 FROM owned WHERE kind = ?1 AND name = ?2";
+const char* const kSelectOwnedKind = "SELECT name FROM owned WHERE kind = ?1 ORDER BY name";
+
+// ---- pending-cycle journal ----
+
+const char* const kInsertPendingCycle =
+    "INSERT INTO pending_cycle (id, generation, previous_generation) VALUES (1, ?1, ?2)";
+const char* const kSelectPendingCycle =
+    "SELECT generation, previous_generation FROM pending_cycle WHERE id = 1";
+const char* const kDeletePendingCycle = "DELETE FROM pending_cycle";
+
+}  // namespace pim::sql
