@@ -1,0 +1,198 @@
+#include "providers/accounts_tool.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+
+#include "providers/real_host.h"
+#include "tests/support/etc_sandbox.h"
+
+namespace fs = std::filesystem;
+using namespace pim;
+
+namespace {
+
+/// Records the commands instead of running them.
+class RecordingHost : public RealHost {
+ public:
+  explicit RecordingHost(std::string root) : RealHost(std::move(root), nullLogger()) {}
+  Result<CommandResult> run(const std::vector<std::string>& argv, std::string_view input) override {
+    calls.push_back(argv);
+    inputs.emplace_back(input);
+    CommandResult r;
+    r.exitCode = exitCode;
+    r.err = err;
+    return r;
+  }
+  std::vector<std::vector<std::string>> calls;
+  std::vector<std::string> inputs;
+  int exitCode = 0;
+  std::string err;
+};
+
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+bool isRoot() {
+  if (::geteuid() == 0) return true;
+  WARN("skipped: needs root (shadow tools)");
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("parseShadowEntry reads the password and expiry fields", "[accounts]") {
+  const std::string text =
+      "root:*:19000:0:99999:7:::\nsftp1:!$y$j9T$abc:20000:0:99999:7::1:\nsftp2:$6$x$y:20000::::::\n";
+  auto e1 = parseShadowEntry(text, "sftp1");
+  REQUIRE(e1);
+  CHECK(e1->password == "!$y$j9T$abc");
+  CHECK(e1->passwordLocked());
+  REQUIRE(e1->expireDays);
+  CHECK(*e1->expireDays == 1);
+  CHECK(e1->accountExpired(1800000000));
+  auto e2 = parseShadowEntry(text, "sftp2");
+  REQUIRE(e2);
+  CHECK_FALSE(e2->passwordLocked());
+  CHECK_FALSE(e2->expireDays);
+  CHECK_FALSE(e2->accountExpired(1800000000));
+  CHECK_FALSE(parseShadowEntry(text, "nobody"));
+  CHECK_FALSE(parseShadowEntry(text, "sftp"));
+}
+
+TEST_CASE("AccountsTool runs absolute tools with --prefix and keeps hashes out of argv", "[accounts]") {
+  RecordingHost host("/tmp/some-root");
+  AccountsTool tool(host);
+  NewUser u;
+  u.name = "sftp1";
+  u.home = "/srv/pim-sftp/sftp1";
+  u.primaryGroup = "pimtransfer";
+  u.system = true;
+  REQUIRE(tool.addUser(u).isOk());
+  REQUIRE(tool.setPasswordHash("sftp1", "$y$j9T$salt$hash").isOk());
+  REQUIRE(tool.lockAccount("sftp1").isOk());
+  REQUIRE(tool.removeUser("sftp1").isOk());
+  REQUIRE(host.calls.size() == 4);
+
+  const auto& add = host.calls[0];
+  CHECK(add[0] == "/usr/sbin/useradd");
+  CHECK(add[1] == "--prefix");
+  CHECK(add[2] == "/tmp/some-root");
+  CHECK(contains(add, "--system"));
+  CHECK(contains(add, "--no-create-home"));
+  CHECK(contains(add, "--no-user-group"));
+  CHECK(contains(add, "/usr/sbin/nologin"));
+  CHECK(add.back() == "sftp1");
+
+  const auto& pw = host.calls[1];
+  CHECK(pw == std::vector<std::string>{"/usr/sbin/chpasswd", "--root", "/tmp/some-root", "--encrypted"});
+  CHECK(host.inputs[1] == "sftp1:$y$j9T$salt$hash\n");
+  for (const auto& call : host.calls) {
+    for (const auto& arg : call) CHECK(arg.find("$y$") == std::string::npos);
+  }
+  CHECK(host.calls[2] == std::vector<std::string>{"/usr/sbin/usermod", "--prefix", "/tmp/some-root", "--lock",
+                                                  "--expiredate", "1", "sftp1"});
+  CHECK(host.calls[3] == std::vector<std::string>{"/usr/sbin/userdel", "--prefix", "/tmp/some-root", "sftp1"});
+
+  RecordingHost real("");
+  AccountsTool plain(real);
+  REQUIRE(plain.addGroup("pimtransfer").isOk());
+  CHECK(real.calls[0] == std::vector<std::string>{"/usr/sbin/groupadd", "--system", "pimtransfer"});
+  REQUIRE(plain.setPasswordHash("u", "$6$a$b").isOk());
+  CHECK(real.calls[1] == std::vector<std::string>{"/usr/sbin/chpasswd", "--encrypted"});
+}
+
+TEST_CASE("AccountsTool errors name the command and its stderr, never the hash", "[accounts]") {
+  RecordingHost host("");
+  host.exitCode = 1;
+  host.err = "chpasswd: line 1: user 'ghost' does not exist\n";
+  AccountsTool tool(host);
+  Status s = tool.setPasswordHash("ghost", "$6$salt$secret");
+  CHECK(s.code() == ErrorCode::kCommand);
+  CHECK_THAT(s.message(), Catch::StartsWith("chpasswd --encrypted: exit 1: chpasswd: line 1: user 'ghost'"));
+  CHECK(s.message().find("secret") == std::string::npos);
+
+  // A hash that could smuggle a second chpasswd line is refused before anything runs.
+  host.calls.clear();
+  Status bad = tool.setPasswordHash("ghost", "$6$x\nroot:$6$y");
+  CHECK(bad.code() == ErrorCode::kInvalid);
+  CHECK(bad.message().find("$6$") == std::string::npos);
+  CHECK(host.calls.empty());
+  CHECK(tool.addUser(NewUser{"-o", "", false, "/bin/sh", "", {}, false}).code() == ErrorCode::kInvalid);
+  CHECK(host.calls.empty());
+}
+
+TEST_CASE("AccountsTool against the real shadow tools in a --prefix sandbox", "[accounts][root]") {
+  if (!isRoot()) return;
+  test::EtcSandbox sb;
+  RealHost host(sb.dir(), nullLogger());
+  AccountsTool tool(host);
+
+  REQUIRE(tool.addGroup("pimtransfer").isOk());
+  Status dup = tool.addGroup("pimtransfer");
+  CHECK(dup.code() == ErrorCode::kCommand);
+  CHECK_THAT(dup.message(),
+             Catch::Contains("groupadd --system pimtransfer: exit 9") && Catch::Contains("already exists"));
+
+  NewUser u;
+  u.name = "sftp1";
+  u.home = "/srv/pim-sftp/sftp1";
+  u.primaryGroup = "pimtransfer";
+  u.system = true;
+  REQUIRE(tool.addUser(u).isOk());
+  auto info = host.findUser("sftp1");
+  REQUIRE(info.isOk());
+  REQUIRE(info->has_value());
+  CHECK((*info)->shell == "/usr/sbin/nologin");
+  CHECK((*info)->gid == (*host.findGroup("pimtransfer"))->gid);
+  CHECK_FALSE(fs::exists(sb.path("/srv/pim-sftp/sftp1")));
+  CHECK((*tool.shadow("sftp1"))->password == "!");
+
+  REQUIRE(tool.setPasswordHash("sftp1", "$6$salt$hash").isOk());
+  auto e = tool.shadow("sftp1");
+  REQUIRE(e.isOk());
+  CHECK((*e)->password == "$6$salt$hash");
+  CHECK_FALSE((*e)->passwordLocked());
+
+  REQUIRE(tool.lockAccount("sftp1").isOk());
+  e = tool.shadow("sftp1");
+  CHECK((*e)->password == "!$6$salt$hash");
+  CHECK((*e)->expireDays == std::optional<int64_t>(1));
+  CHECK((*e)->accountExpired(1800000000));
+
+  REQUIRE(tool.unlockAccount("sftp1", std::string("$6$salt$other")).isOk());
+  e = tool.shadow("sftp1");
+  CHECK((*e)->password == "$6$salt$other");
+  CHECK_FALSE((*e)->expireDays);
+
+  REQUIRE(tool.lockAccount("sftp1").isOk());
+  REQUIRE(tool.unlockAccount("sftp1", std::nullopt).isOk());
+  e = tool.shadow("sftp1");
+  CHECK((*e)->passwordLocked());
+  CHECK_FALSE((*e)->accountExpired(1800000000));
+
+  REQUIRE(tool.setShell("sftp1", "/bin/false").isOk());
+  CHECK((*host.findUser("sftp1"))->shell == "/bin/false");
+
+  NewUser h;
+  h.name = "withhome";
+  h.home = "/home/withhome";
+  h.createHome = true;
+  h.shell = "/bin/bash";
+  h.supplementaryGroups = {"pimtransfer"};
+  REQUIRE(tool.addUser(h).isOk());
+  CHECK(fs::is_directory(sb.path("/home/withhome")));
+  CHECK((*host.findGroup("pimtransfer"))->members == std::vector<std::string>{"withhome"});
+  REQUIRE(tool.addToGroup("sftp1", "pimtransfer").isOk());
+  CHECK((*host.findGroup("pimtransfer"))->members == std::vector<std::string>{"withhome", "sftp1"});
+
+  REQUIRE(tool.removeUser("withhome").isOk());
+  CHECK_FALSE(host.findUser("withhome")->has_value());
+  CHECK(fs::is_directory(sb.path("/home/withhome")));  // never -r
+  REQUIRE(tool.removeUser("sftp1").isOk());
+  REQUIRE(tool.removeGroup("pimtransfer").isOk());
+  CHECK_FALSE(host.findGroup("pimtransfer")->has_value());
+}
