@@ -1,0 +1,502 @@
+#include "tests/e2e/harness.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "providers/scratch_dir.h"
+
+extern char** environ;
+
+namespace pim::e2e {
+namespace {
+
+[[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what + ": " + std::strerror(errno)); }
+
+std::string tmpBase() {
+  const char* t = std::getenv("TMPDIR");
+  return (t != nullptr && *t == '/') ? std::string(t) : std::string("/tmp");
+}
+
+size_t countOccurrences(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t pos = text.find(needle); pos != std::string::npos; pos = text.find(needle, pos + 1)) ++n;
+  return n;
+}
+
+int freeLoopbackPort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) fail("socket");
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    fail("bind 127.0.0.1:0");
+  }
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+}  // namespace
+
+bool inTestNamespace() {
+  const char* flag = std::getenv("PIM_E2E_NAMESPACE");
+  if (flag == nullptr || std::string(flag) != "1" || ::geteuid() != 0) return false;
+  // Belt and braces: the variable alone must not let a test run useradd on the real /etc.
+  std::ifstream mi("/proc/self/mountinfo");
+  for (std::string line; std::getline(mi, line);) {
+    std::istringstream f(line);
+    std::string id, parent, dev, root, target;
+    f >> id >> parent >> dev >> root >> target;
+    if (target == "/etc") return true;
+  }
+  return false;
+}
+
+Admission admission() {
+  if (!inTestNamespace()) return Admission::kNoNamespace;
+  const char* only = std::getenv("PIM_E2E_TEST");
+  if (only != nullptr && *only != '\0' && Catch::getResultCapture().getCurrentTestName() != only) {
+    return Admission::kOtherCase;
+  }
+  return Admission::kRun;
+}
+
+TempDir::TempDir(const std::string& prefix) {
+  std::string templ = tmpBase() + "/" + prefix + "XXXXXX";
+  std::vector<char> buf(templ.begin(), templ.end());
+  buf.push_back('\0');
+  if (::mkdtemp(buf.data()) == nullptr) fail("mkdtemp " + templ);
+  path_ = buf.data();
+  ::chmod(path_.c_str(), 0755);  // sshd and users must be able to walk into it
+}
+
+TempDir::~TempDir() { (void)pim::removeTree(path_); }
+
+CommandOutput runCommand(const std::vector<std::string>& argv, const std::string& input,
+                         std::chrono::milliseconds timeout, const std::vector<std::string>& env) {
+  CommandOutput result;
+  if (argv.empty()) return result;
+  int inPipe[2], outPipe[2], errPipe[2];
+  if (::pipe2(inPipe, O_CLOEXEC) != 0 || ::pipe2(outPipe, O_CLOEXEC) != 0 || ::pipe2(errPipe, O_CLOEXEC) != 0) {
+    fail("pipe");
+  }
+  std::vector<std::string> envStrings;
+  for (char** e = environ; *e != nullptr; ++e) envStrings.emplace_back(*e);
+  for (const auto& e : env) envStrings.push_back(e);
+  std::vector<char*> envp;
+  for (auto& e : envStrings) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+
+  pid_t pid = ::fork();
+  if (pid < 0) fail("fork");
+  if (pid == 0) {
+    ::setsid();
+    ::dup2(inPipe[0], 0);
+    ::dup2(outPipe[1], 1);
+    ::dup2(errPipe[1], 2);
+    ::execvpe(args[0], args.data(), envp.data());
+    std::string msg = std::string("exec ") + args[0] + ": " + std::strerror(errno) + "\n";
+    (void)!::write(2, msg.data(), msg.size());
+    ::_exit(127);
+  }
+  ::close(inPipe[0]);
+  ::close(outPipe[1]);
+  ::close(errPipe[1]);
+  int in = inPipe[1], out = outPipe[0], err = errPipe[0];
+  ::fcntl(in, F_SETFL, O_NONBLOCK);
+  ::signal(SIGPIPE, SIG_IGN);
+  if (input.empty()) {
+    ::close(in);
+    in = -1;
+  }
+  size_t written = 0;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (out >= 0 || err >= 0) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      result.timedOut = true;
+      ::kill(-pid, SIGKILL);
+      ::kill(pid, SIGKILL);
+      break;
+    }
+    std::vector<pollfd> fds;
+    if (in >= 0) fds.push_back({in, POLLOUT, 0});
+    if (out >= 0) fds.push_back({out, POLLIN, 0});
+    if (err >= 0) fds.push_back({err, POLLIN, 0});
+    int r = ::poll(fds.data(), fds.size(), int(std::min<int64_t>(left.count(), 200)));
+    if (r < 0 && errno != EINTR) break;
+    for (const auto& p : fds) {
+      if (p.revents == 0) continue;
+      if (p.fd == in) {
+        ssize_t n = ::write(in, input.data() + written, input.size() - written);
+        if (n > 0) written += size_t(n);
+        if ((n < 0 && errno != EAGAIN && errno != EINTR) || written >= input.size()) {
+          ::close(in);
+          in = -1;
+        }
+        continue;
+      }
+      char buf[8192];
+      ssize_t n = ::read(p.fd, buf, sizeof buf);
+      if (n > 0) {
+        (p.fd == out ? result.out : result.err).append(buf, size_t(n));
+      } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+        if (p.fd == out) {
+          ::close(out);
+          out = -1;
+        } else {
+          ::close(err);
+          err = -1;
+        }
+      }
+    }
+  }
+  for (int fd : {in, out, err}) {
+    if (fd >= 0) ::close(fd);
+  }
+  int status = 0;
+  // The output is complete; a process that keeps running past the deadline is killed.
+  while (true) {
+    pid_t w = ::waitpid(pid, &status, WNOHANG);
+    if (w == pid) break;
+    if (w < 0 && errno != EINTR) return result;
+    if (std::chrono::steady_clock::now() > deadline) {
+      result.timedOut = true;
+      ::kill(-pid, SIGKILL);
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (WIFEXITED(status)) result.exit = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) result.exit = 128 + WTERMSIG(status);
+  return result;
+}
+
+CommandOutput mustRun(const std::vector<std::string>& argv, const std::string& input) {
+  CommandOutput r = runCommand(argv, input);
+  INFO("command: " << argv[0] << " ... exit " << r.exit << "\nstdout: " << r.out << "\nstderr: " << r.err);
+  REQUIRE(r.exit == 0);
+  return r;
+}
+
+KeyPair generateKey(const std::string& dir, const std::string& type, const std::string& name) {
+  KeyPair k;
+  k.privateKey = dir + "/" + name;
+  k.publicKey = k.privateKey + ".pub";
+  std::vector<std::string> argv{"ssh-keygen", "-q", "-t", type, "-N", "", "-C", name + "@e2e", "-f", k.privateKey};
+  if (type == "rsa") {
+    argv.insert(argv.begin() + 4, {"-b", "3072"});
+  }
+  CommandOutput r = runCommand(argv);
+  if (r.exit != 0) throw std::runtime_error("ssh-keygen -t " + type + ": " + r.err);
+  k.publicLine = trim(readFile(k.publicKey));
+  return k;
+}
+
+void writeFile(const std::string& path, const std::string& content, mode_t mode, uid_t uid, gid_t gid) {
+  {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    if (!f) fail("open " + path);
+    f << content;
+    if (!f) fail("write " + path);
+  }
+  if (::chown(path.c_str(), uid, gid) != 0) fail("chown " + path);
+  if (::chmod(path.c_str(), mode) != 0) fail("chmod " + path);
+}
+
+std::string readFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail("open " + path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+void makeDirs(const std::string& path, mode_t mode) {
+  std::string cur;
+  std::istringstream parts(path);
+  for (std::string p; std::getline(parts, p, '/');) {
+    if (p.empty()) continue;
+    cur += "/" + p;
+    if (::mkdir(cur.c_str(), mode) == 0) {
+      ::chmod(cur.c_str(), mode);  // not subject to the umask
+    } else if (errno != EEXIST) {
+      fail("mkdir " + cur);
+    }
+  }
+}
+
+LocalUser lookupUser(const std::string& name) {
+  // Read /etc/passwd directly: the private copy, without NSS caches.
+  std::ifstream f("/etc/passwd");
+  for (std::string line; std::getline(f, line);) {
+    std::vector<std::string> field;
+    std::istringstream ss(line);
+    for (std::string x; std::getline(ss, x, ':');) field.push_back(x);
+    if (field.size() >= 6 && field[0] == name) {
+      return LocalUser{name, uid_t(std::stoul(field[2])), gid_t(std::stoul(field[3])), field[5]};
+    }
+  }
+  FAIL("user " << name << " not found in /etc/passwd");
+  return {};
+}
+
+LocalUser createUser(const std::string& name, const std::vector<std::string>& extraArgs) {
+  std::vector<std::string> argv{"useradd", "-m", "-s", "/bin/bash"};
+  argv.insert(argv.end(), extraArgs.begin(), extraArgs.end());
+  argv.push_back(name);
+  mustRun(argv);
+  return lookupUser(name);
+}
+
+void setPassword(const std::string& user, const std::string& password) {
+  mustRun({"chpasswd"}, user + ":" + password + "\n");
+}
+
+void writeAuthorizedKeys(const LocalUser& user, const std::vector<std::string>& publicLines) {
+  const std::string ssh = user.home + "/.ssh";
+  if (::mkdir(ssh.c_str(), 0700) != 0 && errno != EEXIST) fail("mkdir " + ssh);
+  if (::chown(ssh.c_str(), user.uid, user.gid) != 0) fail("chown " + ssh);
+  ::chmod(ssh.c_str(), 0700);
+  std::string text;
+  for (const auto& l : publicLines) text += l + "\n";
+  writeFile(ssh + "/authorized_keys", text, 0600, user.uid, user.gid);
+}
+
+TestSshd::TestSshd(Options options) : options_(std::move(options)) {
+  const std::string hostKey = dir_.file("ssh_host_ed25519_key");
+  mustRun({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hostKey});
+  port_ = freeLoopbackPort();
+  config_ = dir_.file("sshd_config");
+  logPath_ = dir_.file("sshd.log");
+  std::ostringstream cfg;
+  cfg << "# e2e test sshd (Debian-like main config)\n";
+  if (!options_.include.empty()) cfg << "Include " << options_.include << "\n";
+  cfg << "Port " << port_ << "\n"
+      << "ListenAddress 127.0.0.1\n"
+      << "HostKey " << hostKey << "\n"
+      << "PidFile " << dir_.file("sshd.pid") << "\n"
+      << "UsePAM " << (options_.usePam ? "yes" : "no") << "\n"
+      << "KbdInteractiveAuthentication no\n"
+      << "X11Forwarding yes\n"
+      << "PrintMotd no\n"
+      << "AcceptEnv LANG LC_*\n"
+      << "Subsystem sftp /usr/lib/openssh/sftp-server\n"
+      << "LogLevel VERBOSE\n"
+      << "LoginGraceTime 30\n";
+  for (const auto& l : options_.extraConfig) cfg << l << "\n";
+  writeFile(config_, cfg.str(), 0644);
+  writeFile(logPath_, "", 0600);
+
+  pid_ = ::fork();
+  if (pid_ < 0) fail("fork sshd");
+  if (pid_ == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the test process
+    int devnull = ::open("/dev/null", O_RDONLY);
+    int log = ::open(logPath_.c_str(), O_WRONLY | O_APPEND);
+    ::dup2(devnull, 0);
+    ::dup2(log, 1);
+    ::dup2(log, 2);
+    ::execl("/usr/sbin/sshd", "/usr/sbin/sshd", "-D", "-f", config_.c_str(), "-E", logPath_.c_str(),
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  if (!waitForStart(0, std::chrono::seconds(15))) {
+    // The destructor does not run for a constructor that throws: stop sshd here.
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+    INFO("sshd log:\n" << log());
+    FAIL("sshd did not start listening on 127.0.0.1:" << port_);
+  }
+}
+
+TestSshd::~TestSshd() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGTERM);
+  for (int i = 0; i < 500; ++i) {
+    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ::kill(pid_, SIGKILL);
+  ::waitpid(pid_, nullptr, 0);
+}
+
+std::string TestSshd::log() const {
+  try {
+    return readFile(logPath_);
+  } catch (const std::exception&) {
+    return {};
+  }
+}
+
+size_t TestSshd::starts() const { return countOccurrences(log(), "Server listening on 127.0.0.1 port"); }
+
+std::string TestSshd::reloadCommand() const { return "/bin/kill -HUP " + std::to_string(pid_); }
+
+bool TestSshd::waitForStart(size_t previous, std::chrono::milliseconds timeout) const {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (starts() > previous) return true;
+    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return false;  // sshd died
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+void TestSshd::reload() {
+  const size_t before = starts();
+  REQUIRE(::kill(pid_, SIGHUP) == 0);
+  bool ok = waitForStart(before);
+  INFO("sshd log:\n" << log());
+  REQUIRE(ok);
+}
+
+CommandOutput TestSshd::effective(const std::string& user, const std::string& addr) const {
+  return runCommand({"/usr/sbin/sshd", "-T", "-C",
+                     "user=" + user + ",addr=" + addr + ",host=e2e,laddr=127.0.0.1,lport=" + std::to_string(port_),
+                     "-f", config_});
+}
+
+std::vector<std::string> TestSshd::clientOptions(const Credential& cred, const std::vector<std::string>& extraOpts,
+                                                 const std::string& bindAddr) const {
+  std::vector<std::string> o(extraOpts);
+  const std::vector<std::string> common{
+      "-F", "/dev/null",
+      "-o", "StrictHostKeyChecking=no",
+      "-o", "UserKnownHostsFile=/dev/null",
+      "-o", "GlobalKnownHostsFile=/dev/null",
+      "-o", "LogLevel=ERROR",
+      "-o", "ConnectTimeout=10",
+      "-o", "IdentityAgent=none",
+      "-o", "BindAddress=" + bindAddr,
+  };
+  o.insert(o.end(), common.begin(), common.end());
+  if (!cred.keyPath.empty()) {
+    o.insert(o.end(),
+             {"-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "PasswordAuthentication=no", "-o",
+              "KbdInteractiveAuthentication=no", "-o", "PreferredAuthentications=publickey", "-i", cred.keyPath});
+  } else {
+    // sshpass answers the password prompt; BatchMode must stay off for it to appear.
+    o.insert(o.end(), {"-o", "BatchMode=no", "-o", "PubkeyAuthentication=no", "-o", "IdentitiesOnly=yes", "-o",
+                       "PreferredAuthentications=password,keyboard-interactive", "-o", "NumberOfPasswordPrompts=1"});
+  }
+  return o;
+}
+
+CommandOutput TestSshd::withCredential(std::vector<std::string> argv, const Credential& cred,
+                                       const std::string& input) const {
+  if (!cred.keyPath.empty()) return runCommand(argv, input);
+  argv.insert(argv.begin(), {"sshpass", "-e"});
+  return runCommand(argv, input, std::chrono::seconds(60), {"SSHPASS=" + cred.password});
+}
+
+CommandOutput TestSshd::sshRun(const std::string& user, const Credential& cred, const std::string& command,
+                               const std::vector<std::string>& extraOpts, const std::string& bindAddr) const {
+  std::vector<std::string> argv{"ssh"};
+  auto o = clientOptions(cred, extraOpts, bindAddr);
+  argv.insert(argv.end(), o.begin(), o.end());
+  argv.insert(argv.end(), {"-p", std::to_string(port_), "-l", user, "127.0.0.1", "--", command});
+  return withCredential(argv, cred, {});
+}
+
+CommandOutput TestSshd::sftpBatch(const std::string& user, const Credential& cred, const std::string& batch,
+                                  const std::string& bindAddr, const std::vector<std::string>& extraOpts) const {
+  std::vector<std::string> argv{"sftp"};
+  auto o = clientOptions(cred, extraOpts, bindAddr);  // before -b: sftp's own BatchMode=yes comes last
+  argv.insert(argv.end(), o.begin(), o.end());
+  argv.insert(argv.end(), {"-P", std::to_string(port_), "-b", "-", user + "@127.0.0.1"});
+  return withCredential(argv, cred, batch);
+}
+
+std::string agentBinary() { return PIM_AGENT_BINARY; }
+std::string sourceDir() { return PIM_SOURCE_DIR; }
+
+CommandOutput runAgent(const std::string& config, const std::vector<std::string>& args,
+                       std::chrono::milliseconds timeout) {
+  std::vector<std::string> argv{agentBinary(), "--config", config};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return runCommand(argv, {}, timeout);
+}
+
+AgentSandbox::AgentSandbox(std::map<std::string, std::string> settings) {
+  document_ = dir_.file("access.json");
+  settings_ = {
+      {"store.source", "file://" + document_},
+      {"state.db", dir_.file("state.db")},
+      {"host.transfer_root", "/srv/transfer/pim"},
+      {"sshd.reload_command", "/bin/true"},
+  };
+  for (auto& [k, v] : settings) settings_[k] = v;
+  std::map<std::string, std::string> sections;
+  for (const auto& [k, v] : settings_) {
+    auto dot = k.find('.');
+    REQUIRE(dot != std::string::npos);
+    sections[k.substr(0, dot)] += k.substr(dot + 1) + " = " + v + "\n";
+  }
+  std::string ini = "; written by the e2e harness (AgentSandbox)\n";
+  for (const auto& [section, body] : sections) ini += "[" + section + "]\n" + body;
+  config_ = dir_.file("agent.ini");
+  writeFile(config_, ini, 0600);
+}
+
+void AgentSandbox::setDocument(const std::string& json) const {
+  const std::string tmp = document_ + ".new";
+  writeFile(tmp, json, 0644);
+  if (::rename(tmp.c_str(), document_.c_str()) != 0) fail("rename " + tmp);
+}
+
+std::string AgentSandbox::setting(const std::string& key) const {
+  auto it = settings_.find(key);
+  return it == settings_.end() ? std::string() : it->second;
+}
+
+CommandOutput AgentSandbox::run(const std::vector<std::string>& args) const { return runAgent(config_, args); }
+
+std::string cryptHash(const std::string& password) {
+  CommandOutput r = mustRun({"openssl", "passwd", "-6", "-stdin"}, password + "\n");
+  return trim(r.out);
+}
+
+std::string replaceAll(std::string text, const std::string& from, const std::string& to) {
+  if (from.empty()) return text;
+  for (size_t pos = text.find(from); pos != std::string::npos; pos = text.find(from, pos + to.size())) {
+    text.replace(pos, from.size(), to);
+  }
+  return text;
+}
+
+std::string trim(const std::string& s) {
+  size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return {};
+  size_t e = s.find_last_not_of(" \t\r\n");
+  return s.substr(b, e - b + 1);
+}
+
+}  // namespace pim::e2e

@@ -1,0 +1,235 @@
+#pragma once
+// End-to-end test harness: helpers for Catch2 tests that drive real programs (useradd, sshd,
+// ssh, sftp, the agent) inside the private namespaces of tests/e2e/in-namespace.sh.
+//
+// A scenario is meant to read like this:
+//   PIM_E2E_REQUIRE_NAMESPACE();
+//   TempDir tmp;
+//   KeyPair alice = generateKey(tmp.path());
+//   TestSshd sshd(TestSshd::Options{"/etc/ssh/sshd_config.d/*.conf"});
+//   ... run the agent with reload_command = sshd.reloadCommand() ...
+//   CHECK(sshd.sshRun("akeneo", Credential::key(alice), "id -un").out == "akeneo\n");
+//   CHECK(sshd.sftpBatch("akeneosftp", Credential::password("pw"), "put f\n").exit == 0);
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+namespace pim::e2e {
+
+/// True inside in-namespace.sh: PIM_E2E_NAMESPACE=1, root, and /etc is a private mount.
+bool inTestNamespace();
+
+enum class Admission { kRun, kOtherCase, kNoNamespace };
+/// Whether the current test case may run: kNoNamespace outside in-namespace.sh; kOtherCase when
+/// the script runs one case per namespace (PIM_E2E_TEST=<name>) and this is not that case.
+Admission admission();
+
+/// Every e2e test case starts with this. It returns from the test case (passing, with a
+/// printed reason when not inside the namespace) unless the case must run here: tests change
+/// the system (useradd, mounts) and each case gets its own fresh namespace from the script.
+#define PIM_E2E_REQUIRE_NAMESPACE()                                                             \
+  do {                                                                                          \
+    switch (::pim::e2e::admission()) {                                                          \
+      case ::pim::e2e::Admission::kRun:                                                         \
+        break;                                                                                  \
+      case ::pim::e2e::Admission::kOtherCase:                                                   \
+        SUCCEED("runs in its own namespace");                                                   \
+        return;                                                                                 \
+      case ::pim::e2e::Admission::kNoNamespace:                                                 \
+        WARN("skipped: run through tests/e2e/in-namespace.sh (needs root and a private /etc)"); \
+        SUCCEED("skipped");                                                                     \
+        return;                                                                                 \
+    }                                                                                           \
+  } while (0)
+
+/// A fresh directory under $TMPDIR (or /tmp), mode 0755, removed with its contents (without
+/// crossing mount points or following symlinks) on destruction. Throws on failure.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix = "pim-e2e.");
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  /// path() + "/" + name.
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct CommandOutput {
+  int exit = -1;  // exit code; 128 + signal when killed; -1 when it could not start
+  std::string out;
+  std::string err;
+  bool timedOut = false;
+};
+
+/// Runs argv (argv[0] looked up in PATH, no shell) in its own session (no controlling
+/// terminal, so ssh can never prompt), feeds `input` on stdin, collects stdout and stderr. On
+/// time-out the whole process group is killed with SIGKILL and timedOut is set. `env` entries
+/// ("NAME=value") are added to the inherited environment.
+CommandOutput runCommand(const std::vector<std::string>& argv, const std::string& input = {},
+                         std::chrono::milliseconds timeout = std::chrono::seconds(60),
+                         const std::vector<std::string>& env = {});
+
+/// Like runCommand(), but REQUIREs exit code 0 (the failure message shows the output).
+CommandOutput mustRun(const std::vector<std::string>& argv, const std::string& input = {});
+
+struct KeyPair {
+  std::string privateKey;  // path of the private key (mode 0600)
+  std::string publicKey;   // path of the .pub file
+  std::string publicLine;  // "ssh-ed25519 AAAA... comment" without the newline
+};
+
+/// Generates a key pair without passphrase with ssh-keygen in `dir` ("<dir>/<name>" and
+/// "<dir>/<name>.pub"); type: ed25519, ecdsa, rsa. Throws on failure.
+KeyPair generateKey(const std::string& dir, const std::string& type = "ed25519", const std::string& name = "id");
+
+/// Writes a file (truncating), then chmod/chown. Throws on failure.
+void writeFile(const std::string& path, const std::string& content, mode_t mode = 0644, uid_t uid = 0, gid_t gid = 0);
+/// The whole file; throws when it cannot be read.
+std::string readFile(const std::string& path);
+/// mkdir -p; new directories get `mode` and root ownership. Throws on failure.
+void makeDirs(const std::string& path, mode_t mode = 0755);
+
+struct LocalUser {
+  std::string name;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::string home;
+};
+/// useradd -m (home under /home, shell /bin/bash by default) plus `extraArgs`; REQUIREs success.
+LocalUser createUser(const std::string& name, const std::vector<std::string>& extraArgs = {});
+/// The user from /etc/passwd; REQUIREs that it exists.
+LocalUser lookupUser(const std::string& name);
+/// Sets a clear-text password with chpasswd.
+void setPassword(const std::string& user, const std::string& password);
+/// Writes ~/.ssh/authorized_keys (0600) in a .ssh directory (0700), both owned by the user.
+void writeAuthorizedKeys(const LocalUser& user, const std::vector<std::string>& publicLines);
+
+/// How a client authenticates: a private key file or a password (through sshpass -e).
+struct Credential {
+  std::string keyPath;
+  std::string password;
+  static Credential key(const std::string& privateKeyPath) { return {privateKeyPath, {}}; }
+  static Credential key(const KeyPair& pair) { return {pair.privateKey, {}}; }
+  static Credential withPassword(const std::string& pw) { return {{}, pw}; }
+};
+
+/// A real sshd on 127.0.0.1:<free port> with its own host key, started with
+/// `/usr/sbin/sshd -D -f <cfg> -E <log>`, stopped (SIGTERM, then SIGKILL) on destruction.
+/// Its config mirrors Debian's sshd_config: `Include <options.include>` first, UsePAM yes,
+/// KbdInteractiveAuthentication no, Subsystem sftp /usr/lib/openssh/sftp-server, LogLevel
+/// VERBOSE. Clients may connect from any 127.0.0.0/8 address (bindAddr) to test sources.
+class TestSshd {
+ public:
+  struct Options {
+    std::string include;                   // Include pattern (the drop-in or its directory glob)
+    std::vector<std::string> extraConfig;  // appended lines, after the Debian-like defaults
+    bool usePam = true;
+  };
+  /// Writes the config, generates the host key, starts sshd and waits until it listens.
+  /// REQUIREs success (the failure shows sshd's log).
+  explicit TestSshd(Options options);
+  ~TestSshd();
+  TestSshd(const TestSshd&) = delete;
+  TestSshd& operator=(const TestSshd&) = delete;
+
+  int port() const { return port_; }
+  pid_t pid() const { return pid_; }
+  const std::string& configPath() const { return config_; }
+  /// sshd's log so far (-E file).
+  std::string log() const;
+  /// How many times sshd started listening (1 after start, +1 per completed reload).
+  size_t starts() const;
+  /// The agent's sshd.reload_command for this daemon: "/bin/kill -HUP <pid>".
+  std::string reloadCommand() const;
+  /// Sends SIGHUP and waits until sshd listens again; REQUIREs it within the time-out.
+  void reload();
+  /// Waits until starts() > previous (after a reload triggered elsewhere, e.g. by the agent).
+  bool waitForStart(size_t previous, std::chrono::milliseconds timeout = std::chrono::seconds(10)) const;
+  /// `sshd -T -C user=..,addr=..` for this config: the effective settings, one "key value" line
+  /// each.
+  CommandOutput effective(const std::string& user, const std::string& addr) const;
+
+  /// Runs `command` over ssh as `user` from `bindAddr`. extraOpts ("-o", "X=y", ...) come first
+  /// and so override the defaults (ssh keeps the first value): StrictHostKeyChecking=no,
+  /// UserKnownHostsFile=/dev/null, BatchMode=yes, IdentitiesOnly=yes, IdentityAgent=none, and
+  /// PasswordAuthentication=no for a key / PubkeyAuthentication=no for a password.
+  CommandOutput sshRun(const std::string& user, const Credential& cred, const std::string& command,
+                       const std::vector<std::string>& extraOpts = {}, const std::string& bindAddr = "127.0.0.1") const;
+  /// Runs an sftp batch ("put a b\nls\n", fed on stdin with -b -) as `user` from `bindAddr`;
+  /// the batch stops at the first failing command, and the exit code says so.
+  CommandOutput sftpBatch(const std::string& user, const Credential& cred, const std::string& batch,
+                          const std::string& bindAddr = "127.0.0.1",
+                          const std::vector<std::string>& extraOpts = {}) const;
+
+ private:
+  std::vector<std::string> clientOptions(const Credential& cred, const std::vector<std::string>& extraOpts,
+                                         const std::string& bindAddr) const;
+  CommandOutput withCredential(std::vector<std::string> argv, const Credential& cred, const std::string& input) const;
+
+  Options options_;
+  TempDir dir_{"pim-e2e-sshd."};
+  std::string config_;
+  std::string logPath_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+};
+
+/// Paths of the programs under test, from the build (PIM_AGENT_BINARY, PIM_SOURCE_DIR).
+std::string agentBinary();
+std::string sourceDir();
+
+/// Runs the agent: `pim-access-agent --config <config> <args...>`.
+CommandOutput runAgent(const std::string& config, const std::vector<std::string>& args,
+                       std::chrono::milliseconds timeout = std::chrono::seconds(120));
+
+/// The agent configured for the test namespace, so a scenario only writes documents and runs
+/// commands. Defaults (each "section.key" can be overridden through `settings`):
+///   store.source = file://<tempdir>/access.json   state.db = <tempdir>/state.db
+///   host.transfer_root = /srv/transfer/pim        sshd.reload_command = /bin/true
+/// everything else is the agent's default: /etc/ssh/sshd_config.d/50-pim-access-agent.conf,
+/// /srv/pim-sftp, /etc/pim-access-agent/sftp-keys, /home/akeneo (all private to the namespace).
+/// Pair it with TestSshd{"/etc/ssh/sshd_config.d/*.conf"} and
+/// settings {{"sshd.reload_command", sshd.reloadCommand()}} to test what the agent installs.
+class AgentSandbox {
+ public:
+  explicit AgentSandbox(std::map<std::string, std::string> settings = {});
+  /// Replaces the store's document (written to a temporary name, then renamed).
+  void setDocument(const std::string& json) const;
+  const std::string& configPath() const { return config_; }
+  const std::string& documentPath() const { return document_; }
+  /// The value of a setting ("host.transfer_root").
+  std::string setting(const std::string& key) const;
+  /// `pim-access-agent --config <config> <args...>`.
+  CommandOutput run(const std::vector<std::string>& args) const;
+  CommandOutput once() const { return run({"once"}); }
+
+ private:
+  TempDir dir_{"pim-e2e-agent."};
+  std::map<std::string, std::string> settings_;
+  std::string config_;
+  std::string document_;
+};
+
+/// A SHA-512 crypt(3) hash of `password` (openssl passwd -6), for documents.
+std::string cryptHash(const std::string& password);
+/// `text` with every `from` replaced by `to` (fills keys and hashes into document templates).
+std::string replaceAll(std::string text, const std::string& from, const std::string& to);
+
+/// Trims white space at both ends (handy for command output).
+std::string trim(const std::string& s);
+/// True when `haystack` contains `needle`.
+inline bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+}  // namespace pim::e2e
