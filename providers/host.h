@@ -26,6 +26,9 @@ struct FileInfo {
   nlink_t nlink = 0;
   off_t size = 0;
   int64_t mtimeNs = 0;
+  // Identity of the object (st_dev, st_ino): a bind mount shows its source's pair at its target.
+  uint64_t device = 0;
+  uint64_t inode = 0;
   bool exists() const { return type != FileType::kNone; }
 };
 

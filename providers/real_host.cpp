@@ -99,6 +99,8 @@ FileInfo toInfo(const struct stat& st) {
   info.nlink = st.st_nlink;
   info.size = st.st_size;
   info.mtimeNs = int64_t(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  info.device = uint64_t(st.st_dev);
+  info.inode = uint64_t(st.st_ino);
   return info;
 }
 

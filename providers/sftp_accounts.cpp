@@ -1,0 +1,447 @@
+#include "providers/sftp_accounts.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+
+namespace pim {
+namespace {
+
+constexpr const char* kProvider = "sftp_accounts";
+constexpr size_t kMaxAccountsFileBytes = 64u << 20;
+constexpr size_t kMaxKeysFileBytes = 1u << 20;
+
+std::vector<std::string> splitColons(const std::string& line) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : line) {
+    if (c == ':') {
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  out.push_back(cur);
+  return out;
+}
+
+std::string octal(mode_t mode) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%04o", unsigned(mode & 07777));
+  return buf;
+}
+
+/// Reads a file through the host; a missing file reads as empty.
+Result<std::string> readOptional(Host& host, const std::string& path) {
+  auto text = host.readFile(path, kMaxAccountsFileBytes);
+  if (!text && text.status().code() == ErrorCode::kNotFound) return std::string();
+  return text;
+}
+
+Action makeAction(const std::string& verb, const std::string& object, const std::string& detail,
+                  const std::string& before = {}, const std::string& after = {}) {
+  Action a;
+  a.provider = kProvider;
+  a.verb = verb;
+  a.object = object;
+  a.detail = detail;
+  a.before = before;
+  a.after = after;
+  return a;
+}
+
+bool fullyLocked(const ShadowEntry& e) {
+  return !e.password.empty() && e.password[0] == '!' && e.expireDays && *e.expireDays == 1;
+}
+
+/// What a freshly created account looks like (useradd: "!" password, no expiry).
+ShadowEntry freshShadow(const std::string& name) {
+  ShadowEntry e;
+  e.name = name;
+  e.password = "!";
+  return e;
+}
+
+/// Password and expiry of an owned account of the document.
+void planCredentials(const SftpAccount& account, const ShadowEntry& shadow, std::vector<Action>& actions) {
+  const std::string& name = account.username;
+  if (!account.active) {
+    if (!fullyLocked(shadow)) {
+      actions.push_back(makeAction("lock", name, "inactive: password locked and account expired",
+                                   shadow.expireDays ? "expired" : "usable", "locked"));
+    }
+    return;
+  }
+  if (shadow.expireDays) {
+    Action a = makeAction("unlock", name,
+                          account.passwordHash ? "active: expiry cleared, password hash from the store"
+                                               : "active: expiry cleared, key-only (password locked)",
+                          "locked", account.passwordHash ? "password from the store" : "key-only");
+    if (account.passwordHash) a.payload = *account.passwordHash;
+    actions.push_back(a);
+    return;
+  }
+  if (account.passwordHash) {
+    if (shadow.password != *account.passwordHash) {
+      Action a = makeAction("set-password", name, "password hash from the store",
+                            shadow.passwordLocked() ? "locked" : "another hash", "password from the store");
+      a.payload = *account.passwordHash;
+      actions.push_back(a);
+    }
+  } else if (!shadow.passwordLocked()) {
+    actions.push_back(makeAction("lock-password", name, "key-only: password locked", "password set", "key-only"));
+  }
+}
+
+/// The keys file of one managed name: written when `content` is not empty, removed otherwise.
+void planKeysFile(const SftpAccountsDesired& desired, const SftpAccountsCurrent& current, const std::string& name,
+                  const std::string& content, size_t keyCount, std::vector<Action>& actions) {
+  const std::string path = sftpKeysPath(desired.sftpKeysDir, name);
+  auto it = current.keysFiles.find(name);
+  if (content.empty()) {
+    if (it != current.keysFiles.end()) {
+      actions.push_back(makeAction("remove-keys", path, "no key allowed for " + name, "keys file", "none"));
+    }
+    return;
+  }
+  const std::string detail = std::to_string(keyCount) + (keyCount == 1 ? " key" : " keys") + " for " + name;
+  if (it != current.keysFiles.end()) {
+    const auto& f = it->second;
+    if (f.info.type == FileType::kRegular && f.info.mode == kSftpKeysFileMode && f.info.uid == 0 && f.info.gid == 0 &&
+        f.content == content) {
+      return;
+    }
+  }
+  Action a = makeAction("write-keys", path, detail, it == current.keysFiles.end() ? "none" : "other content",
+                        std::to_string(keyCount) + " keys");
+  a.payload = content;
+  actions.push_back(a);
+}
+
+size_t distinctKeyCount(const SftpAccount& account) {
+  std::vector<std::string> seen;
+  for (const auto& k : account.publicKeys) {
+    if (std::find(seen.begin(), seen.end(), k.identity()) == seen.end()) seen.push_back(k.identity());
+  }
+  return seen.size();
+}
+
+}  // namespace
+
+std::map<std::string, UserInfo> parsePasswd(const std::string& text) {
+  std::map<std::string, UserInfo> users;
+  std::stringstream ss(text);
+  std::string line;
+  while (std::getline(ss, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    auto f = splitColons(line);
+    if (f.size() < 7 || f[0].empty()) continue;
+    UserInfo u;
+    u.name = f[0];
+    u.uid = uid_t(std::strtoul(f[2].c_str(), nullptr, 10));
+    u.gid = gid_t(std::strtoul(f[3].c_str(), nullptr, 10));
+    u.home = f[5];
+    u.shell = f[6];
+    users.emplace(u.name, u);
+  }
+  return users;
+}
+
+std::string sftpKeysPath(const std::string& keysDir, const std::string& username) {
+  return (keysDir == "/" ? std::string() : keysDir) + "/" + username;
+}
+
+std::string renderSftpKeys(const SftpAccount& account) {
+  if (!account.active || account.publicKeys.empty()) return {};
+  std::string out = "# pim-access-agent: keys of SFTP account " + account.username + " (" + account.id +
+                    "); this file is rewritten by the agent\n";
+  std::vector<std::string> seen;
+  for (const auto& k : account.publicKeys) {
+    if (std::find(seen.begin(), seen.end(), k.identity()) != seen.end()) continue;
+    seen.push_back(k.identity());
+    // "restrict": no forwarding, pty or rc, even if the drop-in's Match block did not apply.
+    out += "restrict " + k.identity() + " pim:" + account.id + "\n";
+  }
+  return out;
+}
+
+SftpAccountsDesired sftpAccountsDesired(const Desired& desired) {
+  SftpAccountsDesired d;
+  d.loginUser = desired.host.loginUser;
+  d.transferGroup = desired.host.transferGroup;
+  d.sftpKeysDir = desired.host.sftpKeysDir;
+  d.accounts = desired.document.accounts;
+  d.lockedUsernames = desired.document.lockedUsernames;
+  return d;
+}
+
+Result<SftpAccountsCurrent> observeSftpAccounts(const SftpAccountsDesired& desired, const Ledger& ledger, Host& host) {
+  SftpAccountsCurrent current;
+  auto owned = ledger.owned("user");
+  current.ownedUsers.insert(owned.begin(), owned.end());
+
+  std::set<std::string> names(current.ownedUsers.begin(), current.ownedUsers.end());
+  for (const auto& a : desired.accounts) names.insert(a.username);
+  names.insert(desired.lockedUsernames.begin(), desired.lockedUsernames.end());
+
+  auto group = host.findGroup(desired.transferGroup);
+  if (!group) return group.status();
+  if (*group) current.groupGid = (*group)->gid;
+
+  auto passwd = readOptional(host, "/etc/passwd");
+  if (!passwd) return passwd.status();
+  for (auto& [name, user] : parsePasswd(*passwd)) {
+    if (names.count(name)) current.users.emplace(name, user);
+  }
+
+  auto shadow = readOptional(host, "/etc/shadow");
+  if (!shadow) return shadow.status();
+  {
+    std::stringstream ss(*shadow);
+    std::string line;
+    while (std::getline(ss, line)) {
+      const std::string name = line.substr(0, line.find(':'));
+      if (!names.count(name) || current.shadow.count(name)) continue;
+      if (auto e = parseShadowEntry(line, name)) current.shadow.emplace(name, *e);
+    }
+  }
+
+  auto dir = host.lstat(desired.sftpKeysDir);
+  if (!dir) return dir.status();
+  current.keysDir = *dir;
+  if (dir->exists()) {
+    if (dir->type != FileType::kDirectory) {
+      return Status::error(ErrorCode::kUnsafe,
+                           "keys directory " + desired.sftpKeysDir + ": not a directory (or a symbolic link)",
+                           desired.sftpKeysDir);
+    }
+    auto list = host.listDirectory(desired.sftpKeysDir);
+    if (!list) return list.status();
+    for (const auto& name : *list) {
+      if (!names.count(name)) continue;
+      const std::string path = sftpKeysPath(desired.sftpKeysDir, name);
+      auto info = host.lstat(path);
+      if (!info) return info.status();
+      if (!info->exists()) continue;
+      SftpKeysFileState state;
+      state.info = *info;
+      if (info->type == FileType::kRegular) {
+        auto text = host.readFile(path, kMaxKeysFileBytes);
+        if (!text) return text.status();
+        state.content = *text;
+      } else if (info->type == FileType::kSymlink || info->type == FileType::kDirectory) {
+        return Status::error(ErrorCode::kUnsafe, "keys file " + path + ": not a regular file", path);
+      }
+      current.keysFiles.emplace(name, state);
+    }
+  }
+  return current;
+}
+
+std::vector<Action> planSftpAccounts(const SftpAccountsDesired& desired, const SftpAccountsCurrent& current,
+                                     std::vector<SkippedEntry>* skipped) {
+  std::vector<Action> actions;
+  std::vector<Action> keyActions;
+  std::vector<Action> removals;
+  std::set<std::string> managed;  // names whose keys file this provider decides
+
+  auto accounts = desired.accounts;
+  std::sort(accounts.begin(), accounts.end(),
+            [](const SftpAccount& a, const SftpAccount& b) { return a.username < b.username; });
+  std::set<std::string> documentNames;
+  for (const auto& account : accounts) {
+    const std::string& name = account.username;
+    documentNames.insert(name);
+    if (name == "root" || name == desired.loginUser) {
+      if (skipped) skipped->push_back({account.id, "username " + name + " is reserved"});
+      continue;
+    }
+    const bool exists = current.users.count(name) > 0;
+    const bool owned = current.ownedUsers.count(name) > 0;
+    if (exists && !owned) {
+      if (skipped) {
+        skipped->push_back({account.id, "user " + name + " exists and was not created by pim-access-agent"});
+      }
+      continue;
+    }
+    managed.insert(name);
+    ShadowEntry shadow = freshShadow(name);
+    if (!exists) {
+      actions.push_back(makeAction("create", name,
+                                   "system account, group " + desired.transferGroup + ", shell " + kSftpShell +
+                                       ", home " + kSftpHome + " (in the chroot)",
+                                   "absent", account.active ? "account" : "locked account"));
+    } else {
+      const UserInfo& user = current.users.at(name);
+      if (user.shell != kSftpShell) {
+        actions.push_back(makeAction("set-shell", name, user.shell + " -> " + kSftpShell, user.shell, kSftpShell));
+      }
+      if (current.groupGid && user.gid != *current.groupGid) {
+        actions.push_back(makeAction("set-group", name,
+                                     "gid " + std::to_string(user.gid) + " -> " + desired.transferGroup,
+                                     "gid " + std::to_string(user.gid), desired.transferGroup));
+      }
+      auto it = current.shadow.find(name);
+      shadow = it != current.shadow.end() ? it->second : ShadowEntry{name, "", std::nullopt};
+    }
+    planCredentials(account, shadow, actions);
+    planKeysFile(desired, current, name, renderSftpKeys(account), distinctKeyCount(account), keyActions);
+  }
+
+  std::set<std::string> lockedNames(desired.lockedUsernames.begin(), desired.lockedUsernames.end());
+  for (const auto& name : lockedNames) {
+    if (documentNames.count(name) || !current.ownedUsers.count(name) || !current.users.count(name)) continue;
+    managed.insert(name);
+    auto it = current.shadow.find(name);
+    if (it == current.shadow.end() || !fullyLocked(it->second)) {
+      actions.push_back(makeAction("lock", name, "entry invalid in the document: account locked", "usable", "locked"));
+    }
+    planKeysFile(desired, current, name, "", 0, keyActions);
+  }
+
+  for (const auto& name : current.ownedUsers) {
+    if (documentNames.count(name) || lockedNames.count(name)) continue;
+    // The Ledger's "user" kind is shared with login_user: only accounts made as SFTP accounts
+    // (home /transfer, which nothing else uses) are removed here, never the login user, a former
+    // login user or any other user the agent made.
+    if (name == desired.loginUser) continue;
+    auto user = current.users.find(name);
+    if (user != current.users.end() && user->second.home != kSftpHome) continue;
+    managed.insert(name);
+    planKeysFile(desired, current, name, "", 0, keyActions);
+    if (user != current.users.end()) {
+      removals.push_back(
+          makeAction("remove", name, "absent from the document: userdel, files kept", "account", "absent"));
+    } else {
+      removals.push_back(
+          makeAction("forget", name, "no longer on the host: dropped from the ledger", "recorded", "absent"));
+    }
+  }
+
+  // The keys directory must satisfy sshd's StrictModes before any file in it is useful.
+  bool writesKeys =
+      std::any_of(keyActions.begin(), keyActions.end(), [](const Action& a) { return a.verb == "write-keys"; });
+  const FileInfo& dir = current.keysDir;
+  if (writesKeys && dir.exists() && (dir.mode != kSftpKeysDirMode || dir.uid != 0 || dir.gid != 0)) {
+    actions.push_back(makeAction(
+        "fix-keys-dir", desired.sftpKeysDir,
+        octal(dir.mode) + " " + std::to_string(dir.uid) + ":" + std::to_string(dir.gid) + " -> 0755 root:root",
+        octal(dir.mode), "0755 root:root"));
+  }
+  // Keys go after the accounts exist; removed accounts lose their keys before the account goes.
+  actions.insert(actions.end(), keyActions.begin(), keyActions.end());
+  actions.insert(actions.end(), removals.begin(), removals.end());
+  return actions;
+}
+
+SftpAccountsProvider::SftpAccountsProvider(Logger log, Ledger& ledger) : ledger_(ledger), log_(std::move(log)) {}
+
+std::string SftpAccountsProvider::name() const { return kProvider; }
+
+Result<std::vector<Action>> SftpAccountsProvider::plan(const Desired& desired, Host& host) {
+  skipped_.clear();
+  reports_.clear();
+  const auto d = sftpAccountsDesired(desired);
+  auto current = observeSftpAccounts(d, ledger_, host);
+  if (!current) return current.status();
+  auto actions = planSftpAccounts(d, *current, &skipped_);
+  for (const auto& s : skipped_) log_->warn("skipped {}: {}", s.id, s.reason);
+  for (const auto& a : actions) log_->debug("plan: {}", a.describe());
+  return actions;
+}
+
+Status SftpAccountsProvider::apply(const Action& action, const Desired& desired, Host& host) {
+  AccountsTool tool(host);
+  const std::string& name = action.object;
+
+  if (action.verb == "create") {
+    auto existing = host.findUser(name);
+    if (!existing) return existing.status();
+    if (*existing) {
+      if (ledger_.owns("user", name)) return Status::ok();
+      return Status::error(ErrorCode::kUnsafe,
+                           "create user " + name + ": exists and was not created by pim-access-agent");
+    }
+    NewUser user;
+    user.name = name;
+    user.home = kSftpHome;
+    user.createHome = false;
+    user.shell = kSftpShell;
+    user.primaryGroup = desired.host.transferGroup;
+    user.system = true;
+    if (Status s = tool.addUser(user); !s) return s;
+    if (Status s = ledger_.recordCreated("user", name); !s) return s;
+    log_->info("created SFTP account {}", name);
+    return Status::ok();
+  }
+
+  if (action.verb == "write-keys" || action.verb == "remove-keys" || action.verb == "fix-keys-dir") {
+    const std::string& path = action.object;
+    if (action.verb == "fix-keys-dir") {
+      if (Status s = host.setOwner(path, 0, 0); !s) return s;
+      if (Status s = host.setMode(path, kSftpKeysDirMode); !s) return s;
+      log_->warn("corrected keys directory {}: {}", path, action.detail);
+      return Status::ok();
+    }
+    if (action.verb == "write-keys") {
+      if (Status s = host.makeDirectories(desired.host.sftpKeysDir, {kSftpKeysDirMode, 0, 0}); !s) return s;
+      if (Status s = host.writeFileAtomic(path, action.payload, {kSftpKeysFileMode, 0, 0}); !s) return s;
+      if (Status s = ledger_.recordCreated("file", path); !s) return s;
+      log_->info("wrote {} ({})", path, action.detail);
+      return Status::ok();
+    }
+    if (Status s = host.removeFile(path); !s) return s;
+    if (Status s = ledger_.recordRemoved("file", path); !s) return s;
+    log_->info("removed {}", path);
+    return Status::ok();
+  }
+
+  if (action.verb == "forget") {
+    auto existing = host.findUser(name);
+    if (!existing) return existing.status();
+    if (*existing) return Status::error(ErrorCode::kInternal, "forget user " + name + ": the user exists again");
+    log_->warn("user {} was removed outside the agent; dropped from the ledger", name);
+    return ledger_.recordRemoved("user", name);
+  }
+
+  // Everything below changes an existing account: only ever one the agent created.
+  if (!ledger_.owns("user", name)) {
+    return Status::error(ErrorCode::kUnsafe,
+                         action.verb + " user " + name + ": refused, the account was not created by pim-access-agent");
+  }
+  Status s;
+  if (action.verb == "set-shell") {
+    s = tool.setShell(name, kSftpShell);
+  } else if (action.verb == "set-group") {
+    s = tool.setPrimaryGroup(name, desired.host.transferGroup);
+  } else if (action.verb == "set-password") {
+    s = tool.setPasswordHash(name, action.payload);
+  } else if (action.verb == "lock-password") {
+    s = tool.lockPassword(name);
+  } else if (action.verb == "lock") {
+    s = tool.lockAccount(name);
+  } else if (action.verb == "unlock") {
+    s = tool.unlockAccount(name, action.payload.empty() ? std::nullopt : std::optional<std::string>(action.payload));
+  } else if (action.verb == "remove") {
+    s = tool.removeUser(name);
+    if (!s && s.message().find(": exit 8") != std::string::npos) {
+      // userdel refuses while the user runs processes (an open SFTP session): keep the account
+      // locked so nothing new gets in, and remove it at the next cycle.
+      if (Status l = tool.lockAccount(name); !l) return l;
+      const std::string report = "user " + name + " still runs processes: locked now, removal retried next cycle";
+      log_->warn("{}", report);
+      reports_.push_back(report);
+      return Status::ok();
+    }
+    if (s) s = ledger_.recordRemoved("user", name);
+  } else {
+    return Status::error(ErrorCode::kInternal, "sftp_accounts: unknown action " + action.verb);
+  }
+  if (!s) return s;
+  log_->info("{}", action.describe());
+  return Status::ok();
+}
+
+}  // namespace pim
