@@ -11,8 +11,7 @@ namespace pim {
 
 constexpr std::chrono::milliseconds Backoff::kDefaultCap;
 
-Backoff::Backoff(std::chrono::milliseconds base, std::chrono::milliseconds cap,
-                 std::function<double()> random01)
+Backoff::Backoff(std::chrono::milliseconds base, std::chrono::milliseconds cap, std::function<double()> random01)
     : base_(base), cap_(cap), random01_(std::move(random01)) {
   if (base_.count() <= 0) throw std::invalid_argument("Backoff: base must be > 0");
   if (cap_.count() < 0) throw std::invalid_argument("Backoff: cap must be >= 0");

@@ -316,13 +316,13 @@ int runCli(int argc, char** argv) {
       std::cout << kUsage;
       return kExitOk;
     }
+    auto level = parseLevel(o.logLevel);
+    if (!level) return usageError(level.status().message());
+    setLogLevel(*level);
     if (o.command == "version") {
       std::cout << "pim-access-agent " << PIM_VERSION << "\n";
       return kExitOk;
     }
-    auto level = parseLevel(o.logLevel);
-    if (!level) return usageError(level.status().message());
-    setLogLevel(*level);
     auto config = loadConfig(o);
     if (!config) return fail(config.status());
     const std::string& c = o.command;

@@ -6,10 +6,12 @@
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/ParseHandler.h>
 #include <Poco/JSON/Parser.h>
-#include <Poco/JSON/Stringifier.h>
+#include <Poco/JSONString.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
+#include <cstdlib>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -64,8 +66,10 @@ size_t firstInvalidUtf8(std::string_view s) {
   return std::string_view::npos;
 }
 
-// NUL bytes, UTF-8, and the nesting depth counted outside strings, so that the recursive parser
-// never sees more than kMaxDocumentDepth levels.
+// NUL bytes, UTF-8, the nesting depth and the number of values, counted outside strings, so that
+// the recursive parser never sees more than kMaxDocumentDepth levels and the parsed tree stays a
+// small multiple of the body (an empty Poco object costs ~900 bytes, so 4 MiB of "{}," would
+// otherwise take more than 1 GiB).
 Status preScan(std::string_view body) {
   if (body.find('\0') != std::string_view::npos) {
     return rejected("document: contains a NUL byte at offset " + std::to_string(body.find('\0')));
@@ -76,6 +80,8 @@ Status preScan(std::string_view body) {
   int depth = 0;
   bool inString = false;
   bool escaped = false;
+  size_t containers = 0;
+  size_t separators = 0;
   for (char c : body) {
     if (inString) {
       if (escaped) {
@@ -93,8 +99,16 @@ Status preScan(std::string_view body) {
       if (++depth > kMaxDocumentDepth) {
         return rejected("document: nesting deeper than " + std::to_string(kMaxDocumentDepth) + " levels");
       }
+      if (++containers > kMaxJsonContainers) {
+        return rejected("document: more than " + std::to_string(kMaxJsonContainers) + " JSON objects and arrays");
+      }
     } else if (c == '}' || c == ']') {
       --depth;  // unbalanced input is left for the parser to report
+    } else if (c == ',') {
+      // Every value after the first in an array or object follows a comma.
+      if (++separators >= kMaxJsonValues) {
+        return rejected("document: more than " + std::to_string(kMaxJsonValues) + " JSON values");
+      }
     }
   }
   return Status::ok();
@@ -116,7 +130,9 @@ class DuplicateKey : public std::exception {
 
 class StrictHandler : public Poco::JSON::ParseHandler {
  public:
-  StrictHandler() : ParseHandler(true) {}
+  // Members are kept sorted: Poco's insertion-order mode scans every key on each insert, which
+  // is quadratic in the member count.
+  StrictHandler() : ParseHandler(false) {}
 
   void reset() override {
     ParseHandler::reset();
@@ -227,6 +243,11 @@ Result<Var> parseJson(std::string_view body) {
   } catch (const DuplicateKey& e) {
     return rejected(e.what());
   } catch (const Poco::Exception& e) {
+    // Poco's handler cannot hold a scalar at the top; say what is wrong rather than its message.
+    const size_t first = body.find_first_not_of(" \t\r\n");
+    if (first != std::string_view::npos && std::string_view("\"-0123456789ntf").find(body[first]) != std::string_view::npos) {
+      return rejected("document: the top level must be an object");
+    }
     return rejected("document: not JSON: " + printableForMessage(e.displayText(), 200));
   } catch (const std::exception& e) {
     return rejected("document: not JSON: " + printableForMessage(e.what(), 200));
@@ -448,32 +469,98 @@ class DocumentReader {
   AccessDocument& doc_;
 };
 
-// Replaces secrets in place, depth-first; the depth is already bounded by preScan().
-void maskTree(Var& v) {
-  static constexpr char kMask[] = "********";
-  if (isObject(v)) {
-    Object::Ptr obj = objectOf(v);
-    for (const std::string& name : obj->getNames()) {
-      Var child = obj->get(name);
-      std::string lower = name;
-      std::transform(lower.begin(), lower.end(), lower.begin(),
-                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-      const bool secret = lower.find("password") != std::string::npos ||
-                          lower.find("secret") != std::string::npos || lower.find("token") != std::string::npos;
-      if (secret && !child.isEmpty()) {
-        obj->set(name, std::string(kMask));
-      } else {
-        maskTree(child);
-      }
-    }
-  } else if (isArray(v)) {
-    Array::Ptr arr = arrayOf(v);
-    for (size_t i = 0; i < arr->size(); ++i) {
-      Var child = arr->get(static_cast<unsigned>(i));
-      maskTree(child);
-    }
-  }
+bool isSecretName(const std::string& name) {
+  std::string lower = name;
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return lower.find("password") != std::string::npos || lower.find("secret") != std::string::npos ||
+         lower.find("token") != std::string::npos;
 }
+
+// Pretty-prints while parsing (no tree: linear time and memory) and prints "********" for every
+// scalar under a secret member name; null stays null so that "key-only" remains visible.
+class MaskingPrinter : public Poco::JSON::Handler {
+ public:
+  explicit MaskingPrinter(std::ostream& out) : out_(out) {}
+
+  void reset() override {
+    counts_.clear();
+    afterKey_ = false;
+    pending_ = false;
+    secretDepth_ = 0;
+  }
+  void startObject() override { open('{'); }
+  void endObject() override { close('}'); }
+  void startArray() override { open('['); }
+  void endArray() override { close(']'); }
+  void key(const std::string& k) override {
+    separate();
+    Poco::toJSON(k, out_, Poco::JSON_WRAP_STRINGS);
+    out_ << ": ";
+    afterKey_ = true;
+    pending_ = isSecretName(k);
+  }
+  void null() override {
+    separate();
+    out_ << "null";
+    pending_ = false;
+  }
+  void value(int v) override { scalar(std::to_string(v)); }
+  void value(unsigned v) override { scalar(std::to_string(v)); }
+  void value(Poco::Int64 v) override { scalar(std::to_string(v)); }
+  void value(Poco::UInt64 v) override { scalar(std::to_string(v)); }
+  void value(bool v) override { scalar(v ? "true" : "false"); }
+  void value(double v) override {
+    // The shortest of 15 or 17 significant digits that reads back as the same double.
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.15g", v);
+    if (std::strtod(buf, nullptr) != v) std::snprintf(buf, sizeof(buf), "%.17g", v);
+    scalar(buf);
+  }
+  void value(const std::string& v) override {
+    std::ostringstream quoted;
+    Poco::toJSON(v, quoted, Poco::JSON_WRAP_STRINGS);
+    scalar(quoted.str());
+  }
+
+ private:
+  void scalar(const std::string& json) {
+    separate();
+    out_ << ((pending_ || secretDepth_ != 0) ? std::string("\"********\"") : json);
+    pending_ = false;
+  }
+  // The comma and line break before an array element or an object member.
+  void separate() {
+    if (afterKey_) {
+      afterKey_ = false;
+      return;
+    }
+    if (counts_.empty()) return;
+    if (counts_.back()++ > 0) out_ << ',';
+    out_ << '\n' << std::string(2 * counts_.size(), ' ');
+  }
+  void open(char c) {
+    separate();
+    if (pending_ && secretDepth_ == 0) secretDepth_ = counts_.size() + 1;
+    pending_ = false;
+    out_ << c;
+    counts_.push_back(0);
+  }
+  void close(char c) {
+    if (counts_.empty()) return;
+    const size_t n = counts_.back();
+    counts_.pop_back();
+    if (n > 0) out_ << '\n' << std::string(2 * counts_.size(), ' ');
+    out_ << c;
+    if (secretDepth_ == counts_.size() + 1) secretDepth_ = 0;
+  }
+
+  std::ostream& out_;
+  std::vector<size_t> counts_;  // members/elements written per open container
+  bool afterKey_ = false;       // a key was written; its value follows on the same line
+  bool pending_ = false;        // the next value belongs to a secret member
+  size_t secretDepth_ = 0;      // depth of the container that is a secret member's value, or 0
+};
 
 }  // namespace
 
@@ -554,21 +641,12 @@ Result<AccessDocument> parseDocument(std::string_view body, const DocumentOption
 
 std::string maskSecrets(std::string_view body) {
   if (Status s = preScan(body); !s) return "(document not shown: " + s.message() + ")";
-  auto parsed = parseJson(body);
-  if (!parsed) return "(document not shown: it is not valid JSON)";
-  Var root = *parsed;
-  maskTree(root);
   std::ostringstream out;
+  Poco::JSON::Parser parser(new MaskingPrinter(out));
   try {
-    if (isObject(root)) {
-      objectOf(root)->stringify(out, 2);
-    } else if (isArray(root)) {
-      arrayOf(root)->stringify(out, 2);
-    } else {
-      Poco::JSON::Stringifier::stringify(root, out, 2);
-    }
-  } catch (const Poco::Exception&) {
-    return "(document not shown: it could not be printed)";
+    parser.parse(std::string(body));
+  } catch (const std::exception&) {
+    return "(document not shown: it is not valid JSON)";
   }
   return out.str();
 }

@@ -14,6 +14,10 @@ namespace pim {
 
 /// Deepest nesting of arrays and objects accepted (the top-level object counts as 1).
 inline constexpr int kMaxDocumentDepth = 64;
+/// Most JSON objects and arrays in one document (bounds the memory of the parsed tree).
+inline constexpr size_t kMaxJsonContainers = 32768;
+/// Most JSON values (scalars, objects, arrays) in one document.
+inline constexpr size_t kMaxJsonValues = 262144;
 /// Most entries accepted in network.allowed_sources.
 inline constexpr size_t kMaxAllowedSources = 1024;
 /// Longest ssh.keys[].owner accepted, in bytes.
@@ -28,7 +32,8 @@ struct DocumentOptions {
 /// Parses and validates an access document. Whole-document problems return Status kRejected
 /// whose message names the field and the reason ("version: must be 1, got 2",
 /// "sftp.accounts[1].username: duplicate 'akeneosftp' (also in sftp.accounts[0])"): size over
-/// maxBytes, NUL byte, invalid UTF-8, nesting deeper than 64, not JSON, a duplicate key in an
+/// maxBytes, NUL byte, invalid UTF-8, nesting deeper than 64, more than kMaxJsonContainers
+/// objects and arrays or kMaxJsonValues values, not JSON, a duplicate key in an
 /// object, wrong version/revision/instance, a missing or mistyped section, more than 1024
 /// allowed_sources, a duplicate id (within keys, within accounts) or username. Per-entry problems
 /// skip only that entry (AccessDocument::skipped, by id or by JSON path when the id itself is
@@ -39,8 +44,9 @@ Result<AccessDocument> parseDocument(std::string_view body, const DocumentOption
 
 /// The document pretty-printed (2-space JSON, member order kept) with every password_hash, and
 /// any member whose name contains "password", "secret" or "token", replaced by "********" (null
-/// stays null), for `show`. When the body is not a JSON document, returns a one-line note that
-/// says so, without any of the body.
+/// stays null; inside an object or array under such a name, every scalar), for `show`. Streams
+/// (no tree). When the body is not JSON or is over the nesting/value limits of parseDocument,
+/// returns a one-line note that says so, without any of the body.
 std::string maskSecrets(std::string_view body);
 
 }  // namespace pim

@@ -4,8 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <strings.h>
+#include <cerrno>
 
 #include <algorithm>
 #include <cstring>
@@ -45,10 +45,10 @@ Result<std::string> readRegularFile(const std::string& path, int64_t maxBytes) {
   }
   if (!S_ISREG(st.st_mode)) return Status::error(ErrorCode::kUnsafe, "read " + path + ": not a regular file", path);
   if (st.st_size > maxBytes) {
-    return Status::error(ErrorCode::kRejected,
-                         "read " + path + ": " + std::to_string(st.st_size) + " bytes, over the limit of " +
-                             std::to_string(maxBytes),
-                         path);
+    return Status::error(
+        ErrorCode::kRejected,
+        "read " + path + ": " + std::to_string(st.st_size) + " bytes, over the limit of " + std::to_string(maxBytes),
+        path);
   }
   // The size may change while reading: the limit is enforced on what is read, not on st_size.
   std::string out;
@@ -76,8 +76,8 @@ Result<std::string> readRegularFile(const std::string& path, int64_t maxBytes) {
   return out;
 }
 
-FileStoreClient::FileStoreClient(std::string path, std::shared_ptr<const SignatureVerifier> verifier,
-                                 int64_t maxBytes, Logger log)
+FileStoreClient::FileStoreClient(std::string path, std::shared_ptr<const SignatureVerifier> verifier, int64_t maxBytes,
+                                 Logger log)
     : path_(std::move(path)), verifier_(std::move(verifier)), maxBytes_(maxBytes), log_(std::move(log)) {}
 
 Result<std::string> FileStoreClient::parseFileUrl(const std::string& url) {
@@ -119,8 +119,8 @@ Result<FetchOutcome> FileStoreClient::fetch(const std::string& etag, int64_t /*w
     const std::string sigPath = path_ + ".sig";
     auto sig = readRegularFile(sigPath, kMaxSignatureFileBytes);
     if (!sig) {
-      std::string why = sig.status().code() == ErrorCode::kNotFound ? "missing signature file " + sigPath
-                                                                    : sig.status().message();
+      std::string why =
+          sig.status().code() == ErrorCode::kNotFound ? "missing signature file " + sigPath : sig.status().message();
       return Status::error(ErrorCode::kRejected, "store " + describe() + ": " + why, sigPath);
     }
     Status v = verifier_->verify(*body, *sig, "store " + describe());

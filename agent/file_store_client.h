@@ -22,8 +22,7 @@ class FileStoreClient : public StoreClient {
  public:
   /// path: absolute path of the document; verifier: null when signing is not configured;
   /// maxBytes: the document size limit (max_document_bytes).
-  FileStoreClient(std::string path, std::shared_ptr<const SignatureVerifier> verifier, int64_t maxBytes,
-                  Logger log);
+  FileStoreClient(std::string path, std::shared_ptr<const SignatureVerifier> verifier, int64_t maxBytes, Logger log);
 
   /// Parses "file:///abs/path" (also "file://localhost/abs/path") into the absolute path.
   /// Errors: kInvalid for another host, a relative or empty path, a query or fragment,
@@ -40,6 +39,8 @@ class FileStoreClient : public StoreClient {
   void cancel() override;
   /// "file://PATH".
   std::string describe() const override;
+  /// The document's path (e.g. for an inotify watch on its directory).
+  const std::string& path() const { return path_; }
 
  private:
   std::string path_;

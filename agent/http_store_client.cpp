@@ -1,16 +1,16 @@
 #include "agent/http_store_client.h"
 
 #include <Poco/Exception.h>
-#include <Poco/Net/HTTPClientSession.h>
 #include <Poco/Net/HTTPRequest.h>
 #include <Poco/Net/HTTPResponse.h>
-#include <Poco/Net/HTTPSClientSession.h>
 #include <Poco/Net/IPAddress.h>
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SSLException.h>
 #include <Poco/Net/SecureStreamSocket.h>
 #include <Poco/Net/SocketAddress.h>
 #include <Poco/Net/StreamSocket.h>
+#include <Poco/NumberParser.h>
+#include <Poco/String.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -18,13 +18,18 @@
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstring>
 #include <optional>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -41,7 +46,6 @@ using SteadyClock = std::chrono::steady_clock;
 
 constexpr int64_t kMaxTokenFileBytes = 64 * 1024;
 constexpr int64_t kMaxCaFileBytes = 16 * 1024 * 1024;
-constexpr size_t kReadChunk = 64 * 1024;
 constexpr std::chrono::milliseconds kCancelPollSlice{100};
 
 std::string trimWhitespace(const std::string& s) {
@@ -108,6 +112,55 @@ class Watchdog {
   std::thread thread_;  // last: started once every other member is ready
 };
 
+// The reason OpenSSL refused the server's certificate during this thread's last handshake (the
+// handshake runs in the fetching thread), so that the error names it ("hostname mismatch",
+// "unable to get local issuer certificate") instead of the bare "certificate verify failed".
+thread_local int tlsVerifyError = X509_V_OK;
+
+int recordVerifyError(int preverifyOk, X509_STORE_CTX* store) {
+  if (!preverifyOk && tlsVerifyError == X509_V_OK) tlsVerifyError = X509_STORE_CTX_get_error(store);
+  return preverifyOk;  // OpenSSL's verdict unchanged
+}
+
+// Blocks SIGPIPE in the calling thread for the duration of a fetch, and swallows one raised by a
+// write to a connection the store closed (OpenSSL writes without MSG_NOSIGNAL): the agent must not
+// die of a store hanging up, whatever the process's signal set-up (the libpq technique).
+class SigpipeGuard {
+ public:
+  SigpipeGuard() {
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    sigset_t pending;
+    sigemptyset(&pending);
+    sigpending(&pending);
+    wasPending_ = sigismember(&pending, SIGPIPE) == 1;
+    blocked_ = pthread_sigmask(SIG_BLOCK, &pipe, &old_) == 0;
+  }
+  ~SigpipeGuard() {
+    if (!blocked_) return;
+    sigset_t pending;
+    sigemptyset(&pending);
+    sigpending(&pending);
+    if (!wasPending_ && sigismember(&pending, SIGPIPE) == 1) {
+      sigset_t pipe;
+      sigemptyset(&pipe);
+      sigaddset(&pipe, SIGPIPE);
+      const timespec zero{0, 0};
+      while (sigtimedwait(&pipe, nullptr, &zero) < 0 && errno == EINTR) {
+      }
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  SigpipeGuard(const SigpipeGuard&) = delete;
+  SigpipeGuard& operator=(const SigpipeGuard&) = delete;
+
+ private:
+  sigset_t old_{};
+  bool wasPending_ = false;
+  bool blocked_ = false;
+};
+
 struct BioDeleter {
   void operator()(BIO* b) const { BIO_free(b); }
 };
@@ -127,6 +180,191 @@ Status checkCaFile(const std::string& path) {
   X509_free(cert);
   return Status::ok();
 }
+
+bool allOf(const std::string& s, int (*pred)(int)) {
+  return std::all_of(s.begin(), s.end(), [pred](char c) { return pred(static_cast<unsigned char>(c)) != 0; });
+}
+
+void sendAll(Poco::Net::StreamSocket& socket, const Poco::Net::HTTPRequest& request) {
+  std::ostringstream os;
+  request.write(os);
+  const std::string bytes = os.str();
+  size_t sent = 0;
+  while (sent < bytes.size()) {
+    int n = socket.sendBytes(bytes.data() + sent, static_cast<int>(bytes.size() - sent));
+    if (n <= 0) throw Poco::Net::ConnectionResetException("sending the request");
+    sent += static_cast<size_t>(n);
+  }
+}
+
+struct BodyResult {
+  bool overLimit = false;
+  int64_t declared = -1;  // Content-Length, when announced
+  std::string error;      // truncated or malformed framing; "" when the body is complete
+};
+
+// Reads one HTTP/1.1 response from the socket, strictly: Poco's HTTPClientSession (1.11) ends a
+// chunked body silently at a premature EOF, which would hand a truncated document on. Here any
+// EOF before the framing says the body is complete is an error, and at most limit + 1 body bytes
+// are ever held.
+class HttpResponseReader {
+ public:
+  explicit HttpResponseReader(Poco::Net::StreamSocket& socket) : socket_(socket), buffer_(16 * 1024) {}
+
+  // Status line and headers (1xx interim answers skipped). Throws NoMessageException when the
+  // connection closes before any byte, MessageException on malformed or oversized headers.
+  void readHeader(Poco::Net::HTTPResponse& response) {
+    for (;;) {
+      std::string text;
+      for (;;) {
+        std::string line;
+        if (!readLine(line, kMaxHeaderLine)) {
+          if (text.empty() && line.empty()) throw Poco::Net::NoMessageException();
+          throw Poco::Net::MessageException("connection closed inside the response headers");
+        }
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        text += line + "\r\n";
+        if (text.size() > kMaxHeaderBytes) throw Poco::Net::MessageException("response headers too large");
+        if (line.empty()) break;
+      }
+      std::istringstream in(text);
+      response.clear();
+      response.read(in);
+      if (response.getStatus() >= 200) return;
+    }
+  }
+
+  // The body of a 200 answer into `body`, according to its framing.
+  BodyResult readBody(const Poco::Net::HTTPResponse& response, int64_t limit, std::string& body) {
+    BodyResult result;
+    if (response.has("Content-Encoding") && Poco::icompare(response.get("Content-Encoding"), "identity") != 0) {
+      result.error = "unsupported Content-Encoding " + response.get("Content-Encoding");
+      return result;
+    }
+    if (response.has("Transfer-Encoding")) {
+      if (Poco::icompare(trimWhitespace(response.get("Transfer-Encoding")), "chunked") != 0) {
+        result.error = "unsupported Transfer-Encoding " + response.get("Transfer-Encoding");
+        return result;
+      }
+      return readChunked(limit, body);
+    }
+    if (response.has("Content-Length")) {
+      const std::string text = trimWhitespace(response.get("Content-Length"));
+      Poco::UInt64 length = 0;
+      if (text.empty() || text.size() > 18 || !allOf(text, ::isdigit) ||
+          !Poco::NumberParser::tryParseUnsigned64(text, length)) {
+        result.error = "malformed Content-Length";
+        return result;
+      }
+      result.declared = static_cast<int64_t>(length);
+      if (result.declared > limit) {
+        result.overLimit = true;
+        return result;
+      }
+      readUpTo(static_cast<size_t>(length), body);
+      if (body.size() != length) {
+        result.error = "truncated body: received " + std::to_string(body.size()) + " of " + text + " bytes";
+      }
+      return result;
+    }
+    // No framing: the body ends with the connection (HTTP/1.0 style); truncation is undetectable.
+    readUpTo(static_cast<size_t>(limit) + 1, body);
+    if (static_cast<int64_t>(body.size()) > limit) result.overLimit = true;
+    return result;
+  }
+
+ private:
+  static constexpr size_t kMaxHeaderLine = 8 * 1024;
+  static constexpr size_t kMaxHeaderBytes = 64 * 1024;
+
+  BodyResult readChunked(int64_t limit, std::string& body) {
+    BodyResult result;
+    for (;;) {
+      std::string line;
+      if (!readLine(line, 1024)) {
+        result.error = "truncated body: connection closed inside the chunked encoding";
+        return result;
+      }
+      std::string sizeText = trimWhitespace(line.substr(0, line.find(';')));
+      Poco::UInt64 size = 0;
+      if (sizeText.empty() || sizeText.size() > 15 || !allOf(sizeText, ::isxdigit) ||
+          !Poco::NumberParser::tryParseHex64(sizeText, size)) {
+        result.error = "malformed chunked encoding";
+        return result;
+      }
+      if (size == 0) break;
+      if (static_cast<int64_t>(body.size() + size) > limit) {
+        result.overLimit = true;
+        return result;
+      }
+      const size_t before = body.size();
+      readUpTo(static_cast<size_t>(size), body);
+      std::string crlf;
+      if (body.size() - before != size || !readLine(crlf, 2) || !(crlf.empty() || crlf == "\r")) {
+        result.error = body.size() - before != size ? "truncated body: connection closed inside a chunk"
+                                                    : "malformed chunked encoding";
+        return result;
+      }
+    }
+    // Trailer fields up to the empty line: the terminating line is what proves completeness.
+    for (size_t total = 0;;) {
+      std::string line;
+      if (!readLine(line, kMaxHeaderLine)) {
+        result.error = "truncated body: connection closed before the end of the chunked encoding";
+        return result;
+      }
+      total += line.size();
+      if (line.empty() || line == "\r") break;
+      if (total > kMaxHeaderBytes) {
+        result.error = "malformed chunked encoding: trailer too large";
+        return result;
+      }
+    }
+    return result;
+  }
+
+  bool fill() {
+    if (eof_) return false;
+    int n = socket_.receiveBytes(buffer_.data(), static_cast<int>(buffer_.size()));
+    if (n <= 0) {
+      eof_ = true;
+      return false;
+    }
+    pos_ = 0;
+    end_ = static_cast<size_t>(n);
+    return true;
+  }
+
+  // One line without its "\n" (a trailing "\r" is kept for the caller); false at EOF before "\n".
+  // Throws MessageException past maxLen.
+  bool readLine(std::string& line, size_t maxLen) {
+    line.clear();
+    for (;;) {
+      if (pos_ == end_ && !fill()) return false;
+      char c = buffer_[pos_++];
+      if (c == '\n') return true;
+      if (line.size() >= maxLen) throw Poco::Net::MessageException("line too long in the response");
+      line.push_back(c);
+    }
+  }
+
+  // Appends up to n bytes (fewer only at EOF).
+  void readUpTo(size_t n, std::string& out) {
+    while (n > 0) {
+      if (pos_ == end_ && !fill()) return;
+      size_t take = std::min(n, end_ - pos_);
+      out.append(buffer_.data() + pos_, take);
+      pos_ += take;
+      n -= take;
+    }
+  }
+
+  Poco::Net::StreamSocket& socket_;
+  std::vector<char> buffer_;
+  size_t pos_ = 0;
+  size_t end_ = 0;
+  bool eof_ = false;
+};
 
 std::string hostForUrl(const std::string& host) {
   return host.find(':') != std::string::npos ? "[" + host + "]" : host;
@@ -161,8 +399,8 @@ Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, 
   }
   const std::string scheme = uri.getScheme();
   if (scheme != "http" && scheme != "https") {
-    return Status::error(ErrorCode::kInvalid, "store.source: unsupported scheme '" + scheme +
-                                                  "' (expected https://, http:// or file://)");
+    return Status::error(ErrorCode::kInvalid,
+                         "store.source: unsupported scheme '" + scheme + "' (expected https://, http:// or file://)");
   }
   const std::string shown = scheme + "://" + hostForUrl(uri.getHost()) + uri.getPath();
   if (uri.getHost().empty()) return Status::error(ErrorCode::kInvalid, "store.source " + shown + ": no host");
@@ -196,13 +434,13 @@ Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, 
       tls->enableExtendedCertificateVerification(false);
     } catch (const Poco::Exception& e) {
       ERR_clear_error();
-      return Status::error(ErrorCode::kInvalid, "store TLS setup for " + shown + ": " + e.displayText(),
-                           params.caPath);
+      return Status::error(ErrorCode::kInvalid, "store TLS setup for " + shown + ": " + e.displayText(), params.caPath);
     }
     SSL_CTX* ctx = tls->sslContext();
-    // No verify callback: Poco's would consult the process-wide SSLManager, whose certificate
-    // handlers another component might configure to accept anything. OpenSSL's verdict stands.
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+    // Replaces Poco's verify callback, which consults the process-wide SSLManager whose
+    // certificate handlers another component might configure to accept anything: OpenSSL's
+    // verdict stands, the callback only records the reason.
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, recordVerifyError);
     X509_VERIFY_PARAM* vp = SSL_CTX_get0_param(ctx);
     const std::string& host = uri.getHost();
     Poco::Net::IPAddress ip;
@@ -250,8 +488,7 @@ Result<std::string> HttpStoreClient::readToken() const {
   if (token.empty()) return Status::error(ErrorCode::kUnreachable, "store token file " + path + ": empty", path);
   if (hasControlOrSpace(token)) {
     return Status::error(ErrorCode::kUnreachable,
-                         "store token file " + path + ": the token contains white space or control characters",
-                         path);
+                         "store token file " + path + ": the token contains white space or control characters", path);
   }
   return token;
 }
@@ -264,6 +501,7 @@ Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t wai
     if (!t) return t.status();
     token = std::move(*t);
   }
+  SigpipeGuard sigpipe;
   return fetchOnce(etag, std::max<int64_t>(0, waitSeconds), token);
 }
 
@@ -280,13 +518,13 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
   // are destroyed (fd unregistered, thread joined) before any socket closes the fd.
   Poco::Net::StreamSocket sock;
   std::optional<Poco::Net::SecureStreamSocket> secure;
-  std::unique_ptr<Poco::Net::HTTPClientSession> session;
   FdRegistration registration(*this);
   std::optional<Watchdog> watchdog;
 
   auto explain = [&](const std::string& detail) {
     if (cancelled_.load()) return unreachable("cancelled");
-    if (watchdog && watchdog->fired()) return unreachable("timed out: no complete answer within " + seconds(readBudget));
+    if (watchdog && watchdog->fired())
+      return unreachable("timed out: no complete answer within " + seconds(readBudget));
     return unreachable(detail);
   };
 
@@ -321,24 +559,15 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
     sock.setBlocking(true);
 
     watchdog.emplace(sock.impl()->sockfd(), SteadyClock::now() + readBudget);
-    const Poco::Timespan perRead(std::chrono::duration_cast<std::chrono::microseconds>(readBudget).count());
-    const Poco::Timespan perWrite(
-        std::chrono::duration_cast<std::chrono::microseconds>(params_.options.readTimeout).count());
-    sock.setReceiveTimeout(perRead);
-    sock.setSendTimeout(perWrite);
+    sock.setReceiveTimeout(Poco::Timespan(std::chrono::duration_cast<std::chrono::microseconds>(readBudget).count()));
+    sock.setSendTimeout(
+        Poco::Timespan(std::chrono::duration_cast<std::chrono::microseconds>(params_.options.readTimeout).count()));
 
-    if (tls_) {
-      secure = Poco::Net::SecureStreamSocket::attach(sock, uri_.getHost(), tls_);
-      session = std::make_unique<Poco::Net::HTTPSClientSession>(*secure);
-    } else {
-      session = std::make_unique<Poco::Net::HTTPClientSession>(sock);
-    }
-    session->setTimeout(Poco::Timespan(std::chrono::duration_cast<std::chrono::microseconds>(
-                                           params_.options.connectTimeout).count()),
-                        perWrite, perRead);
+    tlsVerifyError = X509_V_OK;
+    if (tls_) secure = Poco::Net::SecureStreamSocket::attach(sock, uri_.getHost(), tls_);
+    Poco::Net::StreamSocket& io = tls_ ? static_cast<Poco::Net::StreamSocket&>(*secure) : sock;
 
-    Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_GET, pathAndQuery,
-                                   Poco::Net::HTTPMessage::HTTP_1_1);
+    Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_GET, pathAndQuery, Poco::Net::HTTPMessage::HTTP_1_1);
     request.setHost(uri_.getHost(), uri_.getPort());
     request.set("Accept", "application/json");
     request.set("User-Agent", "pim-access-agent/" PIM_VERSION);
@@ -352,10 +581,11 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
     }
     request.setKeepAlive(false);
     log_->debug("{} (If-None-Match: {}, wait: {} s)", where, etag.empty() ? "-" : etag, waitSeconds);
-    session->sendRequest(request);
+    sendAll(io, request);
 
+    HttpResponseReader reader(io);
     Poco::Net::HTTPResponse response;
-    std::istream& in = session->receiveResponse(response);
+    reader.readHeader(response);
     const int status = static_cast<int>(response.getStatus());
     const std::string statusText = "HTTP " + std::to_string(status) + " " + response.getReason();
 
@@ -373,33 +603,15 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
     if (status != 200) return unreachable(statusText);
 
     const int64_t limit = params_.maxBytes;
-    const int64_t declared = response.hasContentLength() ? response.getContentLength64() : -1;
-    if (declared > limit) {
-      return Status::error(ErrorCode::kRejected, where + ": document of " + std::to_string(declared) +
-                                                     " bytes is over the limit of " + std::to_string(limit) +
-                                                     " bytes (max_document_bytes)");
-    }
-    // Read at most limit + 1 bytes: enough to know the body is too big, never more in memory.
-    in.exceptions(std::ios::badbit);
     std::string body;
-    std::vector<char> chunk(kReadChunk);
-    while (static_cast<int64_t>(body.size()) <= limit) {
-      auto want = static_cast<std::streamsize>(
-          std::min<int64_t>(static_cast<int64_t>(chunk.size()), limit + 1 - static_cast<int64_t>(body.size())));
-      in.read(chunk.data(), want);
-      std::streamsize got = in.gcount();
-      body.append(chunk.data(), static_cast<size_t>(got));
-      if (got < want) break;  // end of body
-    }
-    if (static_cast<int64_t>(body.size()) > limit) {
-      return Status::error(ErrorCode::kRejected, where + ": document is over the limit of " + std::to_string(limit) +
-                                                     " bytes (max_document_bytes)");
+    BodyResult read = reader.readBody(response, limit, body);
+    if (read.overLimit) {
+      std::string size = read.declared >= 0 ? "document of " + std::to_string(read.declared) + " bytes" : "document";
+      return Status::error(ErrorCode::kRejected, where + ": " + size + " is over the limit of " +
+                                                     std::to_string(limit) + " bytes (max_document_bytes)");
     }
     if (cancelled_.load() || (watchdog && watchdog->fired())) return explain("");
-    if (declared >= 0 && static_cast<int64_t>(body.size()) != declared) {
-      return unreachable("truncated body: received " + std::to_string(body.size()) + " of " +
-                         std::to_string(declared) + " bytes");
-    }
+    if (!read.error.empty()) return unreachable(read.error);
 
     FetchOutcome out;
     out.kind = FetchOutcome::Kind::kDocument;
@@ -417,7 +629,11 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
     return explain("timed out: no data for " + seconds(readBudget));
   } catch (const Poco::Net::SSLException& e) {
     ERR_clear_error();
-    return explain("TLS with " + peer + ": " + e.displayText());
+    std::string reason;
+    if (tlsVerifyError != X509_V_OK) {
+      reason = " (server certificate: " + std::string(X509_verify_cert_error_string(tlsVerifyError)) + ")";
+    }
+    return explain("TLS with " + peer + ": " + e.displayText() + reason);
   } catch (const Poco::Net::ConnectionRefusedException&) {
     return explain("connect to " + peer + ": connection refused");
   } catch (const Poco::Net::NoMessageException&) {

@@ -24,9 +24,9 @@ class FdRegistration;
 class HttpStoreClient : public StoreClient {
  public:
   struct Params {
-    std::string url;        // http(s)://host[:port]/path[?query]
-    std::string tokenPath;  // full path (root applied); "" = no Authorization header
-    std::string caPath;     // full path (root applied); "" = system CAs only
+    std::string url;                                    // http(s)://host[:port]/path[?query]
+    std::string tokenPath;                              // full path (root applied); "" = no Authorization header
+    std::string caPath;                                 // full path (root applied); "" = system CAs only
     std::shared_ptr<const SignatureVerifier> verifier;  // null = signatures ignored
     int64_t maxBytes = 4194304;
     StoreClientOptions options;

@@ -17,9 +17,7 @@ constexpr size_t kReadBufferSize = 64 * 1024;
 // Reads per readable callback: bounded so a burst cannot starve the other handles of the loop.
 constexpr int kMaxReadsPerCallback = 16;
 
-std::string join(const std::string& dir, const std::string& name) {
-  return dir.empty() ? name : dir + "/" + name;
-}
+std::string join(const std::string& dir, const std::string& name) { return dir.empty() ? name : dir + "/" + name; }
 
 uint64_t millis(std::chrono::seconds s) {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(s).count());
@@ -53,9 +51,8 @@ void PermWatcher::UvCloser::operator()(uv_handle_t* handle) const {
   uv_close(handle, [](uv_handle_t* h) { std::free(h); });
 }
 
-PermWatcher::PermWatcher(uv_loop_t* loop, PermEnforcer& enforcer, std::string realRoot,
-                         Logger log, std::chrono::seconds safetyInterval,
-                         PermWatcherLimits limits)
+PermWatcher::PermWatcher(uv_loop_t* loop, PermEnforcer& enforcer, std::string realRoot, Logger log,
+                         std::chrono::seconds safetyInterval, PermWatcherLimits limits)
     : loop_(loop),
       enforcer_(enforcer),
       realRoot_(std::move(realRoot)),
@@ -70,13 +67,11 @@ PermWatcher::~PermWatcher() { stop(); }
 
 Status PermWatcher::start() {
   if (started_ || stopping_) {
-    return Status::error(ErrorCode::kInternal, "start permission watcher: already started",
-                         realRoot_);
+    return Status::error(ErrorCode::kInternal, "start permission watcher: already started", realRoot_);
   }
   inotifyFd_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (inotifyFd_ < 0) {
-    return Status::error(ErrorCode::kIo, std::string("inotify_init1: ") + std::strerror(errno),
-                         realRoot_);
+    return Status::error(ErrorCode::kIo, std::string("inotify_init1: ") + std::strerror(errno), realRoot_);
   }
   // Watches are added on the directory fds the enforcer opened without following symlinks,
   // through /proc/self/fd; without /proc, by path (see onDirectory).
@@ -116,8 +111,7 @@ Status PermWatcher::start() {
   rc = uv_poll_start(poll, UV_READABLE, &PermWatcher::onReadable);
   if (rc != 0) return failUv("uv_poll_start", rc);
   if (safetyInterval_.count() > 0) {
-    uv_timer_start(safety, &PermWatcher::onSafetyTimer, millis(safetyInterval_),
-                   millis(safetyInterval_));
+    uv_timer_start(safety, &PermWatcher::onSafetyTimer, millis(safetyInterval_), millis(safetyInterval_));
   }
 
   {
@@ -217,8 +211,7 @@ void PermWatcher::readEvents() {
     } else if (queue_.empty()) {
       queue_.swap(events);
     } else {
-      queue_.insert(queue_.end(), std::make_move_iterator(events.begin()),
-                    std::make_move_iterator(events.end()));
+      queue_.insert(queue_.end(), std::make_move_iterator(events.begin()), std::make_move_iterator(events.end()));
     }
   }
   if (overflow || dropped) {
@@ -383,8 +376,7 @@ bool PermWatcher::onDirectory(const std::string& rel, int dirFd) {
     if (err == ENOSPC || err == ENOMEM) {
       watchShortage(err, rel);
     } else {
-      log_->error("inotify_add_watch {}{}{}: {}", realRoot_, rel.empty() ? "" : "/", rel,
-                  std::strerror(err));
+      log_->error("inotify_add_watch {}{}{}: {}", realRoot_, rel.empty() ? "" : "/", rel, std::strerror(err));
     }
     return true;
   }
@@ -416,13 +408,12 @@ bool PermWatcher::onDirectory(const std::string& rel, int dirFd) {
 void PermWatcher::watchShortage(int err, const std::string& rel) {
   shortThisPass_ = true;
   if (degraded_) return;
-  log_->error("inotify_add_watch {}{}{}: {}: fs.inotify.max_user_watches is {} and this watcher "
-              "holds {} watches{}; falling back to a full pass every {} s until watches are "
-              "available",
-              realRoot_, rel.empty() ? "" : "/", rel, std::strerror(err),
-              readSysctl("/proc/sys/fs/inotify/max_user_watches"), byWd_.size(),
-              limits_.maxWatches != 0 ? " (its own limit reached)" : "",
-              limits_.fallbackInterval.count());
+  log_->error(
+      "inotify_add_watch {}{}{}: {}: fs.inotify.max_user_watches is {} and this watcher "
+      "holds {} watches{}; falling back to a full pass every {} s until watches are "
+      "available",
+      realRoot_, rel.empty() ? "" : "/", rel, std::strerror(err), readSysctl("/proc/sys/fs/inotify/max_user_watches"),
+      byWd_.size(), limits_.maxWatches != 0 ? " (its own limit reached)" : "", limits_.fallbackInterval.count());
   setDegraded(true);
 }
 

@@ -48,17 +48,15 @@ struct PermWatcherLimits {
 class PermWatcher {
  public:
   /// Directory events watched (IN_DONT_FOLLOW is added when a watch is set by path).
-  static constexpr uint32_t kWatchMask = IN_CREATE | IN_MOVED_TO | IN_ATTRIB | IN_CLOSE_WRITE |
-                                         IN_DELETE_SELF | IN_MOVE_SELF | IN_MOVED_FROM |
-                                         IN_ONLYDIR | IN_EXCL_UNLINK;
+  static constexpr uint32_t kWatchMask = IN_CREATE | IN_MOVED_TO | IN_ATTRIB | IN_CLOSE_WRITE | IN_DELETE_SELF |
+                                         IN_MOVE_SELF | IN_MOVED_FROM | IN_ONLYDIR | IN_EXCL_UNLINK;
 
   /// `loop` must outlive the watcher's handles (run it after stop() so they close); `enforcer`
   /// must outlive the watcher and is used from the worker thread only while the watcher runs.
   /// `realRoot` is the root on the real file system (the enforcer's). `safetyInterval` is the
   /// period of the safety full pass (0 disables it).
   PermWatcher(uv_loop_t* loop, PermEnforcer& enforcer, std::string realRoot, Logger log,
-              std::chrono::seconds safetyInterval = std::chrono::seconds(3600),
-              PermWatcherLimits limits = {});
+              std::chrono::seconds safetyInterval = std::chrono::seconds(3600), PermWatcherLimits limits = {});
   /// Calls stop().
   ~PermWatcher();
   PermWatcher(const PermWatcher&) = delete;
@@ -142,7 +140,7 @@ class PermWatcher {
   std::thread worker_;
   std::mutex mutex_;
   std::condition_variable wake_;
-  std::vector<RawEvent> queue_;    // guarded by mutex_
+  std::vector<RawEvent> queue_;   // guarded by mutex_
   bool rescanRequested_ = false;  // guarded by mutex_
   std::atomic<bool> stopping_{false};
 

@@ -48,7 +48,7 @@ Reconciler::Outcome Reconciler::apply(const Desired& desired, Host& host) const 
         log_->error("{}", outcome.status.message());
         return outcome;
       }
-      log_->info("{}", action.describe());
+      log_->debug("applied {}", action.describe());
       outcome.applied.push_back(action);
     }
   }

@@ -74,8 +74,7 @@ std::string encodeBase64(const std::string& bytes) {
   out.reserve((bytes.size() + 2) / 3 * 4);
   size_t i = 0;
   for (; i + 3 <= bytes.size(); i += 3) {
-    uint32_t n = (static_cast<unsigned char>(bytes[i]) << 16) |
-                 (static_cast<unsigned char>(bytes[i + 1]) << 8) |
+    uint32_t n = (static_cast<unsigned char>(bytes[i]) << 16) | (static_cast<unsigned char>(bytes[i + 1]) << 8) |
                  static_cast<unsigned char>(bytes[i + 2]);
     out.push_back(kAlphabet[(n >> 18) & 63]);
     out.push_back(kAlphabet[(n >> 12) & 63]);
@@ -129,8 +128,7 @@ Result<std::shared_ptr<const SignatureVerifier>> SignatureVerifier::fromPem(cons
     // Leave no stale entries in this thread's OpenSSL error queue: Poco reads it for TLS errors.
     ERR_clear_error();
     return Status::error(ErrorCode::kInvalid,
-                         "load signing key " + origin + ": not a PEM public key (-----BEGIN PUBLIC KEY-----)",
-                         origin);
+                         "load signing key " + origin + ": not a PEM public key (-----BEGIN PUBLIC KEY-----)", origin);
   }
   if (EVP_PKEY_id(key->pkey) != EVP_PKEY_ED25519) {
     return Status::error(ErrorCode::kInvalid, "load signing key " + origin + ": not an Ed25519 key", origin);
@@ -160,8 +158,8 @@ Status SignatureVerifier::verify(const std::string& body, const std::string& bas
   auto sig = decodeBase64(text);
   if (!sig) return Status::error(ErrorCode::kRejected, what + ": signature is not valid base64");
   if (sig->size() != kEd25519SignatureBytes) {
-    return Status::error(ErrorCode::kRejected, what + ": signature is " + std::to_string(sig->size()) +
-                                                   " bytes, an Ed25519 signature is 64");
+    return Status::error(ErrorCode::kRejected,
+                         what + ": signature is " + std::to_string(sig->size()) + " bytes, an Ed25519 signature is 64");
   }
   std::unique_ptr<EVP_MD_CTX, MdCtxDeleter> ctx(EVP_MD_CTX_new());
   if (!ctx) return Status::error(ErrorCode::kInternal, what + ": out of memory");

@@ -31,8 +31,7 @@ class SignatureVerifier {
   /// Loads the key from PEM text ("-----BEGIN PUBLIC KEY-----", SubjectPublicKeyInfo).
   /// Errors: kInvalid when the text is not a PEM public key or the key is not Ed25519; `origin`
   /// (a path) names the source in the message.
-  static Result<std::shared_ptr<const SignatureVerifier>> fromPem(const std::string& pem,
-                                                                  const std::string& origin);
+  static Result<std::shared_ptr<const SignatureVerifier>> fromPem(const std::string& pem, const std::string& origin);
   /// Reads the file (at most 64 KiB) and loads the key from it. Errors: kInvalid naming the path
   /// when the file is missing, unreadable, too big, or does not hold an Ed25519 public key.
   static Result<std::shared_ptr<const SignatureVerifier>> fromPemFile(const std::string& path);
@@ -40,8 +39,7 @@ class SignatureVerifier {
   /// Checks `base64Signature` (surrounding whitespace ignored) against the exact bytes of `body`.
   /// No side effects. Errors: kRejected when the signature is empty, not base64, not 64 bytes, or
   /// does not match; `what` names the document in the message ("signature of https://x/y").
-  Status verify(const std::string& body, const std::string& base64Signature,
-                const std::string& what) const;
+  Status verify(const std::string& body, const std::string& base64Signature, const std::string& what) const;
 
  private:
   struct Key;

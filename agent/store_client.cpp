@@ -13,14 +13,12 @@ bool startsWithNoCase(const std::string& s, const std::string& prefix) {
   return s.size() >= prefix.size() && strncasecmp(s.c_str(), prefix.c_str(), prefix.size()) == 0;
 }
 
-std::string rooted(const std::string& root, const std::string& path) {
-  return path.empty() ? path : root + path;
-}
+std::string rooted(const std::string& root, const std::string& path) { return path.empty() ? path : root + path; }
 
 }  // namespace
 
-Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settings, const std::string& root,
-                                                     Logger log, const StoreClientOptions& options) {
+Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settings, const std::string& root, Logger log,
+                                                     const StoreClientOptions& options) {
   if (settings.source.empty()) return Status::error(ErrorCode::kInvalid, "store.source: not set");
   if (settings.maxDocumentBytes <= 0) {
     return Status::error(ErrorCode::kInvalid, "store.max_document_bytes: must be positive");
@@ -54,8 +52,8 @@ Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settin
   auto colon = settings.source.find(':');
   std::string scheme = colon == std::string::npos ? settings.source : settings.source.substr(0, colon);
   if (scheme.size() > 16) scheme = scheme.substr(0, 16) + "...";
-  return Status::error(ErrorCode::kInvalid, "store.source: unsupported scheme '" + scheme +
-                                                "' (expected https://, http:// or file://)");
+  return Status::error(ErrorCode::kInvalid,
+                       "store.source: unsupported scheme '" + scheme + "' (expected https://, http:// or file://)");
 }
 
 }  // namespace pim

@@ -63,7 +63,7 @@ class StoreClient {
 /// Reads the signing key and the CA file now; the token file is read at each request.
 /// Errors: kInvalid for an empty source, an unsupported scheme, a malformed URL (credentials in the
 /// URL included: use token_file), an unreadable or invalid signing key or CA file.
-Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settings, const std::string& root,
-                                                     Logger log, const StoreClientOptions& options = {});
+Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settings, const std::string& root, Logger log,
+                                                     const StoreClientOptions& options = {});
 
 }  // namespace pim
