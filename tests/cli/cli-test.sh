@@ -1,3 +1,148 @@
 #!/usr/bin/env bash
-# Command-line contract tests: placeholder until the CLI lands.
-exit 0
+# Command-line contract tests: exit codes, messages and summaries of ../shared/spec/agent.md,
+# driven through the real binary on sandbox roots. The parts that change a sandbox (useradd,
+# bind mounts) need root and run in a private mount namespace.
+set -uo pipefail
+agent=$1
+repo=$2
+examples="$repo/../shared/spec/examples"
+[[ -d $examples ]] || examples="$repo/tests/data/examples"
+work=$(mktemp -d /tmp/pim-cli-XXXXXX)
+trap 'rm -rf "$work"' EXIT
+passed=0
+failed=0
+
+check() {  # check NAME EXPECTED_RC ACTUAL_RC
+  if [[ $2 == "$3" ]]; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "FAIL: $1: expected exit $2, got $3" >&2
+  fi
+}
+contains() {  # contains NAME FILE TEXT
+  if grep -qF -- "$3" "$2"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "FAIL: $1: '$3' not in output:" >&2
+    sed 's/^/    /' "$2" >&2
+  fi
+}
+absent() {  # absent NAME FILE TEXT
+  if grep -qF -- "$3" "$2"; then
+    failed=$((failed + 1))
+    echo "FAIL: $1: '$3' must not be in output" >&2
+  else
+    passed=$((passed + 1))
+  fi
+}
+
+# --- usage and configuration errors: exit 2, naming what is wrong
+"$agent" >"$work/out" 2>&1; check "no command" 2 $?
+"$agent" frobnicate >"$work/out" 2>&1; check "unknown command" 2 $?
+contains "unknown command named" "$work/out" "frobnicate"
+"$agent" --bogus plan >"$work/out" 2>&1; check "unknown option" 2 $?
+"$agent" --log-level loud version >"$work/out" 2>&1; check "bad log level" 2 $?
+"$agent" version >"$work/out" 2>&1; check "version" 0 $?
+contains "version prints" "$work/out" "pim-access-agent"
+printf '[store]\nsource = file:///x\nfrobs = 1\n' >"$work/bad.ini"
+"$agent" --config "$work/bad.ini" plan >"$work/out" 2>&1; check "unknown key" 2 $?
+contains "unknown key named" "$work/out" "store.frobs"
+printf '[nosuch]\n' >"$work/bad2.ini"
+"$agent" --config "$work/bad2.ini" plan >"$work/out" 2>&1; check "unknown section" 2 $?
+contains "unknown section named" "$work/out" "nosuch"
+printf '[store]\npoll_interval_s = soon\n' >"$work/bad3.ini"
+"$agent" --config "$work/bad3.ini" plan >"$work/out" 2>&1; check "bad number" 2 $?
+contains "bad number named" "$work/out" "store.poll_interval_s"
+"$agent" --config "$work/missing.ini" plan >"$work/out" 2>&1; check "missing explicit config" 2 $?
+mkdir -p "$work/empty"
+"$agent" --root "$work/empty" plan >"$work/out" 2>&1; check "no source" 2 $?
+contains "no source named" "$work/out" "store.source"
+"$agent" --root "$work/empty" show zero >"$work/out" 2>&1; check "show needs a number" 2 $?
+
+# --- plan on the samples
+sb="$work/plan-root"
+mkdir -p "$sb"
+"$agent" plan --root "$sb" --source "file://$examples/some-entries-invalid.json" >"$work/out" 2>"$work/err"
+check "plan some-entries-invalid" 0 $?
+for id in k-bad k-opts k-weak sftp-plain sftp-escape not-a-cidr; do
+  contains "plan lists skipped $id" "$work/out" "  $id: "
+done
+contains "six skipped" "$work/out" "skipped 6 entries"
+absent "plan never prints a hash" "$work/out" '$6$exampleSalt'
+absent "plan logs no hash" "$work/err" '$6$exampleSalt'
+[[ -z $(ls -A "$sb") ]]; check "plan changed nothing in the root" 0 $?
+"$agent" plan --json --root "$sb" --source "file://$examples/full.json" >"$work/out" 2>/dev/null
+check "plan --json" 0 $?
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["revision"]==7 and d["skipped"]==[] and d["actions"]' "$work/out"
+check "plan --json parses" 0 $?
+for doc in rejected-version rejected-duplicate-username; do
+  "$agent" plan --root "$sb" --source "file://$examples/$doc.json" >"$work/out" 2>"$work/err"
+  check "plan $doc" 3 $?
+done
+contains "duplicate username named" "$work/err" "username"
+"$agent" plan --root "$sb" --source "file://$work/no-such.json" >"$work/out" 2>&1
+check "plan unreachable file" 4 $?
+"$agent" plan --root "$sb" --source "ftp://example/x" >"$work/out" 2>&1
+check "plan unsupported scheme" 2 $?
+printf '[store]\ninstance = prod\n' >"$work/prod.ini"
+"$agent" plan --config "$work/prod.ini" --root "$sb" --source "file://$examples/full.json" >"$work/out" 2>&1
+check "plan instance mismatch" 3 $?
+contains "instance named" "$work/out" "instance"
+
+# --- once on a sandbox (root only: useradd, chown, bind mounts)
+if [[ $(id -u) -ne 0 ]]; then
+  echo "cli: once/rollback checks skipped: needs root"
+else
+  unshare -m --propagation private bash -c '
+    set -u
+    agent=$1 examples=$2 work=$3
+    sb="$work/once-root"; mkdir -p "$sb"
+    cfg="$work/once.ini"; printf "[sshd]\nreload_command = /bin/true\n" >"$cfg"
+    run() { "$agent" --config "$cfg" --root "$sb" "$@"; }
+    fails=0
+    expect() { if [[ $2 != "$3" ]]; then echo "FAIL: $1: expected $2, got $3" >&2; fails=$((fails+1)); fi; }
+    run once --source "file://$examples/full.json" >"$work/o1" 2>"$work/e1"; expect "once full" 0 $?
+    grep -q "k-alice" "$sb/home/akeneo/.ssh/authorized_keys"; expect "alice installed" 0 $?
+    grep -q "k-carol-old" "$sb/home/akeneo/.ssh/authorized_keys"; expect "carol (expired) absent" 1 $?
+    grep -q "k-dave" "$sb/home/akeneo/.ssh/authorized_keys"; expect "dave (inactive) absent" 1 $?
+    m1=$(stat -c %Y.%Z "$sb/home/akeneo/.ssh/authorized_keys" "$sb/etc/ssh/sshd_config.d/50-pim-access-agent.conf" "$sb/etc/passwd" "$sb/etc/shadow")
+    sleep 1.1
+    run once --source "file://$examples/full.json" >"$work/o2" 2>"$work/e2"; expect "once again" 0 $?
+    grep -q "changes: 0" "$work/o2"; expect "second once changes nothing" 0 $?
+    m2=$(stat -c %Y.%Z "$sb/home/akeneo/.ssh/authorized_keys" "$sb/etc/ssh/sshd_config.d/50-pim-access-agent.conf" "$sb/etc/passwd" "$sb/etc/shadow")
+    expect "no write on the second once" "$m1" "$m2"
+    before=$(cd "$sb" && find . -path ./var -prune -o -printf "%p %m %s\n" | sort | md5sum)
+    run once --source "file://$examples/rejected-version.json" >"$work/o3" 2>"$work/e3"; expect "rejected version" 3 $?
+    run once --source "file://$examples/rejected-duplicate-username.json" >"$work/o3" 2>"$work/e3"; expect "rejected duplicate" 3 $?
+    after=$(cd "$sb" && find . -path ./var -prune -o -printf "%p %m %s\n" | sort | md5sum)
+    expect "host unchanged by rejected documents" "$before" "$after"
+    run once --source "file://$examples/some-entries-invalid.json" >"$work/o4" 2>"$work/e4"; expect "some invalid applied" 0 $?
+    grep -q "skipped 6 entries" "$work/o4"; expect "once lists six skipped" 0 $?
+    run once --source "file://$examples/minimal.json" >"$work/o5" 2>"$work/e5"; expect "replay (revision 1 < 8)" 3 $?
+    grep -qi "replay" "$work/e5"; expect "replay named" 0 $?
+    run history --json >"$work/h" 2>/dev/null; expect "history" 0 $?
+    python3 -c "import json,sys; h=json.load(open(sys.argv[1])); assert h[0][\"generation\"] > h[-1][\"generation\"]; assert {\"generation\",\"time\",\"revision\",\"outcome\",\"changes\"} <= set(h[0])" "$work/h"; expect "history json shape" 0 $?
+    run rollback 1 >"$work/o6" 2>"$work/e6"; expect "rollback 1" 0 $?
+    run status --json >"$work/s" 2>/dev/null; expect "status" 0 $?
+    python3 -c "import json,sys; s=json.load(open(sys.argv[1])); assert s[\"pinned\"] is True and s[\"revision\"]==7, s" "$work/s"; expect "status pinned at revision 7" 0 $?
+    run once --source "file://$examples/some-entries-invalid.json" >"$work/o7" 2>"$work/e7"; expect "once while pinned" 0 $?
+    run status --json >"$work/s" 2>/dev/null
+    python3 -c "import json,sys; s=json.load(open(sys.argv[1])); assert s[\"revision\"]==7 and s[\"store_revision\"]==8, s" "$work/s"; expect "pinned: recorded, not applied" 0 $?
+    run resume >/dev/null 2>&1; expect "resume" 0 $?
+    run once --source "file://$examples/some-entries-invalid.json" >"$work/o8" 2>"$work/e8"; expect "once after resume" 0 $?
+    run status --json >"$work/s" 2>/dev/null
+    python3 -c "import json,sys; s=json.load(open(sys.argv[1])); assert s[\"revision\"]==8 and s[\"pinned\"] is False, s" "$work/s"; expect "resumed to revision 8" 0 $?
+    run show 1 >"$work/o9" 2>&1; expect "show 1" 0 $?
+    grep -q "exampleSalt" "$work/o9"; expect "show masks hashes" 1 $?
+    run show 999 >/dev/null 2>&1; expect "show missing generation" 2 $?
+    run rollback 999 >/dev/null 2>&1; expect "rollback missing generation" 2 $?
+    exit $fails
+  ' cli "$agent" "$examples" "$work"
+  rc=$?
+  if [[ $rc -eq 0 ]]; then passed=$((passed + 1)); else failed=$((failed + rc)); fi
+fi
+
+echo "cli: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]

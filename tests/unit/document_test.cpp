@@ -1,0 +1,480 @@
+#include "agent/document.h"
+
+#include <catch2/catch.hpp>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+using pim::AccessDocument;
+using pim::DocumentOptions;
+using pim::parseDocument;
+
+const std::string kExamples = PIM_SOURCE_DIR "/../shared/spec/examples/";
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+const std::string kEd = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF672WCNFtqcThBzVbXOfOSdud0k+tJpV0314p0yRK8S alice@example";
+const std::string kEd2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAg7v4H/R7qlLTp6jImLLe8EscgHgg++alEsXvikDhGK bob@example";
+const std::string kHash =
+    "$6$exampleSalt1$pHYVlXEFLZqkut9Q5xM5jYWKUuC/qosvfRtZIM/gMgqEER6Maxx6bnVwImBJEfZtBXH1hbWoy.jhHPoyinVFG.";
+
+std::string key(const std::string& id, const std::string& extra = "") {
+  return R"({"id":")" + id + R"(","owner":"o@example.com","public_key":")" + kEd + "\"" + extra + "}";
+}
+
+std::string account(const std::string& id, const std::string& user, const std::string& extra = "") {
+  return R"({"id":")" + id + R"(","username":")" + user + R"(","password_hash":")" + kHash +
+         R"(","folder":".")" + extra + "}";
+}
+
+std::string doc(const std::string& keys, const std::string& accounts, const std::string& sources,
+                const std::string& head = R"("version":1,"revision":3,"instance":"demo")") {
+  return "{" + head + R"(,"ssh":{"keys":[)" + keys + R"(]},"sftp":{"accounts":[)" + accounts +
+         R"(]},"network":{"allowed_sources":[)" + sources + "]}}";
+}
+
+AccessDocument parseOk(const std::string& body, const DocumentOptions& options = {}) {
+  auto r = parseDocument(body, options);
+  INFO(r.status().message());
+  REQUIRE(r.isOk());
+  return *r;
+}
+
+std::string rejectReason(const std::string& body, const DocumentOptions& options = {}) {
+  auto r = parseDocument(body, options);
+  REQUIRE_FALSE(r.isOk());
+  CHECK(r.status().code() == pim::ErrorCode::kRejected);
+  return r.status().message();
+}
+
+std::set<std::string> skippedIds(const AccessDocument& d) {
+  std::set<std::string> ids;
+  for (const auto& s : d.skipped) ids.insert(s.id);
+  return ids;
+}
+
+std::string reasonFor(const AccessDocument& d, const std::string& id) {
+  for (const auto& s : d.skipped) {
+    if (s.id == id) return s.reason;
+  }
+  return "(not skipped)";
+}
+
+}  // namespace
+
+// --- the samples of the spec -----------------------------------------------------------------
+
+TEST_CASE("document: minimal.json", "[document][samples]") {
+  auto d = parseOk(readFile(kExamples + "minimal.json"), {"demo-staging", "akeneo", 4194304});
+  CHECK(d.version == 1);
+  CHECK(d.revision == 1);
+  CHECK(d.instance == "demo-staging");
+  CHECK(d.skipped.empty());
+  CHECK(d.unknownFields.empty());
+  REQUIRE(d.keys.size() == 1);
+  CHECK(d.keys[0].id == "k-alice");
+  CHECK(d.keys[0].owner == "alice@example.com");
+  CHECK(d.keys[0].key.type == "ssh-ed25519");
+  CHECK(d.keys[0].key.comment == "alice@example");
+  CHECK_FALSE(d.keys[0].expiresAt.has_value());
+  REQUIRE(d.accounts.size() == 1);
+  CHECK(d.accounts[0].username == "akeneosftp");
+  CHECK(d.accounts[0].folder == ".");
+  CHECK(d.accounts[0].passwordHash.has_value());
+  CHECK(d.allowedSources == std::vector<pim::Cidr>{{"127.0.0.0/8"}, {"203.0.113.0/24"}});
+}
+
+TEST_CASE("document: full.json", "[document][samples]") {
+  auto d = parseOk(readFile(kExamples + "full.json"));
+  CHECK(d.revision == 7);
+  CHECK(d.skipped.empty());
+  CHECK(d.lockedUsernames.empty());
+  REQUIRE(d.keys.size() == 5);
+  const int64_t now = 1800000000;  // 2027-01-15
+  std::vector<std::string> installable;
+  for (const auto& k : d.keys) {
+    if (k.installableAt(now)) installable.push_back(k.id);
+  }
+  CHECK(installable == std::vector<std::string>{"k-alice", "k-bob", "k-erin"});
+  CHECK(d.keys[1].expiresAt == 4070908800);   // 2099-01-01
+  CHECK(d.keys[2].expiresAt == 1577836800);   // 2020-01-01: expired, still valid
+  CHECK(d.keys[3].active == false);
+  CHECK(d.keys[4].key.type == "ssh-rsa");
+  CHECK(d.keys[4].active);  // no expires_at: never
+  REQUIRE(d.accounts.size() == 3);
+  CHECK(d.accounts[1].folder == "imports/erp");
+  REQUIRE(d.accounts[1].publicKeys.size() == 1);
+  CHECK(d.accounts[1].publicKeys[0].comment == "bob@example");
+  CHECK_FALSE(d.accounts[2].passwordHash.has_value());
+  CHECK_FALSE(d.accounts[2].active);
+  CHECK(d.allowedSources.size() == 3);
+  CHECK(d.allowedSources[2].text == "2001:db8:42::/48");
+}
+
+TEST_CASE("document: some-entries-invalid.json skips exactly six entries", "[document][samples]") {
+  auto d = parseOk(readFile(kExamples + "some-entries-invalid.json"));
+  CHECK(d.revision == 8);
+  CHECK(d.skipped.size() == 6);
+  CHECK(skippedIds(d) == std::set<std::string>{"k-bad", "k-opts", "k-weak", "sftp-plain", "sftp-escape", "not-a-cidr"});
+  CHECK_THAT(reasonFor(d, "k-bad"), Catch::StartsWith("public_key: not valid base64"));
+  CHECK_THAT(reasonFor(d, "k-opts"), Catch::Contains("options"));
+  CHECK_THAT(reasonFor(d, "k-weak"), Catch::Contains("1024 bits"));
+  CHECK(reasonFor(d, "sftp-plain") == "password_hash: not a supported crypt(3) hash ($y$, $6$, $5$, $2b$)");
+  CHECK(reasonFor(d, "sftp-escape") == "folder: '..' is not allowed");
+  CHECK_THAT(reasonFor(d, "not-a-cidr"), Catch::Contains("not a CIDR"));
+  // As full.json otherwise.
+  CHECK(d.keys.size() == 5);
+  CHECK(d.accounts.size() == 3);
+  CHECK(d.allowedSources.size() == 3);
+  // The invalid accounts stay locked, never removed.
+  CHECK(std::set<std::string>(d.lockedUsernames.begin(), d.lockedUsernames.end()) ==
+        std::set<std::string>{"plainpw", "escaper"});
+  for (const auto& s : d.skipped) CHECK(s.reason.find("hunter2") == std::string::npos);
+}
+
+TEST_CASE("document: the rejected samples are rejected", "[document][samples]") {
+  CHECK(rejectReason(readFile(kExamples + "rejected-version.json")) == "version: must be 1, got 2");
+  CHECK(rejectReason(readFile(kExamples + "rejected-duplicate-username.json")) ==
+        "sftp.accounts[1].username: duplicate 'akeneosftp' (also in sftp.accounts[0])");
+}
+
+// --- whole-document rejections ---------------------------------------------------------------
+
+TEST_CASE("document: whole-document rejections name the field", "[document]") {
+  const std::string keys = key("k1");
+  const std::string accs = account("a1", "sftpuser");
+  const std::string srcs = R"("10.0.0.0/8")";
+  std::string manySources;
+  for (int i = 0; i < 1025; ++i) manySources += std::string(i ? "," : "") + "\"10.0.0." + std::to_string(i % 256) + "/32\"";
+  struct Case {
+    std::string name;
+    std::string body;
+    std::string why;
+  };
+  const std::vector<Case> cases = {
+      {"empty body", "", "not JSON"},
+      {"truncated", doc(keys, accs, srcs).substr(0, 40), "not JSON"},
+      {"trailing garbage", doc(keys, accs, srcs) + " x", "not JSON"},
+      {"two documents", doc(keys, accs, srcs) + doc(keys, accs, srcs), "not JSON"},
+      {"comment", "/* hi */" + doc(keys, accs, srcs), "not JSON"},
+      {"single quotes", "{'version':1}", "not JSON"},
+      {"array at top", "[" + doc(keys, accs, srcs) + "]", "top level must be an object, got an array"},
+      {"null at top", "null", "top level"},
+      {"number at top", "1", "top level"},
+      {"version missing", doc(keys, accs, srcs, R"("revision":3,"instance":"demo")"), "version: missing"},
+      {"version 2", doc(keys, accs, srcs, R"("version":2,"revision":3,"instance":"demo")"), "version: must be 1, got 2"},
+      {"version 0", doc(keys, accs, srcs, R"("version":0,"revision":3,"instance":"demo")"), "version: must be 1, got 0"},
+      {"version string", doc(keys, accs, srcs, R"("version":"1","revision":3,"instance":"demo")"),
+       "version: must be the integer 1, got a string"},
+      {"version float", doc(keys, accs, srcs, R"("version":1.0,"revision":3,"instance":"demo")"),
+       "version: must be the integer 1, got a number"},
+      {"version true", doc(keys, accs, srcs, R"("version":true,"revision":3,"instance":"demo")"), "version"},
+      {"revision missing", doc(keys, accs, srcs, R"("version":1,"instance":"demo")"), "revision: missing"},
+      {"revision 0", doc(keys, accs, srcs, R"("version":1,"revision":0,"instance":"demo")"),
+       "revision: must be an integer >= 1, got 0"},
+      {"revision negative", doc(keys, accs, srcs, R"("version":1,"revision":-4,"instance":"demo")"), "revision"},
+      {"revision string", doc(keys, accs, srcs, R"("version":1,"revision":"3","instance":"demo")"), "revision"},
+      {"revision 1.5", doc(keys, accs, srcs, R"("version":1,"revision":1.5,"instance":"demo")"), "revision"},
+      {"revision overflow", doc(keys, accs, srcs, R"("version":1,"revision":9223372036854775808,"instance":"demo")"),
+       "revision"},
+      {"instance missing", doc(keys, accs, srcs, R"("version":1,"revision":3)"), "instance: missing"},
+      {"instance number", doc(keys, accs, srcs, R"("version":1,"revision":3,"instance":5)"),
+       "instance: must be a string"},
+      {"instance control char", doc(keys, accs, srcs, R"("version":1,"revision":3,"instance":"a\u001b")"),
+       "instance: contains a control character"},
+      {"ssh missing", R"({"version":1,"revision":3,"instance":"demo","sftp":{"accounts":[]},"network":{"allowed_sources":[]}})",
+       "ssh: missing"},
+      {"ssh array", R"({"version":1,"revision":3,"instance":"demo","ssh":[],"sftp":{"accounts":[]},"network":{"allowed_sources":[]}})",
+       "ssh: must be an object, got an array"},
+      {"ssh.keys missing", R"({"version":1,"revision":3,"instance":"demo","ssh":{},"sftp":{"accounts":[]},"network":{"allowed_sources":[]}})",
+       "ssh.keys: missing"},
+      {"ssh.keys object", R"({"version":1,"revision":3,"instance":"demo","ssh":{"keys":{}},"sftp":{"accounts":[]},"network":{"allowed_sources":[]}})",
+       "ssh.keys: must be an array, got an object"},
+      {"sftp null", R"({"version":1,"revision":3,"instance":"demo","ssh":{"keys":[]},"sftp":null,"network":{"allowed_sources":[]}})",
+       "sftp: must be an object, got null"},
+      {"sftp.accounts string", R"({"version":1,"revision":3,"instance":"demo","ssh":{"keys":[]},"sftp":{"accounts":"x"},"network":{"allowed_sources":[]}})",
+       "sftp.accounts: must be an array, got a string"},
+      {"network missing", R"({"version":1,"revision":3,"instance":"demo","ssh":{"keys":[]},"sftp":{"accounts":[]}})",
+       "network: missing"},
+      {"allowed_sources object", R"({"version":1,"revision":3,"instance":"demo","ssh":{"keys":[]},"sftp":{"accounts":[]},"network":{"allowed_sources":{}}})",
+       "network.allowed_sources: must be an array"},
+      {"1025 sources", doc(keys, accs, manySources), "network.allowed_sources: 1025 entries, at most 1024"},
+      {"duplicate key id", doc(key("k1") + "," + key("k2") + "," + key("k1"), accs, srcs),
+       "ssh.keys[2].id: duplicate 'k1' (also in ssh.keys[0])"},
+      {"duplicate account id", doc(keys, account("a1", "u1") + "," + account("a1", "u2"), srcs),
+       "sftp.accounts[1].id: duplicate 'a1' (also in sftp.accounts[0])"},
+      {"duplicate username", doc(keys, account("a1", "u1") + "," + account("a2", "u1"), srcs),
+       "sftp.accounts[1].username: duplicate 'u1' (also in sftp.accounts[0])"},
+      {"duplicate username of a bad entry", doc(keys, account("a1", "u1") + "," + account("a2", "u1", R"(,"active":"x")"), srcs),
+       "duplicate 'u1'"},
+      {"duplicate JSON key at top", R"({"version":1,"version":2})", "document: duplicate key 'version'"},
+      {"duplicate JSON key in an entry", doc(key("k1") + "," + key("k2", R"(,"active":true,"active":false)"), accs, srcs),
+       "ssh.keys[1]: duplicate key 'active'"},
+      {"NUL byte", doc(keys, accs, srcs).insert(10, std::string(1, '\0')), "NUL byte"},
+      {"invalid UTF-8", doc(keys, accs, srcs, "\"version\":1,\"revision\":3,\"instance\":\"\xff\""), "not valid UTF-8"},
+      {"overlong UTF-8", doc(keys, accs, srcs, "\"version\":1,\"revision\":3,\"instance\":\"\xc0\xaf\""), "UTF-8"},
+      {"UTF-16 surrogate in UTF-8", doc(keys, accs, srcs, "\"version\":1,\"revision\":3,\"instance\":\"\xed\xa0\x80\""),
+       "UTF-8"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.name);
+    CHECK_THAT(rejectReason(c.body), Catch::Contains(c.why));
+  }
+}
+
+TEST_CASE("document: instance must match when configured", "[document]") {
+  const std::string body = doc(key("k1"), "", "");
+  CHECK(parseOk(body).instance == "demo");
+  CHECK(parseOk(body, {"demo", "akeneo", 4194304}).instance == "demo");
+  CHECK_THAT(rejectReason(body, {"other", "akeneo", 4194304}),
+             Catch::Contains("instance: the document is for 'demo', this agent is configured for 'other'"));
+}
+
+TEST_CASE("document: size limit", "[document]") {
+  // A 10 MB body is refused before it is parsed.
+  std::string big = doc(key("k1"), "", "");
+  big.insert(1, "\"pad\":\"" + std::string(10 * 1024 * 1024, 'x') + "\",");
+  CHECK(rejectReason(big) == "document: " + std::to_string(big.size()) + " bytes exceeds max_document_bytes 4194304");
+  // The same body within a larger limit parses, and the pad is an unknown field.
+  auto d = parseOk(big, {"", "akeneo", 16 * 1024 * 1024});
+  CHECK(d.unknownFields == std::vector<std::string>{"pad"});
+  // Exactly at the limit is fine.
+  const std::string small = doc(key("k1"), "", "");
+  CHECK(parseDocument(small, {"", "akeneo", static_cast<int64_t>(small.size())}).isOk());
+  CHECK_FALSE(parseDocument(small, {"", "akeneo", static_cast<int64_t>(small.size()) - 1}).isOk());
+}
+
+TEST_CASE("document: nesting depth 64 is accepted, 65 rejected before parsing", "[document]") {
+  auto nested = [](int arrays) {
+    // The top-level object is level 1; `arrays` more levels inside an unknown field.
+    return doc(key("k1"), "", "").insert(1, "\"deep\":" + std::string(arrays, '[') + std::string(arrays, ']') + ",");
+  };
+  auto d = parseOk(nested(63));
+  CHECK(d.unknownFields == std::vector<std::string>{"deep"});
+  CHECK(rejectReason(nested(64)) == "document: nesting deeper than 64 levels");
+  // Hostile depth far beyond the stack is refused the same way.
+  CHECK(rejectReason(std::string(1000000, '[')) == "document: nesting deeper than 64 levels");
+  CHECK(rejectReason(std::string(100000, '{')) == "document: nesting deeper than 64 levels");
+  // Brackets inside strings (also after escaped quotes) do not count.
+  const std::string inString = "\"s\":\"\\\"" + std::string(200, '[') + "\\\\\",";
+  CHECK(parseOk(doc(key("k1"), "", "").insert(1, inString)).keys.size() == 1);
+}
+
+TEST_CASE("document: value counts are bounded before parsing", "[document]") {
+  // 4 MiB of "{}," would cost Poco more than 1 GiB; of "0," some 100 MB.
+  auto withPad = [](const std::string& item, size_t n) {
+    std::string pad = "\"pad\":[";
+    for (size_t i = 0; i < n; ++i) pad += (i ? "," : "") + item;
+    return doc(key("k1"), "", "").insert(1, pad + "],");
+  };
+  CHECK(rejectReason(withPad("{}", 40000)) == "document: more than 32768 JSON objects and arrays");
+  CHECK(rejectReason(withPad("0", 300000)) == "document: more than 262144 JSON values");
+  CHECK(parseOk(withPad("{}", 1000)).keys.size() == 1);
+  CHECK(parseOk(withPad("0", 100000)).keys.size() == 1);
+  // Commas and brackets inside strings do not count.
+  CHECK(parseOk(doc(key("k1"), "", "").insert(1, "\"s\":\"" + std::string(300000, ',') + std::string(40000, '{') + "\",")).keys.size() == 1);
+}
+
+// --- per-entry problems ----------------------------------------------------------------------
+
+TEST_CASE("document: bad keys are skipped one by one", "[document]") {
+  struct Case {
+    std::string entry;
+    std::string id;
+    std::string reason;
+  };
+  const std::vector<Case> cases = {
+      {R"("not an object")", "ssh.keys[1]", "must be an object, got a string"},
+      {key("bad id!"), "ssh.keys[1]", "id: must be 1-64 characters"},
+      {R"({"owner":"o","public_key":")" + kEd + "\"}", "ssh.keys[1]", "id: missing"},
+      {R"({"id":7,"owner":"o","public_key":")" + kEd + "\"}", "ssh.keys[1]", "id: must be a string, got a number"},
+      {R"({"id":"k","public_key":")" + kEd + "\"}", "k", "owner: missing"},
+      {R"({"id":"k","owner":5,"public_key":")" + kEd + "\"}", "k", "owner: must be a string"},
+      {R"({"id":"k","owner":")" + std::string(257, 'o') + R"(","public_key":")" + kEd + "\"}", "k",
+       "owner: longer than 256"},
+      {R"({"id":"k","owner":"a\u0007b","public_key":")" + kEd + "\"}", "k", "owner: contains"},
+      {R"({"id":"k","owner":"o"})", "k", "public_key: missing"},
+      {R"({"id":"k","owner":"o","public_key":")" + kEd + R"(\n"})", "k", "public_key: contains a newline"},
+      {R"({"id":"k","owner":"o","public_key":")" + kEd + R"(\u0000"})", "k", "public_key: contains a NUL byte"},
+      {R"({"id":"k","owner":"o","public_key":"ssh-ed25519 AAAA"})", "k", "public_key:"},
+      {key("k", R"(,"active":"yes")"), "k", "active: must be a boolean, got a string"},
+      {key("k", R"(,"active":null)"), "k", "active: must be a boolean, got null"},
+      {key("k", R"(,"expires_at":"tomorrow")"), "k", "expires_at: not an RFC 3339"},
+      {key("k", R"(,"expires_at":"2027-01-31T00:00:00+02:00")"), "k", "expires_at: not a UTC time"},
+      {key("k", R"(,"expires_at":1801353600)"), "k", "expires_at: must be null or an RFC 3339 time, got a number"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.entry);
+    auto d = parseOk(doc(key("good") + "," + c.entry, "", ""));
+    REQUIRE(d.keys.size() == 1);
+    CHECK(d.keys[0].id == "good");
+    REQUIRE(d.skipped.size() == 1);
+    CHECK(d.skipped[0].id == c.id);
+    CHECK_THAT(d.skipped[0].reason, Catch::StartsWith(c.reason));
+  }
+}
+
+TEST_CASE("document: key defaults and expiry", "[document]") {
+  auto d = parseOk(doc(key("a") + "," + key("b", R"(,"active":false,"expires_at":null)") + "," +
+                           key("c", R"(,"expires_at":"2020-01-01T00:00:00Z")"),
+                       "", ""));
+  REQUIRE(d.keys.size() == 3);
+  CHECK(d.keys[0].active);
+  CHECK_FALSE(d.keys[0].expiresAt.has_value());
+  CHECK_FALSE(d.keys[1].active);
+  CHECK(d.keys[2].expiresAt == 1577836800);  // expired but valid: the provider decides
+  CHECK(d.skipped.empty());
+}
+
+TEST_CASE("document: bad accounts are skipped and their users kept locked", "[document]") {
+  struct Case {
+    std::string entry;
+    std::string id;
+    std::string reason;
+    std::vector<std::string> locked;
+  };
+  const std::vector<Case> cases = {
+      {"[]", "sftp.accounts[1]", "must be an object, got an array", {}},
+      {account("bad id!", "lockme"), "sftp.accounts[1]", "id: must be", {"lockme"}},
+      {account("a", "Bad"), "a", "username: must match", {}},
+      {account("a", "root"), "a", "username: 'root' is not allowed", {}},
+      {account("a", "akeneo"), "a", "username: 'akeneo' is the login user", {}},
+      {R"({"id":"a","password_hash":null,"folder":"."})", "a", "username: missing", {}},
+      {R"({"id":"a","username":"u","password_hash":"hunter2","folder":"."})", "a",
+       "password_hash: not a supported crypt(3) hash ($y$, $6$, $5$, $2b$)", {"u"}},
+      {R"({"id":"a","username":"u","password_hash":"!","folder":"."})", "a", "password_hash: not a supported", {"u"}},
+      {R"({"id":"a","username":"u","password_hash":"$1$abc$qjXMvbEw8oaL.CzflDugX/","folder":"."})", "a",
+       "password_hash: not a supported", {"u"}},
+      {R"({"id":"a","username":"u","password_hash":"$6$s$short","folder":"."})", "a", "password_hash: malformed", {"u"}},
+      {R"({"id":"a","username":"u","password_hash":5,"folder":"."})", "a",
+       "password_hash: must be a string or null, got a number", {"u"}},
+      {R"({"id":"a","username":"u","folder":"."})", "a", "password_hash: missing", {"u"}},
+      {R"({"id":"a","username":"u","password_hash":null})", "a", "folder: missing", {"u"}},
+      {R"({"id":"a","username":"u","password_hash":null,"folder":"../../etc"})", "a", "folder: '..' is not allowed",
+       {"u"}},
+      {R"({"id":"a","username":"u","password_hash":null,"folder":"a//b"})", "a", "folder: empty path component",
+       {"u"}},
+      {R"({"id":"a","username":"u","password_hash":null,"folder":"/etc"})", "a", "folder: must be relative", {"u"}},
+      {account("a", "u", R"(,"active":"no")"), "a", "active: must be a boolean", {"u"}},
+      {account("a", "u", R"(,"public_keys":")" + kEd + "\""), "a", "public_keys: must be an array, got a string",
+       {"u"}},
+  };
+  for (const auto& c : cases) {
+    INFO(c.entry);
+    auto d = parseOk(doc("", account("good", "gooduser") + "," + c.entry, ""));
+    REQUIRE(d.accounts.size() == 1);
+    CHECK(d.accounts[0].id == "good");
+    REQUIRE(d.skipped.size() == 1);
+    CHECK(d.skipped[0].id == c.id);
+    CHECK_THAT(d.skipped[0].reason, Catch::StartsWith(c.reason));
+    CHECK(d.lockedUsernames == c.locked);
+    CHECK(d.skipped[0].reason.find("hunter2") == std::string::npos);
+    CHECK(d.skipped[0].reason.find("qjXMvbEw8oaL") == std::string::npos);
+  }
+}
+
+TEST_CASE("document: the login user is configurable", "[document]") {
+  DocumentOptions options;
+  options.loginUser = "deploy";
+  auto d = parseOk(doc("", account("a", "akeneo") + "," + account("b", "deploy"), ""), options);
+  REQUIRE(d.accounts.size() == 1);
+  CHECK(d.accounts[0].username == "akeneo");
+  CHECK(skippedIds(d) == std::set<std::string>{"b"});
+  CHECK(d.lockedUsernames.empty());
+}
+
+TEST_CASE("document: a bad key in an account skips only that key", "[document]") {
+  auto d = parseOk(doc("",
+                       account("sftp-imports", "u", R"(,"public_keys":[")" + kEd2 + R"(","ssh-ed25519 not-base64!!",7,")" +
+                                                        kEd + "\"]"),
+                       ""));
+  REQUIRE(d.accounts.size() == 1);
+  REQUIRE(d.accounts[0].publicKeys.size() == 2);
+  CHECK(d.accounts[0].publicKeys[0].comment == "bob@example");
+  CHECK(d.accounts[0].publicKeys[1].comment == "alice@example");
+  CHECK(skippedIds(d) == std::set<std::string>{"sftp-imports.public_keys[1]", "sftp-imports.public_keys[2]"});
+  CHECK_THAT(reasonFor(d, "sftp-imports.public_keys[1]"), Catch::Contains("not valid base64"));
+  CHECK(d.lockedUsernames.empty());
+}
+
+TEST_CASE("document: account defaults", "[document]") {
+  auto d = parseOk(doc("", R"({"id":"a","username":"u","password_hash":null,"folder":"x/y"})", ""));
+  REQUIRE(d.accounts.size() == 1);
+  CHECK(d.accounts[0].active);
+  CHECK_FALSE(d.accounts[0].passwordHash.has_value());
+  CHECK(d.accounts[0].publicKeys.empty());
+  CHECK(d.accounts[0].folder == "x/y");
+}
+
+TEST_CASE("document: sources are skipped by value and made canonical", "[document]") {
+  auto d = parseOk(doc("", "",
+                       R"("10.0.0.0/8","not-a-cidr","10.0.0.1/8",5,"2001:0DB8:42::/48","10.0.0.0/8","1.2.3.4/33","::ffff:1.2.3.4/128")"));
+  CHECK(d.allowedSources == std::vector<pim::Cidr>{{"10.0.0.0/8"}, {"2001:db8:42::/48"}});
+  CHECK(skippedIds(d) == std::set<std::string>{"not-a-cidr", "10.0.0.1/8", "network.allowed_sources[3]", "1.2.3.4/33",
+                                               "::ffff:1.2.3.4/128"});
+  CHECK_THAT(reasonFor(d, "10.0.0.1/8"), Catch::Contains("host bits"));
+  // 1024 sources are fine; an empty list is fine.
+  std::string many;
+  for (int i = 0; i < 1024; ++i) many += std::string(i ? "," : "") + "\"10.0." + std::to_string(i / 256) + "." + std::to_string(i % 256) + "/32\"";
+  CHECK(parseOk(doc("", "", many)).allowedSources.size() == 1024);
+  CHECK(parseOk(doc("", "", "")).allowedSources.empty());
+}
+
+TEST_CASE("document: unknown fields are ignored and listed", "[document]") {
+  const std::string body = R"({"version":1,"revision":2,"instance":"i","generated_by":{"x":[1]},
+    "ssh":{"keys":[)" + key("k", R"(,"color":"red")") + R"(],"note":1},
+    "sftp":{"accounts":[)" + account("a", "u", R"(,"quota":5)") + R"(]},
+    "network":{"allowed_sources":[],"weird\nname":true}})";
+  auto d = parseOk(body);
+  CHECK(d.skipped.empty());
+  CHECK(std::set<std::string>(d.unknownFields.begin(), d.unknownFields.end()) ==
+        std::set<std::string>{"generated_by", "ssh.note", "ssh.keys[0].color", "sftp.accounts[0].quota",
+                              "network.weird\\x0aname"});
+}
+
+TEST_CASE("document: no message ever contains a password hash", "[document]") {
+  const std::string secretish = "$6$rounds=1$SECRETSALT$" + std::string(86, 'Q');
+  auto d = parseOk(doc("", R"({"id":"a","username":"u","password_hash":")" + secretish + R"(","folder":"."})", ""));
+  REQUIRE(d.skipped.size() == 1);
+  CHECK(d.skipped[0].reason.find("SECRETSALT") == std::string::npos);
+  CHECK(d.skipped[0].reason.find("QQQQ") == std::string::npos);
+}
+
+// --- maskSecrets -----------------------------------------------------------------------------
+
+TEST_CASE("document: maskSecrets hides hashes and keeps the rest", "[document][mask]") {
+  const std::string shown = pim::maskSecrets(readFile(kExamples + "full.json"));
+  CHECK(shown.find("$6$") == std::string::npos);
+  CHECK(shown.find("exampleSalt") == std::string::npos);
+  CHECK(shown.find("\"password_hash\": \"********\"") != std::string::npos);
+  CHECK(shown.find("\"password_hash\": null") != std::string::npos);  // key-only stays visible
+  CHECK(shown.find("k-alice") != std::string::npos);
+  CHECK(shown.find("\"version\"") < shown.find("\"revision\""));  // member order kept
+  CHECK(shown.find('\n') != std::string::npos);                     // pretty-printed
+
+  const std::string other = pim::maskSecrets(R"({"a":[{"db_password":"p1"},{"api_token":"t1","x":"keep"}]})");
+  CHECK(other.find("p1") == std::string::npos);
+  CHECK(other.find("t1") == std::string::npos);
+  CHECK(other.find("keep") != std::string::npos);
+
+  // Nested values under a secret name are masked; types elsewhere are kept.
+  const std::string nested = pim::maskSecrets(R"({"secrets":{"a":["s1",2,null]},"b":[true,1.5,{}],"c":"\u0001"})");
+  CHECK(nested ==
+        "{\n  \"secrets\": {\n    \"a\": [\n      \"********\",\n      \"********\",\n      null\n    ]\n  },\n"
+        "  \"b\": [\n    true,\n    1.5,\n    {}\n  ],\n  \"c\": \"\\u0001\"\n}");
+
+  const std::string broken = pim::maskSecrets(R"({"password_hash":"$6$leak$)");
+  CHECK(broken.find("not valid JSON") != std::string::npos);
+  CHECK(broken.find("leak") == std::string::npos);
+  CHECK(pim::maskSecrets(std::string(1000, '[')).find("nesting") != std::string::npos);
+}

@@ -1,0 +1,787 @@
+// The store client against a real Poco HTTP(S) server on 127.0.0.1 (ephemeral port, one per test)
+// and against real files for file:// sources.
+
+#include "agent/store_client.h"
+
+#include <Poco/Net/HTTPServerRequestImpl.h>
+#include <Poco/Net/ServerSocket.h>
+#include <Poco/Net/SocketAddress.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <thread>
+
+#include "agent/file_store_client.h"
+#include "agent/signature.h"
+#include "tests/unit/store_test_server.h"
+
+using Catch::Matchers::Contains;
+using pim::ErrorCode;
+using pim::FetchOutcome;
+using pim::StoreClient;
+using pim::StoreClientOptions;
+using pim::StoreSettings;
+using pim::storetest::Exchange;
+using pim::storetest::StoreTestDir;
+using pim::storetest::StoreTestServer;
+using pim::storetest::StoreTestSigner;
+using std::chrono::milliseconds;
+
+namespace {
+
+const std::string kDoc = R"({"version": 1, "revision": 7, "instance": "test"})";
+
+// Short limits so that failure tests finish quickly.
+StoreClientOptions fastOptions() {
+  StoreClientOptions o;
+  o.connectTimeout = milliseconds(2000);
+  o.readTimeout = milliseconds(1000);
+  return o;
+}
+
+std::unique_ptr<StoreClient> makeClient(const StoreSettings& settings, const std::string& root = "",
+                                        StoreClientOptions options = fastOptions()) {
+  auto client = pim::makeStoreClient(settings, root, pim::nullLogger(), options);
+  INFO(client.status().toString());
+  REQUIRE(client.isOk());
+  return std::move(*client);
+}
+
+StoreSettings settingsFor(const std::string& source) {
+  StoreSettings s;
+  s.source = source;
+  return s;
+}
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+// Waits (bounded) for a handler to report that it has finished.
+bool waitFlag(const std::atomic<bool>& flag) {
+  for (int i = 0; i < 1000 && !flag.load(); ++i) std::this_thread::sleep_for(milliseconds(10));
+  return flag.load();
+}
+
+}  // namespace
+
+TEST_CASE("store http: 200 with ETag, then 304 for If-None-Match", "[store]") {
+  StoreTestServer server;
+  server.setDocument(kDoc, "\"rev-7\"");
+  auto client = makeClient(settingsFor(server.url()));
+
+  auto first = client->fetch("", 0);
+  INFO(first.status().toString());
+  REQUIRE(first.isOk());
+  CHECK(first->kind == FetchOutcome::Kind::kDocument);
+  CHECK(first->body == kDoc);
+  CHECK(first->etag == "\"rev-7\"");
+  CHECK(first->httpStatus == 200);
+
+  auto second = client->fetch(first->etag, 0);
+  REQUIRE(second.isOk());
+  CHECK(second->kind == FetchOutcome::Kind::kUnchanged);
+  CHECK(second->httpStatus == 304);
+  CHECK(second->etag == "\"rev-7\"");
+  CHECK(second->body.empty());
+
+  auto requests = server.requests();
+  REQUIRE(requests.size() == 2);
+  CHECK(requests[0].method == "GET");
+  CHECK(requests[0].path == "/v1/instances/test/access");
+  CHECK(requests[0].header("Accept") == "application/json");
+  CHECK_FALSE(requests[0].hasHeader("If-None-Match"));
+  CHECK(requests[1].header("If-None-Match") == "\"rev-7\"");
+  CHECK_FALSE(requests[0].hasHeader("Authorization"));  // no token_file configured
+  CHECK(requests[0].query.count("wait") == 0);
+}
+
+TEST_CASE("store http: a 200 without ETag gets a content hash as ETag", "[store]") {
+  StoreTestServer server([](Exchange& ex) {
+    ex.response.setContentLength(static_cast<std::streamsize>(kDoc.size()));
+    ex.response.send() << kDoc;
+  });
+  auto client = makeClient(settingsFor(server.url()));
+  auto out = client->fetch("", 0);
+  REQUIRE(out.isOk());
+  CHECK(out->etag == "\"sha256:" + pim::sha256Hex(kDoc) + "\"");
+}
+
+TEST_CASE("store http: the bearer token is read from token_file at each request", "[store]") {
+  StoreTestDir dir;
+  StoreTestServer server;
+  server.setDocument(kDoc);
+  dir.write("token", "  tok-first\n");
+  StoreSettings s = settingsFor(server.url());
+  s.tokenFile = "/token";  // a host path: the root prefix is applied
+  auto client = makeClient(s, dir.path());
+
+  REQUIRE(client->fetch("", 0).isOk());
+  dir.write("token", "tok-second\n");
+  REQUIRE(client->fetch("", 0).isOk());
+
+  auto requests = server.requests();
+  REQUIRE(requests.size() == 2);
+  CHECK(requests[0].header("Authorization") == "Bearer tok-first");
+  CHECK(requests[1].header("Authorization") == "Bearer tok-second");
+
+  SECTION("a missing token file fails without contacting the store, naming the path only") {
+    dir.write("token", "secret-token\n");
+    ::unlink(dir.file("token").c_str());
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(out.status().message(), Contains(dir.file("token")));
+    CHECK(server.requestCount() == 2);
+  }
+  SECTION("an empty token file fails") {
+    dir.write("token", " \n");
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(out.status().message(), Contains("empty"));
+  }
+  SECTION("a token with an inner line break is refused, not sent as a header") {
+    dir.write("token", "tok-a\nX-Injected: 1\n");
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(out.status().message(), !Contains("tok-a"));
+    CHECK(server.requestCount() == 2);
+  }
+}
+
+TEST_CASE("store http: error statuses are kUnreachable naming the status", "[store]") {
+  StoreTestServer server;
+  server.setDocument(kDoc);
+  auto client = makeClient(settingsFor(server.url()));
+  for (int status : {401, 403, 404, 500, 503, 418}) {
+    INFO("status " << status);
+    server.setForcedStatus(status);
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(out.status().message(), Contains("HTTP " + std::to_string(status)));
+    CHECK_THAT(out.status().message(), Contains(server.url()));
+  }
+}
+
+TEST_CASE("store http: redirects are not followed", "[store]") {
+  StoreTestServer server([](Exchange& ex) {
+    if (ex.request.path == "/moved") {
+      ex.response.setContentLength(static_cast<std::streamsize>(kDoc.size()));
+      ex.response.send() << kDoc;
+      return;
+    }
+    ex.response.setStatusAndReason(Poco::Net::HTTPResponse::HTTP_FOUND);
+    ex.response.set("Location", "/moved");
+    ex.response.setContentLength(0);
+    ex.response.send();
+  });
+  auto client = makeClient(settingsFor(server.url()));
+  auto out = client->fetch("", 0);
+  REQUIRE_FALSE(out.isOk());
+  CHECK(out.status().code() == ErrorCode::kUnreachable);
+  CHECK_THAT(out.status().message(), Contains("HTTP 302"));
+  CHECK(server.requestCount() == 1);
+}
+
+TEST_CASE("store http: a 304 to a request without If-None-Match is an error", "[store]") {
+  StoreTestServer server([](Exchange& ex) {
+    ex.response.setStatusAndReason(Poco::Net::HTTPResponse::HTTP_NOT_MODIFIED);
+    ex.response.send();
+  });
+  auto client = makeClient(settingsFor(server.url()));
+  auto out = client->fetch("", 0);
+  REQUIRE_FALSE(out.isOk());
+  CHECK(out.status().code() == ErrorCode::kUnreachable);
+  CHECK_THAT(out.status().message(), Contains("304"));
+}
+
+TEST_CASE("store http: a server slower than the read time-out fails the fetch", "[store]") {
+  SECTION("bytes trickled faster than the per-read time-out but slower than the deadline") {
+    StoreTestServer server([](Exchange& ex) {
+      ex.response.setContentLength(200);
+      std::ostream& os = ex.response.send();
+      os.flush();
+      for (int i = 0; i < 200 && os && ex.server.sleepFor(milliseconds(200)); ++i) {
+        os << 'x';
+        os.flush();
+      }
+    });
+    auto client = makeClient(settingsFor(server.url()));
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(out.status().message(), Contains("timed out"));
+  }
+  SECTION("headers that never come") {
+    StoreTestServer server([](Exchange& ex) {
+      if (!ex.server.sleepFor(milliseconds(10000))) return;
+      ex.response.setContentLength(0);
+      ex.response.send();
+    });
+    auto client = makeClient(settingsFor(server.url()));
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(out.status().message(), Contains("timed out"));
+  }
+  SECTION("a body that stalls") {
+    StoreTestServer server([](Exchange& ex) {
+      ex.response.setContentLength(100);
+      std::ostream& os = ex.response.send();
+      os << std::string(10, 'x');
+      os.flush();
+      ex.server.sleepFor(milliseconds(10000));
+    });
+    auto client = makeClient(settingsFor(server.url()));
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(out.status().message(), Contains("timed out"));
+  }
+}
+
+TEST_CASE("store http: a body cut short is kUnreachable", "[store]") {
+  SECTION("Content-Length 1000, 100 bytes sent, connection closed") {
+    StoreTestServer server([](Exchange& ex) {
+      ex.response.setKeepAlive(false);
+      ex.response.setContentLength(1000);
+      std::ostream& os = ex.response.send();
+      os << std::string(100, 'x');
+      os.flush();
+    });
+    auto client = makeClient(settingsFor(server.url()));
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(out.status().message(), Contains("truncated"));
+    CHECK_THAT(out.status().message(), Contains("100 of 1000"));
+  }
+  SECTION("chunked body, connection reset mid-body") {
+    StoreTestServer server([](Exchange& ex) {
+      ex.response.setChunkedTransferEncoding(true);
+      std::ostream& os = ex.response.send();
+      os << std::string(100, 'x');
+      os.flush();
+      ex.abortConnection();
+    });
+    auto client = makeClient(settingsFor(server.url()));
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(out.status().message(), Contains("truncated"));
+  }
+  SECTION("chunked body, connection closed cleanly between two chunks") {
+    StoreTestServer server([](Exchange& ex) {
+      // Raw bytes on the socket: a complete first chunk, then the end of the connection without
+      // the terminating zero-size chunk.
+      auto& impl = dynamic_cast<Poco::Net::HTTPServerRequestImpl&>(ex.raw);
+      const std::string raw =
+          "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+          "a\r\n0123456789\r\n";
+      impl.socket().sendBytes(raw.data(), static_cast<int>(raw.size()));
+      ex.abortConnection();
+    });
+    auto client = makeClient(settingsFor(server.url()));
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(out.status().message(), Contains("truncated"));
+  }
+  SECTION("a complete chunked body is accepted") {
+    StoreTestServer server([](Exchange& ex) {
+      ex.response.setChunkedTransferEncoding(true);
+      std::ostream& os = ex.response.send();
+      os << kDoc.substr(0, 10);
+      os.flush();
+      os << kDoc.substr(10);
+    });
+    auto client = makeClient(settingsFor(server.url()));
+    auto out = client->fetch("", 0);
+    INFO(out.status().toString());
+    REQUIRE(out.isOk());
+    CHECK(out->body == kDoc);
+  }
+}
+
+TEST_CASE("store http: a body over max_document_bytes is rejected while reading", "[store]") {
+  const int64_t kHundredMb = 100LL * 1024 * 1024;
+  std::atomic<bool> handlerDone{false};
+  auto streamer = [&](bool declareLength) {
+    return [&, declareLength](Exchange& ex) {
+      if (declareLength) {
+        ex.response.setContentLength64(kHundredMb);
+      } else {
+        ex.response.setChunkedTransferEncoding(true);
+      }
+      const std::string block(64 * 1024, 'a');  // streamed: the server never holds 100 MB either
+      try {
+        std::ostream& os = ex.response.send();
+        for (int64_t sent = 0; sent < kHundredMb && os && !ex.server.stopping(); sent += block.size()) {
+          os.write(block.data(), static_cast<std::streamsize>(block.size()));
+          if (os) ex.server.addBytesWritten(static_cast<int64_t>(block.size()));
+        }
+      } catch (...) {
+        // The client hung up: expected.
+      }
+      handlerDone = true;
+    };
+  };
+  StoreSettings s;
+  s.maxDocumentBytes = 4 * 1024 * 1024;
+
+  SECTION("chunked, no length announced") {
+    StoreTestServer server(streamer(false));
+    s.source = server.url();
+    auto client = makeClient(s);
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kRejected);
+    CHECK_THAT(out.status().message(), Contains("4194304"));
+    client.reset();
+    REQUIRE(waitFlag(handlerDone));
+    CHECK(server.bytesWritten() < kHundredMb);
+  }
+  SECTION("Content-Length announced over the limit") {
+    StoreTestServer server(streamer(true));
+    s.source = server.url();
+    auto client = makeClient(s);
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kRejected);
+    CHECK_THAT(out.status().message(), Contains("104857600"));
+    client.reset();
+    REQUIRE(waitFlag(handlerDone));
+    CHECK(server.bytesWritten() < kHundredMb);
+  }
+}
+
+TEST_CASE("store http: the size limit is inclusive", "[store]") {
+  std::string body;
+  StoreTestServer server([&](Exchange& ex) {
+    ex.response.setChunkedTransferEncoding(true);  // no length: the limit is found by reading
+    ex.response.send() << body;
+  });
+  StoreSettings s = settingsFor(server.url());
+  s.maxDocumentBytes = 1024;
+  auto client = makeClient(s);
+  body.assign(1024, 'x');
+  auto ok = client->fetch("", 0);
+  REQUIRE(ok.isOk());
+  CHECK(ok->body.size() == 1024);
+  body.assign(1025, 'x');
+  auto over = client->fetch("", 0);
+  REQUIRE_FALSE(over.isOk());
+  CHECK(over.status().code() == ErrorCode::kRejected);
+}
+
+TEST_CASE("store http: long poll sends wait=N and accepts a held 304", "[store]") {
+  StoreTestServer server;
+  server.setDocument(kDoc, "\"e1\"");
+  // readTimeout 1 s and a 2 s hold: succeeds only because the wait extends the read time-out.
+  auto client = makeClient(settingsFor(server.url()));
+  auto first = client->fetch("", 0);
+  REQUIRE(first.isOk());
+  auto held = client->fetch(first->etag, 2);
+  INFO(held.status().toString());
+  REQUIRE(held.isOk());
+  CHECK(held->kind == FetchOutcome::Kind::kUnchanged);
+  CHECK(server.heldLongPolls() == 1);
+  auto requests = server.requests();
+  REQUIRE(requests.size() == 2);
+  CHECK(requests[1].query.at("wait") == "2");
+  CHECK(requests[1].path == "/v1/instances/test/access");
+}
+
+TEST_CASE("store http: a long poll returns the new document when it changes", "[store]") {
+  StoreTestServer server;
+  server.setDocument(kDoc, "\"e1\"");
+  auto client = makeClient(settingsFor(server.url()));
+  REQUIRE(client->fetch("", 0).isOk());
+  pim::Result<FetchOutcome> result = pim::Status::error(ErrorCode::kInternal, "not run");
+  std::thread poller([&] { result = client->fetch("\"e1\"", 30); });
+  REQUIRE(server.waitForRequests(2, milliseconds(10000)));
+  server.setDocument("{\"revision\": 8}", "\"e2\"");
+  poller.join();
+  INFO(result.status().toString());
+  REQUIRE(result.isOk());
+  CHECK(result->kind == FetchOutcome::Kind::kDocument);
+  CHECK(result->body == "{\"revision\": 8}");
+  CHECK(result->etag == "\"e2\"");
+}
+
+TEST_CASE("store http: the query of the URL is kept and wait is appended", "[store]") {
+  StoreTestServer server;
+  server.setDocument(kDoc, "\"e1\"");
+  auto client = makeClient(settingsFor(server.url("/access?instance=abc")));
+  CHECK(client->describe() == server.url("/access"));
+  REQUIRE(client->fetch("", 0).isOk());
+  REQUIRE(client->fetch("\"e1\"", 1).isOk());
+  auto requests = server.requests();
+  REQUIRE(requests.size() == 2);
+  CHECK(requests[0].query.at("instance") == "abc");
+  CHECK(requests[1].query.at("instance") == "abc");
+  CHECK(requests[1].query.at("wait") == "1");
+}
+
+TEST_CASE("store http: signatures are checked when a signing key is configured", "[store]") {
+  StoreTestDir dir;
+  StoreTestSigner signer;
+  dir.write("store.pub", signer.publicKeyPem());
+  StoreTestServer server;
+  StoreSettings s = settingsFor(server.url());
+  s.signingKey = "/store.pub";
+  auto client = makeClient(s, dir.path());
+
+  SECTION("a good signature is accepted") {
+    server.setDocument(kDoc, "\"s1\"", signer.sign(kDoc));
+    auto out = client->fetch("", 0);
+    INFO(out.status().toString());
+    REQUIRE(out.isOk());
+    CHECK(out->body == kDoc);
+  }
+  SECTION("a signature of other bytes is rejected") {
+    server.setDocument(kDoc, "\"s1\"", signer.sign(kDoc + " "));
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kRejected);
+    CHECK_THAT(out.status().message(), Contains("does not match"));
+  }
+  SECTION("a signature by another key is rejected") {
+    StoreTestSigner other;
+    server.setDocument(kDoc, "\"s1\"", other.sign(kDoc));
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kRejected);
+  }
+  SECTION("a missing signature is rejected") {
+    server.setDocument(kDoc, "\"s1\"");
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kRejected);
+    CHECK_THAT(out.status().message(), Contains("missing signature"));
+  }
+  SECTION("garbage instead of base64 is rejected") {
+    server.setDocument(kDoc, "\"s1\"", "not*base64!");
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kRejected);
+  }
+  SECTION("without a signing key, signatures are ignored") {
+    server.setDocument(kDoc, "\"s1\"", "bogus");
+    auto plain = makeClient(settingsFor(server.url()));
+    CHECK(plain->fetch("", 0).isOk());
+  }
+}
+
+TEST_CASE("store: an invalid signing key is a configuration error", "[store]") {
+  StoreTestDir dir;
+  StoreSettings s = settingsFor("https://store.example/access");
+  s.signingKey = "/missing.pem";
+  auto missing = pim::makeStoreClient(s, dir.path(), pim::nullLogger());
+  REQUIRE_FALSE(missing.isOk());
+  CHECK(missing.status().code() == ErrorCode::kInvalid);
+  CHECK_THAT(missing.status().message(), Contains(dir.file("missing.pem")));
+
+  dir.write("garbage.pem", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n");
+  s.signingKey = "/garbage.pem";
+  auto garbage = pim::makeStoreClient(s, dir.path(), pim::nullLogger());
+  REQUIRE_FALSE(garbage.isOk());
+  CHECK(garbage.status().code() == ErrorCode::kInvalid);
+
+  // An EC key in valid PEM is not an Ed25519 key.
+  auto pki = pim::storetest::makeStoreTestPki(dir.path());
+  REQUIRE(std::system(
+              ("openssl pkey -in " + pki.serverKey + " -pubout -out " + dir.file("ec.pub") + " 2>/dev/null").c_str()) ==
+          0);
+  s.signingKey = "/ec.pub";
+  auto ec = pim::makeStoreClient(s, dir.path(), pim::nullLogger());
+  REQUIRE_FALSE(ec.isOk());
+  CHECK(ec.status().code() == ErrorCode::kInvalid);
+  CHECK_THAT(ec.status().message(), Contains("Ed25519"));
+}
+
+TEST_CASE("store https: the server certificate is checked against ca_file", "[store][tls]") {
+  StoreTestDir dir;
+  auto pki = pim::storetest::makeStoreTestPki(dir.path(), "IP:127.0.0.1");
+  StoreTestServer server(StoreTestServer::Tls{pki.serverCert, pki.serverKey});
+  server.setDocument(kDoc, "\"t1\"");
+  REQUIRE(server.url().rfind("https://", 0) == 0);
+
+  SECTION("trusted through ca_file (root prefix applied)") {
+    StoreSettings s = settingsFor(server.url());
+    s.caFile = "/ca.pem";
+    auto client = makeClient(s, dir.path());
+    auto out = client->fetch("", 0);
+    INFO(out.status().toString());
+    REQUIRE(out.isOk());
+    CHECK(out->body == kDoc);
+    REQUIRE(client->fetch("\"t1\"", 0).isOk());
+    CHECK(server.requestCount() == 2);
+  }
+  SECTION("unknown CA") {
+    auto client = makeClient(settingsFor(server.url()));
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(lower(out.status().message()), Contains("certificate"));
+    CHECK_THAT(out.status().message(), Contains("issuer"));
+    CHECK(server.requestCount() == 0);
+  }
+}
+
+TEST_CASE("store https: a stalled TLS peer times out", "[store][tls]") {
+  StoreTestDir dir;
+  auto pki = pim::storetest::makeStoreTestPki(dir.path(), "IP:127.0.0.1");
+  StoreSettings s;
+  s.caFile = "/ca.pem";
+  SECTION("handshake never answered (listening socket that never accepts)") {
+    Poco::Net::ServerSocket silent(Poco::Net::SocketAddress("127.0.0.1", 0));
+    s.source = "https://127.0.0.1:" + std::to_string(silent.address().port()) + "/access";
+    auto client = makeClient(s, dir.path());
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(out.status().message(), Contains("timed out"));
+  }
+  SECTION("answer never sent after the handshake") {
+    StoreTestServer server(StoreTestServer::Tls{pki.serverCert, pki.serverKey},
+                           [](Exchange& ex) { ex.server.sleepFor(milliseconds(10000)); });
+    s.source = server.url();
+    auto client = makeClient(s, dir.path());
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(out.status().message(), Contains("timed out"));
+    CHECK(server.requestCount() == 1);
+  }
+}
+
+TEST_CASE("store https: a certificate for another name is refused", "[store][tls]") {
+  StoreTestDir dir;
+  auto pki = pim::storetest::makeStoreTestPki(dir.path(), "DNS:store.test");
+  StoreTestServer server(StoreTestServer::Tls{pki.serverCert, pki.serverKey});
+  server.setDocument(kDoc);
+  StoreSettings s = settingsFor(server.url());
+  s.caFile = "/ca.pem";
+  auto client = makeClient(s, dir.path());
+  auto out = client->fetch("", 0);
+  REQUIRE_FALSE(out.isOk());
+  CHECK(out.status().code() == ErrorCode::kUnreachable);
+  CHECK_THAT(lower(out.status().message()), Contains("certificate"));
+  CHECK_THAT(out.status().message(), Contains("mismatch"));
+  CHECK(server.requestCount() == 0);
+}
+
+TEST_CASE("store https: an unusable ca_file is a configuration error", "[store][tls]") {
+  StoreTestDir dir;
+  StoreSettings s = settingsFor("https://127.0.0.1:1/access");
+  s.caFile = "/nope.pem";
+  auto missing = pim::makeStoreClient(s, dir.path(), pim::nullLogger());
+  REQUIRE_FALSE(missing.isOk());
+  CHECK(missing.status().code() == ErrorCode::kInvalid);
+  CHECK_THAT(missing.status().message(), Contains(dir.file("nope.pem")));
+  dir.write("empty.pem", "no certificate here\n");
+  s.caFile = "/empty.pem";
+  auto empty = pim::makeStoreClient(s, dir.path(), pim::nullLogger());
+  REQUIRE_FALSE(empty.isOk());
+  CHECK(empty.status().code() == ErrorCode::kInvalid);
+}
+
+TEST_CASE("store http: connection refused is kUnreachable", "[store]") {
+  uint16_t port = 0;
+  {
+    Poco::Net::ServerSocket probe(Poco::Net::SocketAddress("127.0.0.1", 0));
+    port = probe.address().port();
+  }  // closed: nothing listens there any more
+  auto client = makeClient(settingsFor("http://127.0.0.1:" + std::to_string(port) + "/access"));
+  auto out = client->fetch("", 0);
+  REQUIRE_FALSE(out.isOk());
+  CHECK(out.status().code() == ErrorCode::kUnreachable);
+  CHECK_THAT(lower(out.status().message()), Contains("refused"));
+}
+
+TEST_CASE("store http: cancel() aborts a fetch in progress and every later one", "[store]") {
+  StoreTestServer server([](Exchange& ex) {
+    if (!ex.server.sleepFor(milliseconds(30000))) return;
+    ex.response.setContentLength(0);
+    ex.response.send();
+  });
+  // Long time-outs: only cancel() can end this fetch early.
+  StoreClientOptions slow;
+  auto client = makeClient(settingsFor(server.url()), "", slow);
+  pim::Result<FetchOutcome> result = pim::Status::error(ErrorCode::kInternal, "not run");
+  std::thread fetcher([&] { result = client->fetch("", 25); });
+  REQUIRE(server.waitForRequests(1, milliseconds(10000)));
+  client->cancel();
+  fetcher.join();
+  REQUIRE_FALSE(result.isOk());
+  CHECK(result.status().code() == ErrorCode::kUnreachable);
+  CHECK_THAT(result.status().message(), Contains("cancelled"));
+  auto later = client->fetch("", 0);
+  REQUIRE_FALSE(later.isOk());
+  CHECK_THAT(later.status().message(), Contains("cancelled"));
+  CHECK(server.requestCount() == 1);
+}
+
+TEST_CASE("store: the factory refuses bad sources and hides URL secrets", "[store]") {
+  for (const char* source : {"", "ftp://store.example/a", "store.example/a", "https:///nohost",
+                             "file://otherhost/etc/doc.json", "file://relative/doc.json"}) {
+    INFO("source '" << source << "'");
+    auto c = pim::makeStoreClient(settingsFor(source), "", pim::nullLogger());
+    REQUIRE_FALSE(c.isOk());
+    CHECK(c.status().code() == ErrorCode::kInvalid);
+  }
+  auto creds = pim::makeStoreClient(settingsFor("https://user:hunter2@store.example/a"), "", pim::nullLogger());
+  REQUIRE_FALSE(creds.isOk());
+  CHECK(creds.status().code() == ErrorCode::kInvalid);
+  CHECK_THAT(creds.status().message(), !Contains("hunter2"));
+
+  auto ok = pim::makeStoreClient(settingsFor("https://store.example:8443/v1/a?key=s3cret"), "", pim::nullLogger());
+  REQUIRE(ok.isOk());
+  CHECK((*ok)->describe() == "https://store.example:8443/v1/a");
+  auto plain = pim::makeStoreClient(settingsFor("HTTP://store.example/v1/a"), "", pim::nullLogger());
+  REQUIRE(plain.isOk());
+  CHECK((*plain)->describe() == "http://store.example/v1/a");
+}
+
+TEST_CASE("store http: error messages do not carry the query", "[store]") {
+  StoreTestServer server;
+  server.setForcedStatus(404);
+  auto client = makeClient(settingsFor(server.url("/a?key=s3cret")));
+  auto out = client->fetch("", 0);
+  REQUIRE_FALSE(out.isOk());
+  CHECK_THAT(out.status().message(), Contains("HTTP 404"));
+  CHECK_THAT(out.status().message(), !Contains("s3cret"));
+}
+
+TEST_CASE("store file: document, unchanged, size limit, non-regular files", "[store][file]") {
+  StoreTestDir dir;
+  const std::string path = dir.write("access.json", kDoc);
+  StoreSettings s = settingsFor("file://" + path);
+  // The root prefix does not apply to a file:// source.
+  auto client = makeClient(s, "/nonexistent-root");
+  CHECK(client->describe() == "file://" + path);
+
+  auto first = client->fetch("", 0);
+  INFO(first.status().toString());
+  REQUIRE(first.isOk());
+  CHECK(first->kind == FetchOutcome::Kind::kDocument);
+  CHECK(first->body == kDoc);
+  CHECK(first->etag == "sha256:" + pim::sha256Hex(kDoc));
+  CHECK(first->httpStatus == 0);
+
+  auto same = client->fetch(first->etag, 0);
+  REQUIRE(same.isOk());
+  CHECK(same->kind == FetchOutcome::Kind::kUnchanged);
+  CHECK(same->etag == first->etag);
+
+  dir.write("access.json", kDoc + "\n");
+  auto changed = client->fetch(first->etag, 0);
+  REQUIRE(changed.isOk());
+  CHECK(changed->kind == FetchOutcome::Kind::kDocument);
+  CHECK(changed->etag != first->etag);
+
+  SECTION("oversized") {
+    s.maxDocumentBytes = 1024;
+    auto small = makeClient(s);
+    dir.write("access.json", std::string(1025, ' '));
+    auto out = small->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kRejected);
+    dir.write("access.json", std::string(1024, ' '));
+    CHECK(small->fetch("", 0).isOk());
+  }
+  SECTION("missing") {
+    ::unlink(path.c_str());
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(out.status().message(), Contains(path));
+  }
+  SECTION("a FIFO is refused without blocking") {
+    ::unlink(path.c_str());
+    REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(out.status().message(), Contains("not a regular file"));
+  }
+  SECTION("a directory is refused") {
+    auto dirClient = makeClient(settingsFor("file://" + dir.path()));
+    auto out = dirClient->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK(out.status().code() == ErrorCode::kUnreachable);
+  }
+}
+
+TEST_CASE("store file: PATH.sig is checked when a signing key is configured", "[store][file]") {
+  StoreTestDir dir;
+  StoreTestSigner signer;
+  dir.write("store.pub", signer.publicKeyPem());
+  const std::string path = dir.write("access.json", kDoc);
+  StoreSettings s = settingsFor("file://" + path);
+  s.signingKey = "/store.pub";
+  auto client = makeClient(s, dir.path());
+
+  auto unsigned_ = client->fetch("", 0);
+  REQUIRE_FALSE(unsigned_.isOk());
+  CHECK(unsigned_.status().code() == ErrorCode::kRejected);
+  CHECK_THAT(unsigned_.status().message(), Contains(path + ".sig"));
+
+  dir.write("access.json.sig", signer.sign(kDoc) + "\n");
+  auto good = client->fetch("", 0);
+  INFO(good.status().toString());
+  REQUIRE(good.isOk());
+  CHECK(good->body == kDoc);
+
+  dir.write("access.json.sig", signer.sign("something else"));
+  auto bad = client->fetch("", 0);
+  REQUIRE_FALSE(bad.isOk());
+  CHECK(bad.status().code() == ErrorCode::kRejected);
+
+  // Without a key the .sig file is not looked at.
+  auto plain = makeClient(settingsFor("file://" + path));
+  CHECK(plain->fetch("", 0).isOk());
+}
+
+TEST_CASE("store file: a signature made with the documented openssl commands is accepted", "[store][file]") {
+  StoreTestDir dir;
+  const std::string path = dir.write("access.json", kDoc);
+  const std::string key = dir.file("store.key");
+  const std::string cmd = "cd " + dir.path() +
+                          " && openssl genpkey -algorithm ed25519 -out store.key 2>/dev/null"
+                          " && openssl pkey -in store.key -pubout -out store.pub 2>/dev/null"
+                          " && openssl pkeyutl -sign -rawin -inkey store.key -in access.json 2>/dev/null"
+                          " | base64 -w0 > access.json.sig";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  StoreSettings s = settingsFor("file://" + path);
+  s.signingKey = "/store.pub";
+  auto client = makeClient(s, dir.path());
+  auto out = client->fetch("", 0);
+  INFO(out.status().toString());
+  REQUIRE(out.isOk());
+  CHECK(out->body == kDoc);
+}
+
+TEST_CASE("store: base64 helpers round-trip and reject malformed input", "[store]") {
+  for (const std::string& bytes : {std::string(), std::string("f"), std::string("fo"), std::string("foo"),
+                                   std::string("foob"), std::string("\0\xff\x10", 3)}) {
+    auto decoded = pim::decodeBase64(pim::encodeBase64(bytes));
+    REQUIRE(decoded.has_value());
+    CHECK(*decoded == bytes);
+  }
+  CHECK(pim::encodeBase64("foob") == "Zm9vYg==");
+  CHECK(pim::decodeBase64("Zm9vYg").value() == "foob");  // padding optional
+  for (const char* bad : {"Zm9vYg=", "Zm9v Yg==", "Zm9vY", "Zm9vYh==", "=Zm9", "Zm9vYg===", "Zm*v"}) {
+    INFO("'" << bad << "'");
+    CHECK_FALSE(pim::decodeBase64(bad).has_value());
+  }
+}

@@ -1,0 +1,182 @@
+#pragma once
+// Test helpers for the store transport, reusable by the daemon and end-to-end tests:
+// - StoreTestServer: a real Poco HTTP or HTTPS server on 127.0.0.1 (ephemeral port) that records
+//   every request; either a built-in document store (ETag/304, long poll, signature header) or a
+//   custom handler per test (error statuses, trickling, truncation, huge bodies...).
+// - makeStoreTestPki: a throw-away CA and server certificate (openssl CLI) for TLS tests.
+// - StoreTestSigner: an Ed25519 key pair that signs documents like the store does.
+// - StoreTestDir: a temporary directory removed with its content.
+// Everything lives in pim::storetest so that other test files can define their own helpers.
+
+#include <Poco/Net/HTTPServerRequest.h>
+#include <Poco/Net/HTTPServerResponse.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace Poco {
+class ThreadPool;
+namespace Net {
+class HTTPServer;
+}
+}  // namespace Poco
+
+namespace pim {
+namespace storetest {
+
+/// A request as the server saw it.
+struct RecordedRequest {
+  std::string method;
+  std::string target;                          // path and query as sent
+  std::string path;                            // decoded path
+  std::map<std::string, std::string> query;    // decoded query parameters (last one wins)
+  std::map<std::string, std::string> headers;  // header names in lower case
+  /// The header's value, "" when absent (name is case-insensitive).
+  std::string header(const std::string& name) const;
+  /// Whether the header was sent (name is case-insensitive).
+  bool hasHeader(const std::string& name) const;
+};
+
+class StoreTestServer;
+
+/// What a custom handler gets for one request.
+struct Exchange {
+  const RecordedRequest& request;
+  Poco::Net::HTTPServerRequest& raw;
+  Poco::Net::HTTPServerResponse& response;
+  StoreTestServer& server;
+  /// Shuts the connection down at once (both directions), e.g. in the middle of a body; what the
+  /// server then tries to write fails quietly.
+  void abortConnection();
+};
+
+class StoreTestServer {
+ public:
+  using Handler = std::function<void(Exchange&)>;
+  struct Tls {
+    std::string certFile;  // server certificate chain (PEM)
+    std::string keyFile;   // its private key (PEM, unencrypted)
+  };
+
+  /// Starts a plain HTTP server on 127.0.0.1:ephemeral. An empty handler serves the built-in
+  /// document store (see setDocument). Ignores SIGPIPE for the process (writes to a client that
+  /// went away must not kill the test binary). Throws Poco::Exception when it cannot start.
+  explicit StoreTestServer(Handler handler = {});
+  /// The same over TLS with the given certificate and key.
+  StoreTestServer(Tls tls, Handler handler = {});
+  /// Stops accepting, wakes held long polls, aborts open connections and joins every thread.
+  ~StoreTestServer();
+  StoreTestServer(const StoreTestServer&) = delete;
+  StoreTestServer& operator=(const StoreTestServer&) = delete;
+
+  uint16_t port() const;
+  /// "http(s)://127.0.0.1:PORT" + path.
+  std::string url(const std::string& path = "/v1/instances/test/access") const;
+
+  /// Copies of the requests received so far, in arrival order.
+  std::vector<RecordedRequest> requests() const;
+  size_t requestCount() const;
+  /// Blocks until at least n requests arrived or the timeout passed; returns whether they did.
+  bool waitForRequests(size_t n, std::chrono::milliseconds timeout) const;
+
+  // Built-in document store: answers 200 with the document, its ETag and (when set) its
+  // X-Access-Signature; 304 when If-None-Match equals the ETag, after holding the request up to
+  // `wait` seconds (query parameter) for a new document; 404 before any document;
+  // forcedStatus() answers that status instead when non-zero.
+  /// Replaces the document (wakes held long polls). etag "" = "\"<sha256 of body>\"".
+  void setDocument(std::string body, std::string etag = "", std::string signature = "");
+  /// Makes the built-in store answer `status` (with an empty body) until set back to 0.
+  void setForcedStatus(int status);
+  /// Long polls that the built-in store held (answered 304 after waiting, or woken by a change).
+  int heldLongPolls() const;
+
+  // For custom handlers.
+  /// Whether the server is being destroyed (long-running handlers must return).
+  bool stopping() const;
+  /// Sleeps up to d, returning false early when the server is stopping.
+  bool sleepFor(std::chrono::milliseconds d);
+  /// Adds to the count of body bytes written (custom handlers count what they stream).
+  void addBytesWritten(int64_t n);
+  int64_t bytesWritten() const;
+
+ private:
+  friend class StoreTestRequestHandler;
+  void handle(Poco::Net::HTTPServerRequest& raw, Poco::Net::HTTPServerResponse& response);
+  void serveDocument(Exchange& ex);
+  void start(const Tls* tls);
+
+  Handler handler_;
+  bool secure_ = false;
+  uint16_t port_ = 0;
+  std::unique_ptr<Poco::ThreadPool> pool_;
+  std::unique_ptr<Poco::Net::HTTPServer> server_;
+
+  mutable std::mutex mutex_;
+  mutable std::condition_variable cv_;
+  std::vector<RecordedRequest> requests_;
+  std::optional<std::string> body_;
+  std::string etag_;
+  std::string signature_;
+  int forcedStatus_ = 0;
+  int heldLongPolls_ = 0;
+  bool stopping_ = false;
+  std::atomic<int64_t> bytesWritten_{0};
+};
+
+/// A temporary directory (mkdtemp under $TMPDIR or /tmp), removed recursively on destruction.
+class StoreTestDir {
+ public:
+  StoreTestDir();
+  ~StoreTestDir();
+  StoreTestDir(const StoreTestDir&) = delete;
+  StoreTestDir& operator=(const StoreTestDir&) = delete;
+  const std::string& path() const { return path_; }
+  /// path() + "/" + name.
+  std::string file(const std::string& name) const;
+  /// Writes content to path()/name (mode 0600) and returns the full path. Throws on failure.
+  std::string write(const std::string& name, const std::string& content) const;
+
+ private:
+  std::string path_;
+};
+
+/// Files of a throw-away PKI.
+struct StoreTestPki {
+  std::string caCert;      // the CA certificate (PEM): give it as ca_file
+  std::string serverCert;  // server certificate signed by the CA
+  std::string serverKey;   // its key
+};
+
+/// Creates, in dir, a CA and a server certificate whose subjectAltName is `subjectAltName`
+/// (e.g. "IP:127.0.0.1" or "DNS:store.test"), valid for two days, using the openssl command.
+/// Throws std::runtime_error when openssl fails.
+StoreTestPki makeStoreTestPki(const std::string& dir, const std::string& subjectAltName = "IP:127.0.0.1");
+
+/// An Ed25519 key pair generated in memory.
+class StoreTestSigner {
+ public:
+  /// Generates the key pair. Throws std::runtime_error on OpenSSL failure.
+  StoreTestSigner();
+  ~StoreTestSigner();
+  StoreTestSigner(const StoreTestSigner&) = delete;
+  StoreTestSigner& operator=(const StoreTestSigner&) = delete;
+  /// The public key as PEM (SubjectPublicKeyInfo), what signing_key points to.
+  std::string publicKeyPem() const;
+  /// The base64 Ed25519 signature of the exact bytes, as sent in X-Access-Signature / PATH.sig.
+  std::string sign(const std::string& body) const;
+
+ private:
+  void* pkey_;  // EVP_PKEY*, kept opaque so that tests need not include OpenSSL
+};
+
+}  // namespace storetest
+}  // namespace pim
