@@ -1,0 +1,541 @@
+#include "providers/transfer_perms.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
+namespace pim {
+namespace {
+
+constexpr int kDirOpenFlags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+// O_NONBLOCK: if a FIFO is swapped in between fstatat and open, opening it must not block;
+// O_NOCTTY: a terminal swapped in must not become our controlling terminal. The fd is only used
+// for fstat/fchown/fchmod, never read.
+constexpr int kFileOpenFlags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
+constexpr size_t kMaxWarnedHardlinks = 10000;
+constexpr uint64_t kCancelCheckEvery = 256;
+
+std::string join(const std::string& dir, const std::string& name) { return dir.empty() ? name : dir + "/" + name; }
+
+// Splits a relative path into components, dropping empty and "." ones. False on ".." or an
+// absolute path: callers only ever name entries below the root.
+bool splitRelative(const std::string& relative, std::vector<std::string>& parts) {
+  if (!relative.empty() && relative[0] == '/') return false;
+  size_t start = 0;
+  while (start <= relative.size()) {
+    size_t end = relative.find('/', start);
+    if (end == std::string::npos) end = relative.size();
+    std::string part = relative.substr(start, end - start);
+    if (part == "..") return false;
+    if (!part.empty() && part != ".") parts.push_back(std::move(part));
+    start = end + 1;
+  }
+  return true;
+}
+
+std::string joinAll(const std::vector<std::string>& parts, size_t count) {
+  std::string out;
+  for (size_t i = 0; i < count; ++i) out = join(out, parts[i]);
+  return out;
+}
+
+std::string octal(mode_t mode) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));
+  return buf;
+}
+
+}  // namespace
+
+// ---- PermStats ----
+
+void PermStats::add(const PermStats& other) {
+  scanned += other.scanned;
+  changed += other.changed;
+  skippedHardlinks += other.skippedHardlinks;
+  skippedOther += other.skippedOther;
+  skippedSymlinks += other.skippedSymlinks;
+  errors += other.errors;
+  reportsDropped += other.reportsDropped;
+  cancelled = cancelled || other.cancelled;
+  for (const auto& line : other.reports) report(line);
+}
+
+void PermStats::report(std::string line) {
+  if (reports.size() < kMaxReports) {
+    reports.push_back(std::move(line));
+  } else {
+    ++reportsDropped;
+  }
+}
+
+// ---- PermEnforcer ----
+
+// Per-call context: the hooks, the stats being filled and the root's device.
+struct PermEnforcer::Pass {
+  const WalkHooks& hooks;
+  PermStats& stats;
+  dev_t dev = 0;
+  uint64_t sinceCheck = 0;
+
+  bool cancelled() {
+    if (!stats.cancelled && hooks.cancel && hooks.cancel->load(std::memory_order_relaxed)) {
+      stats.cancelled = true;
+    }
+    return stats.cancelled;
+  }
+  bool cancelledSometimes() { return (++sinceCheck % kCancelCheckEvery) == 0 && cancelled(); }
+};
+
+// One directory on the explicit walk stack. Its fd may be closed to respect maxOpenDirs_; it is
+// then reopened through ".." of its child, or from the start by names, and accepted only if
+// device and inode are those recorded when it was first opened.
+struct PermEnforcer::Frame {
+  int fd = -1;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  std::string name;   // name in the parent frame
+  size_t relLen = 0;  // length of the relative path of this directory
+  std::vector<std::string> subdirs;
+  size_t next = 0;
+};
+
+PermEnforcer::PermEnforcer(std::string realRoot, gid_t gid, Logger log, size_t maxOpenDirs)
+    : realRoot_(std::move(realRoot)),
+      gid_(gid),
+      log_(log ? std::move(log) : nullLogger()),
+      maxOpenDirs_(maxOpenDirs == 0 ? 1 : maxOpenDirs) {
+  while (realRoot_.size() > 1 && realRoot_.back() == '/') realRoot_.pop_back();
+}
+
+mode_t PermEnforcer::targetMode(mode_t stMode) {
+  if (S_ISDIR(stMode)) return kDirectoryMode;
+  return (stMode & 0111) != 0 ? kExecutableFileMode : kFileMode;
+}
+
+PermStats PermEnforcer::fullPass(const WalkHooks& hooks) {
+  PermStats stats;
+  Pass pass{hooks, stats};
+  struct stat st {};
+  int fd = openRoot(st, pass);
+  if (fd >= 0) walk(fd, st, std::string(), pass);
+  log_->info(
+      "permission pass over {}: {} scanned, {} changed, {} hard links, {} symlinks, "
+      "{} other skipped, {} errors{}",
+      realRoot_, stats.scanned, stats.changed, stats.skippedHardlinks, stats.skippedSymlinks, stats.skippedOther,
+      stats.errors, stats.cancelled ? " (cancelled)" : "");
+  return stats;
+}
+
+PermStats PermEnforcer::fixPath(const std::string& relative, const WalkHooks& hooks) {
+  std::vector<std::string> parts;
+  if (!splitRelative(relative, parts)) {
+    PermStats stats;
+    Pass pass{hooks, stats};
+    fail("resolve", relative, EINVAL, pass);
+    return stats;
+  }
+  if (parts.empty()) {
+    PermStats stats;
+    Pass pass{hooks, stats};
+    struct stat st {};
+    int fd = openRoot(st, pass);
+    if (fd >= 0) walk(fd, st, std::string(), pass);
+    return stats;
+  }
+  std::string name = parts.back();
+  return fixEntries(joinAll(parts, parts.size() - 1), {name}, hooks);
+}
+
+PermStats PermEnforcer::fixEntries(const std::string& relativeDir, const std::vector<std::string>& names,
+                                   const WalkHooks& hooks) {
+  PermStats stats;
+  Pass pass{hooks, stats};
+  std::vector<std::string> parts;
+  if (!splitRelative(relativeDir, parts)) {
+    fail("resolve", relativeDir, EINVAL, pass);
+    return stats;
+  }
+  std::string dirRel = joinAll(parts, parts.size());
+  struct stat st {};
+  int fd = resolveDirectory(dirRel, st, pass);
+  if (fd < 0) return stats;
+  for (const auto& name : names) {
+    if (pass.cancelled()) break;
+    if (name.empty() || name == ".") {
+      struct stat now {};
+      if (fstat(fd, &now) != 0) {
+        fail("stat", dirRel, errno, pass);
+        continue;
+      }
+      ++stats.scanned;
+      fixDirectory(fd, now, dirRel, pass);
+      continue;
+    }
+    if (name == ".." || name.find('/') != std::string::npos) {
+      fail("resolve", join(dirRel, name), EINVAL, pass);
+      continue;
+    }
+    handleEntry(fd, dirRel, name, pass);
+  }
+  close(fd);
+  return stats;
+}
+
+int PermEnforcer::openRoot(struct stat& st, Pass& pass) {
+  int fd = open(realRoot_.c_str(), kDirOpenFlags);
+  if (fd < 0) {
+    fail("open", std::string(), errno, pass);
+    return -1;
+  }
+  if (fstat(fd, &st) != 0) {
+    fail("stat", std::string(), errno, pass);
+    close(fd);
+    return -1;
+  }
+  pass.dev = st.st_dev;
+  return fd;
+}
+
+int PermEnforcer::resolveDirectory(const std::string& relativeDir, struct stat& st, Pass& pass) {
+  int fd = openRoot(st, pass);
+  if (fd < 0) return -1;
+  std::vector<std::string> parts;
+  splitRelative(relativeDir, parts);  // already validated by the caller
+  for (size_t i = 0; i < parts.size(); ++i) {
+    int next = openat(fd, parts[i].c_str(), kDirOpenFlags);
+    int err = errno;
+    close(fd);
+    std::string rel = joinAll(parts, i + 1);
+    if (next < 0) {
+      // Gone, replaced by a file, or a symlink: nothing to do below it (events will say more).
+      if (err != ENOENT && err != ENOTDIR && err != ELOOP) fail("open", rel, err, pass);
+      return -1;
+    }
+    if (fstat(next, &st) != 0) {
+      fail("stat", rel, errno, pass);
+      close(next);
+      return -1;
+    }
+    if (st.st_dev != pass.dev) {
+      ++pass.stats.skippedOther;
+      close(next);
+      return -1;
+    }
+    fd = next;
+  }
+  return fd;
+}
+
+void PermEnforcer::walk(int fd, const struct stat& st, std::string rel, Pass& pass) {
+  std::vector<Frame> stack;
+  size_t lowestOpen = 1;  // frames [1, lowestOpen) have their fd closed; frame 0 is always open
+
+  // Fixes the directory, asks the hook, lists it; keeps it on the stack only if it has
+  // subdirectories to visit. Takes ownership of dfd.
+  auto enter = [&](int dfd, const struct stat& dst, const std::string& name) {
+    ++pass.stats.scanned;
+    fixDirectory(dfd, dst, rel, pass);
+    std::vector<std::string> subdirs;
+    bool descend = !pass.hooks.onDirectory || pass.hooks.onDirectory(rel, dfd);
+    if (descend) listDirectory(dfd, rel, subdirs, pass);
+    if (subdirs.empty() || pass.stats.cancelled) {
+      close(dfd);
+      return;
+    }
+    Frame frame;
+    frame.fd = dfd;
+    frame.dev = dst.st_dev;
+    frame.ino = dst.st_ino;
+    frame.name = name;
+    frame.relLen = rel.size();
+    frame.subdirs = std::move(subdirs);
+    stack.push_back(std::move(frame));
+    while (stack.size() - lowestOpen > maxOpenDirs_ && lowestOpen + 1 < stack.size()) {
+      close(stack[lowestOpen].fd);
+      stack[lowestOpen].fd = -1;
+      ++lowestOpen;
+    }
+  };
+
+  enter(fd, st, std::string());
+  while (!stack.empty() && !pass.cancelled()) {
+    Frame& top = stack.back();
+    if (top.next < top.subdirs.size()) {
+      std::string name = std::move(top.subdirs[top.next++]);
+      std::string childRel = join(rel, name);
+      struct stat cst {};
+      int cfd = openSubdirectory(top.fd, name, childRel, cst, pass);
+      if (cfd < 0) continue;
+      rel = std::move(childRel);
+      enter(cfd, cst, name);  // may push: `top` is invalid from here on
+      rel.resize(stack.back().relLen);
+      continue;
+    }
+
+    Frame done = std::move(stack.back());
+    stack.pop_back();
+    if (stack.empty()) {
+      close(done.fd);
+      break;
+    }
+    size_t parent = stack.size() - 1;
+    if (stack[parent].fd < 0) {
+      // The parent's fd was closed to bound open fds. ".." is right only if the child was not
+      // moved meanwhile: accept it only with the recorded device and inode.
+      int pfd = openat(done.fd, "..", kDirOpenFlags);
+      struct stat pst {};
+      if (pfd >= 0 && fstat(pfd, &pst) == 0 && pst.st_dev == stack[parent].dev && pst.st_ino == stack[parent].ino) {
+        stack[parent].fd = pfd;
+        lowestOpen = parent;
+      } else {
+        if (pfd >= 0) close(pfd);
+        // Reopen by names from the start (always open), checking every level; what cannot be
+        // reached the same way any more was moved and is left to the next pass or event.
+        int cur = -1;
+        size_t i = 1;
+        for (; i <= parent; ++i) {
+          int from = (i == 1) ? stack[0].fd : cur;
+          int next = openat(from, stack[i].name.c_str(), kDirOpenFlags);
+          struct stat nst {};
+          bool same = next >= 0 && fstat(next, &nst) == 0 && nst.st_dev == stack[i].dev && nst.st_ino == stack[i].ino;
+          if (!same) {
+            if (next >= 0) close(next);
+            break;
+          }
+          if (cur >= 0) close(cur);
+          cur = next;
+        }
+        if (i <= parent) {
+          log_->debug("walk: {} moved during the pass; left to the next pass",
+                      display(std::string(rel, 0, stack[i].relLen)));
+          stack.resize(i);
+        }
+        if (stack.size() > 1) {
+          stack.back().fd = cur;
+        } else if (cur >= 0) {
+          close(cur);
+        }
+        lowestOpen = stack.size() > 1 ? stack.size() - 1 : 1;
+      }
+    }
+    close(done.fd);
+    rel.resize(stack.back().relLen);
+  }
+  for (auto& frame : stack) {
+    if (frame.fd >= 0) close(frame.fd);
+  }
+}
+
+bool PermEnforcer::listDirectory(int fd, const std::string& rel, std::vector<std::string>& subdirs, Pass& pass) {
+  // closedir() closes the fd it was given: list through a duplicate, keep `fd` for openat.
+  int dupFd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dupFd < 0) {
+    fail("dup", rel, errno, pass);
+    return false;
+  }
+  DIR* dir = fdopendir(dupFd);
+  if (dir == nullptr) {
+    fail("opendir", rel, errno, pass);
+    close(dupFd);
+    return false;
+  }
+  bool ok = true;
+  for (;;) {
+    errno = 0;
+    struct dirent* ent = readdir(dir);
+    if (ent == nullptr) {
+      if (errno != 0) {
+        fail("readdir", rel, errno, pass);
+        ok = false;
+      }
+      break;
+    }
+    const char* name = ent->d_name;
+    if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'))) continue;
+    if (pass.cancelledSometimes()) break;
+    switch (ent->d_type) {
+      case DT_DIR:
+        subdirs.emplace_back(name);
+        break;
+      case DT_LNK:
+        ++pass.stats.scanned;
+        ++pass.stats.skippedSymlinks;
+        break;
+      case DT_FIFO:
+      case DT_SOCK:
+      case DT_CHR:
+      case DT_BLK:
+        ++pass.stats.scanned;
+        ++pass.stats.skippedOther;
+        break;
+      default: {  // DT_REG needs the mode; DT_UNKNOWN needs the type
+        struct stat st {};
+        if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+          if (errno != ENOENT) fail("stat", join(rel, name), errno, pass);
+          break;
+        }
+        if (S_ISDIR(st.st_mode)) {
+          subdirs.emplace_back(name);
+        } else if (S_ISREG(st.st_mode)) {
+          ++pass.stats.scanned;
+          fixFile(fd, name, st, join(rel, name), pass);
+        } else if (S_ISLNK(st.st_mode)) {
+          ++pass.stats.scanned;
+          ++pass.stats.skippedSymlinks;
+        } else {
+          ++pass.stats.scanned;
+          ++pass.stats.skippedOther;
+        }
+        break;
+      }
+    }
+  }
+  closedir(dir);
+  return ok;
+}
+
+void PermEnforcer::handleEntry(int dirFd, const std::string& dirRel, const std::string& name, Pass& pass) {
+  std::string rel = join(dirRel, name);
+  struct stat st {};
+  if (fstatat(dirFd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno != ENOENT) fail("stat", rel, errno, pass);
+    return;
+  }
+  if (S_ISDIR(st.st_mode)) {
+    struct stat dst {};
+    int fd = openSubdirectory(dirFd, name, rel, dst, pass);
+    if (fd >= 0) walk(fd, dst, rel, pass);
+    return;
+  }
+  ++pass.stats.scanned;
+  if (S_ISREG(st.st_mode)) {
+    fixFile(dirFd, name, st, rel, pass);
+  } else if (S_ISLNK(st.st_mode)) {
+    ++pass.stats.skippedSymlinks;
+  } else {
+    ++pass.stats.skippedOther;
+  }
+}
+
+int PermEnforcer::openSubdirectory(int parentFd, const std::string& name, const std::string& rel, struct stat& st,
+                                   Pass& pass) {
+  int fd = openat(parentFd, name.c_str(), kDirOpenFlags);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ELOOP) {  // swapped for a symlink since it was listed: never followed
+      ++pass.stats.scanned;
+      ++pass.stats.skippedSymlinks;
+    } else if (err != ENOENT && err != ENOTDIR) {
+      fail("open", rel, err, pass);
+    }
+    return -1;
+  }
+  if (fstat(fd, &st) != 0) {
+    fail("stat", rel, errno, pass);
+    close(fd);
+    return -1;
+  }
+  if (st.st_dev != pass.dev) {
+    // A mount point: another file system is not ours to change.
+    ++pass.stats.scanned;
+    ++pass.stats.skippedOther;
+    pass.stats.report("other file system: " + display(rel));
+    log_->warn("skip {}/{}: another file system is mounted there", realRoot_, rel);
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+void PermEnforcer::fixDirectory(int fd, const struct stat& st, const std::string& rel, Pass& pass) {
+  if (st.st_gid == gid_ && (st.st_mode & 07777) == kDirectoryMode) return;
+  applyFix(fd, st, rel, pass);
+}
+
+void PermEnforcer::fixFile(int dirFd, const std::string& name, const struct stat& st, const std::string& rel,
+                           Pass& pass) {
+  if (st.st_nlink > 1) {
+    reportHardlink(st, rel, pass);
+    return;
+  }
+  if (st.st_gid == gid_ && (st.st_mode & 07777) == targetMode(st.st_mode)) return;
+  int fd = openat(dirFd, name.c_str(), kFileOpenFlags);
+  if (fd < 0) {
+    int err = errno;
+    if (err == ELOOP) {
+      ++pass.stats.skippedSymlinks;
+    } else if (err != ENOENT) {
+      fail("open", rel, err, pass);
+    }
+    return;
+  }
+  // Change only what fstatat saw: the same regular file, still with a single name.
+  struct stat now {};
+  if (fstat(fd, &now) != 0) {
+    fail("stat", rel, errno, pass);
+  } else if (!S_ISREG(now.st_mode) || now.st_dev != st.st_dev || now.st_ino != st.st_ino) {
+    log_->debug("skip {}/{}: replaced while being checked", realRoot_, rel);
+  } else if (now.st_nlink > 1) {
+    reportHardlink(now, rel, pass);
+  } else {
+    applyFix(fd, now, rel, pass);
+  }
+  close(fd);
+}
+
+bool PermEnforcer::applyFix(int fd, const struct stat& st, const std::string& rel, Pass& pass) {
+  mode_t want = targetMode(st.st_mode);
+  mode_t have = st.st_mode & 07777;
+  bool changed = false;
+  // Group first: chown clears set-uid/set-gid on files, and the chmod below sets the final mode.
+  if (st.st_gid != gid_) {
+    if (fchown(fd, static_cast<uid_t>(-1), gid_) != 0) {
+      fail("chown", rel, errno, pass);
+      return false;
+    }
+    changed = true;
+  }
+  if (have != want) {
+    if (fchmod(fd, want) != 0) {
+      fail("chmod", rel, errno, pass);
+      if (changed) ++pass.stats.changed;
+      return false;
+    }
+    changed = true;
+  }
+  if (changed) {
+    ++pass.stats.changed;
+    log_->info("set {}/{}: mode {} -> {}, group {} -> {}", realRoot_, rel, octal(have), octal(want), st.st_gid, gid_);
+  }
+  return true;
+}
+
+void PermEnforcer::reportHardlink(const struct stat& st, const std::string& rel, Pass& pass) {
+  ++pass.stats.skippedHardlinks;
+  pass.stats.report("hard link: " + display(rel));
+  bool first = warnedHardlinks_.size() < kMaxWarnedHardlinks && warnedHardlinks_.emplace(st.st_dev, st.st_ino).second;
+  if (first) {
+    log_->warn(
+        "skip {}/{}: regular file with {} hard links (its other names may be outside "
+        "the transfer tree)",
+        realRoot_, rel, static_cast<uint64_t>(st.st_nlink));
+  } else {
+    log_->debug("skip {}/{}: hard link", realRoot_, rel);
+  }
+}
+
+void PermEnforcer::fail(const std::string& op, const std::string& rel, int err, Pass& pass) {
+  ++pass.stats.errors;
+  pass.stats.report("error: " + display(rel) + ": " + op + ": " + std::strerror(err));
+  log_->error("{} {}{}{}: {}", op, realRoot_, rel.empty() ? "" : "/", rel, std::strerror(err));
+}
+
+std::string PermEnforcer::display(const std::string& rel) const { return rel.empty() ? std::string(".") : rel; }
+
+}  // namespace pim
