@@ -17,7 +17,7 @@ std::vector<std::unique_ptr<Provider>> makeProviders(Ledger& ledger) {
   providers.push_back(std::make_unique<TransferTreeProvider>(makeLogger("provider.transfer_tree"), ledger));
   providers.push_back(std::make_unique<SftpAccountsProvider>(makeLogger("provider.sftp_accounts"), ledger));
   providers.push_back(std::make_unique<SftpChrootsProvider>(makeLogger("provider.sftp_chroots"), ledger));
-  providers.push_back(std::make_unique<SshdDropinProvider>(makeLogger("provider.sshd")));
+  providers.push_back(std::make_unique<SshdDropinProvider>(makeLogger("provider.sshd"), &ledger));
   return providers;
 }
 

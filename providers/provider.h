@@ -51,6 +51,11 @@ class Provider {
   virtual Result<std::vector<Action>> plan(const Desired& desired, Host& host) = 0;
   /// Applies one action that this provider's plan() returned. Never throws.
   virtual Status apply(const Action& action, const Desired& desired, Host& host) = 0;
+  /// Entries the last plan() refused (a foreign user, an unsafe folder), by id with the reason;
+  /// they are reported with the document's skipped entries.
+  virtual std::vector<SkippedEntry> skipped() const { return {}; }
+  /// Notes from the last apply() that an operator should see (a mount detached lazily, ...).
+  virtual std::vector<std::string> reports() const { return {}; }
 };
 
 }  // namespace pim

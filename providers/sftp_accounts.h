@@ -133,10 +133,10 @@ class SftpAccountsProvider : public Provider {
   Status apply(const Action& action, const Desired& desired, Host& host) override;
 
   /// Entries refused by the last plan(), by account id, with the reason.
-  const std::vector<SkippedEntry>& skipped() const { return skipped_; }
+  std::vector<SkippedEntry> skipped() const override { return skipped_; }
   /// Things apply() did that a person should know (a removal deferred because the user still
   /// runs processes). Cleared by plan().
-  const std::vector<std::string>& reports() const { return reports_; }
+  std::vector<std::string> reports() const override { return reports_; }
 
  private:
   Ledger& ledger_;

@@ -106,10 +106,10 @@ class SftpChrootsProvider : public Provider {
   Status apply(const Action& action, const Desired& desired, Host& host) override;
 
   /// Accounts refused by the last plan(), by account id, with the reason.
-  const std::vector<SkippedEntry>& skipped() const { return skipped_; }
+  std::vector<SkippedEntry> skipped() const override { return skipped_; }
   /// What apply() did that a person should know: busy mounts detached lazily, directories left
   /// because they were not empty. Cleared by plan().
-  const std::vector<std::string>& reports() const { return reports_; }
+  std::vector<std::string> reports() const override { return reports_; }
 
  private:
   Status unmountAll(const std::string& target, Host& host);

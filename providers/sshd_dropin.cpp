@@ -262,7 +262,7 @@ Status checkDropinInput(const DropinInput& in) {
   return Status::ok();
 }
 
-Result<DropinInput> buildDropinInput(const Desired& desired, Host& host) {
+Result<DropinInput> buildDropinInput(const Desired& desired, Host& host, const Ledger* ledger) {
   DropinInput in;
   in.loginUser = desired.host.loginUser;
   auto user = host.findUser(in.loginUser);
@@ -271,12 +271,26 @@ Result<DropinInput> buildDropinInput(const Desired& desired, Host& host) {
   home = stripTrailingSlashes(home);
   in.loginKeysFile = host.realPath((home == "/" ? "" : home) + "/.ssh/authorized_keys");
 
+  // A host account the agent did not create is refused by sftp_accounts; giving it an SFTP Match
+  // block would chroot and confine someone else's account, so it gets none.
+  auto foreign = [&](const std::string& name) -> Result<bool> {
+    if (ledger == nullptr || ledger->owns("user", name)) return false;
+    auto existing = host.findUser(name);
+    if (!existing) return existing.status();
+    return existing->has_value();
+  };
   std::set<std::string> names;
   for (const auto& a : desired.document.accounts) {
+    auto isForeign = foreign(a.username);
+    if (!isForeign) return isForeign.status();
+    if (*isForeign) continue;
     if (!names.insert(a.username).second) continue;
     in.sftpUsers.push_back({a.username, a.active, a.passwordHash.has_value(), !a.publicKeys.empty()});
   }
   for (const auto& n : desired.document.lockedUsernames) {
+    auto isForeign = foreign(n);
+    if (!isForeign) return isForeign.status();
+    if (*isForeign) continue;
     if (!names.insert(n).second) continue;
     in.sftpUsers.push_back({n, false, false, false});
   }
@@ -357,10 +371,10 @@ Result<std::string> expandIncludesForValidation(const std::string& mainConfigTex
   return out.str();
 }
 
-SshdDropinProvider::SshdDropinProvider(Logger log) : log_(std::move(log)) {}
+SshdDropinProvider::SshdDropinProvider(Logger log, const Ledger* ledger) : log_(std::move(log)), ledger_(ledger) {}
 
 Result<std::vector<Action>> SshdDropinProvider::plan(const Desired& desired, Host& host) {
-  auto in = buildDropinInput(desired, host);
+  auto in = buildDropinInput(desired, host, ledger_);
   if (!in) return in.status();
   if (Status s = checkDropinInput(*in); !s) return s;
   std::string text = renderDropin(*in);

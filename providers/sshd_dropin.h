@@ -14,6 +14,7 @@
 
 #include "providers/host.h"
 #include "providers/log.h"
+#include "providers/ledger.h"
 #include "providers/provider.h"
 #include "providers/result.h"
 #include "providers/settings.h"
@@ -59,7 +60,9 @@ std::string summarizeDropin(const DropinInput& in);
 /// host.findUser() ("/home/<user>" when the user does not exist yet), the SFTP accounts of the
 /// document plus its lockedUsernames (as inactive), allowed sources = document + always_allow,
 /// and every path mapped with host.realPath(). Errors: the passwd lookup failed.
-Result<DropinInput> buildDropinInput(const Desired& desired, Host& host);
+/// With a ledger, SFTP usernames that exist on the host but were not created by the agent are left
+/// out (sftp_accounts refuses them; the drop-in must not confine someone else's account).
+Result<DropinInput> buildDropinInput(const Desired& desired, Host& host, const Ledger* ledger = nullptr);
 
 /// Rewrites the text of sshd's main config into a validation copy for `sshd -t`: every
 /// `Include` whose glob would match the drop-in (host path `dropinPath`, or its real path) is
@@ -78,7 +81,8 @@ Result<std::string> expandIncludesForValidation(const std::string& mainConfigTex
 /// installed one (bytes, or mode/owner other than 0644 root:root).
 class SshdDropinProvider : public Provider {
  public:
-  explicit SshdDropinProvider(Logger log);
+  /// `ledger` (may be null: no ownership filter) must outlive the provider.
+  explicit SshdDropinProvider(Logger log, const Ledger* ledger = nullptr);
 
   std::string name() const override { return "sshd"; }
   /// Renders the drop-in and compares it with the installed one (missing = empty). Read-only.
@@ -106,6 +110,7 @@ class SshdDropinProvider : public Provider {
 
  private:
   Logger log_;
+  const Ledger* ledger_ = nullptr;
   std::string lastReloadFailure_;
 };
 

@@ -95,7 +95,7 @@ class TransferTreeProvider : public Provider {
   Status apply(const Action& action, const Desired& desired, Host& host) override;
 
   /// Accounts whose folder was refused by the last plan(), by account id, with the reason.
-  const std::vector<SkippedEntry>& skipped() const { return skipped_; }
+  std::vector<SkippedEntry> skipped() const override { return skipped_; }
 
  private:
   Ledger& ledger_;

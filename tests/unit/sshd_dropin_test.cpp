@@ -10,6 +10,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -669,4 +670,45 @@ TEST_CASE("sshd provider: creates sshd's missing privilege separation directory"
   REQUIRE(::lstat(privsep.c_str(), &st) == 0);
   CHECK(S_ISDIR(st.st_mode));
   CHECK((st.st_mode & 07777) == 0755);
+}
+
+TEST_CASE("sshd: an existing host account the agent did not create gets no SFTP block", "[sshd]") {
+  char tmpl[] = "/tmp/pim-dropin-foreign-XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  std::filesystem::create_directories(dir + "/etc");
+  {
+    std::ofstream passwd(dir + "/etc/passwd");
+    passwd << "root:x:0:0:root:/root:/bin/bash\nintruder:x:1500:1500::/home/intruder:/bin/bash\n"
+           << "akeneosftp:x:990:990::/transfer:/usr/sbin/nologin\n";
+  }
+  pim::RealHost host(dir, pim::nullLogger());
+  pim::AccessDocument doc;
+  doc.revision = 1;
+  for (const char* name : {"intruder", "akeneosftp"}) {
+    pim::SftpAccount a;
+    a.id = std::string("id-") + name;
+    a.username = name;
+    a.passwordHash = "$6$salt$hash";
+    a.folder = ".";
+    doc.accounts.push_back(a);
+  }
+  pim::HostSettings hs;
+  pim::SshdSettings ss;
+  pim::Desired desired{doc, hs, ss, 0};
+  pim::MemoryLedger ledger;
+  REQUIRE(ledger.recordCreated("user", "akeneosftp").isOk());
+
+  auto filtered = pim::buildDropinInput(desired, host, &ledger);
+  REQUIRE(filtered.isOk());
+  REQUIRE(filtered->sftpUsers.size() == 1);
+  CHECK(filtered->sftpUsers[0].username == "akeneosftp");
+  const std::string text = pim::renderDropin(*filtered);
+  CHECK(text.find("intruder") == std::string::npos);
+  CHECK(text.find("Match User akeneosftp") != std::string::npos);
+
+  // Without ownership information (plan of a fresh host), nothing is filtered.
+  auto unfiltered = pim::buildDropinInput(desired, host, nullptr);
+  REQUIRE(unfiltered.isOk());
+  CHECK(unfiltered->sftpUsers.size() == 2);
+  std::filesystem::remove_all(dir);
 }
