@@ -39,9 +39,7 @@ size_t firstInvalidUtf8(std::string_view s) {
   const auto* b = reinterpret_cast<const unsigned char*>(s.data());
   const size_t n = s.size();
   size_t i = 0;
-  auto cont = [&](size_t at, unsigned char lo, unsigned char hi) {
-    return at < n && b[at] >= lo && b[at] <= hi;
-  };
+  auto cont = [&](size_t at, unsigned char lo, unsigned char hi) { return at < n && b[at] >= lo && b[at] <= hi; };
   while (i < n) {
     const unsigned char c = b[i];
     if (c < 0x80) {
@@ -245,7 +243,8 @@ Result<Var> parseJson(std::string_view body) {
   } catch (const Poco::Exception& e) {
     // Poco's handler cannot hold a scalar at the top; say what is wrong rather than its message.
     const size_t first = body.find_first_not_of(" \t\r\n");
-    if (first != std::string_view::npos && std::string_view("\"-0123456789ntf").find(body[first]) != std::string_view::npos) {
+    if (first != std::string_view::npos &&
+        std::string_view("\"-0123456789ntf").find(body[first]) != std::string_view::npos) {
       return rejected("document: the top level must be an object");
     }
     return rejected("document: not JSON: " + printableForMessage(e.displayText(), 200));
@@ -321,8 +320,8 @@ Status checkDuplicates(const Array& list, const std::string& listPath, const std
     const std::string s = v.extract<std::string>();
     auto [it, inserted] = seen.emplace(s, i);
     if (!inserted) {
-      return rejected(indexPath(listPath, i) + "." + field + ": duplicate '" + printableForMessage(s) +
-                      "' (also in " + indexPath(listPath, it->second) + ")");
+      return rejected(indexPath(listPath, i) + "." + field + ": duplicate '" + printableForMessage(s) + "' (also in " +
+                      indexPath(listPath, it->second) + ")");
     }
   }
   return Status::ok();
@@ -347,10 +346,15 @@ std::optional<std::string> readString(const Object& obj, const std::string& name
   return std::nullopt;
 }
 
+// The owner is free text shown in `status` and logs only (never written to authorized_keys). The
+// body was already checked to be strict UTF-8, so non-ASCII names ("Zoë") are fine; control
+// characters (C0, DEL, C1) are not, since they could forge log lines or terminal output.
 std::optional<std::string> checkOwner(const std::string& owner) {
   if (owner.size() > kMaxOwnerBytes) return "owner: longer than " + std::to_string(kMaxOwnerBytes) + " characters";
-  for (unsigned char c : owner) {
-    if (c < 0x20 || c >= 0x7f) return std::string("owner: contains a character that is not printable ASCII");
+  for (size_t i = 0; i < owner.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(owner[i]);
+    const bool c1 = c == 0xc2 && i + 1 < owner.size() && static_cast<unsigned char>(owner[i + 1]) < 0xa0;
+    if (c < 0x20 || c == 0x7f || c1) return std::string("owner: contains a control character");
   }
   return std::nullopt;
 }
@@ -367,7 +371,10 @@ class DocumentReader {
     SshKey key;
     if (auto err = readString(obj, "id", key.id)) return skip(where, *err);
     if (Status s = checkEntryId(key.id); !s) return skip(where, "id: " + s.message());
-    if (auto err = readString(obj, "owner", key.owner)) return skip(key.id, *err);
+    // The owner only labels the key: absent or null is an empty label, not a reason to refuse it.
+    if (obj.has("owner") && !obj.isNull("owner")) {
+      if (auto err = readString(obj, "owner", key.owner)) return skip(key.id, *err);
+    }
     if (auto err = checkOwner(key.owner)) return skip(key.id, *err);
     std::string text;
     if (auto err = readString(obj, "public_key", text)) return skip(key.id, *err);
@@ -392,8 +399,7 @@ class DocumentReader {
     const std::string where = indexPath("sftp.accounts", index);
     if (!isObject(entry)) return skip(where, "must be an object, got " + jsonType(entry));
     const Object& obj = *objectOf(entry);
-    noteUnknown(obj, {"id", "username", "password_hash", "folder", "active", "public_keys"}, where,
-                doc_.unknownFields);
+    noteUnknown(obj, {"id", "username", "password_hash", "folder", "active", "public_keys"}, where, doc_.unknownFields);
     // Whatever else is wrong, a valid username of an account we may manage stays locked.
     std::string lockable;
     if (obj.has("username") && obj.get("username").isString()) {
@@ -640,13 +646,19 @@ Result<AccessDocument> parseDocument(std::string_view body, const DocumentOption
 }
 
 std::string maskSecrets(std::string_view body) {
-  if (Status s = preScan(body); !s) return "(document not shown: " + s.message() + ")";
+  // The note is a JSON string so that callers may embed the result in JSON output as it is.
+  auto note = [](const std::string& why) {
+    std::ostringstream out;
+    Poco::toJSON("(document not shown: " + why + ")", out, Poco::JSON_WRAP_STRINGS);
+    return out.str();
+  };
+  if (Status s = preScan(body); !s) return note(s.message());
   std::ostringstream out;
   Poco::JSON::Parser parser(new MaskingPrinter(out));
   try {
     parser.parse(std::string(body));
   } catch (const std::exception&) {
-    return "(document not shown: it is not valid JSON)";
+    return note("it is not valid JSON");
   }
   return out.str();
 }

@@ -46,7 +46,8 @@ Result<AccessDocument> parseDocument(std::string_view body, const DocumentOption
 /// any member whose name contains "password", "secret" or "token", replaced by "********" (null
 /// stays null; inside an object or array under such a name, every scalar), for `show`. Streams
 /// (no tree). When the body is not JSON or is over the nesting/value limits of parseDocument,
-/// returns a one-line note that says so, without any of the body.
+/// returns a note that says so, without any of the body, as a JSON string literal
+/// ("\"(document not shown: it is not valid JSON)\""): the result is always valid JSON.
 std::string maskSecrets(std::string_view body);
 
 }  // namespace pim

@@ -158,12 +158,12 @@ Status checkRsa(WireReader& r) {
   if ((static_cast<unsigned char>(n.back()) & 1) == 0) return invalid("RSA modulus is even");
   const int bits = bitLength(n);
   if (bits < kMinRsaBits) {
-    return invalid("RSA modulus is " + std::to_string(bits) + " bits, at least " +
-                   std::to_string(kMinRsaBits) + " required");
+    return invalid("RSA modulus is " + std::to_string(bits) + " bits, at least " + std::to_string(kMinRsaBits) +
+                   " required");
   }
   if (bits > kMaxRsaBits) {
-    return invalid("RSA modulus is " + std::to_string(bits) + " bits, at most " +
-                   std::to_string(kMaxRsaBits) + " allowed");
+    return invalid("RSA modulus is " + std::to_string(bits) + " bits, at most " + std::to_string(kMaxRsaBits) +
+                   " allowed");
   }
   return Status::ok();
 }
@@ -177,16 +177,15 @@ struct EcPointFree {
 
 Status checkEcdsaPoint(const KeyType& type, std::string_view point) {
   if (point.size() != type.pointBytes || static_cast<unsigned char>(point[0]) != 0x04) {
-    return invalid("ECDSA public point has the wrong length or is not uncompressed for " +
-                   std::string(type.curve));
+    return invalid("ECDSA public point has the wrong length or is not uncompressed for " + std::string(type.curve));
   }
   std::unique_ptr<EC_GROUP, EcGroupFree> group(EC_GROUP_new_by_curve_name(type.nid));
   if (!group) return Status::error(ErrorCode::kInternal, "OpenSSL has no curve " + std::string(type.curve));
   std::unique_ptr<EC_POINT, EcPointFree> p(EC_POINT_new(group.get()));
   if (!p) return Status::error(ErrorCode::kInternal, "EC_POINT_new failed");
   // oct2point checks that the point lies on the curve.
-  if (EC_POINT_oct2point(group.get(), p.get(), reinterpret_cast<const unsigned char*>(point.data()),
-                         point.size(), nullptr) != 1) {
+  if (EC_POINT_oct2point(group.get(), p.get(), reinterpret_cast<const unsigned char*>(point.data()), point.size(),
+                         nullptr) != 1) {
     return invalid("ECDSA public point is not on curve " + std::string(type.curve));
   }
   return Status::ok();
@@ -209,8 +208,7 @@ Status checkKeyBlob(const KeyType& type, std::string_view blob) {
   if (embedded != type.name) {
     const KeyType* other = findKeyType(embedded);
     if (other) {
-      return invalid("embedded key type " + std::string(other->name) + " does not match " +
-                     std::string(type.name));
+      return invalid("embedded key type " + std::string(other->name) + " does not match " + std::string(type.name));
     }
     return invalid("embedded key type does not match " + std::string(type.name));
   }
@@ -267,10 +265,8 @@ bool looksLikeOptions(std::string_view text) {
 // crypt(3) hashes
 // ---------------------------------------------------------------------------------------------
 
-constexpr std::string_view kCryptAlphabet =
-    "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-constexpr std::string_view kBcryptAlphabet =
-    "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+constexpr std::string_view kCryptAlphabet = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+constexpr std::string_view kBcryptAlphabet = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 // Index in the crypt alphabet ("./0-9A-Za-z"), or 64 when not in it.
 uint32_t cryptIndex(char c) {
@@ -680,10 +676,9 @@ Result<int64_t> parseRfc3339(std::string_view text) {
   int64_t minute = 0;
   int64_t second = 0;
   if (text.size() < 20 || text.size() > 35) return invalid(rule);
-  if (!readDigits(text, 0, 4, year) || text[4] != '-' || !readDigits(text, 5, 2, month) ||
-      text[7] != '-' || !readDigits(text, 8, 2, day) || text[10] != 'T' ||
-      !readDigits(text, 11, 2, hour) || text[13] != ':' || !readDigits(text, 14, 2, minute) ||
-      text[16] != ':' || !readDigits(text, 17, 2, second)) {
+  if (!readDigits(text, 0, 4, year) || text[4] != '-' || !readDigits(text, 5, 2, month) || text[7] != '-' ||
+      !readDigits(text, 8, 2, day) || text[10] != 'T' || !readDigits(text, 11, 2, hour) || text[13] != ':' ||
+      !readDigits(text, 14, 2, minute) || text[16] != ':' || !readDigits(text, 17, 2, second)) {
     return invalid(rule);
   }
   size_t pos = 19;

@@ -30,9 +30,13 @@ std::string base64(std::string_view in) {
   return out;
 }
 
-constexpr std::array<const char*, 7> kTypes = {
-    "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
-    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com", "ssh-rsa"};
+constexpr std::array<const char*, 7> kTypes = {"ssh-ed25519",
+                                               "ecdsa-sha2-nistp256",
+                                               "ecdsa-sha2-nistp384",
+                                               "ecdsa-sha2-nistp521",
+                                               "sk-ssh-ed25519@openssh.com",
+                                               "sk-ecdsa-sha2-nistp256@openssh.com",
+                                               "ssh-rsa"};
 
 void check(const std::string& line) {
   const auto key = pim::parsePublicKey(line);

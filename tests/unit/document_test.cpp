@@ -23,7 +23,8 @@ std::string readFile(const std::string& path) {
   return ss.str();
 }
 
-const std::string kEd = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF672WCNFtqcThBzVbXOfOSdud0k+tJpV0314p0yRK8S alice@example";
+const std::string kEd =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF672WCNFtqcThBzVbXOfOSdud0k+tJpV0314p0yRK8S alice@example";
 const std::string kEd2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAg7v4H/R7qlLTp6jImLLe8EscgHgg++alEsXvikDhGK bob@example";
 const std::string kHash =
     "$6$exampleSalt1$pHYVlXEFLZqkut9Q5xM5jYWKUuC/qosvfRtZIM/gMgqEER6Maxx6bnVwImBJEfZtBXH1hbWoy.jhHPoyinVFG.";
@@ -33,8 +34,8 @@ std::string key(const std::string& id, const std::string& extra = "") {
 }
 
 std::string account(const std::string& id, const std::string& user, const std::string& extra = "") {
-  return R"({"id":")" + id + R"(","username":")" + user + R"(","password_hash":")" + kHash +
-         R"(","folder":".")" + extra + "}";
+  return R"({"id":")" + id + R"(","username":")" + user + R"(","password_hash":")" + kHash + R"(","folder":".")" +
+         extra + "}";
 }
 
 std::string doc(const std::string& keys, const std::string& accounts, const std::string& sources,
@@ -106,8 +107,8 @@ TEST_CASE("document: full.json", "[document][samples]") {
     if (k.installableAt(now)) installable.push_back(k.id);
   }
   CHECK(installable == std::vector<std::string>{"k-alice", "k-bob", "k-erin"});
-  CHECK(d.keys[1].expiresAt == 4070908800);   // 2099-01-01
-  CHECK(d.keys[2].expiresAt == 1577836800);   // 2020-01-01: expired, still valid
+  CHECK(d.keys[1].expiresAt == 4070908800);  // 2099-01-01
+  CHECK(d.keys[2].expiresAt == 1577836800);  // 2020-01-01: expired, still valid
   CHECK(d.keys[3].active == false);
   CHECK(d.keys[4].key.type == "ssh-rsa");
   CHECK(d.keys[4].active);  // no expires_at: never
@@ -155,7 +156,8 @@ TEST_CASE("document: whole-document rejections name the field", "[document]") {
   const std::string accs = account("a1", "sftpuser");
   const std::string srcs = R"("10.0.0.0/8")";
   std::string manySources;
-  for (int i = 0; i < 1025; ++i) manySources += std::string(i ? "," : "") + "\"10.0.0." + std::to_string(i % 256) + "/32\"";
+  for (int i = 0; i < 1025; ++i)
+    manySources += std::string(i ? "," : "") + "\"10.0.0." + std::to_string(i % 256) + "/32\"";
   struct Case {
     std::string name;
     std::string body;
@@ -172,8 +174,10 @@ TEST_CASE("document: whole-document rejections name the field", "[document]") {
       {"null at top", "null", "top level"},
       {"number at top", "1", "top level"},
       {"version missing", doc(keys, accs, srcs, R"("revision":3,"instance":"demo")"), "version: missing"},
-      {"version 2", doc(keys, accs, srcs, R"("version":2,"revision":3,"instance":"demo")"), "version: must be 1, got 2"},
-      {"version 0", doc(keys, accs, srcs, R"("version":0,"revision":3,"instance":"demo")"), "version: must be 1, got 0"},
+      {"version 2", doc(keys, accs, srcs, R"("version":2,"revision":3,"instance":"demo")"),
+       "version: must be 1, got 2"},
+      {"version 0", doc(keys, accs, srcs, R"("version":0,"revision":3,"instance":"demo")"),
+       "version: must be 1, got 0"},
       {"version string", doc(keys, accs, srcs, R"("version":"1","revision":3,"instance":"demo")"),
        "version: must be the integer 1, got a string"},
       {"version float", doc(keys, accs, srcs, R"("version":1.0,"revision":3,"instance":"demo")"),
@@ -192,21 +196,28 @@ TEST_CASE("document: whole-document rejections name the field", "[document]") {
        "instance: must be a string"},
       {"instance control char", doc(keys, accs, srcs, R"("version":1,"revision":3,"instance":"a\u001b")"),
        "instance: contains a control character"},
-      {"ssh missing", R"({"version":1,"revision":3,"instance":"demo","sftp":{"accounts":[]},"network":{"allowed_sources":[]}})",
+      {"ssh missing",
+       R"({"version":1,"revision":3,"instance":"demo","sftp":{"accounts":[]},"network":{"allowed_sources":[]}})",
        "ssh: missing"},
-      {"ssh array", R"({"version":1,"revision":3,"instance":"demo","ssh":[],"sftp":{"accounts":[]},"network":{"allowed_sources":[]}})",
+      {"ssh array",
+       R"({"version":1,"revision":3,"instance":"demo","ssh":[],"sftp":{"accounts":[]},"network":{"allowed_sources":[]}})",
        "ssh: must be an object, got an array"},
-      {"ssh.keys missing", R"({"version":1,"revision":3,"instance":"demo","ssh":{},"sftp":{"accounts":[]},"network":{"allowed_sources":[]}})",
+      {"ssh.keys missing",
+       R"({"version":1,"revision":3,"instance":"demo","ssh":{},"sftp":{"accounts":[]},"network":{"allowed_sources":[]}})",
        "ssh.keys: missing"},
-      {"ssh.keys object", R"({"version":1,"revision":3,"instance":"demo","ssh":{"keys":{}},"sftp":{"accounts":[]},"network":{"allowed_sources":[]}})",
+      {"ssh.keys object",
+       R"({"version":1,"revision":3,"instance":"demo","ssh":{"keys":{}},"sftp":{"accounts":[]},"network":{"allowed_sources":[]}})",
        "ssh.keys: must be an array, got an object"},
-      {"sftp null", R"({"version":1,"revision":3,"instance":"demo","ssh":{"keys":[]},"sftp":null,"network":{"allowed_sources":[]}})",
+      {"sftp null",
+       R"({"version":1,"revision":3,"instance":"demo","ssh":{"keys":[]},"sftp":null,"network":{"allowed_sources":[]}})",
        "sftp: must be an object, got null"},
-      {"sftp.accounts string", R"({"version":1,"revision":3,"instance":"demo","ssh":{"keys":[]},"sftp":{"accounts":"x"},"network":{"allowed_sources":[]}})",
+      {"sftp.accounts string",
+       R"({"version":1,"revision":3,"instance":"demo","ssh":{"keys":[]},"sftp":{"accounts":"x"},"network":{"allowed_sources":[]}})",
        "sftp.accounts: must be an array, got a string"},
       {"network missing", R"({"version":1,"revision":3,"instance":"demo","ssh":{"keys":[]},"sftp":{"accounts":[]}})",
        "network: missing"},
-      {"allowed_sources object", R"({"version":1,"revision":3,"instance":"demo","ssh":{"keys":[]},"sftp":{"accounts":[]},"network":{"allowed_sources":{}}})",
+      {"allowed_sources object",
+       R"({"version":1,"revision":3,"instance":"demo","ssh":{"keys":[]},"sftp":{"accounts":[]},"network":{"allowed_sources":{}}})",
        "network.allowed_sources: must be an array"},
       {"1025 sources", doc(keys, accs, manySources), "network.allowed_sources: 1025 entries, at most 1024"},
       {"duplicate key id", doc(key("k1") + "," + key("k2") + "," + key("k1"), accs, srcs),
@@ -215,10 +226,11 @@ TEST_CASE("document: whole-document rejections name the field", "[document]") {
        "sftp.accounts[1].id: duplicate 'a1' (also in sftp.accounts[0])"},
       {"duplicate username", doc(keys, account("a1", "u1") + "," + account("a2", "u1"), srcs),
        "sftp.accounts[1].username: duplicate 'u1' (also in sftp.accounts[0])"},
-      {"duplicate username of a bad entry", doc(keys, account("a1", "u1") + "," + account("a2", "u1", R"(,"active":"x")"), srcs),
-       "duplicate 'u1'"},
+      {"duplicate username of a bad entry",
+       doc(keys, account("a1", "u1") + "," + account("a2", "u1", R"(,"active":"x")"), srcs), "duplicate 'u1'"},
       {"duplicate JSON key at top", R"({"version":1,"version":2})", "document: duplicate key 'version'"},
-      {"duplicate JSON key in an entry", doc(key("k1") + "," + key("k2", R"(,"active":true,"active":false)"), accs, srcs),
+      {"duplicate JSON key in an entry",
+       doc(key("k1") + "," + key("k2", R"(,"active":true,"active":false)"), accs, srcs),
        "ssh.keys[1]: duplicate key 'active'"},
       {"NUL byte", doc(keys, accs, srcs).insert(10, std::string(1, '\0')), "NUL byte"},
       {"invalid UTF-8", doc(keys, accs, srcs, "\"version\":1,\"revision\":3,\"instance\":\"\xff\""), "not valid UTF-8"},
@@ -282,7 +294,9 @@ TEST_CASE("document: value counts are bounded before parsing", "[document]") {
   CHECK(parseOk(withPad("{}", 1000)).keys.size() == 1);
   CHECK(parseOk(withPad("0", 100000)).keys.size() == 1);
   // Commas and brackets inside strings do not count.
-  CHECK(parseOk(doc(key("k1"), "", "").insert(1, "\"s\":\"" + std::string(300000, ',') + std::string(40000, '{') + "\",")).keys.size() == 1);
+  CHECK(
+      parseOk(doc(key("k1"), "", "").insert(1, "\"s\":\"" + std::string(300000, ',') + std::string(40000, '{') + "\","))
+          .keys.size() == 1);
 }
 
 // --- per-entry problems ----------------------------------------------------------------------
@@ -298,7 +312,7 @@ TEST_CASE("document: bad keys are skipped one by one", "[document]") {
       {key("bad id!"), "ssh.keys[1]", "id: must be 1-64 characters"},
       {R"({"owner":"o","public_key":")" + kEd + "\"}", "ssh.keys[1]", "id: missing"},
       {R"({"id":7,"owner":"o","public_key":")" + kEd + "\"}", "ssh.keys[1]", "id: must be a string, got a number"},
-      {R"({"id":"k","public_key":")" + kEd + "\"}", "k", "owner: missing"},
+      {R"({"id":"k","owner":"a\u009bb","public_key":")" + kEd + "\"}", "k", "owner: contains"},
       {R"({"id":"k","owner":5,"public_key":")" + kEd + "\"}", "k", "owner: must be a string"},
       {R"({"id":"k","owner":")" + std::string(257, 'o') + R"(","public_key":")" + kEd + "\"}", "k",
        "owner: longer than 256"},
@@ -350,23 +364,35 @@ TEST_CASE("document: bad accounts are skipped and their users kept locked", "[do
       {account("a", "root"), "a", "username: 'root' is not allowed", {}},
       {account("a", "akeneo"), "a", "username: 'akeneo' is the login user", {}},
       {R"({"id":"a","password_hash":null,"folder":"."})", "a", "username: missing", {}},
-      {R"({"id":"a","username":"u","password_hash":"hunter2","folder":"."})", "a",
-       "password_hash: not a supported crypt(3) hash ($y$, $6$, $5$, $2b$)", {"u"}},
+      {R"({"id":"a","username":"u","password_hash":"hunter2","folder":"."})",
+       "a",
+       "password_hash: not a supported crypt(3) hash ($y$, $6$, $5$, $2b$)",
+       {"u"}},
       {R"({"id":"a","username":"u","password_hash":"!","folder":"."})", "a", "password_hash: not a supported", {"u"}},
-      {R"({"id":"a","username":"u","password_hash":"$1$abc$qjXMvbEw8oaL.CzflDugX/","folder":"."})", "a",
-       "password_hash: not a supported", {"u"}},
-      {R"({"id":"a","username":"u","password_hash":"$6$s$short","folder":"."})", "a", "password_hash: malformed", {"u"}},
-      {R"({"id":"a","username":"u","password_hash":5,"folder":"."})", "a",
-       "password_hash: must be a string or null, got a number", {"u"}},
+      {R"({"id":"a","username":"u","password_hash":"$1$abc$qjXMvbEw8oaL.CzflDugX/","folder":"."})",
+       "a",
+       "password_hash: not a supported",
+       {"u"}},
+      {R"({"id":"a","username":"u","password_hash":"$6$s$short","folder":"."})",
+       "a",
+       "password_hash: malformed",
+       {"u"}},
+      {R"({"id":"a","username":"u","password_hash":5,"folder":"."})",
+       "a",
+       "password_hash: must be a string or null, got a number",
+       {"u"}},
       {R"({"id":"a","username":"u","folder":"."})", "a", "password_hash: missing", {"u"}},
       {R"({"id":"a","username":"u","password_hash":null})", "a", "folder: missing", {"u"}},
-      {R"({"id":"a","username":"u","password_hash":null,"folder":"../../etc"})", "a", "folder: '..' is not allowed",
+      {R"({"id":"a","username":"u","password_hash":null,"folder":"../../etc"})",
+       "a",
+       "folder: '..' is not allowed",
        {"u"}},
-      {R"({"id":"a","username":"u","password_hash":null,"folder":"a//b"})", "a", "folder: empty path component",
-       {"u"}},
+      {R"({"id":"a","username":"u","password_hash":null,"folder":"a//b"})", "a", "folder: empty path component", {"u"}},
       {R"({"id":"a","username":"u","password_hash":null,"folder":"/etc"})", "a", "folder: must be relative", {"u"}},
       {account("a", "u", R"(,"active":"no")"), "a", "active: must be a boolean", {"u"}},
-      {account("a", "u", R"(,"public_keys":")" + kEd + "\""), "a", "public_keys: must be an array, got a string",
+      {account("a", "u", R"(,"public_keys":")" + kEd + "\""),
+       "a",
+       "public_keys: must be an array, got a string",
        {"u"}},
   };
   for (const auto& c : cases) {
@@ -394,10 +420,10 @@ TEST_CASE("document: the login user is configurable", "[document]") {
 }
 
 TEST_CASE("document: a bad key in an account skips only that key", "[document]") {
-  auto d = parseOk(doc("",
-                       account("sftp-imports", "u", R"(,"public_keys":[")" + kEd2 + R"(","ssh-ed25519 not-base64!!",7,")" +
-                                                        kEd + "\"]"),
-                       ""));
+  auto d = parseOk(doc(
+      "",
+      account("sftp-imports", "u", R"(,"public_keys":[")" + kEd2 + R"(","ssh-ed25519 not-base64!!",7,")" + kEd + "\"]"),
+      ""));
   REQUIRE(d.accounts.size() == 1);
   REQUIRE(d.accounts[0].publicKeys.size() == 2);
   CHECK(d.accounts[0].publicKeys[0].comment == "bob@example");
@@ -417,23 +443,27 @@ TEST_CASE("document: account defaults", "[document]") {
 }
 
 TEST_CASE("document: sources are skipped by value and made canonical", "[document]") {
-  auto d = parseOk(doc("", "",
-                       R"("10.0.0.0/8","not-a-cidr","10.0.0.1/8",5,"2001:0DB8:42::/48","10.0.0.0/8","1.2.3.4/33","::ffff:1.2.3.4/128")"));
+  auto d = parseOk(doc(
+      "", "",
+      R"("10.0.0.0/8","not-a-cidr","10.0.0.1/8",5,"2001:0DB8:42::/48","10.0.0.0/8","1.2.3.4/33","::ffff:1.2.3.4/128")"));
   CHECK(d.allowedSources == std::vector<pim::Cidr>{{"10.0.0.0/8"}, {"2001:db8:42::/48"}});
   CHECK(skippedIds(d) == std::set<std::string>{"not-a-cidr", "10.0.0.1/8", "network.allowed_sources[3]", "1.2.3.4/33",
                                                "::ffff:1.2.3.4/128"});
   CHECK_THAT(reasonFor(d, "10.0.0.1/8"), Catch::Contains("host bits"));
   // 1024 sources are fine; an empty list is fine.
   std::string many;
-  for (int i = 0; i < 1024; ++i) many += std::string(i ? "," : "") + "\"10.0." + std::to_string(i / 256) + "." + std::to_string(i % 256) + "/32\"";
+  for (int i = 0; i < 1024; ++i)
+    many += std::string(i ? "," : "") + "\"10.0." + std::to_string(i / 256) + "." + std::to_string(i % 256) + "/32\"";
   CHECK(parseOk(doc("", "", many)).allowedSources.size() == 1024);
   CHECK(parseOk(doc("", "", "")).allowedSources.empty());
 }
 
 TEST_CASE("document: unknown fields are ignored and listed", "[document]") {
   const std::string body = R"({"version":1,"revision":2,"instance":"i","generated_by":{"x":[1]},
-    "ssh":{"keys":[)" + key("k", R"(,"color":"red")") + R"(],"note":1},
-    "sftp":{"accounts":[)" + account("a", "u", R"(,"quota":5)") + R"(]},
+    "ssh":{"keys":[)" + key("k", R"(,"color":"red")") +
+                           R"(],"note":1},
+    "sftp":{"accounts":[)" +
+                           account("a", "u", R"(,"quota":5)") + R"(]},
     "network":{"allowed_sources":[],"weird\nname":true}})";
   auto d = parseOk(body);
   CHECK(d.skipped.empty());
@@ -460,7 +490,7 @@ TEST_CASE("document: maskSecrets hides hashes and keeps the rest", "[document][m
   CHECK(shown.find("\"password_hash\": null") != std::string::npos);  // key-only stays visible
   CHECK(shown.find("k-alice") != std::string::npos);
   CHECK(shown.find("\"version\"") < shown.find("\"revision\""));  // member order kept
-  CHECK(shown.find('\n') != std::string::npos);                     // pretty-printed
+  CHECK(shown.find('\n') != std::string::npos);                   // pretty-printed
 
   const std::string other = pim::maskSecrets(R"({"a":[{"db_password":"p1"},{"api_token":"t1","x":"keep"}]})");
   CHECK(other.find("p1") == std::string::npos);
@@ -474,7 +504,24 @@ TEST_CASE("document: maskSecrets hides hashes and keeps the rest", "[document][m
         "  \"b\": [\n    true,\n    1.5,\n    {}\n  ],\n  \"c\": \"\\u0001\"\n}");
 
   const std::string broken = pim::maskSecrets(R"({"password_hash":"$6$leak$)");
-  CHECK(broken.find("not valid JSON") != std::string::npos);
+  CHECK(broken == "\"(document not shown: it is not valid JSON)\"");  // still valid JSON
   CHECK(broken.find("leak") == std::string::npos);
   CHECK(pim::maskSecrets(std::string(1000, '[')).find("nesting") != std::string::npos);
+}
+
+TEST_CASE("document: a key's owner is only a label: absent, null and non-ASCII names are accepted", "[document]") {
+  const std::string ed =
+      "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF672WCNFtqcThBzVbXOfOSdud0k+tJpV0314p0yRK8S alice@example";
+  const std::string body = R"({"version":1,"revision":1,"instance":"i","ssh":{"keys":[)"
+                           R"({"id":"k-none","public_key":")" + ed + R"("},)"
+                           R"({"id":"k-null","owner":null,"public_key":")" + ed + R"("},)"
+                           R"({"id":"k-zoe","owner":"Zoë Müller","public_key":")" + ed + R"("}]},)"
+                           R"("sftp":{"accounts":[]},"network":{"allowed_sources":[]}})";
+  auto doc = pim::parseDocument(body, pim::DocumentOptions{});
+  REQUIRE(doc.isOk());
+  CHECK(doc->skipped.empty());
+  REQUIRE(doc->keys.size() == 3);
+  CHECK(doc->keys[0].owner.empty());
+  CHECK(doc->keys[1].owner.empty());
+  CHECK(doc->keys[2].owner == "Zoë Müller");
 }

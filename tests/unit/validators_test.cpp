@@ -248,14 +248,15 @@ TEST_CASE("validators: hostile public keys", "[validators][keys]") {
       {"trailing byte in blob", "ssh-ed25519 " + b64encode(edBlob + std::string(1, '\0')), "after the key"},
       {"trailing string in blob", "ssh-ed25519 " + b64encode(edBlob + wireString("x")), "after the key"},
       {"short ed25519 key", "ssh-ed25519 " + b64encode(join({"ssh-ed25519", edFields[1].substr(0, 31)})), "32 bytes"},
-      {"ed25519 length overflow", "ssh-ed25519 " + b64encode(wireString("ssh-ed25519") + "\xff\xff\xff\xff"), "truncated"},
+      {"ed25519 length overflow", "ssh-ed25519 " + b64encode(wireString("ssh-ed25519") + "\xff\xff\xff\xff"),
+       "truncated"},
       {"ecdsa point off the curve", "ecdsa-sha2-nistp256 " + b64encode(join({ecFields[0], ecFields[1], offCurve})),
        "not on curve"},
       {"ecdsa compressed point", "ecdsa-sha2-nistp256 " + b64encode(join({ecFields[0], ecFields[1], compressed})),
        "wrong length"},
       {"rsa non-minimal mpint", "ssh-rsa " + b64encode(join({rsaFields[0], rsaFields[1], negativeN})), "minimal"},
-      {"rsa negative modulus",
-       "ssh-rsa " + b64encode(join({rsaFields[0], rsaFields[1], rsaFields[2].substr(1)})), "negative"},
+      {"rsa negative modulus", "ssh-rsa " + b64encode(join({rsaFields[0], rsaFields[1], rsaFields[2].substr(1)})),
+       "negative"},
       {"rsa even exponent", "ssh-rsa " + b64encode(join({rsaFields[0], std::string("\x01\x00", 2), rsaFields[2]})),
        "exponent"},
       {"rsa missing modulus", "ssh-rsa " + b64encode(join({rsaFields[0], rsaFields[1]})), "truncated"},
@@ -263,8 +264,8 @@ TEST_CASE("validators: hostile public keys", "[validators][keys]") {
       {"sk application not ssh:",
        "sk-ssh-ed25519@openssh.com " + b64encode(join({"sk-ssh-ed25519@openssh.com", edFields[1], "http://x"})),
        "application"},
-      {"sk application missing", "sk-ssh-ed25519@openssh.com " + b64encode(join({"sk-ssh-ed25519@openssh.com", edFields[1]})),
-       "truncated"},
+      {"sk application missing",
+       "sk-ssh-ed25519@openssh.com " + b64encode(join({"sk-ssh-ed25519@openssh.com", edFields[1]})), "truncated"},
   };
   for (const auto& c : cases) {
     INFO(c.name);
@@ -282,10 +283,11 @@ TEST_CASE("validators: security keys and sample keys are accepted", "[validators
   const std::string ec256 = realKey("-t ecdsa -b 256");
   auto edFields = wireFields(b64decode(field(ed, 1)));
   auto ecFields = wireFields(b64decode(field(ec256, 1)));
-  const std::string skEd = "sk-ssh-ed25519@openssh.com " +
-                           b64encode(join({"sk-ssh-ed25519@openssh.com", edFields[1], "ssh:"})) + " yubi";
-  const std::string skEc = "sk-ecdsa-sha2-nistp256@openssh.com " +
-                           b64encode(join({"sk-ecdsa-sha2-nistp256@openssh.com", "nistp256", ecFields[2], "ssh:login"}));
+  const std::string skEd =
+      "sk-ssh-ed25519@openssh.com " + b64encode(join({"sk-ssh-ed25519@openssh.com", edFields[1], "ssh:"})) + " yubi";
+  const std::string skEc =
+      "sk-ecdsa-sha2-nistp256@openssh.com " +
+      b64encode(join({"sk-ecdsa-sha2-nistp256@openssh.com", "nistp256", ecFields[2], "ssh:login"}));
   for (const auto& text : {skEd, skEc}) {
     INFO(text);
     auto k = parsePublicKey(text);
@@ -349,8 +351,8 @@ TEST_CASE("validators: crypt hashes made by libxcrypt are accepted", "[validator
     unsigned long count;
     int n;
   };
-  for (const Method& m : {Method{"$6$", 0, 40}, Method{"$6$", 1000, 5}, Method{"$5$", 0, 40},
-                          Method{"$5$", 12345, 3}, Method{"$2b$", 4, 40}, Method{"$y$", 1, 20}, Method{"$y$", 0, 3}}) {
+  for (const Method& m : {Method{"$6$", 0, 40}, Method{"$6$", 1000, 5}, Method{"$5$", 0, 40}, Method{"$5$", 12345, 3},
+                          Method{"$2b$", 4, 40}, Method{"$y$", 1, 20}, Method{"$y$", 0, 3}}) {
     for (int i = 0; i < m.n; ++i) {
       const std::string h = lib.hash(m.prefix, m.count, "pw" + std::to_string(i));
       INFO(m.prefix << " count " << m.count);
@@ -441,9 +443,9 @@ TEST_CASE("validators: crypt hashes agree with libxcrypt on refusals", "[validat
   }
   // Settings libxcrypt itself refuses must be refused here too (their digest is irrelevant).
   const std::string digest512(86, '.');
-  for (const std::string& h : {"$6$rounds=999$salt$" + digest512, "$6$rounds=0$salt$" + digest512,
-                               "$6$rounds=01000$salt$" + digest512, std::string("$2b$03$abcdefghijklmnopqrstuu"),
-                               std::string("$y$j9T$abc$"), std::string("$y$jzT$abcd$")}) {
+  for (const std::string& h :
+       {"$6$rounds=999$salt$" + digest512, "$6$rounds=0$salt$" + digest512, "$6$rounds=01000$salt$" + digest512,
+        std::string("$2b$03$abcdefghijklmnopqrstuu"), std::string("$y$j9T$abc$"), std::string("$y$jzT$abcd$")}) {
     INFO(h);
     CHECK_FALSE(lib.accepts(h));
     CHECK_FALSE(checkCryptHash(h).isOk());
@@ -453,9 +455,14 @@ TEST_CASE("validators: crypt hashes agree with libxcrypt on refusals", "[validat
 // --- folders ---------------------------------------------------------------------------------
 
 TEST_CASE("validators: folders", "[validators][folder]") {
-  for (const auto& [in, out] : std::vector<std::pair<std::string, std::string>>{
-           {".", "."}, {"a", "a"}, {"imports/erp", "imports/erp"}, {"a b/c-d_e.f", "a b/c-d_e.f"},
-           {"...", "..."}, {"a..b", "a..b"}, {std::string(255, 'x'), std::string(255, 'x')}}) {
+  for (const auto& [in, out] :
+       std::vector<std::pair<std::string, std::string>>{{".", "."},
+                                                        {"a", "a"},
+                                                        {"imports/erp", "imports/erp"},
+                                                        {"a b/c-d_e.f", "a b/c-d_e.f"},
+                                                        {"...", "..."},
+                                                        {"a..b", "a..b"},
+                                                        {std::string(255, 'x'), std::string(255, 'x')}}) {
     INFO(in);
     auto f = parseFolder(in);
     REQUIRE(f.isOk());
@@ -495,16 +502,16 @@ TEST_CASE("validators: folders", "[validators][folder]") {
 // --- CIDRs -----------------------------------------------------------------------------------
 
 TEST_CASE("validators: CIDRs are canonical", "[validators][cidr]") {
-  for (const auto& [in, out] : std::vector<std::pair<std::string, std::string>>{
-           {"203.0.113.0/24", "203.0.113.0/24"},
-           {"127.0.0.0/8", "127.0.0.0/8"},
-           {"0.0.0.0/0", "0.0.0.0/0"},
-           {"10.1.2.3/32", "10.1.2.3/32"},
-           {"2001:db8:42::/48", "2001:db8:42::/48"},
-           {"2001:0DB8:0042:0000::/48", "2001:db8:42::/48"},
-           {"::/0", "::/0"},
-           {"::1/128", "::1/128"},
-           {"fe80::/10", "fe80::/10"}}) {
+  for (const auto& [in, out] :
+       std::vector<std::pair<std::string, std::string>>{{"203.0.113.0/24", "203.0.113.0/24"},
+                                                        {"127.0.0.0/8", "127.0.0.0/8"},
+                                                        {"0.0.0.0/0", "0.0.0.0/0"},
+                                                        {"10.1.2.3/32", "10.1.2.3/32"},
+                                                        {"2001:db8:42::/48", "2001:db8:42::/48"},
+                                                        {"2001:0DB8:0042:0000::/48", "2001:db8:42::/48"},
+                                                        {"::/0", "::/0"},
+                                                        {"::1/128", "::1/128"},
+                                                        {"fe80::/10", "fe80::/10"}}) {
     INFO(in);
     auto c = parseCidr(in);
     REQUIRE(c.isOk());
@@ -517,35 +524,34 @@ TEST_CASE("validators: hostile CIDRs", "[validators][cidr]") {
     std::string in;
     std::string why;
   };
-  for (const Case& c : std::vector<Case>{
-           {"10.0.0.1/8", "host bits set (did you mean 10.0.0.0/8?)"},
-           {"2001:db8:42::1/48", "host bits set (did you mean 2001:db8:42::/48?)"},
-           {"1.2.3.4/33", "0-32"},
-           {"::/129", "0-128"},
-           {"1.2.3.4/-1", "prefix"},
-           {"1.2.3.4/+8", "prefix"},
-           {"1.2.3.4/", "prefix"},
-           {"1.2.3.4/032", "prefix"},
-           {"1.2.3.4/1000", "prefix"},
-           {"1.2.3.4", "no /prefix"},
-           {"/24", "not a valid IPv4"},
-           {"", "empty"},
-           {"not-a-cidr", "no /prefix"},
-           {"010.0.0.1/32", "IPv4"},
-           {"1.2.3/24", "IPv4"},
-           {"256.0.0.0/8", "IPv4"},
-           {"1.2.3.4/24/8", "prefix"},
-           {" 1.2.3.4/32", "unexpected character"},
-           {"1.2.3.4/32 ", "prefix"},
-           {"1.2.3.4 /32", "unexpected character"},
-           {"1.2.3.0/24\n", "prefix"},
-           {"fe80::1%eth0/128", "unexpected character"},
-           {"::ffff:1.2.3.4/128", "IPv4-mapped"},
-           {"::ffff:0:0/96", "IPv4-mapped"},
-           {"2001:db8::g/64", "unexpected character"},
-           {"2001:db8:::/64", "IPv6"},
-           {"\xef\xbc\x91.2.3.4/32", "unexpected character"},
-           {std::string(100, '1'), "too long"}}) {
+  for (const Case& c : std::vector<Case>{{"10.0.0.1/8", "host bits set (did you mean 10.0.0.0/8?)"},
+                                         {"2001:db8:42::1/48", "host bits set (did you mean 2001:db8:42::/48?)"},
+                                         {"1.2.3.4/33", "0-32"},
+                                         {"::/129", "0-128"},
+                                         {"1.2.3.4/-1", "prefix"},
+                                         {"1.2.3.4/+8", "prefix"},
+                                         {"1.2.3.4/", "prefix"},
+                                         {"1.2.3.4/032", "prefix"},
+                                         {"1.2.3.4/1000", "prefix"},
+                                         {"1.2.3.4", "no /prefix"},
+                                         {"/24", "not a valid IPv4"},
+                                         {"", "empty"},
+                                         {"not-a-cidr", "no /prefix"},
+                                         {"010.0.0.1/32", "IPv4"},
+                                         {"1.2.3/24", "IPv4"},
+                                         {"256.0.0.0/8", "IPv4"},
+                                         {"1.2.3.4/24/8", "prefix"},
+                                         {" 1.2.3.4/32", "unexpected character"},
+                                         {"1.2.3.4/32 ", "prefix"},
+                                         {"1.2.3.4 /32", "unexpected character"},
+                                         {"1.2.3.0/24\n", "prefix"},
+                                         {"fe80::1%eth0/128", "unexpected character"},
+                                         {"::ffff:1.2.3.4/128", "IPv4-mapped"},
+                                         {"::ffff:0:0/96", "IPv4-mapped"},
+                                         {"2001:db8::g/64", "unexpected character"},
+                                         {"2001:db8:::/64", "IPv6"},
+                                         {"\xef\xbc\x91.2.3.4/32", "unexpected character"},
+                                         {std::string(100, '1'), "too long"}}) {
     INFO(c.in);
     auto r = parseCidr(c.in);
     REQUIRE_FALSE(r.isOk());
@@ -556,30 +562,52 @@ TEST_CASE("validators: hostile CIDRs", "[validators][cidr]") {
 // --- RFC 3339 --------------------------------------------------------------------------------
 
 TEST_CASE("validators: RFC 3339 UTC times", "[validators][time]") {
-  for (const auto& [in, out] : std::vector<std::pair<std::string, int64_t>>{
-           {"1970-01-01T00:00:00Z", 0},
-           {"2027-01-31T00:00:00Z", 1801353600},
-           {"2000-02-29T12:34:56Z", 951827696},
-           {"2024-02-29T23:59:59+00:00", 1709251199},
-           {"2024-02-29T23:59:59.999999999Z", 1709251199},
-           {"2024-02-29T23:59:59.5+00:00", 1709251199},
-           {"1969-12-31T23:59:59Z", -1},
-           {"2099-01-01T00:00:00Z", 4070908800},
-           {"9999-12-31T23:59:59Z", 253402300799},
-           {"0000-01-01T00:00:00Z", -62167219200}}) {
+  for (const auto& [in, out] :
+       std::vector<std::pair<std::string, int64_t>>{{"1970-01-01T00:00:00Z", 0},
+                                                    {"2027-01-31T00:00:00Z", 1801353600},
+                                                    {"2000-02-29T12:34:56Z", 951827696},
+                                                    {"2024-02-29T23:59:59+00:00", 1709251199},
+                                                    {"2024-02-29T23:59:59.999999999Z", 1709251199},
+                                                    {"2024-02-29T23:59:59.5+00:00", 1709251199},
+                                                    {"1969-12-31T23:59:59Z", -1},
+                                                    {"2099-01-01T00:00:00Z", 4070908800},
+                                                    {"9999-12-31T23:59:59Z", 253402300799},
+                                                    {"0000-01-01T00:00:00Z", -62167219200}}) {
     INFO(in);
     auto t = parseRfc3339(in);
     REQUIRE(t.isOk());
     CHECK(*t == out);
   }
-  for (const std::string& bad : std::vector<std::string>{"", "2024-01-01", "2024-01-01T00:00:00", "2024-01-01T00:00:00+01:00", "2024-01-01T00:00:00-00:00",
-        "2024-01-01t00:00:00Z", "2024-01-01T00:00:00z", "2024-01-01 00:00:00Z", "2024-13-01T00:00:00Z",
-        "2024-00-01T00:00:00Z", "2024-01-00T00:00:00Z", "2024-01-32T00:00:00Z", "2023-02-29T00:00:00Z",
-        "1900-02-29T00:00:00Z", "2024-04-31T00:00:00Z", "2024-01-01T24:00:00Z", "2024-01-01T23:60:00Z",
-        "2016-12-31T23:59:60Z", "2024-01-01T00:00:00.Z", "2024-01-01T00:00:00.1234567890Z", "2024-1-01T00:00:00Z",
-        "+2024-01-01T00:00:00Z", "2024-01-01T00:00:00Z ", " 2024-01-01T00:00:00Z", "2024-01-01T00:00:00Z\n",
-        "2024-01-01T00:00:00ZZ", "tomorrow", "12345-01-01T00:00:00Z", "2024-01-01T0a:00:00Z",
-        "2024-01-01T00:00:00.-1Z"}) {
+  for (const std::string& bad : std::vector<std::string>{"",
+                                                         "2024-01-01",
+                                                         "2024-01-01T00:00:00",
+                                                         "2024-01-01T00:00:00+01:00",
+                                                         "2024-01-01T00:00:00-00:00",
+                                                         "2024-01-01t00:00:00Z",
+                                                         "2024-01-01T00:00:00z",
+                                                         "2024-01-01 00:00:00Z",
+                                                         "2024-13-01T00:00:00Z",
+                                                         "2024-00-01T00:00:00Z",
+                                                         "2024-01-00T00:00:00Z",
+                                                         "2024-01-32T00:00:00Z",
+                                                         "2023-02-29T00:00:00Z",
+                                                         "1900-02-29T00:00:00Z",
+                                                         "2024-04-31T00:00:00Z",
+                                                         "2024-01-01T24:00:00Z",
+                                                         "2024-01-01T23:60:00Z",
+                                                         "2016-12-31T23:59:60Z",
+                                                         "2024-01-01T00:00:00.Z",
+                                                         "2024-01-01T00:00:00.1234567890Z",
+                                                         "2024-1-01T00:00:00Z",
+                                                         "+2024-01-01T00:00:00Z",
+                                                         "2024-01-01T00:00:00Z ",
+                                                         " 2024-01-01T00:00:00Z",
+                                                         "2024-01-01T00:00:00Z\n",
+                                                         "2024-01-01T00:00:00ZZ",
+                                                         "tomorrow",
+                                                         "12345-01-01T00:00:00Z",
+                                                         "2024-01-01T0a:00:00Z",
+                                                         "2024-01-01T00:00:00.-1Z"}) {
     INFO(bad);
     CHECK_FALSE(parseRfc3339(bad).isOk());
   }
