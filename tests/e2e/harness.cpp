@@ -14,11 +14,14 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+
+#include <Poco/JSON/Parser.h>
 
 #include "providers/scratch_dir.h"
 
@@ -435,7 +438,12 @@ CommandOutput TestSshd::sftpBatch(const std::string& user, const Credential& cre
   return withCredential(argv, cred, batch);
 }
 
-std::string agentBinary() { return PIM_AGENT_BINARY; }
+std::string agentBinary() {
+  // PIM_E2E_AGENT runs the scenarios against another build of the agent (an installed package,
+  // or a deliberately broken copy to check that the scenarios notice).
+  const char* other = std::getenv("PIM_E2E_AGENT");
+  return (other != nullptr && *other != '\0') ? std::string(other) : std::string(PIM_AGENT_BINARY);
+}
 std::string sourceDir() { return PIM_SOURCE_DIR; }
 
 CommandOutput runAgent(const std::string& config, const std::vector<std::string>& args,
@@ -478,6 +486,186 @@ std::string AgentSandbox::setting(const std::string& key) const {
 }
 
 CommandOutput AgentSandbox::run(const std::vector<std::string>& args) const { return runAgent(config_, args); }
+
+namespace {
+
+std::string jsonString(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += char(c);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string jsonOrNull(const std::string& s) { return s.empty() ? std::string("null") : jsonString(s); }
+
+std::string jsonStrings(const std::vector<std::string>& items) {
+  std::string out = "[";
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + jsonString(items[i]);
+  return out + "]";
+}
+
+std::string readIfExists(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return {};
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+std::string renderDocument(const DocSpec& spec) {
+  std::ostringstream o;
+  o << "{\n  \"version\": 1,\n  \"revision\": " << spec.revision << ",\n  \"instance\": " << jsonString(spec.instance)
+    << ",\n  \"ssh\": {\"keys\": [";
+  for (size_t i = 0; i < spec.keys.size(); ++i) {
+    const DocKey& k = spec.keys[i];
+    o << (i ? "," : "") << "\n    {\"id\": " << jsonString(k.id) << ", \"owner\": " << jsonString(k.id + "@example.com")
+      << ", \"public_key\": " << jsonString(k.publicKey) << ", \"active\": " << (k.active ? "true" : "false")
+      << ", \"expires_at\": " << jsonOrNull(k.expiresAt) << "}";
+  }
+  o << "\n  ]},\n  \"sftp\": {\"accounts\": [";
+  for (size_t i = 0; i < spec.accounts.size(); ++i) {
+    const DocAccount& a = spec.accounts[i];
+    o << (i ? "," : "") << "\n    {\"id\": " << jsonString(a.id) << ", \"username\": " << jsonString(a.username)
+      << ", \"password_hash\": " << jsonOrNull(a.passwordHash) << ", \"folder\": " << jsonString(a.folder)
+      << ", \"active\": " << (a.active ? "true" : "false") << ", \"public_keys\": " << jsonStrings(a.publicKeys) << "}";
+  }
+  o << "\n  ]},\n  \"network\": {\"allowed_sources\": " << jsonStrings(spec.allowedSources) << "}\n}\n";
+  return o.str();
+}
+
+ManagedHost::ManagedHost(std::map<std::string, std::string> settings)
+    : sshd_(TestSshd::Options{"/etc/ssh/sshd_config.d/*.conf", {}, true}) {
+  std::map<std::string, std::string> all{
+      {"state.db", "/srv/pim-access-agent/state.db"}, {"host.transfer_root", "/srv/transfer/pim"},
+      {"host.chroot_base", "/srv/pim-sftp"},          {"host.always_allow", "127.0.0.1/32"},
+      {"sshd.main_config", sshd_.configPath()},       {"sshd.dropin", kDropin},
+      {"sshd.reload_command", sshd_.reloadCommand()},
+  };
+  for (auto& [k, v] : settings) all[k] = v;
+  agent_ = std::make_unique<AgentSandbox>(all);
+}
+
+CommandOutput ManagedHost::run(const std::vector<std::string>& args) {
+  const std::string before = readIfExists(kDropin);
+  const size_t starts = sshd_.starts();
+  CommandOutput r = agent_->run(args);
+  INFO("agent " << args.front() << " exit " << r.exit << "\nstdout:\n" << r.out << "\nstderr:\n" << r.err);
+  if (readIfExists(kDropin) != before) {
+    const bool restarted = sshd_.waitForStart(starts);
+    INFO("sshd log:\n" << sshd_.log());
+    REQUIRE(restarted);  // the drop-in changed: the agent must have reloaded sshd
+  }
+  // Whatever triggered it, every SIGHUP sshd received is followed by a new listen before a
+  // client connects (a connection in between would meet a closed port).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    const std::string log = sshd_.log();
+    const size_t hups = countOccurrences(log, "Received SIGHUP; restarting.");
+    if (countOccurrences(log, "Server listening on 127.0.0.1 port") >= hups + 1) break;
+    INFO("sshd log:\n" << log);
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return r;
+}
+
+CommandOutput ManagedHost::apply(const DocSpec& spec) {
+  agent_->setDocument(renderDocument(spec));
+  CommandOutput r = run({"once"});
+  INFO("once (revision " << spec.revision << ") stdout:\n" << r.out << "\nstderr:\n" << r.err);
+  REQUIRE(r.exit == 0);
+  return r;
+}
+
+Poco::JSON::Object::Ptr ManagedHost::status() {
+  CommandOutput r = agent_->run({"status", "--json"});
+  INFO("status --json: exit " << r.exit << "\nstdout:\n" << r.out << "\nstderr:\n" << r.err);
+  REQUIRE(r.exit == 0);
+  Poco::JSON::Object::Ptr o;
+  REQUIRE_NOTHROW(o = Poco::JSON::Parser().parse(r.out).extract<Poco::JSON::Object::Ptr>());
+  REQUIRE(o);
+  return o;
+}
+
+Poco::JSON::Array::Ptr ManagedHost::history() {
+  CommandOutput r = agent_->run({"history", "--json"});
+  INFO("history --json: exit " << r.exit << "\nstdout:\n" << r.out << "\nstderr:\n" << r.err);
+  REQUIRE(r.exit == 0);
+  Poco::JSON::Array::Ptr a;
+  REQUIRE_NOTHROW(a = Poco::JSON::Parser().parse(r.out).extract<Poco::JSON::Array::Ptr>());
+  REQUIRE(a);
+  return a;
+}
+
+SshAgent::SshAgent(const std::string& socket) : socket_(socket) {
+  CommandOutput r = mustRun({"ssh-agent", "-s", "-a", socket_});
+  // "SSH_AGENT_PID=1234; export SSH_AGENT_PID;"
+  const std::string tag = "SSH_AGENT_PID=";
+  auto pos = r.out.find(tag);
+  REQUIRE(pos != std::string::npos);
+  pid_ = pid_t(std::stol(r.out.substr(pos + tag.size())));
+}
+
+SshAgent::~SshAgent() {
+  if (pid_ > 0) ::kill(pid_, SIGTERM);
+}
+
+void SshAgent::add(const KeyPair& key) const {
+  CommandOutput r = runCommand({"ssh-add", key.privateKey}, {}, std::chrono::seconds(30), {"SSH_AUTH_SOCK=" + socket_});
+  INFO("ssh-add: " << r.err);
+  REQUIRE(r.exit == 0);
+}
+
+std::vector<std::string> sftpListing(const std::string& out) {
+  std::vector<std::string> lines;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) {
+    line = trim(line);
+    if (line.empty() || line.rfind("sftp>", 0) == 0) continue;
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+FileStamp stampOf(const std::string& path) {
+  struct stat st {};
+  const int rc = ::lstat(path.c_str(), &st);
+  INFO("lstat " << path << ": " << (rc == 0 ? "ok" : std::strerror(errno)));
+  REQUIRE(rc == 0);
+  return FileStamp{st.st_ino, int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+}
+
+bool pathExists(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0;
+}
 
 std::string cryptHash(const std::string& password) {
   CommandOutput r = mustRun({"openssl", "passwd", "-6", "-stdin"}, password + "\n");

@@ -14,10 +14,14 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
 #include <catch2/catch.hpp>
 
 namespace pim::e2e {
@@ -184,7 +188,8 @@ class TestSshd {
   pid_t pid_ = -1;
 };
 
-/// Paths of the programs under test, from the build (PIM_AGENT_BINARY, PIM_SOURCE_DIR).
+/// Paths of the programs under test, from the build (PIM_AGENT_BINARY, PIM_SOURCE_DIR); the
+/// environment variable PIM_E2E_AGENT, when set, names another agent binary to test.
 std::string agentBinary();
 std::string sourceDir();
 
@@ -219,6 +224,103 @@ class AgentSandbox {
   std::string config_;
   std::string document_;
 };
+
+/// One entry of `ssh.keys` for renderDocument(). An empty expiresAt renders as null.
+struct DocKey {
+  std::string id;
+  std::string publicKey;
+  bool active = true;
+  std::string expiresAt;
+};
+
+/// One entry of `sftp.accounts` for renderDocument(). An empty passwordHash renders as null
+/// (key-only account).
+struct DocAccount {
+  std::string id;
+  std::string username;
+  std::string passwordHash;
+  std::string folder = ".";
+  bool active = true;
+  std::vector<std::string> publicKeys;
+};
+
+/// What an access document (version 1) holds, for scenarios that change it revision by revision.
+struct DocSpec {
+  int64_t revision = 1;
+  std::string instance = "e2e";
+  std::vector<DocKey> keys;
+  std::vector<DocAccount> accounts;
+  std::vector<std::string> allowedSources;
+};
+
+/// The document as the store sends it (JSON, every string escaped).
+std::string renderDocument(const DocSpec& spec);
+
+/// A real sshd and the agent configured as on a host, inside the test namespace: the agent runs
+/// WITHOUT --root (real useradd on the namespace's private /etc), its drop-in is
+/// /etc/ssh/sshd_config.d/50-pim-access-agent.conf which the sshd Includes, its sshd.main_config
+/// is that sshd's config (so `sshd -t` validates exactly what runs), reload_command SIGHUPs that
+/// sshd, and state.db, transfer_root and chroot_base live under /srv (tmpfs):
+///   state.db = /srv/pim-access-agent/state.db   host.transfer_root = /srv/transfer/pim
+///   host.chroot_base = /srv/pim-sftp            host.always_allow = 127.0.0.1/32
+/// so that 127.0.0.2 stands for an address outside the operator ranges. `settings` override.
+class ManagedHost {
+ public:
+  explicit ManagedHost(std::map<std::string, std::string> settings = {});
+  ManagedHost(const ManagedHost&) = delete;
+  ManagedHost& operator=(const ManagedHost&) = delete;
+
+  TempDir& tmp() { return tmp_; }
+  TestSshd& sshd() { return sshd_; }
+  const AgentSandbox& agent() const { return *agent_; }
+  std::string transferRoot() const { return agent_->setting("host.transfer_root"); }
+  std::string chrootBase() const { return agent_->setting("host.chroot_base"); }
+  static constexpr const char* kDropin = "/etc/ssh/sshd_config.d/50-pim-access-agent.conf";
+
+  /// Runs `pim-access-agent --config <cfg> <args...>` and, when it reloaded sshd (the drop-in
+  /// changed, or sshd logged a SIGHUP), waits until sshd listens again, so the next client
+  /// meets the new config. Does not check the exit code.
+  CommandOutput run(const std::vector<std::string>& args);
+  /// Writes the document, then run({"once"}) and REQUIREs exit 0 (the failure shows the output).
+  CommandOutput apply(const DocSpec& spec);
+  /// `status --json` / `history --json`, parsed; REQUIREs exit 0 and valid JSON of that shape.
+  Poco::JSON::Object::Ptr status();
+  Poco::JSON::Array::Ptr history();
+
+ private:
+  TempDir tmp_{"pim-e2e-host."};
+  TestSshd sshd_;
+  std::unique_ptr<AgentSandbox> agent_;
+};
+
+/// An ssh-agent listening on `socket` (ssh-agent -a), killed on destruction.
+class SshAgent {
+ public:
+  explicit SshAgent(const std::string& socket);
+  ~SshAgent();
+  SshAgent(const SshAgent&) = delete;
+  SshAgent& operator=(const SshAgent&) = delete;
+  const std::string& socket() const { return socket_; }
+  /// ssh-add of a private key; REQUIREs success.
+  void add(const KeyPair& key) const;
+
+ private:
+  std::string socket_;
+  pid_t pid_ = -1;
+};
+
+/// The lines of an sftp batch's stdout that are not echoed commands ("sftp> ..."), trimmed.
+std::vector<std::string> sftpListing(const std::string& out);
+
+/// Modification time (ns) and inode of a path (lstat); REQUIREs that it exists.
+struct FileStamp {
+  ino_t inode = 0;
+  int64_t mtimeNs = 0;
+  bool operator==(const FileStamp& o) const { return inode == o.inode && mtimeNs == o.mtimeNs; }
+};
+FileStamp stampOf(const std::string& path);
+/// True when lstat(path) succeeds.
+bool pathExists(const std::string& path);
 
 /// A SHA-512 crypt(3) hash of `password` (openssl passwd -6), for documents.
 std::string cryptHash(const std::string& password);
