@@ -8,6 +8,15 @@
 // PermEnforcer is the one place besides RealHost that makes file-system system calls itself: a
 // race-free walk needs directory file descriptors (openat/fstatat relative to an fd opened with
 // O_NOFOLLOW), which the path-based Host seam cannot offer.
+//
+// Why it stays in the tree: every entry is reached with openat/fstatat relative to its parent's
+// fd, never through a path, so a directory swapped for a symlink is refused (ELOOP), not followed;
+// a file is changed only through an fd whose fstat matches what fstatat saw (same device and
+// inode, still a single hard link); deep trees are walked with an explicit stack and at most
+// maxOpenDirs fds, a closed parent being reopened through ".." and accepted only with its recorded
+// device and inode. What no fd-based walker (nor chmod -R) can rule out: a directory moved out of
+// the tree by someone with write access to it while the walk is inside it is finished where it now
+// is; its entries were in the tree a moment before, and symlinks and hard links are still refused.
 
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -93,7 +102,9 @@ class PermEnforcer {
 
   /// The mode an entry of this type and mode must have (02770, 0660 or 0770).
   static mode_t targetMode(mode_t stMode);
+  /// The root given to the constructor (without trailing slashes).
   const std::string& realRoot() const { return realRoot_; }
+  /// The transfer group.
   gid_t gid() const { return gid_; }
 
  private:
