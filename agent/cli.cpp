@@ -15,11 +15,13 @@
 #include <map>
 #include <sstream>
 
+#include "agent/adopt.h"
 #include "agent/agent.h"
 #include "agent/cli_support.h"
 #include "agent/commands.h"
 #include "agent/config.h"
 #include "agent/document.h"
+#include "agent/failpoint.h"
 #include "agent/file_lock.h"
 #include "agent/provider_set.h"
 #include "agent/reconciler.h"
@@ -247,7 +249,7 @@ struct Runtime {
 };
 
 /// Everything a changing command needs: sandbox files, the database, the cycle lock, recovery.
-Result<std::unique_ptr<Runtime>> openRuntime(const Config& config, bool takeLock) {
+Result<std::unique_ptr<Runtime>> openRuntime(const Config& config, bool takeLock, const FailPoints& failpoints = {}) {
   auto rt = std::make_unique<Runtime>();
   rt->config = config;
   rt->host = std::make_unique<RealHost>(config.root, makeLogger("host"));
@@ -256,13 +258,19 @@ Result<std::unique_ptr<Runtime>> openRuntime(const Config& config, bool takeLock
   auto state = openState(config, *rt->host);
   if (!state) return state.status();
   rt->state = std::move(*state);
+  if (rt->state->rebuilt()) {
+    StateLedger ledger(*rt->state);
+    auto adopted = adoptFromHost(*rt->host, config.host, ledger, makeLogger("state"));
+    if (!adopted) return adopted.status();
+  }
   if (takeLock) {
     auto lock = FileLock::acquire(lockPath(config, *rt->host), 30000);
     if (!lock) return lock.status();
     rt->cycleLock = std::move(*lock);
   }
   rt->agent = std::make_unique<Agent>(config, *rt->host, *rt->state, rt->clock,
-                                      [](Ledger& ledger) { return makeProviders(ledger); }, makeLogger("agent"));
+                                      [](Ledger& ledger) { return makeProviders(ledger); }, makeLogger("agent"),
+                                      failpoints);
   if (takeLock) {
     Status r = rt->agent->recoverInterruptedCycle();
     if (!r) return r;
@@ -270,10 +278,10 @@ Result<std::unique_ptr<Runtime>> openRuntime(const Config& config, bool takeLock
   return rt;
 }
 
-int cmdOnce(const Config& config) {
+int cmdOnce(const Config& config, const FailPoints& failpoints) {
   auto store = storeFor(config);
   if (!store) return fail(store.status());
-  auto rt = openRuntime(config, true);
+  auto rt = openRuntime(config, true, failpoints);
   if (!rt) return fail(rt.status());
   CycleReport r = (*rt)->agent->cycle(**store, 0);
   printCycle(std::cout, r);
@@ -281,12 +289,12 @@ int cmdOnce(const Config& config) {
   return r.exitCode;
 }
 
-int cmdRollback(const Config& config, const CliOptions& o) {
+int cmdRollback(const Config& config, const CliOptions& o, const FailPoints& failpoints) {
   if (o.args.size() != 1) return usageError("rollback needs one generation number");
   char* end = nullptr;
   long long n = std::strtoll(o.args[0].c_str(), &end, 10);
   if (end == o.args[0].c_str() || *end != '\0' || n < 1) return usageError("rollback: not a generation number: " + o.args[0]);
-  auto rt = openRuntime(config, true);
+  auto rt = openRuntime(config, true, failpoints);
   if (!rt) return fail(rt.status());
   CycleReport r = (*rt)->agent->rollback(n);
   printCycle(std::cout, r);
@@ -325,11 +333,14 @@ int runCli(int argc, char** argv) {
     }
     auto config = loadConfig(o);
     if (!config) return fail(config.status());
+    // Test-only failure injection, read once here and passed down (agent/failpoint.h).
+    auto failpoints = FailPoints::fromEnvironment();
+    if (!failpoints) return fail(failpoints.status());
     const std::string& c = o.command;
     auto noArgs = [&]() { return o.args.empty(); };
     if (c == "plan" && noArgs()) return cmdPlan(*config, o);
-    if (c == "once" && noArgs()) return cmdOnce(*config);
-    if (c == "rollback") return cmdRollback(*config, o);
+    if (c == "once" && noArgs()) return cmdOnce(*config, *failpoints);
+    if (c == "rollback") return cmdRollback(*config, o, *failpoints);
     if (c == "resume" && noArgs()) return cmdResume(*config);
     if (c == "status" && noArgs()) return cmdStatus(*config, o.json);
     if (c == "history" && noArgs()) return cmdHistory(*config, o.json);
@@ -338,7 +349,7 @@ int runCli(int argc, char** argv) {
       return cmdShow(*config, o.args[0], o.json);
     }
     if (c == "enforce-perms" && noArgs()) return cmdEnforcePerms(*config);
-    if (c == "run" && noArgs()) return cmdRun([o]() { return loadConfig(o); });
+    if (c == "run" && noArgs()) return cmdRun([o]() { return loadConfig(o); }, *failpoints);
     if (c == "plan" || c == "once" || c == "resume" || c == "status" || c == "history" || c == "enforce-perms" || c == "run") {
       return usageError(c + " takes no arguments");
     }

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "agent/config.h"
+#include "agent/failpoint.h"
 
 namespace pim {
 
@@ -18,7 +19,7 @@ int cmdShow(const Config& config, const std::string& generation, bool json);
 /// `enforce-perms`: one full permission pass over the transfer root; prints the counts.
 int cmdEnforcePerms(const Config& config);
 /// `run`: the resident daemon; returns when stopped by SIGTERM/SIGINT. `loadConfig` is called
-/// at start and on SIGHUP.
-int cmdRun(const std::function<Result<Config>()>& loadConfig);
+/// at start and on SIGHUP; `failpoints` (tests) go to the daemon's cycles.
+int cmdRun(const std::function<Result<Config>()>& loadConfig, const FailPoints& failpoints);
 
 }  // namespace pim

@@ -105,6 +105,7 @@ const std::map<std::string, Setter>& setters() {
       {"sshd.binary", [](Config& c, const std::string& k, const std::string& v) { return setPath(c.sshd.binary, k, v, false); }},
       {"sshd.reload_command", [](Config& c, const std::string&, const std::string& v) { c.sshd.reloadCommand = v; return Status::ok(); }},
       {"state.db", [](Config& c, const std::string& k, const std::string& v) { return setPath(c.state.db, k, v, false); }},
+      {"state.metrics_file", [](Config& c, const std::string& k, const std::string& v) { return setPath(c.state.metricsFile, k, v, true); }},
   };
   return table;
 }

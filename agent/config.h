@@ -25,6 +25,7 @@ struct StoreSettings {
 struct StateSettings {
   std::string db = "/var/lib/pim-access-agent/state.db";
   int64_t keepGenerations = 500;
+  std::string metricsFile;  // host path of the Prometheus text file; "" : no metrics written
 };
 
 struct Config {

@@ -5,11 +5,22 @@
 #include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <cstring>
+#include <memory>
+#include <random>
 
+#include "agent/adopt.h"
 #include "agent/cli_support.h"
+#include "agent/file_store_client.h"
+#include "agent/perm_watcher.h"
 #include "agent/provider_set.h"
 #include "agent/sandbox.h"
 #include "agent/sd_notify.h"
+#include "agent/state_ledger.h"
+#include "agent/store_client.h"
+#include "providers/real_host.h"
+#include "providers/transfer_perms.h"
+#include "state/state_store.h"
 
 namespace pim {
 
@@ -25,27 +36,49 @@ struct Daemon::Runtime {
 
 namespace {
 
+// How often the loop looks at the file:// source and at the state database (operator commands).
+// Two or three stat() calls: the idle cost is negligible (see scripts/bench-poll).
 constexpr auto kTick = std::chrono::milliseconds(500);
 constexpr auto kMinRetry = std::chrono::milliseconds(200);
-// Failures retry sooner than the poll interval, then back off to the 10-minute cap.
-constexpr auto kBackoffBase = std::chrono::milliseconds(2000);
-
-std::string fileSource(const std::string& source) {
-  const std::string prefix = "file://";
-  return source.rfind(prefix, 0) == 0 ? source.substr(prefix.size()) : std::string();
-}
+constexpr auto kMaxBackoffBase = std::chrono::milliseconds(2000);
+// A CLI command holding the cycle lock longer than this is stuck; the cycle fails and retries.
+constexpr int kCycleLockWaitMs = 10 * 60 * 1000;
 
 std::string statSignature(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return "missing";
-  return std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) +
-         "." + std::to_string(st.st_mtim.tv_nsec);
+  return std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" +
+         std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec);
 }
+
+CycleReport internalFailure(const std::string& error) {
+  CycleReport r;
+  r.exitCode = 1;
+  r.outcome = "failed";
+  r.error = error;
+  return r;
+}
+
+void noopSignalHandler(int) {}
 
 }  // namespace
 
-Daemon::Daemon(std::function<Result<Config>()> loadConfig, Logger log)
-    : loadConfig_(std::move(loadConfig)), log_(std::move(log)), backoff_(kBackoffBase) {}
+void guardAgainstSigpipe() {
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_handler = noopSignalHandler;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGPIPE, &sa, nullptr);
+}
+
+std::chrono::milliseconds backoffBase(int64_t pollIntervalS) {
+  const int64_t pollMs = pollIntervalS > 0 ? pollIntervalS * 1000 : 1;
+  return std::chrono::milliseconds(std::min<int64_t>(pollMs, kMaxBackoffBase.count()));
+}
+
+Daemon::Daemon(std::function<Result<Config>()> loadConfig, Logger log, FailPoints failpoints)
+    : loadConfig_(std::move(loadConfig)), log_(std::move(log)), failpoints_(std::move(failpoints)) {}
 
 Daemon::~Daemon() = default;
 
@@ -58,11 +91,24 @@ Status Daemon::buildRuntime(const Config& config) {
   auto state = openState(config, *rt->host);
   if (!state) return state.status();
   rt->state = std::move(*state);
+  if (rt->state->rebuilt()) {
+    // As the command line does: what the agent made is known again before any cycle.
+    StateLedger ledger(*rt->state);
+    auto adopted = adoptFromHost(*rt->host, config.host, ledger, makeLogger("state"));
+    if (!adopted) return adopted.status();
+  }
   auto store = makeStoreClient(config.store, config.root, makeLogger("store"));
   if (!store) return store.status();
   rt->store = std::move(*store);
-  rt->agent = std::make_unique<Agent>(config, *rt->host, *rt->state, clock_,
-                                      [](Ledger& ledger) { return makeProviders(ledger); }, makeLogger("agent"));
+  rt->agent = std::make_unique<Agent>(
+      config, *rt->host, *rt->state, clock_, [](Ledger& ledger) { return makeProviders(ledger); }, makeLogger("agent"),
+      failpoints_);
+  std::string sourcePath;
+  if (config.store.source.rfind("file:", 0) == 0) {
+    auto path = FileStoreClient::parseFileUrl(config.store.source);
+    if (!path) return path.status();
+    sourcePath = *path;
+  }
   // Keep the watcher of the old runtime if the transfer tree did not move.
   if (rt_ && rt_->watcher && rt_->config.host.transferRoot == config.host.transferRoot &&
       rt_->config.host.transferGroup == config.host.transferGroup && rt_->config.root == config.root) {
@@ -72,11 +118,18 @@ Status Daemon::buildRuntime(const Config& config) {
     rt_->watcher->stop();
   }
   rt_ = std::move(rt);
-  sourceSignature_ = fileSource(config.store.source).empty() ? "" : statSignature(fileSource(config.store.source));
+  sourcePath_ = sourcePath;
+  sourceSignature_ = sourcePath_.empty() ? "" : statSignature(sourcePath_);
+  // Equal jitter over the injectable uniform draw of Backoff: U[0.5, 1].
+  auto engine = std::make_shared<std::mt19937_64>(std::random_device{}());
+  backoff_ = std::make_unique<Backoff>(backoffBase(config.store.pollIntervalS), Backoff::kDefaultCap, [engine]() {
+    return 0.5 + 0.5 * std::uniform_real_distribution<double>(0.0, 1.0)(*engine);
+  });
   return Status::ok();
 }
 
 int Daemon::run() {
+  guardAgainstSigpipe();
   auto config = loadConfig_();
   if (!config) {
     log_->error("{}", config.status().message());
@@ -86,17 +139,33 @@ int Daemon::run() {
     log_->error("store.source is not set (config [store] source, or --source URL)");
     return 2;
   }
+  {
+    // The daemon lock first: a second daemon must not even seed the sandbox or open the state.
+    RealHost host(config->root, makeLogger("host"));
+    const std::string db = config->state.db;
+    const std::string dir = db.substr(0, db.rfind('/'));
+    if (!dir.empty()) {
+      // As openState() makes them: the parents 0755, the database's own directory 0700.
+      const std::string parent = dir.substr(0, dir.rfind('/'));
+      Status s = parent.empty() ? Status::ok() : host.makeDirectories(parent, Ownership{0755, 0, 0});
+      if (s) s = host.makeDirectory(dir, Ownership{0700, 0, 0});
+      if (!s) {
+        log_->error("start: {}", s.message());
+        return 1;
+      }
+    }
+    auto lock = FileLock::acquire(host.realPath(db) + ".daemon.lock", 0);
+    if (!lock) {
+      log_->error("another pim-access-agent daemon is running ({})", lock.status().message());
+      return 1;
+    }
+    daemonLock_ = std::move(*lock);
+  }
   Status s = buildRuntime(*config);
   if (!s) {
     log_->error("start: {}", s.message());
     return s.code() == ErrorCode::kInvalid ? 2 : 1;
   }
-  auto lock = FileLock::acquire(rt_->host->realPath(config->state.db) + ".daemon.lock", 0);
-  if (!lock) {
-    log_->error("another pim-access-agent daemon is running ({})", lock.status().message());
-    return 1;
-  }
-  daemonLock_ = std::move(*lock);
 
   uv_loop_init(&loop_);
   loop_.data = this;
@@ -116,6 +185,8 @@ int Daemon::run() {
   watchdog_ = sdWatchdogInterval();
   lastWatchdog_ = std::chrono::steady_clock::now();
   workReq_.data = this;
+  stateSignature_ = stateSignature();
+  if (auto mark = readMark()) seenMark_ = *mark;
 
   log_->info("daemon started: source {}, poll every {} s{}", rt_->store->describe(), config->store.pollIntervalS,
              config->store.longPollS > 0 ? ", long poll " + std::to_string(config->store.longPollS) + " s" : "");
@@ -136,71 +207,157 @@ void Daemon::requestWork(Work work) {
   if (stopping_) return;
   if (work == Work::kCycle) cycleRequested_ = true;
   if (work == Work::kReapply) reapplyRequested_ = true;
+  if (busy_) {
+    interruptFetch(work == Work::kCycle ? "a new cycle is due" : "a key expires");
+    return;
+  }
   startWorkIfIdle();
+}
+
+void Daemon::interruptFetch(const char* why) {
+  // Only a fetch can be held for long; everything else the worker does is short.
+  if (!busy_ || running_ != Work::kCycle || !fetching_.load() || interrupted_.load()) return;
+  log_->debug("cancelling the store request in flight: {}", why);
+  interrupted_.store(true);
+  rt_->store->cancel();
 }
 
 void Daemon::startWorkIfIdle() {
   if (busy_ || stopping_) return;
-  if (reloadPending_) {
-    reload();
-  }
-  if (cycleRequested_) {
-    running_ = Work::kCycle;
-  } else if (reapplyRequested_) {
+  if (reloadPending_) reload();
+  // A re-apply first: a cycle may be a long poll, and an expiring key must not wait for it.
+  if (reapplyRequested_) {
     running_ = Work::kReapply;
+    reapplyRequested_ = false;
+  } else if (cycleRequested_) {
+    running_ = Work::kCycle;
+    cycleRequested_ = false;
+    uv_timer_stop(&pollTimer_);
   } else {
     return;
   }
-  cycleRequested_ = false;
-  reapplyRequested_ = false;
   busy_ = true;
-  uv_timer_stop(&pollTimer_);
   workStarted_ = std::chrono::steady_clock::now();
+  // The first cycle never long-polls: the host is checked and READY=1 sent without waiting
+  // for the store to have something new.
+  const int64_t wait = readyNotified_ && sourcePath_.empty() ? rt_->config.store.longPollS : 0;
+  input_ = WorkInput{seenMark_, nextExpiry_, wait};
   uv_queue_work(&loop_, &workReq_, onWork, onWorkDone);
 }
 
-void Daemon::onWork(uv_work_t* req) {
-  auto* self = static_cast<Daemon*>(req->data);
-  Runtime& rt = *self->rt_;
-  auto lock = FileLock::acquire(rt.host->realPath(rt.config.state.db) + ".lock", 30000);
-  if (!lock) {
-    self->report_ = CycleReport{};
-    self->report_.exitCode = 1;
-    self->report_.outcome = "failed";
-    self->report_.error = lock.status().message();
-    return;
-  }
-  if (!self->recovered_) {
-    Status s = rt.agent->recoverInterruptedCycle();
-    if (!s) self->log_->error("recovery: {}", s.message());
-    self->recovered_ = true;
-  }
-  if (self->running_ == Work::kCycle) {
-    self->report_ = rt.agent->cycle(*rt.store, rt.config.store.longPollS);
-  } else {
-    self->report_ = rt.agent->reapplyInForce();
-  }
-  auto expiry = rt.agent->nextKeyExpiry();
-  self->nextExpiry_ = expiry ? *expiry : std::nullopt;
-  auto latest = rt.state->latest();
-  if (latest && latest->has_value()) self->seenGeneration_ = (*latest)->generation;
+void Daemon::onWork(uv_work_t* req) { static_cast<Daemon*>(req->data)->work(); }
+
+Result<FileLock> Daemon::lockCycle() {
+  const std::string path = lockPath(rt_->config, *rt_->host);
+  auto lock = FileLock::acquire(path, 0);
+  if (lock || lock.status().code() != ErrorCode::kInvalid) return lock;
+  log_->info("waiting for the cycle lock: another pim-access-agent command is changing the host");
+  return FileLock::acquire(path, kCycleLockWaitMs, &abandon_);
 }
 
-void Daemon::onWorkDone(uv_work_t* req, int) {
-  static_cast<Daemon*>(req->data)->workDone();
+Result<Daemon::StateMark> Daemon::readMark() const {
+  auto newest = rt_->state->history(1);
+  if (!newest) return newest.status();
+  auto pin = rt_->state->pin();
+  if (!pin) return pin.status();
+  StateMark mark;
+  if (!newest->empty()) {
+    mark.generation = newest->front().generation;
+    mark.outcome = outcomeName(newest->front().outcome);
+  }
+  mark.pin = *pin;
+  return mark;
 }
+
+void Daemon::snapshotState(WorkResult& out) const {
+  // The signature first: a change after it is seen again by the next tick.
+  const std::string signature = stateSignature();
+  auto mark = readMark();
+  if (!mark) return;
+  // The next expiry only changes with the document in force, hence with the state; an expiry
+  // already past must be looked at again (the timer would fire at once, forever).
+  const bool reuse =
+      input_.mark && *input_.mark == *mark && (!input_.nextExpiry || *input_.nextExpiry > clock_.nowSeconds());
+  if (reuse) {
+    out.nextExpiry = input_.nextExpiry;
+  } else {
+    auto expiry = rt_->agent->nextKeyExpiry();
+    if (!expiry) return;
+    out.nextExpiry = *expiry;
+  }
+  out.mark = *mark;
+  out.stateSignature = signature;
+}
+
+void Daemon::work() {
+  WorkResult out;
+  out.recovered = recovered_;
+  Runtime& rt = *rt_;
+  if (!out.recovered) {
+    auto lock = lockCycle();
+    if (!lock) {
+      out.report = internalFailure(lock.status().message());
+      result_ = std::move(out);
+      return;
+    }
+    Status s = rt.agent->recoverInterruptedCycle();
+    if (!s) {
+      log_->error("recovery of an interrupted cycle: {}", s.message());
+      out.report = internalFailure(s.message());
+      result_ = std::move(out);
+      return;
+    }
+    out.recovered = true;
+  }
+  std::optional<Agent::Fetched> fetched;
+  if (running_ == Work::kCycle) {
+    fetching_.store(true);
+    fetched = rt.agent->fetch(*rt.store, input_.waitSeconds);
+    fetching_.store(false);
+    if (!fetched->outcome && (interrupted_.load() || abandon_.load())) {
+      // Cancelled on purpose: not a store failure, nothing to record.
+      out.report.outcome = "interrupted";
+      snapshotState(out);
+      result_ = std::move(out);
+      return;
+    }
+  }
+  auto lock = lockCycle();
+  if (!lock) {
+    out.report = abandon_.load() ? CycleReport{} : internalFailure(lock.status().message());
+    if (abandon_.load()) out.report.outcome = "interrupted";
+    result_ = std::move(out);
+    return;
+  }
+  out.report = fetched ? rt.agent->reconcile(*fetched) : rt.agent->reapplyInForce();
+  snapshotState(out);
+  result_ = std::move(out);
+}
+
+void Daemon::onWorkDone(uv_work_t* req, int) { static_cast<Daemon*>(req->data)->workDone(); }
 
 void Daemon::workDone() {
   busy_ = false;
   const Work finished = running_;
   running_ = Work::kNone;
-  const CycleReport& r = report_;
+  WorkResult out = std::move(result_);
+  result_ = WorkResult{};
+  recovered_ = out.recovered;
+  const CycleReport& r = out.report;
+  const bool interrupted = r.outcome == "interrupted";
   if (!r.changes.empty() || r.exitCode != 0) {
-    log_->info("cycle: {}{}{} ({} changes){}", r.outcome, r.generation ? ", generation " + std::to_string(*r.generation) : "",
+    log_->info("cycle: {}{}{} ({} changes){}", r.outcome,
+               r.generation ? ", generation " + std::to_string(*r.generation) : "",
                r.revision ? ", revision " + std::to_string(*r.revision) : "", r.changes.size(),
                r.error.empty() ? "" : ": " + r.error);
   }
-  if (!readyNotified_) {
+  for (const auto& w : r.warnings) log_->warn("cycle: {}", w);
+  if (out.mark) {
+    stateSignature_ = out.stateSignature;
+    seenMark_ = out.mark;
+    nextExpiry_ = out.nextExpiry;
+  }
+  if (!readyNotified_ && !interrupted) {
     sdNotify("READY=1\nSTATUS=first cycle done: " + r.outcome);
     readyNotified_ = true;
   }
@@ -208,24 +365,38 @@ void Daemon::workDone() {
     closeHandles();
     return;
   }
+  if (interrupted_.exchange(false)) {
+    // cancel() is for good: the next fetch needs a client of its own.
+    auto store = makeStoreClient(rt_->config.store, rt_->config.root, makeLogger("store"));
+    if (store) {
+      rt_->store = std::move(*store);
+    } else {
+      log_->error("store client: {}", store.status().message());
+    }
+  }
   startWatcherIfReady();
   scheduleExpiry();
   if (finished == Work::kCycle) {
-    const auto& store = rt_->config.store;
-    std::chrono::milliseconds delay;
-    if (r.exitCode == 1 || r.exitCode == 4 || r.exitCode == 5) {
-      delay = std::max(backoff_.nextDelay(), std::chrono::milliseconds(kMinRetry));
-      log_->warn("retrying in {} ms ({} consecutive failures)", delay.count(), backoff_.failures());
+    if (interrupted) {
+      cycleRequested_ = true;
     } else {
-      backoff_.reset();
-      const auto took = std::chrono::steady_clock::now() - workStarted_;
-      // Back-to-back long polls, unless the store answered at once without holding the request
-      // (a store that does not long-poll must not be hammered).
-      const bool longPoll = store.longPollS > 0 && fileSource(store.source).empty() &&
-                            (took >= std::chrono::seconds(1) || !r.changes.empty());
-      delay = longPoll ? std::chrono::milliseconds(0) : std::chrono::milliseconds(store.pollIntervalS * 1000);
+      const auto& store = rt_->config.store;
+      std::chrono::milliseconds delay;
+      if (r.exitCode == 1 || r.exitCode == 4 || r.exitCode == 5) {
+        delay = std::max(backoff_->nextDelay(), std::chrono::milliseconds(kMinRetry));
+        log_->warn("retrying in {} ms ({} consecutive failures)", delay.count(), backoff_->failures());
+      } else {
+        backoff_->reset();
+        const auto took = std::chrono::steady_clock::now() - workStarted_;
+        // Back-to-back long polls, unless the store answered a long poll at once without
+        // holding it (a store that does not long-poll must not be hammered). The first cycle
+        // did not ask to be held.
+        const bool longPoll = store.longPollS > 0 && sourcePath_.empty() &&
+                              (input_.waitSeconds == 0 || took >= std::chrono::seconds(1) || !r.changes.empty());
+        delay = longPoll ? std::chrono::milliseconds(0) : std::chrono::milliseconds(store.pollIntervalS * 1000);
+      }
+      scheduleNextPoll(delay);
     }
-    scheduleNextPoll(delay);
   }
   startWorkIfIdle();
 }
@@ -237,8 +408,9 @@ void Daemon::scheduleNextPoll(std::chrono::milliseconds delay) {
 void Daemon::scheduleExpiry() {
   uv_timer_stop(&expiryTimer_);
   if (!nextExpiry_) return;
-  const auto nowMs = std::chrono::duration_cast<std::chrono::milliseconds>(
-                         std::chrono::system_clock::now().time_since_epoch()).count();
+  const auto nowMs =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
   // Fire just after the expiry second begins: installableAt() compares whole seconds.
   int64_t delay = *nextExpiry_ * 1000 - nowMs + 5;
   if (delay < 0) delay = 0;
@@ -264,28 +436,46 @@ void Daemon::startWatcherIfReady() {
   log_->info("watching {} for permissions", realRoot);
 }
 
+std::string Daemon::stateSignature() const {
+  const std::string db = rt_->host->realPath(rt_->config.state.db);
+  return statSignature(db) + "|" + statSignature(db + "-wal");
+}
+
 void Daemon::tick() {
   if (watchdog_ && std::chrono::steady_clock::now() - lastWatchdog_ >= *watchdog_ / 2) {
     sdNotify("WATCHDOG=1");
     lastWatchdog_ = std::chrono::steady_clock::now();
   }
-  if (busy_ || stopping_ || !rt_) return;
-  // A file:// source is re-read as soon as it changes.
-  const std::string path = fileSource(rt_->config.store.source);
-  if (!path.empty()) {
-    const std::string sig = statSignature(path);
+  if (stopping_ || !rt_) return;
+  // A file:// source is re-read as soon as it changes (a fetch of it is never held, so a busy
+  // worker will be done soon and the change is still there to see).
+  if (!sourcePath_.empty() && !busy_) {
+    const std::string sig = statSignature(sourcePath_);
     if (sig != sourceSignature_) {
       sourceSignature_ = sig;
       requestWork(Work::kCycle);
       return;
     }
   }
-  // An operator command (rollback, resume) from the command line: apply its effects now.
-  auto latest = rt_->state->latest();
-  if (latest && latest->has_value() && (*latest)->generation != seenGeneration_) {
-    seenGeneration_ = (*latest)->generation;
-    requestWork(Work::kReapply);
-  }
+  checkOperatorCommands();
+}
+
+void Daemon::checkOperatorCommands() {
+  // While the worker reconciles, the database changes under its own hand: look afterwards.
+  if (busy_ && !fetching_.load()) return;
+  const std::string sig = stateSignature();
+  if (sig == stateSignature_) return;
+  auto mark = readMark();
+  if (!mark) return;
+  if (!busy_) stateSignature_ = sig;
+  if (seenMark_ && *mark == *seenMark_) return;
+  // Another process (rollback, resume, once) changed the state: a cycle now picks up the pin,
+  // fetches what a lifted pin lets through, and re-arms the expiry timer.
+  log_->info("state changed by another command (generation {} {}, {}): running a cycle",
+             mark->generation ? std::to_string(*mark->generation) : "none", mark->outcome,
+             mark->pin ? "pinned to " + std::to_string(*mark->pin) : std::string("not pinned"));
+  seenMark_ = *mark;
+  requestWork(Work::kCycle);
 }
 
 void Daemon::reload() {
@@ -295,18 +485,24 @@ void Daemon::reload() {
     log_->error("SIGHUP: config not reloaded: {}", config.status().message());
     return;
   }
+  if (config->root != rt_->config.root || config->state.db != rt_->config.state.db) {
+    log_->error("SIGHUP: config not reloaded: state.db (or --root) changed; restart the daemon to move the state");
+    return;
+  }
   Status s = buildRuntime(*config);
   if (!s) {
     log_->error("SIGHUP: config not reloaded: {}", s.message());
     return;
   }
-  log_->info("SIGHUP: configuration reloaded");
+  log_->info("SIGHUP: configuration reloaded: source {}, poll every {} s", rt_->store->describe(),
+             config->store.pollIntervalS);
   cycleRequested_ = true;
 }
 
 void Daemon::stop() {
   if (stopping_) return;
   stopping_ = true;
+  abandon_.store(true);
   sdNotify("STOPPING=1");
   log_->info("stopping");
   if (rt_ && rt_->store) rt_->store->cancel();
@@ -324,8 +520,9 @@ void Daemon::closeHandles() {
 void Daemon::onSignal(uv_signal_t* handle, int signum) {
   auto* self = static_cast<Daemon*>(handle->data);
   if (signum == SIGHUP) {
-    // Reloaded between cycles, never under a running one.
+    // Reloaded between two pieces of work, never under a running one; a held fetch is cut short.
     self->reloadPending_ = true;
+    self->interruptFetch("SIGHUP");
     self->startWorkIfIdle();
     return;
   }

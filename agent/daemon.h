@@ -1,13 +1,27 @@
 #pragma once
 // The resident daemon (`run`): a libuv loop that polls the store (back-to-back long polls or a
 // poll timer), backs off on failures, removes keys at their expiry, re-reads a file:// source
-// when it changes, notices operator commands (rollback) within a second, keeps the transfer
-// tree's permissions right through inotify, re-reads the config on SIGHUP and stops cleanly on
-// SIGTERM/SIGINT. Cycles run on libuv's thread pool so that signals are handled at once.
+// when it changes, notices operator commands (rollback, resume, once) within a second, keeps the
+// transfer tree's permissions right through inotify, re-reads the config on SIGHUP and stops
+// cleanly on SIGTERM/SIGINT.
+//
+// Threads: the loop thread owns every handle and flag; one piece of work at a time (a cycle or
+// a re-apply) runs on libuv's thread pool so that signals and timers are handled at once. A
+// cycle fetches WITHOUT the cycle lock (a long poll may be held for minutes while a CLI `once`
+// or `rollback` runs) and reconciles WITH it. Anything that needs the worker while it is held
+// in a fetch (a signal, an expiring key, an operator command, a new config) cancels that fetch;
+// the cycle then starts again at once with a fresh store client.
+//
+// Retries: after a failed cycle (store unreachable, apply failed, internal error) the next
+// attempt waits min(cap, base * 2^n) * U[0.5, 1] ("equal jitter": gaps always grow, agents still
+// spread), base = min(poll interval, 2 s), cap 10 minutes; a success resets it. A short base
+// lets a host recover from a blip in seconds; the doubling reaches the poll interval after a few
+// failures and the 10-minute cap after ~9, so a fleet never hammers a store that is down.
 
 #include <uv.h>
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -16,41 +30,79 @@
 #include "agent/agent.h"
 #include "agent/backoff.h"
 #include "agent/config.h"
+#include "agent/failpoint.h"
 #include "agent/file_lock.h"
-#include "agent/perm_watcher.h"
-#include "agent/store_client.h"
 #include "providers/clock.h"
 #include "providers/log.h"
-#include "providers/real_host.h"
-#include "providers/transfer_perms.h"
-#include "state/state_store.h"
 
 namespace pim {
 
+/// Makes a write to a closed socket or pipe fail with EPIPE instead of killing the process, with
+/// a handler that does nothing (not SIG_IGN, which the programs the agent runs would inherit
+/// through exec). Idempotent; call once at start.
+void guardAgainstSigpipe();
+
+/// The first retry ceiling after a failure: min(poll interval, 2 s) (at least 1 ms).
+std::chrono::milliseconds backoffBase(int64_t pollIntervalS);
+
 class Daemon {
  public:
-  /// `loadConfig` is called at start and on each SIGHUP.
-  Daemon(std::function<Result<Config>()> loadConfig, Logger log);
+  /// `loadConfig` is called at start and on each SIGHUP; `failpoints` (tests) go to every Agent
+  /// the daemon builds.
+  Daemon(std::function<Result<Config>()> loadConfig, Logger log, FailPoints failpoints = {});
   ~Daemon();
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
-  /// Runs until SIGTERM or SIGINT; returns the exit code (0 after a clean stop, 1 when another
-  /// daemon holds the lock or start-up failed, 2 for a bad config).
+  /// Runs until SIGTERM or SIGINT; returns the exit code: 0 after a clean stop, 1 when another
+  /// daemon holds the daemon lock ("another pim-access-agent daemon is running") or start-up
+  /// failed, 2 for a bad config. Call once.
   int run();
 
  private:
   enum class Work { kNone, kCycle, kReapply };
   struct Runtime;
+  /// What the daemon knows of the state database: the newest generation, its outcome, the pin.
+  /// Another process changed the state when this changes.
+  struct StateMark {
+    std::optional<int64_t> generation;
+    std::string outcome;
+    std::optional<int64_t> pin;
+    bool operator==(const StateMark& o) const {
+      return generation == o.generation && outcome == o.outcome && pin == o.pin;
+    }
+    bool operator!=(const StateMark& o) const { return !(*this == o); }
+  };
+  /// What the loop thread hands to the worker (written before queueing).
+  struct WorkInput {
+    std::optional<StateMark> mark;      // as the last work left it
+    std::optional<int64_t> nextExpiry;  // valid when mark is set
+    int64_t waitSeconds = 0;            // long poll of a cycle (0: answer at once)
+  };
+  /// What the worker leaves for the loop thread (written on the pool, read in workDone()).
+  struct WorkResult {
+    CycleReport report;
+    std::optional<StateMark> mark;  // set with nextExpiry and stateSignature
+    std::optional<int64_t> nextExpiry;
+    std::string stateSignature;
+    bool recovered = false;
+  };
 
   Status buildRuntime(const Config& config);
   void requestWork(Work work);
   void startWorkIfIdle();
+  void work();  // on the thread pool
+  Result<FileLock> lockCycle();
+  Result<StateMark> readMark() const;
+  void snapshotState(WorkResult& out) const;
   void workDone();
+  void interruptFetch(const char* why);
   void scheduleNextPoll(std::chrono::milliseconds delay);
   void scheduleExpiry();
   void startWatcherIfReady();
   void tick();
+  void checkOperatorCommands();
+  std::string stateSignature() const;
   void reload();
   void stop();
   void closeHandles();
@@ -64,10 +116,11 @@ class Daemon {
 
   std::function<Result<Config>()> loadConfig_;
   Logger log_;
+  FailPoints failpoints_;
   std::unique_ptr<Runtime> rt_;
   FileLock daemonLock_;
   SystemClock clock_;
-  Backoff backoff_;
+  std::unique_ptr<Backoff> backoff_;
 
   uv_loop_t loop_{};
   uv_signal_t sigterm_{}, sigint_{}, sighup_{};
@@ -75,21 +128,30 @@ class Daemon {
   uv_work_t workReq_{};
   bool handlesOpen_ = false;
 
+  // Loop thread only.
   bool busy_ = false;
   bool stopping_ = false;
   bool reloadPending_ = false;
   bool cycleRequested_ = false;
   bool reapplyRequested_ = false;
   bool readyNotified_ = false;
-  bool recovered_ = false;                  // the pending-cycle journal was checked
+  bool recovered_ = false;  // the pending-cycle journal was dealt with
   Work running_ = Work::kNone;
-  CycleReport report_;                      // written by the worker, read after it finished
-  std::optional<int64_t> nextExpiry_;       // written by the worker, read after it finished
-  std::optional<int64_t> seenGeneration_;   // newest generation the daemon knows of
+  std::optional<int64_t> nextExpiry_;
+  std::optional<StateMark> seenMark_;  // the state as the daemon last knew it
+  std::string stateSignature_;         // database files (stat) when the daemon last looked
+  std::string sourcePath_;             // file:// source path, "" for http(s)
+  std::string sourceSignature_;        // its inode/size/mtime seen last
   std::chrono::steady_clock::time_point workStarted_;
-  std::string sourceSignature_;             // file:// source: inode/size/mtime seen last
   std::optional<std::chrono::microseconds> watchdog_;
   std::chrono::steady_clock::time_point lastWatchdog_;
+
+  // Shared with the worker.
+  WorkInput input_;                       // written before queueing, read by the worker
+  WorkResult result_;                     // written by the worker, read after it finished
+  std::atomic<bool> fetching_{false};     // the worker is inside the store fetch
+  std::atomic<bool> interrupted_{false};  // the loop cancelled the fetch in flight
+  std::atomic<bool> abandon_{false};      // stopping: give up lock waits and fetches
 };
 
 }  // namespace pim

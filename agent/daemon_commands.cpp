@@ -39,8 +39,8 @@ int cmdEnforcePerms(const Config& config) {
   return stats.errors == 0 ? kExitOk : kExitInternal;
 }
 
-int cmdRun(const std::function<Result<Config>()>& loadConfig) {
-  Daemon daemon(loadConfig, makeLogger("daemon"));
+int cmdRun(const std::function<Result<Config>()>& loadConfig, const FailPoints& failpoints) {
+  Daemon daemon(loadConfig, makeLogger("daemon"), failpoints);
   return daemon.run();
 }
 

@@ -27,11 +27,12 @@ void FileLock::release() {
   fd_ = -1;
 }
 
-Result<FileLock> FileLock::acquire(const std::string& realPath, int waitMs) {
+Result<FileLock> FileLock::acquire(const std::string& realPath, int waitMs, const std::atomic<bool>* abandon) {
   int fd = ::open(realPath.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) {
     int err = errno;
-    if (err == ELOOP) return Status::error(ErrorCode::kUnsafe, "lock " + realPath + ": refusing a symbolic link", realPath);
+    if (err == ELOOP)
+      return Status::error(ErrorCode::kUnsafe, "lock " + realPath + ": refusing a symbolic link", realPath);
     return Status::error(ErrorCode::kIo, "lock " + realPath + ": " + std::strerror(err), realPath);
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(waitMs);
@@ -41,7 +42,7 @@ Result<FileLock> FileLock::acquire(const std::string& realPath, int waitMs) {
       ::close(fd);
       return Status::error(ErrorCode::kIo, "lock " + realPath + ": " + std::strerror(err), realPath);
     }
-    if (std::chrono::steady_clock::now() >= deadline) {
+    if (std::chrono::steady_clock::now() >= deadline || (abandon != nullptr && abandon->load())) {
       ::close(fd);
       return Status::error(ErrorCode::kInvalid, "lock " + realPath + ": held by another process", realPath);
     }

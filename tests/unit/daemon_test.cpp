@@ -1,0 +1,372 @@
+// The daemon (`run`) driven as a child process on a --root sandbox, with a file:// source or a
+// loopback HTTP store (tests/unit/store_test_server.h): clean stop on SIGTERM/SIGINT (also while
+// a long poll is held), key expiry with no new document, file:// changes and long-poll changes
+// applied at once, retries with growing gaps while the store is down, SIGHUP, the daemon lock,
+// the cycle lock shared with the command line, rollback/resume from the command line, and a
+// failing cycle retried. Needs root (useradd --prefix, unshare).
+
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+#include <Poco/Net/HTTPResponse.h>
+
+#include <sys/stat.h>
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent/file_lock.h"
+#include "tests/unit/agent_process.h"
+#include "tests/unit/store_test_server.h"
+
+using namespace pim;
+using namespace pim::agenttest;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+namespace {
+
+std::string keysDocument(int64_t revision, const std::vector<std::string>& keyIds) {
+  std::vector<DocKey> keys;
+  for (const auto& id : keyIds) keys.push_back(docKey(id, "daemon-" + id));
+  return makeDocument(revision, keys, {}, {"127.0.0.0/8"});
+}
+
+bool hasKey(const AgentBox& box, const std::string& id) {
+  return box.authorizedKeys().find("pim:" + id + "\n") != std::string::npos;
+}
+
+/// Waits for the daemon to have applied key `id`; fails with the daemon's log when it does not.
+void requireKey(const AgentBox& box, ChildProcess& daemon, const std::string& id, milliseconds deadline = seconds(10)) {
+  const bool ok = waitUntil([&] { return hasKey(box, id); }, deadline);
+  INFO("daemon stderr:\n" << daemon.err());
+  REQUIRE(ok);
+}
+
+size_t occurrences(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
+Poco::JSON::Object::Ptr parseObject(const std::string& json) {
+  Poco::JSON::Parser parser;
+  return parser.parse(json).extract<Poco::JSON::Object::Ptr>();
+}
+
+/// Sends `signum` and returns how long the daemon took to exit with code 0 (REQUIREs both).
+milliseconds stopWith(ChildProcess& daemon, int signum) {
+  const auto sent = Clock::now();
+  daemon.signal(signum);
+  auto code = daemon.waitExit(seconds(10));
+  const auto took = std::chrono::duration_cast<milliseconds>(Clock::now() - sent);
+  INFO("daemon stderr:\n" << daemon.err());
+  REQUIRE(code.has_value());
+  CHECK(*code == 0);
+  return took;
+}
+
+}  // namespace
+
+TEST_CASE("daemon: SIGTERM and SIGINT stop it with exit 0 within 2 s", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  const int signum = GENERATE(SIGTERM, SIGINT);
+  AgentBox box;
+  box.setDocument(keysDocument(1, {"k-one"}));
+  auto daemon = box.startDaemon();
+  requireKey(box, *daemon, "k-one");
+  const milliseconds took = stopWith(*daemon, signum);
+  INFO("stopped in " << took.count() << " ms");
+  CHECK(took < seconds(2));  // the contract's deadline
+  CHECK_THAT(daemon->err(), Catch::Contains("daemon stopped"));
+}
+
+TEST_CASE("daemon: SIGTERM and SIGINT stop it within 2 s while a long poll is held", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  const int signum = GENERATE(SIGTERM, SIGINT);
+  storetest::StoreTestServer server;
+  server.setDocument(keysDocument(1, {"k-one"}));
+  AgentBox box(Settings{{"store.source", server.url()}, {"store.long_poll_s", "60"}});
+  auto daemon = box.startDaemon();
+  requireKey(box, *daemon, "k-one");
+  // The second request is the long poll with the ETag: the store holds it (no new document).
+  REQUIRE(server.waitForRequests(2, seconds(10)));
+  const auto held = server.requests()[1];
+  REQUIRE(held.query.count("wait") == 1);
+  REQUIRE(held.hasHeader("If-None-Match"));
+  std::this_thread::sleep_for(milliseconds(200));  // well inside the 60 s hold
+  const milliseconds took = stopWith(*daemon, signum);
+  INFO("stopped in " << took.count() << " ms");
+  CHECK(took < seconds(2));
+  CHECK(server.requestCount() == 2);
+}
+
+TEST_CASE("daemon: an expired key disappears at its expiry with no new document", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  // An HTTP store that keeps answering 304: the expiry comes from the daemon's own timer.
+  storetest::StoreTestServer server;
+  const int64_t expiresAt = unixNow() + 3;
+  server.setDocument(
+      makeDocument(1, {docKey("k-stay", "daemon-stay"), docKey("k-expiring", "daemon-expiring", true, expiresAt)}, {},
+                   {"127.0.0.0/8"}));
+  AgentBox box(Settings{{"store.source", server.url()}, {"store.poll_interval_s", "1"}});
+  auto daemon = box.startDaemon();
+  requireKey(box, *daemon, "k-expiring");
+  REQUIRE(hasKey(box, "k-stay"));
+  // Still there shortly before its expiry ...
+  while (unixNow() < expiresAt - 1) std::this_thread::sleep_for(milliseconds(50));
+  CHECK(hasKey(box, "k-expiring"));
+  // ... gone within about a second of it, while the document never changed.
+  const auto expiry = std::chrono::system_clock::time_point(seconds(expiresAt));
+  const bool gone = waitUntil(
+      [&] { return !hasKey(box, "k-expiring"); },
+      std::chrono::duration_cast<milliseconds>(expiry - std::chrono::system_clock::now()) + milliseconds(1500));
+  const auto late = std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now() - expiry);
+  INFO("removed " << late.count() << " ms after expires_at\n" << daemon->err());
+  REQUIRE(gone);
+  CHECK(late.count() >= -50);  // not before its time (whole seconds, plus polling slack)
+  CHECK(hasKey(box, "k-stay"));
+  // The store is still polled after the expiry's re-apply.
+  const size_t seen = server.requestCount();
+  CHECK(server.waitForRequests(seen + 2, seconds(5)));
+  for (const auto& r : server.requests()) CHECK(r.target.find("wait=") == std::string::npos);
+  stopWith(*daemon, SIGTERM);
+  auto history = box.history();
+  REQUIRE(history.size() == 2);  // the removal is a generation of its own, same revision
+  CHECK(history.front().outcome == "applied");
+  CHECK(history.front().revision == history.back().revision);
+}
+
+TEST_CASE("daemon: a file:// change is applied without waiting for the poll interval", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box(Settings{{"store.poll_interval_s", "3600"}});
+  box.setDocument(keysDocument(1, {"k-one"}));
+  auto daemon = box.startDaemon();
+  requireKey(box, *daemon, "k-one");
+  const auto changed = Clock::now();
+  box.setDocument(keysDocument(2, {"k-two"}));
+  requireKey(box, *daemon, "k-two", seconds(3));
+  INFO("applied " << std::chrono::duration_cast<milliseconds>(Clock::now() - changed).count()
+                  << " ms after the change");
+  CHECK_FALSE(hasKey(box, "k-one"));
+  stopWith(*daemon, SIGTERM);
+}
+
+TEST_CASE("daemon: a store down at start leaves the host alone, retried with growing gaps", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  std::mutex mutex;
+  std::vector<Clock::time_point> arrivals;
+  std::atomic<bool> up{false};
+  const std::string body = keysDocument(2, {"k-two"});
+  storetest::StoreTestServer server([&](storetest::Exchange& ex) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      arrivals.push_back(Clock::now());
+    }
+    if (!up.load()) {
+      ex.response.setStatus(Poco::Net::HTTPResponse::HTTP_SERVICE_UNAVAILABLE);
+      ex.response.setContentLength(0);
+      ex.response.send();
+      return;
+    }
+    ex.response.setStatus(Poco::Net::HTTPResponse::HTTP_OK);
+    ex.response.set("ETag", "\"two\"");
+    ex.response.setContentType("application/json");
+    ex.response.setContentLength(std::streamsize(body.size()));
+    ex.response.send() << body;
+  });
+  AgentBox box;
+  box.setDocument(keysDocument(1, {"k-one"}));
+  REQUIRE(box.run({"once"}).exit == 0);  // the generation in force before the daemon starts
+  const std::string before = box.snapshot();
+  box.configure({{"store.source", server.url()}, {"store.poll_interval_s", "1"}});
+  auto daemon = box.startDaemon();
+  std::vector<Clock::time_point> t;
+  REQUIRE(waitUntil(
+      [&] {
+        std::lock_guard<std::mutex> lock(mutex);
+        t = arrivals;
+        return t.size() >= 3;
+      },
+      seconds(8)));
+  const auto gap0 = std::chrono::duration_cast<milliseconds>(t[1] - t[0]);
+  const auto gap1 = std::chrono::duration_cast<milliseconds>(t[2] - t[1]);
+  INFO("gaps " << gap0.count() << " ms, " << gap1.count() << " ms\n" << daemon->err());
+  // base = min(poll interval, 2 s) = 1 s; equal jitter: [0.5, 1] s, then [1, 2] s.
+  CHECK(gap0 >= milliseconds(450));
+  CHECK(gap1 + milliseconds(50) >= gap0);
+  CHECK(box.snapshot() == before);  // unreachable store: host untouched
+  CHECK_THAT(box.statusJson(), Catch::Contains("503"));
+
+  up.store(true);
+  requireKey(box, *daemon, "k-two", seconds(8));
+  CHECK_FALSE(hasKey(box, "k-one"));
+  stopWith(*daemon, SIGTERM);
+}
+
+TEST_CASE("daemon: SIGHUP re-reads the config", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box;
+  box.setDocument(keysDocument(1, {"k-one"}));
+  auto daemon = box.startDaemon();
+  requireKey(box, *daemon, "k-one");
+  // A new source in the config: nothing happens until SIGHUP.
+  const std::string other = box.dir() + "/other.json";
+  writeTextAtomic(other, keysDocument(2, {"k-two"}));
+  box.configure({{"store.source", "file://" + other}});
+  std::this_thread::sleep_for(milliseconds(700));  // more than one tick of the daemon
+  CHECK_FALSE(hasKey(box, "k-two"));
+  daemon->signal(SIGHUP);
+  requireKey(box, *daemon, "k-two", seconds(3));
+  CHECK_THAT(daemon->err(), Catch::Contains("configuration reloaded"));
+  // A broken config on SIGHUP keeps the running one.
+  writeTextAtomic(box.configPath(), "[store]\nfrobs = 1\n");
+  daemon->signal(SIGHUP);
+  REQUIRE(waitUntil([&] { return daemon->err().find("config not reloaded") != std::string::npos; }, seconds(3)));
+  writeTextAtomic(other, keysDocument(3, {"k-three"}));
+  requireKey(box, *daemon, "k-three", seconds(3));
+  stopWith(*daemon, SIGTERM);
+}
+
+TEST_CASE("daemon: a second run on the same state is refused", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box;
+  box.setDocument(keysDocument(1, {"k-one"}));
+  auto daemon = box.startDaemon();
+  requireKey(box, *daemon, "k-one");
+  Outcome second = box.run({"run"});
+  CHECK(second.exit != 0);
+  CHECK_THAT(second.err, Catch::Contains("another pim-access-agent daemon is running"));
+  CHECK(daemon->running());
+  stopWith(*daemon, SIGTERM);
+}
+
+TEST_CASE("daemon: it never reconciles while a command line cycle holds the lock", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box;
+  box.setDocument(keysDocument(1, {"k-one"}));
+  auto daemon = box.startDaemon();
+  requireKey(box, *daemon, "k-one");
+  // The test stands for a `once` in progress: it holds the cycle lock.
+  auto lock = FileLock::acquire(box.real("/var/lib/pim-access-agent/state.db.lock"), 5000);
+  REQUIRE(lock.isOk());
+  box.setDocument(keysDocument(2, {"k-two"}));
+  REQUIRE(waitUntil([&] { return daemon->err().find("waiting for the cycle lock") != std::string::npos; }, seconds(5)));
+  CHECK_FALSE(hasKey(box, "k-two"));
+  CHECK(hasKey(box, "k-one"));
+  lock->release();
+  requireKey(box, *daemon, "k-two", seconds(3));
+
+  // A stop while it waits for the lock is still a clean stop within the deadline.
+  lock = FileLock::acquire(box.real("/var/lib/pim-access-agent/state.db.lock"), 5000);
+  REQUIRE(lock.isOk());
+  box.setDocument(keysDocument(3, {"k-three"}));
+  REQUIRE(waitUntil([&] { return occurrences(daemon->err(), "waiting for the cycle lock") == 2; }, seconds(5)));
+  const milliseconds took = stopWith(*daemon, SIGTERM);
+  CHECK(took < seconds(2));
+  CHECK_FALSE(hasKey(box, "k-three"));
+}
+
+TEST_CASE("daemon: SIGPIPE does not kill it, and the programs it runs get the default", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box;
+  // The reload command reports the signals it ignores (SigIgn of /proc/self/status, in hex).
+  const std::string script = box.dir() + "/reload.sh";
+  writeTextAtomic(script, "#!/bin/sh\ngrep SigIgn /proc/self/status >> '" + box.dir() + "/sigign'\n");
+  ::chmod(script.c_str(), 0755);
+  box.configure({{"sshd.reload_command", script}});
+  box.setDocument(keysDocument(1, {"k-one"}));
+  auto daemon = box.startDaemon();
+  requireKey(box, *daemon, "k-one");
+  daemon->signal(SIGPIPE);
+  box.setDocument(keysDocument(2, {"k-two"}));  // a full cycle after the signal
+  requireKey(box, *daemon, "k-two", seconds(3));
+  CHECK(daemon->running());
+  const std::string sigign = readText(box.dir() + "/sigign");
+  REQUIRE(sigign.rfind("SigIgn:", 0) == 0);
+  const unsigned long long ignored = std::stoull(sigign.substr(7), nullptr, 16);
+  CHECK((ignored & (1ULL << (SIGPIPE - 1))) == 0);
+  stopWith(*daemon, SIGTERM);
+}
+
+TEST_CASE("daemon: long polling applies a change at once; rollback and resume from the command line", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  storetest::StoreTestServer server;
+  server.setDocument(keysDocument(1, {"k-one"}));
+  AgentBox box(Settings{{"store.source", server.url()}, {"store.long_poll_s", "30"}});
+  auto daemon = box.startDaemon();
+  requireKey(box, *daemon, "k-one");
+  REQUIRE(server.waitForRequests(2, seconds(5)));  // the long poll is held
+
+  const auto changed = Clock::now();
+  server.setDocument(keysDocument(2, {"k-two"}));
+  requireKey(box, *daemon, "k-two", seconds(2));
+  INFO("long poll: applied " << std::chrono::duration_cast<milliseconds>(Clock::now() - changed).count()
+                             << " ms after the change");
+  CHECK_FALSE(hasKey(box, "k-one"));
+
+  // rollback 1 while the daemon holds its next long poll: the command does not wait for it.
+  REQUIRE(server.waitForRequests(3, seconds(5)));
+  const auto started = Clock::now();
+  Outcome rollback = box.run({"rollback", "1"});
+  const auto rollbackTook = Clock::now() - started;
+  INFO(rollback.out << rollback.err);
+  REQUIRE(rollback.exit == 0);
+  CHECK(rollbackTook < seconds(15));  // not blocked by the 30 s long poll
+  CHECK(hasKey(box, "k-one"));
+  CHECK_FALSE(hasKey(box, "k-two"));
+
+  // The daemon picks the pin up: the store's newer documents are recorded, not applied.
+  server.setDocument(keysDocument(3, {"k-three"}));
+  const bool recorded = waitUntil(
+      [&] {
+        for (const auto& g : box.history()) {
+          if (g.outcome == "recorded" && g.revision == 3) return true;
+        }
+        return false;
+      },
+      seconds(5));
+  INFO(daemon->err());
+  REQUIRE(recorded);
+  CHECK(hasKey(box, "k-one"));
+  CHECK_FALSE(hasKey(box, "k-three"));
+  auto status = parseObject(box.statusJson());
+  CHECK(status->getValue<bool>("pinned"));
+  CHECK(status->getValue<int64_t>("revision") == 1);
+  CHECK(status->getValue<int64_t>("store_revision") == 3);
+
+  // resume lifts the pin: the daemon applies the store's current document.
+  REQUIRE(box.run({"resume"}).exit == 0);
+  requireKey(box, *daemon, "k-three", seconds(5));
+  CHECK_FALSE(hasKey(box, "k-one"));
+  stopWith(*daemon, SIGTERM);
+}
+
+TEST_CASE("daemon: a failing cycle restores the host and is retried", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box(Settings{{"store.poll_interval_s", "1"}});
+  box.setDocument(keysDocument(1, {"k-one"}));
+  REQUIRE(box.run({"once"}).exit == 0);
+  box.setDocument(keysDocument(2, {"k-two"}));
+  auto daemon = box.startDaemon({"PIM_FAILPOINT=fail-provider:ssh_keys"});
+  const bool retried = waitUntil(
+      [&] {
+        int failed = 0;
+        for (const auto& g : box.history()) failed += g.outcome == "failed" ? 1 : 0;
+        return failed >= 2;
+      },
+      seconds(8));
+  INFO(daemon->err());
+  REQUIRE(retried);
+  CHECK(hasKey(box, "k-one"));
+  CHECK_FALSE(hasKey(box, "k-two"));
+  CHECK_THAT(parseObject(box.statusJson())->getValue<std::string>("last_error"),
+             Catch::Contains("failpoint fail-provider:ssh_keys"));
+  stopWith(*daemon, SIGTERM);
+}
