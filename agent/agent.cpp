@@ -49,6 +49,14 @@ Agent::Agent(Config config, Host& host, StateStore& state, const Clock& clock, P
   if (!failpoints_.empty()) log_->warn("failpoints armed: {}", failpoints_.describe());
 }
 
+std::vector<SkippedEntry> Agent::refusedEntries(const AccessDocument& doc) {
+  StateLedger ledger(state_);
+  Reconciler reconciler(factory_(ledger), log_);
+  Desired desired{doc, config_.host, config_.sshd, clock_.nowSeconds()};
+  if (!reconciler.plan(desired, host_)) return {};  // the apply that follows reports the error
+  return reconciler.refused();
+}
+
 Agent::Applied Agent::applyDocument(const AccessDocument& doc, bool forward) {
   StateLedger ledger(state_);
   Reconciler reconciler(factory_(ledger), log_, forward ? failpoints_ : FailPoints{});
@@ -229,7 +237,11 @@ CycleReport Agent::applyNew(const std::string& source, const std::string& etag, 
   input.body = body;
   input.outcome = GenerationOutcome::kPending;
   input.rollbackOf = rollbackOf;
-  input.skipped = toSkippedRecords(doc.skipped);
+  // Entries the providers will refuse (a host account the agent did not create, an unsafe
+  // folder) are reported with the document's own skipped entries.
+  std::vector<SkippedEntry> skipped = doc.skipped;
+  for (auto& e : refusedEntries(doc)) skipped.push_back(std::move(e));
+  input.skipped = toSkippedRecords(skipped);
   input.backups = backupFiles();
   input.beginCycle = true;
   // From here on the journal is open: a crash is undone at the next start.
@@ -240,7 +252,7 @@ CycleReport Agent::applyNew(const std::string& source, const std::string& etag, 
   CycleReport report;
   report.generation = *generation;
   report.revision = doc.revision;
-  report.skipped = doc.skipped;
+  report.skipped = skipped;
   report.changes = applied.changes;
   report.warnings = applied.warnings;
   (void)state_.appendChanges(*generation, toChangeInputs(applied.changes));

@@ -109,6 +109,8 @@ class Agent {
     bool sshdReloaded = false;
   };
   Applied applyDocument(const AccessDocument& doc, bool forward);
+  /// What the providers would refuse for `doc` on the host as it is (plan only).
+  std::vector<SkippedEntry> refusedEntries(const AccessDocument& doc);
   Result<AccessDocument> parseStored(const GenerationRecord& record) const;
   Result<std::optional<AccessDocument>> inForceDocument(std::optional<GenerationRecord>* record) const;
   std::vector<BackupInput> backupFiles();

@@ -212,6 +212,7 @@ int cmdPlan(const Config& config, const CliOptions& o) {
   Desired desired{*doc, config.host, config.sshd, clock.nowSeconds()};
   auto actions = reconciler.plan(desired, host);
   if (!actions) return fail(actions.status());
+  for (auto& e : reconciler.refused()) doc->skipped.push_back(std::move(e));
   if (o.json) {
     Poco::JSON::Object::Ptr root = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
     root->set("revision", doc->revision);

@@ -1,5 +1,7 @@
 #include "agent/reconciler.h"
 
+#include <algorithm>
+
 #include <exception>
 
 #include "providers/sshd_dropin.h"
@@ -87,6 +89,18 @@ Reconciler::Outcome Reconciler::apply(const Desired& desired, Host& host) const 
     }
   }
   return outcome;
+}
+
+std::vector<SkippedEntry> Reconciler::refused() const {
+  std::vector<SkippedEntry> all;
+  for (const auto& provider : providers_) {
+    for (auto& entry : provider->skipped()) {
+      // sftp_accounts and sftp_chroots both refuse a foreign user: report it once.
+      const bool seen = std::any_of(all.begin(), all.end(), [&](const SkippedEntry& e) { return e.id == entry.id; });
+      if (!seen) all.push_back(std::move(entry));
+    }
+  }
+  return all;
 }
 
 }  // namespace pim

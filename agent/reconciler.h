@@ -37,6 +37,10 @@ class Reconciler {
   /// not a failure: it is listed in `warnings`.
   Outcome apply(const Desired& desired, Host& host) const;
 
+  /// Entries the providers refused in their last plan (a host account the agent did not create,
+  /// an unsafe folder or chroot), by id, without duplicates. Valid after plan() or apply().
+  std::vector<SkippedEntry> refused() const;
+
  private:
   std::vector<std::unique_ptr<Provider>> providers_;
   Logger log_;

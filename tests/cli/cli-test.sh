@@ -138,6 +138,20 @@ else
     grep -q "exampleSalt" "$work/o9"; expect "show masks hashes" 1 $?
     run show 999 >/dev/null 2>&1; expect "show missing generation" 2 $?
     run rollback 999 >/dev/null 2>&1; expect "rollback missing generation" 2 $?
+    # A host account the agent did not create is refused, reported, and left as it was.
+    fsb="$work/foreign-root"; mkdir -p "$fsb/etc"
+    printf "root:x:0:0:root:/root:/bin/bash\nakeneosftp:x:4000:4000::/home/akeneosftp:/bin/bash\n" >"$fsb/etc/passwd"
+    printf "root:x:0:\nakeneosftp:x:4000:\n" >"$fsb/etc/group"
+    printf "root:*:20000:0:99999:7:::\nakeneosftp:!:20000:0:99999:7:::\n" >"$fsb/etc/shadow"
+    printf "root:*::\nakeneosftp:!::\n" >"$fsb/etc/gshadow"
+    before=$(grep akeneosftp "$fsb/etc/passwd" "$fsb/etc/shadow" "$fsb/etc/group")
+    "$agent" --config "$cfg" --root "$fsb" once --source "file://$examples/minimal.json" >"$work/of" 2>"$work/ef"; expect "once with a foreign account" 0 $?
+    grep -q "sftp-main: user akeneosftp exists and was not created by pim-access-agent" "$work/of"; expect "foreign account reported" 0 $?
+    after=$(grep akeneosftp "$fsb/etc/passwd" "$fsb/etc/shadow" "$fsb/etc/group")
+    expect "foreign account untouched" "$before" "$after"
+    grep -q "akeneosftp" "$fsb/etc/ssh/sshd_config.d/50-pim-access-agent.conf"; expect "no Match block for the foreign account" 1 $?
+    "$agent" --config "$cfg" --root "$fsb" status --json >"$work/sf" 2>/dev/null
+    python3 -c "import json,sys; s=json.load(open(sys.argv[1])); assert any(e[\"id\"]==\"sftp-main\" for e in s[\"skipped\"]), s" "$work/sf"; expect "status lists the refused account" 0 $?
     exit $fails
   ' cli "$agent" "$examples" "$work"
   rc=$?
