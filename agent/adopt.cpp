@@ -2,6 +2,8 @@
 
 #include <sstream>
 
+#include "providers/text_fields.h"
+
 namespace pim {
 
 Result<AdoptionCounts> adoptFromHost(Host& host, const HostSettings& settings, Ledger& ledger, Logger log) {
@@ -18,10 +20,7 @@ Result<AdoptionCounts> adoptFromHost(Host& host, const HostSettings& settings, L
   std::stringstream lines(*passwd);
   std::string line;
   while (std::getline(lines, line)) {
-    std::vector<std::string> f;
-    std::stringstream fields(line);
-    std::string field;
-    while (std::getline(fields, field, ':')) f.push_back(field);
+    const std::vector<std::string> f = splitFields(line, ':');
     if (f.size() < 7 || f[0] == settings.loginUser) continue;
     const bool signature = f[5] == "/transfer" && f[6] == "/usr/sbin/nologin" &&
                            f[3] == std::to_string((*group)->gid);

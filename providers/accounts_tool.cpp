@@ -2,26 +2,12 @@
 
 #include <cstdlib>
 #include <sstream>
+#include "providers/text_fields.h"
 
 namespace pim {
 namespace {
 
 constexpr size_t kMaxShadowBytes = 64u << 20;
-
-std::vector<std::string> splitColons(const std::string& line) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : line) {
-    if (c == ':') {
-      out.push_back(cur);
-      cur.clear();
-    } else {
-      cur += c;
-    }
-  }
-  out.push_back(cur);
-  return out;
-}
 
 std::string trimmed(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
@@ -44,7 +30,7 @@ std::optional<ShadowEntry> parseShadowEntry(const std::string& shadowText, const
   std::string line;
   while (std::getline(ss, line)) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    auto f = splitColons(line);
+    auto f = splitFields(line, ':');
     if (f.size() < 2 || f[0] != user) continue;
     ShadowEntry e;
     e.name = f[0];

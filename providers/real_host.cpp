@@ -16,6 +16,7 @@
 #include <cstring>
 #include <random>
 #include <sstream>
+#include "providers/text_fields.h"
 
 namespace pim {
 namespace {
@@ -178,21 +179,6 @@ std::string randomSuffix() {
   std::string s;
   for (int i = 0; i < 10; ++i) s += kChars[rng() % (sizeof(kChars) - 1)];
   return s;
-}
-
-std::vector<std::string> splitFields(const std::string& line, char sep) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : line) {
-    if (c == sep) {
-      out.push_back(cur);
-      cur.clear();
-    } else {
-      cur += c;
-    }
-  }
-  out.push_back(cur);
-  return out;
 }
 
 // mountinfo escapes space, tab, newline and backslash as \ooo (three octal digits).

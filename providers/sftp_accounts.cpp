@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
+#include "providers/text_fields.h"
 
 namespace pim {
 namespace {
@@ -11,21 +12,6 @@ namespace {
 constexpr const char* kProvider = "sftp_accounts";
 constexpr size_t kMaxAccountsFileBytes = 64u << 20;
 constexpr size_t kMaxKeysFileBytes = 1u << 20;
-
-std::vector<std::string> splitColons(const std::string& line) {
-  std::vector<std::string> out;
-  std::string cur;
-  for (char c : line) {
-    if (c == ':') {
-      out.push_back(cur);
-      cur.clear();
-    } else {
-      cur += c;
-    }
-  }
-  out.push_back(cur);
-  return out;
-}
 
 std::string octal(mode_t mode) {
   char buf[16];
@@ -136,7 +122,7 @@ std::map<std::string, UserInfo> parsePasswd(const std::string& text) {
   std::string line;
   while (std::getline(ss, line)) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    auto f = splitColons(line);
+    auto f = splitFields(line, ':');
     if (f.size() < 7 || f[0].empty()) continue;
     UserInfo u;
     u.name = f[0];
