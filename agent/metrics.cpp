@@ -72,10 +72,12 @@ std::string renderMetrics(const MetricsSnapshot& s) {
     auto it = s.errors.find(kind);
     sample(out, "errors_total", it == s.errors.end() ? 0 : it->second, "kind=\"" + std::string(kind) + "\"");
   }
-  for (const auto& [kind, count] : s.errors) {
+  for (const auto& entry : s.errors) {
+    // A named variable, not a structured binding: lambdas capture those only from C++20 (clang).
+    const std::string& kind = entry.first;
     const bool known = std::any_of(std::begin(kMetricErrorKinds), std::end(kMetricErrorKinds),
                                    [&](const char* k) { return kind == k; });
-    if (!known) sample(out, "errors_total", count, "kind=\"" + escapeLabel(kind) + "\"");
+    if (!known) sample(out, "errors_total", entry.second, "kind=\"" + escapeLabel(kind) + "\"");
   }
   return out.str();
 }
