@@ -23,6 +23,7 @@
 #include "agent/document.h"
 #include "agent/failpoint.h"
 #include "agent/file_lock.h"
+#include "agent/metrics.h"
 #include "agent/provider_set.h"
 #include "agent/reconciler.h"
 #include "agent/sandbox.h"
@@ -285,6 +286,11 @@ int cmdOnce(const Config& config, const FailPoints& failpoints) {
   auto rt = openRuntime(config, true, failpoints);
   if (!rt) return fail(rt.status());
   CycleReport r = (*rt)->agent->cycle(**store, 0);
+  MetricsCounters counters;
+  counters.countCycle(r, (*rt)->clock.nowSeconds());
+  if (Status m = publishMetrics(*(*rt)->host, *(*rt)->state, config, counters, (*rt)->clock.nowSeconds()); !m) {
+    std::cerr << "pim-access-agent: metrics: " << m.message() << "\n";
+  }
   printCycle(std::cout, r);
   if (!r.error.empty()) std::cerr << "pim-access-agent: " << r.error << "\n";
   return r.exitCode;

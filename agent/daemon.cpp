@@ -11,6 +11,7 @@
 
 #include "agent/adopt.h"
 #include "agent/cli_support.h"
+#include "agent/metrics.h"
 #include "agent/file_store_client.h"
 #include "agent/perm_watcher.h"
 #include "agent/provider_set.h"
@@ -352,6 +353,18 @@ void Daemon::workDone() {
                r.error.empty() ? "" : ": " + r.error);
   }
   for (const auto& w : r.warnings) log_->warn("cycle: {}", w);
+  if (!interrupted) {
+    const int64_t now = clock_.nowSeconds();
+    metrics_.countCycle(r, now);
+    if (rt_ && rt_->watcher) {
+      const PermStats totals = rt_->watcher->totals();
+      metrics_.setPermissionTotals(totals.changed, totals.errors);
+    }
+    // The metrics file is read between cycles; the state is not being written now.
+    if (Status m = publishMetrics(*rt_->host, *rt_->state, rt_->config, metrics_, now); !m) {
+      log_->warn("metrics: {}", m.message());
+    }
+  }
   if (out.mark) {
     stateSignature_ = out.stateSignature;
     seenMark_ = out.mark;

@@ -32,6 +32,7 @@
 #include "agent/config.h"
 #include "agent/failpoint.h"
 #include "agent/file_lock.h"
+#include "agent/metrics.h"
 #include "providers/clock.h"
 #include "providers/log.h"
 
@@ -121,6 +122,7 @@ class Daemon {
   FileLock daemonLock_;
   SystemClock clock_;
   std::unique_ptr<Backoff> backoff_;
+  MetricsCounters metrics_;  // cycles and permission fixes, for the Prometheus text file
 
   uv_loop_t loop_{};
   uv_signal_t sigterm_{}, sigint_{}, sighup_{};

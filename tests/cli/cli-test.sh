@@ -138,6 +138,12 @@ else
     grep -q "exampleSalt" "$work/o9"; expect "show masks hashes" 1 $?
     run show 999 >/dev/null 2>&1; expect "show missing generation" 2 $?
     run rollback 999 >/dev/null 2>&1; expect "rollback missing generation" 2 $?
+    # The Prometheus text file is written after a cycle when [state] metrics_file is set.
+    msb="$work/metrics-root"; mkdir -p "$msb/var/lib/node_exporter"
+    printf "[sshd]\nreload_command = /bin/true\n[state]\nmetrics_file = /var/lib/node_exporter/pim.prom\n" >"$work/metrics.ini"
+    "$agent" --config "$work/metrics.ini" --root "$msb" once --source "file://$examples/full.json" >/dev/null 2>&1; expect "once with metrics" 0 $?
+    grep -qx "pim_access_agent_applied_revision 7" "$msb/var/lib/node_exporter/pim.prom"; expect "metrics: applied revision" 0 $?
+    grep -qx "pim_access_agent_keys_installed 3" "$msb/var/lib/node_exporter/pim.prom"; expect "metrics: keys installed" 0 $?
     # A host account the agent did not create is refused, reported, and left as it was.
     fsb="$work/foreign-root"; mkdir -p "$fsb/etc"
     printf "root:x:0:0:root:/root:/bin/bash\nakeneosftp:x:4000:4000::/home/akeneosftp:/bin/bash\n" >"$fsb/etc/passwd"
