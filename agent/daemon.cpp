@@ -389,6 +389,12 @@ void Daemon::workDone() {
   }
   startWatcherIfReady();
   scheduleExpiry();
+  if (finished == Work::kCycle && r.exitCode == 4 && !inForceReapplied_) {
+    // The store is down at start (after a reboot, say): keep the last good generation in force
+    // on the host anyway, so the SFTP bind mounts, which do not survive a reboot, come back.
+    inForceReapplied_ = true;
+    reapplyRequested_ = true;
+  }
   if (finished == Work::kCycle) {
     if (interrupted) {
       cycleRequested_ = true;

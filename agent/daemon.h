@@ -137,6 +137,7 @@ class Daemon {
   bool cycleRequested_ = false;
   bool reapplyRequested_ = false;
   bool readyNotified_ = false;
+  bool inForceReapplied_ = false;  // the generation in force was re-applied while the store was down
   bool recovered_ = false;  // the pending-cycle journal was dealt with
   Work running_ = Work::kNone;
   std::optional<int64_t> nextExpiry_;
