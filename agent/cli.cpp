@@ -255,16 +255,9 @@ Result<std::unique_ptr<Runtime>> openRuntime(const Config& config, bool takeLock
   auto rt = std::make_unique<Runtime>();
   rt->config = config;
   rt->host = std::make_unique<RealHost>(config.root, makeLogger("host"));
-  Status s = prepareSandbox(*rt->host);
-  if (!s) return s;
-  auto state = openState(config, *rt->host);
+  auto state = openStateForCycles(config, *rt->host);
   if (!state) return state.status();
   rt->state = std::move(*state);
-  if (rt->state->rebuilt()) {
-    StateLedger ledger(*rt->state);
-    auto adopted = adoptFromHost(*rt->host, config.host, ledger, makeLogger("state"));
-    if (!adopted) return adopted.status();
-  }
   if (takeLock) {
     auto lock = FileLock::acquire(lockPath(config, *rt->host), 30000);
     if (!lock) return lock.status();

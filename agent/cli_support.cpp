@@ -5,7 +5,11 @@
 
 #include <ctime>
 
+#include "agent/adopt.h"
 #include "agent/cli.h"
+#include "agent/sandbox.h"
+#include "agent/state_ledger.h"
+#include "providers/log.h"
 #include <iostream>
 #include <sstream>
 
@@ -47,19 +51,33 @@ void printSkipped(std::ostream& out, const std::vector<SkippedEntry>& skipped) {
 }
 
 /// Opens the state database of the config (below --root).
-Result<std::unique_ptr<StateStore>> openState(const Config& config, Host& host) {
+Status makeStateDirectory(const Config& config, Host& host) {
   const std::string dir = config.state.db.substr(0, config.state.db.rfind('/'));
-  if (!dir.empty()) {
-    const std::string parent = dir.substr(0, dir.rfind('/'));
-    if (!parent.empty()) {
-      Status s = host.makeDirectories(parent, Ownership{0755, 0, 0});
-      if (!s) return s;
-    }
-    // The database holds every document with its secrets: its directory is root's alone.
-    Status s = host.makeDirectory(dir, Ownership{0700, 0, 0});
+  if (dir.empty()) return Status::ok();
+  const std::string parent = dir.substr(0, dir.rfind('/'));
+  if (!parent.empty()) {
+    Status s = host.makeDirectories(parent, Ownership{0755, 0, 0});
     if (!s) return s;
   }
+  // The database holds every document with its secrets: its directory is root's alone.
+  return host.makeDirectory(dir, Ownership{0700, 0, 0});
+}
+
+Result<std::unique_ptr<StateStore>> openState(const Config& config, Host& host) {
+  if (Status s = makeStateDirectory(config, host); !s) return s;
   return StateStore::open(host.realPath(config.state.db), makeLogger("state"), config.state.keepGenerations);
+}
+
+Result<std::unique_ptr<StateStore>> openStateForCycles(const Config& config, Host& host) {
+  if (Status s = prepareSandbox(host); !s) return s;
+  auto state = openState(config, host);
+  if (!state) return state.status();
+  if ((*state)->rebuilt()) {
+    StateLedger ledger(**state);
+    auto adopted = adoptFromHost(host, config.host, ledger, makeLogger("state"));
+    if (!adopted) return adopted.status();
+  }
+  return state;
 }
 
 std::string lockPath(const Config& config, Host& host) {

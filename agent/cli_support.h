@@ -25,8 +25,14 @@ std::string toJson(const Poco::Dynamic::Var& v);
 Poco::JSON::Array::Ptr skippedJson(const std::vector<SkippedEntry>& skipped);
 /// "skipped N entries:" then one line per entry ("  id: reason"), or "skipped: none".
 void printSkipped(std::ostream& out, const std::vector<SkippedEntry>& skipped);
+/// Creates the state database's directory below --root: parents 0755, the directory itself 0700.
+Status makeStateDirectory(const Config& config, Host& host);
 /// Opens the state database of the config below --root, creating its directory 0700.
 Result<std::unique_ptr<StateStore>> openState(const Config& config, Host& host);
+/// What every command that changes the host opens first: minimal account files in a bare --root
+/// sandbox, the state database, and, when the database had to be rebuilt, the agent's own objects
+/// re-adopted from the host (agent/adopt.h) before any cycle runs.
+Result<std::unique_ptr<StateStore>> openStateForCycles(const Config& config, Host& host);
 /// The cycle lock file next to the database (real path).
 std::string lockPath(const Config& config, Host& host);
 /// The exit code for an error: kInvalid -> 2, kRejected -> 3, kUnreachable -> 4, else 1.

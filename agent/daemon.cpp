@@ -87,17 +87,9 @@ Status Daemon::buildRuntime(const Config& config) {
   auto rt = std::make_unique<Runtime>();
   rt->config = config;
   rt->host = std::make_unique<RealHost>(config.root, makeLogger("host"));
-  Status s = prepareSandbox(*rt->host);
-  if (!s) return s;
-  auto state = openState(config, *rt->host);
+  auto state = openStateForCycles(config, *rt->host);
   if (!state) return state.status();
   rt->state = std::move(*state);
-  if (rt->state->rebuilt()) {
-    // As the command line does: what the agent made is known again before any cycle.
-    StateLedger ledger(*rt->state);
-    auto adopted = adoptFromHost(*rt->host, config.host, ledger, makeLogger("state"));
-    if (!adopted) return adopted.status();
-  }
   auto store = makeStoreClient(config.store, config.root, makeLogger("store"));
   if (!store) return store.status();
   rt->store = std::move(*store);
@@ -144,16 +136,9 @@ int Daemon::run() {
     // The daemon lock first: a second daemon must not even seed the sandbox or open the state.
     RealHost host(config->root, makeLogger("host"));
     const std::string db = config->state.db;
-    const std::string dir = db.substr(0, db.rfind('/'));
-    if (!dir.empty()) {
-      // As openState() makes them: the parents 0755, the database's own directory 0700.
-      const std::string parent = dir.substr(0, dir.rfind('/'));
-      Status s = parent.empty() ? Status::ok() : host.makeDirectories(parent, Ownership{0755, 0, 0});
-      if (s) s = host.makeDirectory(dir, Ownership{0700, 0, 0});
-      if (!s) {
-        log_->error("start: {}", s.message());
-        return 1;
-      }
+    if (Status s = makeStateDirectory(*config, host); !s) {
+      log_->error("start: {}", s.message());
+      return 1;
     }
     auto lock = FileLock::acquire(host.realPath(db) + ".daemon.lock", 0);
     if (!lock) {
