@@ -89,6 +89,7 @@ int latestSchemaVersion() { return migrations().back().version; }
 
 const char* const kPragmaJournalModeWal = "PRAGMA journal_mode = WAL";
 const char* const kPragmaSynchronousFull = "PRAGMA synchronous = FULL";
+const char* const kPragmaSynchronousNormal = "PRAGMA synchronous = NORMAL";
 const char* const kPragmaForeignKeysOn = "PRAGMA foreign_keys = ON";
 const char* const kPragmaUserVersion = "PRAGMA user_version";
 const char* const kPragmaIntegrityCheck = "PRAGMA integrity_check";

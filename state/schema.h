@@ -22,6 +22,7 @@ int latestSchemaVersion();
 // Connection set-up.
 extern const char* const kPragmaJournalModeWal;  // returns the mode now in force
 extern const char* const kPragmaSynchronousFull;
+extern const char* const kPragmaSynchronousNormal;
 extern const char* const kPragmaForeignKeysOn;
 extern const char* const kPragmaUserVersion;     // returns the schema version
 extern const char* const kPragmaIntegrityCheck;  // returns "ok" or the problems found

@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 
 #include "providers/result.h"
 
@@ -43,15 +44,30 @@ class Database {
   Status error(int rc, const std::string& what) const;
   /// The extended result code of the last failed call on this connection.
   int lastErrorCode() const { return sqlite3_extended_errcode(db_.get()); }
+  /// Prepared statements kept for reuse (idle, reset), for tests and the benchmark.
+  size_t cachedStatements() const { return cache_ ? cache_->idle.size() : 0; }
 
  private:
+  friend class Statement;
   struct Closer {
     void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
   };
-  Database(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  // Idle prepared statements by SQL text: a daemon runs the same few dozen statements at every
+  // poll, and preparing (parsing, planning) was most of SQLite's cost. A statement is taken out
+  // while in use (so nested uses of one SQL text each get their own) and reset before it is put
+  // back, so that no idle statement holds a read snapshot. Finalised before the connection closes.
+  struct Cache {
+    static constexpr size_t kMaxIdle = 128;
+    std::unordered_map<std::string, sqlite3_stmt*> idle;
+    ~Cache();
+  };
+  Database(sqlite3* db, std::string path) : db_(db), path_(std::move(path)), cache_(std::make_unique<Cache>()) {}
+  sqlite3_stmt* takeCached(const std::string& sql);
+  void giveBack(std::string sql, sqlite3_stmt* stmt);
 
   std::unique_ptr<sqlite3, Closer> db_;
   std::string path_;
+  std::unique_ptr<Cache> cache_;  // after db_: destroyed (statements finalised) before the close
 };
 
 /// A prepared statement with bound parameters (1-based indexes, as in SQLite). Movable, finalised
@@ -61,9 +77,11 @@ class Statement {
   /// Prepares `sql` on `db`; `what` names the operation in error messages.
   static Result<Statement> prepare(Database& db, const char* sql, std::string what);
 
-  Statement(Statement&&) noexcept = default;
-  Statement& operator=(Statement&&) noexcept = default;
-  ~Statement() = default;
+  Statement(Statement&& other) noexcept;
+  Statement& operator=(Statement&& other) noexcept;
+  ~Statement();
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
 
   Statement& bind(int index, int64_t value);
   Statement& bind(int index, const std::string& text);
@@ -90,15 +108,14 @@ class Statement {
   int lastRc() const { return lastRc_; }
 
  private:
-  struct Finalizer {
-    void operator()(sqlite3_stmt* stmt) const { sqlite3_finalize(stmt); }
-  };
-  Statement(sqlite3_stmt* stmt, Database* db, std::string what)
-      : stmt_(stmt), db_(db), what_(std::move(what)) {}
+  Statement(sqlite3_stmt* stmt, Database* db, std::string sql, std::string what)
+      : stmt_(stmt), db_(db), sql_(std::move(sql)), what_(std::move(what)) {}
   void noteBind(int rc);
+  void release();  // back to the connection's cache (reset) or finalised
 
-  std::unique_ptr<sqlite3_stmt, Finalizer> stmt_;
-  Database* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  Database* db_ = nullptr;
+  std::string sql_;  // the text it was prepared from: its key in the cache
   std::string what_;
   int bindRc_ = SQLITE_OK;
   int lastRc_ = SQLITE_OK;

@@ -795,6 +795,20 @@ Result<std::optional<int64_t>> StateStore::pin() const {
 Status StateStore::recordPoll(int64_t time, const std::string& outcome, const std::string& error) {
   std::lock_guard<std::mutex> lock(mutex_);
   const std::string what = "record poll in";
+  // The poll record is written at every poll and is worth no fsync: in WAL mode, synchronous =
+  // NORMAL still keeps the database consistent; a power cut may only lose the newest poll times.
+  // Every other transaction stays synchronous = FULL.
+  auto normal = Statement::prepare(*db_, sql::kPragmaSynchronousNormal, what);
+  if (!normal) return normal.status();
+  Status relaxed = normal->run();
+  if (!relaxed) return relaxed;
+  struct RestoreFull {
+    Database& db;
+    ~RestoreFull() {
+      auto full = Statement::prepare(db, sql::kPragmaSynchronousFull, "restore synchronous = FULL in");
+      if (full) (void)full->run();
+    }
+  } restore{*db_};
   auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
   if (!txn) return txn.status();
   Status st = setMetaValue(sql::kMetaLastPollTime, time, std::nullopt, what);

@@ -18,6 +18,7 @@
 #include "providers/log.h"
 #include "providers/real_host.h"
 #include "state/state_store.h"
+#include "tests/support/temp_dir.h"
 
 namespace fs = std::filesystem;
 using pim::MetricsCounters;
@@ -25,22 +26,8 @@ using pim::MetricsSnapshot;
 
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "pim-metrics-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
+using TempDir = pim::test::TempDir;
 
- private:
-  std::string path_;
-};
 
 std::string readText(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

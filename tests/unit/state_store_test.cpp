@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include "tests/support/temp_dir.h"
 
 namespace fs = std::filesystem;
 using pim::BackupInput;
@@ -25,23 +26,8 @@ using pim::StateStore;
 
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "pim-state-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
+using TempDir = pim::test::TempDir;
 
- private:
-  std::string path_;
-};
 
 std::unique_ptr<StateStore> openStore(const std::string& path, int64_t keep = 500) {
   auto store = StateStore::open(path, nullptr, keep);
