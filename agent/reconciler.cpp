@@ -20,6 +20,7 @@ Reconciler::Reconciler(std::vector<std::unique_ptr<Provider>> providers, Logger 
     : providers_(std::move(providers)), log_(std::move(log)), failpoints_(std::move(failpoints)) {}
 
 Result<std::vector<Action>> Reconciler::plan(const Desired& desired, Host& host) const {
+  KeptReads kept(host);  // a plan only reads, and several providers read the same files
   std::vector<Action> all;
   for (const auto& provider : providers_) {
     auto actions = provider->plan(desired, host);

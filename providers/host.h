@@ -70,6 +70,12 @@ class Host {
  public:
   virtual ~Host() = default;
 
+  /// While on, readFile (and the user and group lookups built on it) may answer from what was
+  /// read since it was turned on; any change made through this Host forgets it all. For plans,
+  /// which only read and read /etc/passwd and friends several times. Off by default; a Host may
+  /// keep nothing.
+  virtual void keepReads(bool on) { (void)on; }
+
   /// The root prefix ("" for the real system, "/tmp/sandbox" under --root).
   virtual const std::string& root() const = 0;
   /// Maps a host path to the path on the real file system (root prefix + path).
@@ -117,6 +123,18 @@ class Host {
   /// Runs a program (argv[0] is a path, no shell) with `input` on its standard input.
   virtual Result<CommandResult> run(const std::vector<std::string>& argv,
                                     std::string_view input = {}) = 0;
+};
+
+/// Keeps the reads of `host` for the lifetime of this object (Host::keepReads).
+class KeptReads {
+ public:
+  explicit KeptReads(Host& host) : host_(host) { host_.keepReads(true); }
+  ~KeptReads() { host_.keepReads(false); }
+  KeptReads(const KeptReads&) = delete;
+  KeptReads& operator=(const KeptReads&) = delete;
+
+ private:
+  Host& host_;
 };
 
 }  // namespace pim

@@ -3,6 +3,8 @@
 // below the root prefix one component at a time with O_NOFOLLOW, so a symbolic link planted by a
 // user anywhere on the way (a home directory, ~/.ssh) is refused, never followed.
 
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "providers/host.h"
@@ -34,14 +36,21 @@ class RealHost : public Host {
   Status bindMount(const std::string& source, const std::string& target) override;
   Status unmount(const std::string& target, bool lazy) override;
   Result<CommandResult> run(const std::vector<std::string>& argv, std::string_view input = {}) override;
+  void keepReads(bool on) override;
 
   /// Parses /proc/self/mountinfo text; mount points outside `root` are dropped and the prefix is
   /// removed from the others. Exposed for tests.
   static std::vector<MountInfo> parseMountInfo(const std::string& text, const std::string& root);
 
  private:
+  void forgetReads();
+  Result<std::string> readFileNow(const std::string& path, size_t maxBytes);
+
   std::string root_;
   Logger log_;
+  std::mutex readsMutex_;
+  bool keepReads_ = false;
+  std::map<std::string, std::string> reads_;  // path -> content, while keepReads_
 };
 
 }  // namespace pim

@@ -147,3 +147,46 @@ TEST_CASE("RealHost runs commands without a shell and feeds standard input", "[h
   REQUIRE(missing.isOk());
   CHECK(missing->exitCode == 127);
 }
+
+TEST_CASE("RealHost keeps reads only while asked and forgets them on any change", "[host]") {
+  Sandbox sb;
+  RealHost host(sb.dir.string(), pim::nullLogger());
+  sb.write("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\n");
+  sb.write("/etc/other", "one\n");
+  {
+    pim::KeptReads kept(host);
+    REQUIRE(*host.readFile("/etc/passwd", 1000) == "root:x:0:0:root:/root:/bin/bash\n");
+    REQUIRE(host.findUser("akeneo")->has_value() == false);
+    // Changed behind the host's back: the kept content answers (one read per plan).
+    sb.write("/etc/passwd", "akeneo:x:1000:1000::/home/akeneo:/bin/bash\n");
+    CHECK_FALSE(host.findUser("akeneo")->has_value());
+    // A limit smaller than the kept content is still enforced.
+    CHECK(host.readFile("/etc/passwd", 5).status().code() == ErrorCode::kInvalid);
+    // Any change made through the host forgets everything kept.
+    REQUIRE(host.setMode("/etc/other", 0600).isOk());
+    CHECK(host.findUser("akeneo")->has_value());
+    sb.write("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\n");
+    CHECK(host.findUser("akeneo")->has_value());  // kept again since the change
+  }
+  // Outside the scope every read goes to the file.
+  CHECK_FALSE(host.findUser("akeneo")->has_value());
+  sb.write("/etc/passwd", "akeneo:x:1000:1000::/home/akeneo:/bin/bash\n");
+  CHECK(host.findUser("akeneo")->has_value());
+}
+
+TEST_CASE("RealHost opens deep paths in one step and still refuses a symlink in the middle", "[host][security]") {
+  Sandbox sb;
+  RealHost host(sb.dir.string(), pim::nullLogger());
+  sb.write("/a/b/c/d/file", "deep\n");
+  CHECK(*host.readFile("/a/b/c/d/file", 100) == "deep\n");
+  fs::rename(sb.dir / "a/b/c", sb.dir / "a/b/real-c");
+  fs::create_directory_symlink(sb.dir / "a/b/real-c", sb.dir / "a/b/c");
+  auto refused = host.readFile("/a/b/c/d/file", 100);
+  REQUIRE_FALSE(refused.isOk());
+  CHECK(refused.status().code() == ErrorCode::kUnsafe);
+  CHECK_THAT(refused.status().message(), Catch::Contains("symbolic link at component 'c'"));
+  // A relative symlink that stays inside the root is refused just the same.
+  fs::remove(sb.dir / "a/b/c");
+  fs::create_directory_symlink("real-c", sb.dir / "a/b/c");
+  CHECK(host.readFile("/a/b/c/d/file", 100).status().code() == ErrorCode::kUnsafe);
+}
