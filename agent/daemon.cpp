@@ -1,5 +1,7 @@
 #include "agent/daemon.h"
 
+#include <malloc.h>
+
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -40,6 +42,8 @@ namespace {
 // How often the loop looks at the file:// source and at the state database (operator commands).
 // Two or three stat() calls: the idle cost is negligible (see scripts/bench-poll).
 constexpr auto kTick = std::chrono::milliseconds(500);
+// With inotify on the watched files, the tick is only a safety net (and the watchdog's clock).
+constexpr auto kSlowTick = std::chrono::milliseconds(10000);
 constexpr auto kMinRetry = std::chrono::milliseconds(200);
 constexpr auto kMaxBackoffBase = std::chrono::milliseconds(2000);
 // A CLI command holding the cycle lock longer than this is stuck; the cycle fails and retries.
@@ -123,6 +127,12 @@ Status Daemon::buildRuntime(const Config& config) {
 
 int Daemon::run() {
   guardAgainstSigpipe();
+  // One piece of work runs at a time (a cycle or a re-apply), so one pool thread is enough: the
+  // same thread, warm, at every poll, instead of libuv's four each with a malloc arena of its
+  // own. Arenas are capped too (the loop, the worker, the permission watcher share two).
+  // UV_THREADPOOL_SIZE is read when the pool starts, at the first uv_queue_work below.
+  setenv("UV_THREADPOOL_SIZE", "1", 0);
+  mallopt(M_ARENA_MAX, 2);
   auto config = loadConfig_();
   if (!config) {
     log_->error("{}", config.status().message());
@@ -162,13 +172,17 @@ int Daemon::run() {
   uv_signal_start(&sigterm_, onSignal, SIGTERM);
   uv_signal_start(&sigint_, onSignal, SIGINT);
   uv_signal_start(&sighup_, onSignal, SIGHUP);
-  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_}) {
+  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_}) {
     uv_timer_init(&loop_, t);
     t->data = this;
   }
-  uv_timer_start(&tickTimer_, onTickTimer, kTick.count(), kTick.count());
+  for (uv_fs_event_t* e : {&stateEvents_, &sourceEvents_}) {
+    uv_fs_event_init(&loop_, e);
+    e->data = this;
+  }
   handlesOpen_ = true;
   watchdog_ = sdWatchdogInterval();
+  watchFiles();
   lastWatchdog_ = std::chrono::steady_clock::now();
   workReq_.data = this;
   stateSignature_ = stateSignature();
@@ -394,14 +408,19 @@ void Daemon::workDone() {
         const auto took = std::chrono::steady_clock::now() - workStarted_;
         // Back-to-back long polls, unless the store answered a long poll at once without
         // holding it (a store that does not long-poll must not be hammered). The first cycle
-        // did not ask to be held.
+        // did not ask to be held; a new document (applied, or recorded under a pin) is a good
+        // reason to answer at once.
+        const bool newDocument = !r.changes.empty() || r.outcome == "recorded";
         const bool longPoll = store.longPollS > 0 && sourcePath_.empty() &&
-                              (input_.waitSeconds == 0 || took >= std::chrono::seconds(1) || !r.changes.empty());
+                              (input_.waitSeconds == 0 || took >= std::chrono::seconds(1) || newDocument);
         delay = longPoll ? std::chrono::milliseconds(0) : std::chrono::milliseconds(store.pollIntervalS * 1000);
       }
       scheduleNextPoll(delay);
     }
   }
+  // What changed while the worker was busy (file events are not acted on then).
+  checkSource();
+  checkOperatorCommands();
   startWorkIfIdle();
 }
 
@@ -440,6 +459,61 @@ void Daemon::startWatcherIfReady() {
   log_->info("watching {} for permissions", realRoot);
 }
 
+std::string parentOf(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+// Starts (again) the inotify watches and sets the tick: 500 ms when a watch could not be set up
+// (stat polling as before), otherwise 10 s as a safety net; never longer than half the systemd
+// watchdog interval.
+void Daemon::watchFiles() {
+  if (!handlesOpen_ || !rt_) return;
+  if (!stateWatched_) {
+    const std::string dir = parentOf(rt_->host->realPath(rt_->config.state.db));
+    int rc = uv_fs_event_start(&stateEvents_, onFileEvent, dir.c_str(), 0);
+    stateWatched_ = rc == 0;
+    if (rc != 0) log_->warn("cannot watch {} ({}): checking it every {} ms", dir, uv_strerror(rc), kTick.count());
+  }
+  const std::string sourceDir = sourcePath_.empty() ? std::string() : parentOf(sourcePath_);
+  if (sourceWatched_ && sourceDir != sourceWatchedDir_) {
+    uv_fs_event_stop(&sourceEvents_);
+    sourceWatched_ = false;
+  }
+  bool sourceOk = true;
+  if (!sourceDir.empty() && !sourceWatched_) {
+    int rc = uv_fs_event_start(&sourceEvents_, onFileEvent, sourceDir.c_str(), 0);
+    sourceWatched_ = rc == 0;
+    sourceWatchedDir_ = sourceWatched_ ? sourceDir : std::string();
+    sourceOk = sourceWatched_;
+    if (rc != 0) log_->warn("cannot watch {} ({}): checking it every {} ms", sourceDir, uv_strerror(rc), kTick.count());
+  }
+  auto tick = stateWatched_ && sourceOk ? kSlowTick : kTick;
+  if (watchdog_) {
+    tick = std::min(tick, std::chrono::duration_cast<std::chrono::milliseconds>(*watchdog_ / 2));
+    tick = std::max(tick, std::chrono::milliseconds(100));
+  }
+  uv_timer_start(&tickTimer_, onTickTimer, tick.count(), tick.count());
+}
+
+void Daemon::onFileEvent(uv_fs_event_t* handle, const char* /*filename*/, int /*events*/, int /*status*/) {
+  auto* self = static_cast<Daemon*>(handle->data);
+  if (self->stopping_ || !self->rt_) return;
+  // The worker's own writes: what changed meanwhile is looked at when it is done.
+  if (self->busy_ && !self->fetching_.load()) return;
+  self->settleChecks_ = 2;
+  uv_timer_start(&self->settleTimer_, onSettleTimer, 50, 0);  // restarted by every event
+}
+
+void Daemon::onSettleTimer(uv_timer_t* handle) {
+  auto* self = static_cast<Daemon*>(handle->data);
+  if (self->stopping_ || !self->rt_) return;
+  self->checkSource();
+  self->checkOperatorCommands();
+  if (--self->settleChecks_ > 0) uv_timer_start(&self->settleTimer_, onSettleTimer, 500, 0);
+}
+
 std::string Daemon::stateSignature() const {
   const std::string db = rt_->host->realPath(rt_->config.state.db);
   return statSignature(db) + "|" + statSignature(db + "-wal");
@@ -451,17 +525,18 @@ void Daemon::tick() {
     lastWatchdog_ = std::chrono::steady_clock::now();
   }
   if (stopping_ || !rt_) return;
-  // A file:// source is re-read as soon as it changes (a fetch of it is never held, so a busy
-  // worker will be done soon and the change is still there to see).
-  if (!sourcePath_.empty() && !busy_) {
-    const std::string sig = statSignature(sourcePath_);
-    if (sig != sourceSignature_) {
-      sourceSignature_ = sig;
-      requestWork(Work::kCycle);
-      return;
-    }
-  }
+  checkSource();
   checkOperatorCommands();
+}
+
+void Daemon::checkSource() {
+  // A file:// source is re-read as soon as it changes (a fetch of it is never held, so a busy
+  // worker will be done soon and the change is still there to see: the tick looks again).
+  if (sourcePath_.empty() || busy_) return;
+  const std::string sig = statSignature(sourcePath_);
+  if (sig == sourceSignature_) return;
+  sourceSignature_ = sig;
+  requestWork(Work::kCycle);
 }
 
 void Daemon::checkOperatorCommands() {
@@ -498,6 +573,7 @@ void Daemon::reload() {
     log_->error("SIGHUP: config not reloaded: {}", s.message());
     return;
   }
+  watchFiles();
   log_->info("SIGHUP: configuration reloaded: source {}, poll every {} s", rt_->store->describe(),
              config->store.pollIntervalS);
   cycleRequested_ = true;
@@ -518,7 +594,8 @@ void Daemon::closeHandles() {
   handlesOpen_ = false;
   if (rt_ && rt_->watcher) rt_->watcher->stop();
   for (uv_signal_t* h : {&sigterm_, &sigint_, &sighup_}) uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
-  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_}) uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
+  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_}) uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
+  for (uv_fs_event_t* e : {&stateEvents_, &sourceEvents_}) uv_close(reinterpret_cast<uv_handle_t*>(e), nullptr);
 }
 
 void Daemon::onSignal(uv_signal_t* handle, int signum) {

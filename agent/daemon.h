@@ -103,6 +103,8 @@ class Daemon {
   void startWatcherIfReady();
   void tick();
   void checkOperatorCommands();
+  void checkSource();
+  void watchFiles();
   std::string stateSignature() const;
   void reload();
   void stop();
@@ -114,6 +116,8 @@ class Daemon {
   static void onPollTimer(uv_timer_t* handle);
   static void onExpiryTimer(uv_timer_t* handle);
   static void onTickTimer(uv_timer_t* handle);
+  static void onFileEvent(uv_fs_event_t* handle, const char* filename, int events, int status);
+  static void onSettleTimer(uv_timer_t* handle);
 
   std::function<Result<Config>()> loadConfig_;
   Logger log_;
@@ -127,6 +131,17 @@ class Daemon {
   uv_loop_t loop_{};
   uv_signal_t sigterm_{}, sigint_{}, sighup_{};
   uv_timer_t pollTimer_{}, expiryTimer_{}, tickTimer_{};
+  // inotify (through libuv) on the state database's directory and on the file:// source's
+  // directory: an idle daemon sleeps until something changes instead of stat'ing every tick.
+  uv_fs_event_t stateEvents_{}, sourceEvents_{};
+  // An event is looked at 50 ms later and once more 500 ms after that: SQLite's last write to the
+  // WAL comes before the commit is visible (the wal-index is shared memory, which raises no
+  // event), and a writer may still be writing.
+  uv_timer_t settleTimer_{};
+  int settleChecks_ = 0;
+  bool stateWatched_ = false;
+  bool sourceWatched_ = false;
+  std::string sourceWatchedDir_;
   uv_work_t workReq_{};
   bool handlesOpen_ = false;
 
