@@ -5,8 +5,6 @@
 #include <Poco/Net/HTTPResponse.h>
 #include <Poco/Net/IPAddress.h>
 #include <Poco/Net/NetException.h>
-#include <Poco/Net/SSLException.h>
-#include <Poco/Net/SecureStreamSocket.h>
 #include <Poco/Net/SocketAddress.h>
 #include <Poco/Net/StreamSocket.h>
 #include <Poco/NumberParser.h>
@@ -18,6 +16,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sys/socket.h>
 
@@ -25,12 +24,11 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
-#include <condition_variable>
 #include <csignal>
 #include <cstring>
 #include <optional>
 #include <sstream>
-#include <thread>
+#include <stdexcept>
 #include <vector>
 
 #include "agent/file_store_client.h"
@@ -74,43 +72,6 @@ std::string seconds(std::chrono::milliseconds ms) {
   if (ms.count() % 1000 == 0) return std::to_string(ms.count() / 1000) + " s";
   return std::to_string(ms.count()) + " ms";
 }
-
-// Shuts the connection's socket down when the overall deadline passes, so that a peer trickling
-// bytes (or stalling the TLS handshake) cannot keep a fetch alive: per-read time-outs alone do not
-// bound the total. shutdown(2) only wakes the blocked reader; the socket is closed by its owner,
-// after this watchdog has been joined, so the fd number cannot be reused under it.
-class Watchdog {
- public:
-  Watchdog(int fd, SteadyClock::time_point deadline) : fd_(fd), deadline_(deadline), thread_([this] { run(); }) {}
-  ~Watchdog() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-  bool fired() const { return fired_.load(); }
-
- private:
-  void run() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (!cv_.wait_until(lock, deadline_, [this] { return done_; })) {
-      fired_.store(true);
-      ::shutdown(fd_, SHUT_RDWR);
-    }
-  }
-
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::atomic<bool> fired_{false};
-  int fd_;
-  SteadyClock::time_point deadline_;
-  std::thread thread_;  // last: started once every other member is ready
-};
 
 // The reason OpenSSL refused the server's certificate during this thread's last handshake (the
 // handshake runs in the fetching thread), so that the error names it ("hostname mismatch",
@@ -185,16 +146,151 @@ bool allOf(const std::string& s, int (*pred)(int)) {
   return std::all_of(s.begin(), s.end(), [pred](char c) { return pred(static_cast<unsigned char>(c)) != 0; });
 }
 
-void sendAll(Poco::Net::StreamSocket& socket, const Poco::Net::HTTPRequest& request) {
+// A TLS failure, with OpenSSL's reason.
+class TlsError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// OpenSSL's reason for the last failure, then its error queue cleared.
+std::string takeSslError(const char* fallback) {
+  unsigned long e = ERR_peek_last_error();
+  std::string text = fallback;
+  if (e != 0) {
+    const char* reason = ERR_reason_error_string(e);
+    text = reason ? reason : "error " + std::to_string(e);
+  }
+  ERR_clear_error();
+  return text;
+}
+
+// The byte stream of one connection: the non-blocking socket itself (http://) or TLS on it
+// (https://, OpenSSL directly). Every wait is a poll(2) bounded by the fetch's deadline, the TLS
+// handshake's included, so a peer trickling bytes cannot stretch a fetch past it (expired() is then
+// true and Poco::TimeoutException thrown). cancel() shuts the socket down, which ends any wait.
+class Channel {
+ public:
+  Channel(int fd, SteadyClock::time_point deadline) : fd_(fd), deadline_(deadline) {}
+  ~Channel() {
+    if (ssl_ != nullptr) SSL_free(ssl_);
+  }
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+
+  bool expired() const { return expired_; }
+
+  // Client handshake; `host` is sent as SNI unless it is an IP address. Throws TlsError.
+  void startTls(SSL_CTX* ctx, const std::string& host, bool hostIsIp) {
+    ssl_ = SSL_new(ctx);
+    if (ssl_ == nullptr || SSL_set_fd(ssl_, fd_) != 1) throw TlsError(takeSslError("cannot start TLS"));
+    if (!hostIsIp) SSL_set_tlsext_host_name(ssl_, host.c_str());
+    for (;;) {
+      ERR_clear_error();
+      const int rc = SSL_connect(ssl_);
+      if (rc == 1) return;
+      const int err = SSL_get_error(ssl_, rc);
+      if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+        wait(err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+        continue;
+      }
+      if (err == SSL_ERROR_SYSCALL && ERR_peek_last_error() == 0) {
+        throw TlsError(errno != 0 ? std::string(std::strerror(errno)) : "connection closed during the handshake");
+      }
+      throw TlsError(takeSslError("handshake failed"));
+    }
+  }
+
+  // Up to `len` bytes; 0 at the end of the stream.
+  size_t receive(char* buf, size_t len) {
+    for (;;) {
+      if (ssl_ != nullptr) {
+        ERR_clear_error();
+        const int n = SSL_read(ssl_, buf, static_cast<int>(std::min<size_t>(len, INT32_MAX)));
+        if (n > 0) return static_cast<size_t>(n);
+        const int err = SSL_get_error(ssl_, n);
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+          wait(err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+          continue;
+        }
+        if (err == SSL_ERROR_ZERO_RETURN) return 0;
+        if (err == SSL_ERROR_SYSCALL && ERR_peek_last_error() == 0) {
+          if (errno == ECONNRESET) throw Poco::Net::ConnectionResetException();
+          return 0;  // closed without close_notify: the HTTP framing says whether that was early
+        }
+        throw TlsError(takeSslError("read failed"));
+      }
+      const ssize_t n = ::recv(fd_, buf, len, 0);
+      if (n >= 0) return static_cast<size_t>(n);
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        wait(POLLIN);
+        continue;
+      }
+      if (errno == ECONNRESET) throw Poco::Net::ConnectionResetException();
+      throw Poco::IOException(std::string("receive: ") + std::strerror(errno));
+    }
+  }
+
+  void sendAll(const std::string& bytes) {
+    size_t sent = 0;
+    while (sent < bytes.size()) {
+      if (ssl_ != nullptr) {
+        ERR_clear_error();
+        const int n = SSL_write(ssl_, bytes.data() + sent, static_cast<int>(bytes.size() - sent));
+        if (n > 0) {
+          sent += static_cast<size_t>(n);
+          continue;
+        }
+        const int err = SSL_get_error(ssl_, n);
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+          wait(err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+          continue;
+        }
+        if (err == SSL_ERROR_SYSCALL && ERR_peek_last_error() == 0) {
+          throw Poco::Net::ConnectionResetException("sending the request");
+        }
+        throw TlsError(takeSslError("write failed"));
+      }
+      const ssize_t n = ::send(fd_, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+      if (n > 0) {
+        sent += static_cast<size_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        wait(POLLOUT);
+        continue;
+      }
+      throw Poco::Net::ConnectionResetException("sending the request");
+    }
+  }
+
+ private:
+  void wait(short events) {
+    for (;;) {
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - SteadyClock::now()).count() + 1;
+      if (left <= 1 && SteadyClock::now() >= deadline_) {
+        expired_ = true;
+        throw Poco::TimeoutException("deadline passed");
+      }
+      pollfd p{fd_, events, 0};
+      const int rc = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, INT32_MAX)));
+      if (rc > 0) return;
+      if (rc < 0 && errno != EINTR) throw Poco::IOException(std::string("poll: ") + std::strerror(errno));
+    }
+  }
+
+  int fd_;
+  SteadyClock::time_point deadline_;
+  SSL* ssl_ = nullptr;
+  bool expired_ = false;
+};
+
+void sendAll(Channel& channel, const Poco::Net::HTTPRequest& request) {
   std::ostringstream os;
   request.write(os);
-  const std::string bytes = os.str();
-  size_t sent = 0;
-  while (sent < bytes.size()) {
-    int n = socket.sendBytes(bytes.data() + sent, static_cast<int>(bytes.size() - sent));
-    if (n <= 0) throw Poco::Net::ConnectionResetException("sending the request");
-    sent += static_cast<size_t>(n);
-  }
+  channel.sendAll(os.str());
 }
 
 struct BodyResult {
@@ -209,7 +305,7 @@ struct BodyResult {
 // are ever held.
 class HttpResponseReader {
  public:
-  explicit HttpResponseReader(Poco::Net::StreamSocket& socket) : socket_(socket), buffer_(16 * 1024) {}
+  explicit HttpResponseReader(Channel& channel) : channel_(channel), buffer_(16 * 1024) {}
 
   // Status line and headers (1xx interim answers skipped). Throws NoMessageException when the
   // connection closes before any byte, MessageException on malformed or oversized headers.
@@ -325,8 +421,8 @@ class HttpResponseReader {
 
   bool fill() {
     if (eof_) return false;
-    int n = socket_.receiveBytes(buffer_.data(), static_cast<int>(buffer_.size()));
-    if (n <= 0) {
+    const size_t n = channel_.receive(buffer_.data(), buffer_.size());
+    if (n == 0) {
       eof_ = true;
       return false;
     }
@@ -359,7 +455,7 @@ class HttpResponseReader {
     }
   }
 
-  Poco::Net::StreamSocket& socket_;
+  Channel& channel_;
   std::vector<char> buffer_;
   size_t pos_ = 0;
   size_t end_ = 0;
@@ -386,7 +482,7 @@ class FdRegistration {
   HttpStoreClient& client_;
 };
 
-HttpStoreClient::HttpStoreClient(Params params, Poco::URI uri, Poco::Net::Context::Ptr tls, Logger log)
+HttpStoreClient::HttpStoreClient(Params params, Poco::URI uri, std::shared_ptr<SSL_CTX> tls, Logger log)
     : params_(std::move(params)), uri_(std::move(uri)), tls_(std::move(tls)), log_(std::move(log)) {}
 
 Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, Logger log) {
@@ -415,32 +511,30 @@ Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, 
     return Status::error(ErrorCode::kInvalid, "store.source " + shown + ": control character in URL");
   }
 
-  Poco::Net::Context::Ptr tls;
+  std::shared_ptr<SSL_CTX> tls;
   if (scheme == "https") {
     if (!params.caPath.empty()) {
       Status s = checkCaFile(params.caPath);
       if (!s) return s;
     }
-    try {
-      Poco::Net::Context::Params p;
-      p.verificationMode = Poco::Net::Context::VERIFY_STRICT;
-      p.loadDefaultCAs = true;
-      p.caLocation = params.caPath;
-      p.cipherList = "DEFAULT";
-      tls = new Poco::Net::Context(Poco::Net::Context::TLS_CLIENT_USE, p);
-      tls->requireMinimumProtocol(Poco::Net::Context::PROTO_TLSV1_2);
-      // Poco's own name check resolves certificate names through DNS and compares addresses,
-      // which is weaker than RFC 6125; OpenSSL checks the name below instead.
-      tls->enableExtendedCertificateVerification(false);
-    } catch (const Poco::Exception& e) {
-      ERR_clear_error();
-      return Status::error(ErrorCode::kInvalid, "store TLS setup for " + shown + ": " + e.displayText(), params.caPath);
+    auto setupError = [&](const std::string& what) {
+      return Status::error(ErrorCode::kInvalid, "store TLS setup for " + shown + ": " + what, params.caPath);
+    };
+    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == nullptr) return setupError(takeSslError("cannot create a TLS context"));
+    tls.reset(ctx, SSL_CTX_free);
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    // A peer closing without close_notify ends the stream like a close: the HTTP framing
+    // (Content-Length, chunks) is what tells a complete body from a truncated one.
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION);
+    if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+      log->warn("store TLS: the system CA certificates could not be loaded: {}", takeSslError("unknown"));
     }
-    SSL_CTX* ctx = tls->sslContext();
-    // Replaces Poco's verify callback, which consults the process-wide SSLManager whose
-    // certificate handlers another component might configure to accept anything: OpenSSL's
-    // verdict stands, the callback only records the reason.
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, recordVerifyError);
+    if (!params.caPath.empty() && SSL_CTX_load_verify_locations(ctx, params.caPath.c_str(), nullptr) != 1) {
+      return setupError("cannot load ca_file " + params.caPath + ": " + takeSslError("unknown error"));
+    }
+    // OpenSSL's verdict stands; the callback only records the reason for the error message.
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, recordVerifyError);
     X509_VERIFY_PARAM* vp = SSL_CTX_get0_param(ctx);
     const std::string& host = uri.getHost();
     Poco::Net::IPAddress ip;
@@ -449,7 +543,7 @@ Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, 
     X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
     if (ok != 1) {
       ERR_clear_error();
-      return Status::error(ErrorCode::kInvalid, "store TLS setup for " + shown + ": cannot check host name " + host);
+      return setupError("cannot check host name " + host);
     }
   } else {
     if (!params.caPath.empty()) log->warn("store.ca_file is ignored for {}", shown);
@@ -514,16 +608,15 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
     return Status::error(ErrorCode::kUnreachable, where + ": " + cause);
   };
 
-  // Declaration order matters: the registration and the watchdog go after the sockets so that they
-  // are destroyed (fd unregistered, thread joined) before any socket closes the fd.
+  // Declaration order matters: the registration and the channel go after the socket so that they
+  // are destroyed (fd unregistered, TLS session freed) before the socket closes the fd.
   Poco::Net::StreamSocket sock;
-  std::optional<Poco::Net::SecureStreamSocket> secure;
   FdRegistration registration(*this);
-  std::optional<Watchdog> watchdog;
+  std::optional<Channel> channel;
 
   auto explain = [&](const std::string& detail) {
     if (cancelled_.load()) return unreachable("cancelled");
-    if (watchdog && watchdog->fired())
+    if (channel && channel->expired())
       return unreachable("timed out: no complete answer within " + seconds(readBudget));
     return unreachable(detail);
   };
@@ -556,16 +649,14 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
     int soError = 0;
     sock.getOption(SOL_SOCKET, SO_ERROR, soError);
     if (soError != 0) return unreachable("connect to " + peer + ": " + std::strerror(soError));
-    sock.setBlocking(true);
 
-    watchdog.emplace(sock.impl()->sockfd(), SteadyClock::now() + readBudget);
-    sock.setReceiveTimeout(Poco::Timespan(std::chrono::duration_cast<std::chrono::microseconds>(readBudget).count()));
-    sock.setSendTimeout(
-        Poco::Timespan(std::chrono::duration_cast<std::chrono::microseconds>(params_.options.readTimeout).count()));
-
+    // The socket stays non-blocking: every wait from here on is bounded by one deadline.
+    channel.emplace(sock.impl()->sockfd(), SteadyClock::now() + readBudget);
     tlsVerifyError = X509_V_OK;
-    if (tls_) secure = Poco::Net::SecureStreamSocket::attach(sock, uri_.getHost(), tls_);
-    Poco::Net::StreamSocket& io = tls_ ? static_cast<Poco::Net::StreamSocket&>(*secure) : sock;
+    if (tls_) {
+      Poco::Net::IPAddress ip;
+      channel->startTls(tls_.get(), uri_.getHost(), Poco::Net::IPAddress::tryParse(uri_.getHost(), ip));
+    }
 
     Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_GET, pathAndQuery, Poco::Net::HTTPMessage::HTTP_1_1);
     request.setHost(uri_.getHost(), uri_.getPort());
@@ -581,9 +672,9 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
     }
     request.setKeepAlive(false);
     log_->debug("{} (If-None-Match: {}, wait: {} s)", where, etag.empty() ? "-" : etag, waitSeconds);
-    sendAll(io, request);
+    sendAll(*channel, request);
 
-    HttpResponseReader reader(io);
+    HttpResponseReader reader(*channel);
     Poco::Net::HTTPResponse response;
     reader.readHeader(response);
     const int status = static_cast<int>(response.getStatus());
@@ -610,7 +701,7 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
       return Status::error(ErrorCode::kRejected, where + ": " + size + " is over the limit of " +
                                                      std::to_string(limit) + " bytes (max_document_bytes)");
     }
-    if (cancelled_.load() || (watchdog && watchdog->fired())) return explain("");
+    if (cancelled_.load() || channel->expired()) return explain("");
     if (!read.error.empty()) return unreachable(read.error);
 
     FetchOutcome out;
@@ -627,13 +718,12 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
     return out;
   } catch (const Poco::TimeoutException&) {
     return explain("timed out: no data for " + seconds(readBudget));
-  } catch (const Poco::Net::SSLException& e) {
-    ERR_clear_error();
+  } catch (const TlsError& e) {
     std::string reason;
     if (tlsVerifyError != X509_V_OK) {
       reason = " (server certificate: " + std::string(X509_verify_cert_error_string(tlsVerifyError)) + ")";
     }
-    return explain("TLS with " + peer + ": " + e.displayText() + reason);
+    return explain("TLS with " + peer + ": " + e.what() + reason);
   } catch (const Poco::Net::ConnectionRefusedException&) {
     return explain("connect to " + peer + ": connection refused");
   } catch (const Poco::Net::NoMessageException&) {

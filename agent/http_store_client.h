@@ -1,13 +1,15 @@
 #pragma once
-// The http:// and https:// source: one GET per fetch on a fresh connection (Poco::Net), with a
-// bearer token read at each request, ETag/If-None-Match, long polling, a size limit enforced while
-// reading, an overall deadline enforced by a watchdog, and optional Ed25519 signatures.
-// TLS: one Poco::Net::Context per client (no Poco SSLManager state is used or changed): strict
-// verification against the system CAs plus ca_file, TLS >= 1.2, host name or IP checked by
-// OpenSSL against the certificate's subjectAltName.
+// The http:// and https:// source: one GET per fetch on a fresh connection (a Poco::Net socket,
+// HTTP messages written and parsed by Poco), with a bearer token read at each request,
+// ETag/If-None-Match, long polling, a size limit enforced while reading, one overall deadline
+// for the exchange (every wait is a poll(2) bounded by it), and optional Ed25519 signatures.
+// TLS: OpenSSL directly on the socket, one SSL_CTX per client: strict verification against the
+// system CAs plus ca_file, TLS >= 1.2, SNI, host name or IP checked by OpenSSL against the
+// certificate's subjectAltName. (Poco's NetSSL would pull Poco::Util, XML and Crypto into the
+// resident daemon for nothing it needs, and its handshake cannot be bounded by a deadline.)
 
-#include <Poco/Net/Context.h>
 #include <Poco/URI.h>
+#include <openssl/ssl.h>
 
 #include <atomic>
 #include <memory>
@@ -45,7 +47,7 @@ class HttpStoreClient : public StoreClient {
   std::string describe() const override;
 
  private:
-  HttpStoreClient(Params params, Poco::URI uri, Poco::Net::Context::Ptr tls, Logger log);
+  HttpStoreClient(Params params, Poco::URI uri, std::shared_ptr<SSL_CTX> tls, Logger log);
   Result<FetchOutcome> fetchOnce(const std::string& etag, int64_t waitSeconds, const std::string& token);
   Result<std::string> readToken() const;
   // The fd of the connection in flight (-1 when none) so that cancel() can shut it down.
@@ -55,7 +57,7 @@ class HttpStoreClient : public StoreClient {
 
   Params params_;
   Poco::URI uri_;
-  Poco::Net::Context::Ptr tls_;  // null for http://
+  std::shared_ptr<SSL_CTX> tls_;  // null for http://
   Logger log_;
   std::mutex fdMutex_;
   int activeFd_ = -1;
