@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <set>
 #include <string>
 #include <utility>
@@ -100,6 +101,15 @@ class PermEnforcer {
   PermStats fixEntries(const std::string& relativeDir, const std::vector<std::string>& names,
                        const WalkHooks& hooks = {});
 
+  /// How files are changed, for tests and benchmarks. By default, regular files are changed
+  /// through their name with fchmodat2/fchownat (AT_SYMLINK_NOFOLLOW) when the kernel has
+  /// fchmodat2 (Linux 6.6) and fs.protected_hardlinks is 1, otherwise through an fd opened with
+  /// O_NOFOLLOW and checked against fstatat; and big directories are fixed by up to 4 threads.
+  /// `pathChanges` false forces the fd path; `threads` 1 keeps every pass on the caller's thread.
+  void setMethod(bool pathChanges, unsigned threads);
+  /// Whether regular files are changed through their name (see setMethod).
+  bool pathChanges() const { return pathChanges_; }
+
   /// The mode an entry of this type and mode must have (02770, 0660 or 0770).
   static mode_t targetMode(mode_t stMode);
   /// The root given to the constructor (without trailing slashes).
@@ -115,6 +125,10 @@ class PermEnforcer {
   int resolveDirectory(const std::string& relativeDir, struct stat& st, Pass& pass);
   void walk(int fd, const struct stat& st, std::string rel, Pass& pass);
   bool listDirectory(int fd, const std::string& rel, std::vector<std::string>& subdirs, Pass& pass);
+  void fixFiles(int fd, const std::string& rel, const std::vector<std::string>& names,
+                std::vector<std::string>& subdirs, Pass& pass);
+  bool fixFileByName(int dirFd, const std::string& name, const struct stat& st, const std::string& rel,
+                     Pass& pass);
   void handleEntry(int dirFd, const std::string& dirRel, const std::string& name, Pass& pass);
   int openSubdirectory(int parentFd, const std::string& name, const std::string& rel, struct stat& st, Pass& pass);
   void fixDirectory(int fd, const struct stat& st, const std::string& rel, Pass& pass);
@@ -128,6 +142,9 @@ class PermEnforcer {
   gid_t gid_;
   Logger log_;
   size_t maxOpenDirs_;
+  unsigned threads_;
+  std::atomic<bool> pathChanges_;
+  std::mutex warnedMutex_;
   std::set<std::pair<dev_t, ino_t>> warnedHardlinks_;  // warn once per file, bounded
 };
 

@@ -41,7 +41,7 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 int usage() {
   std::fprintf(stderr,
-               "usage: bench_perms make-tree DIR N | pass DIR GID | watch DIR GID | "
+               "usage: bench_perms make-tree DIR N | pass DIR GID [by-name|by-fd THREADS] | watch DIR GID | "
                "burst DIR N PROCS | latency DIR GID STALL_S\n");
   return 2;
 }
@@ -80,8 +80,14 @@ int makeTree(const std::string& dir, long n) {
   return 0;
 }
 
-int pass(const std::string& dir, gid_t gid) {
+// `method`: "" (the default choice), "by-name" or "by-fd", with `threads` threads.
+int pass(const std::string& dir, gid_t gid, const std::string& method, unsigned threads) {
   pim::PermEnforcer enforcer(dir, gid, pim::nullLogger());
+  if (!method.empty()) enforcer.setMethod(method == "by-name", threads);
+  if (method == "by-name" && !enforcer.pathChanges()) {
+    std::fprintf(stderr, "bench_perms: no fchmodat2 here (Linux < 6.6) or fs.protected_hardlinks is off\n");
+    return 3;
+  }
   auto start = Clock::now();
   pim::PermStats stats = enforcer.fullPass();
   double s = since(start);
@@ -291,7 +297,10 @@ int main(int argc, char** argv) {
   std::string cmd = argv[1];
   std::string dir = argv[2];
   if (cmd == "make-tree" && argc == 4) return makeTree(dir, std::atol(argv[3]));
-  if (cmd == "pass" && argc == 4) return pass(dir, static_cast<gid_t>(std::atol(argv[3])));
+  if (cmd == "pass" && argc == 4) return pass(dir, static_cast<gid_t>(std::atol(argv[3])), "", 0);
+  if (cmd == "pass" && argc == 6) {
+    return pass(dir, static_cast<gid_t>(std::atol(argv[3])), argv[4], static_cast<unsigned>(std::atoi(argv[5])));
+  }
   if (cmd == "watch" && argc == 4) return watch(dir, static_cast<gid_t>(std::atol(argv[3])));
   if (cmd == "burst" && argc == 5) return burst(dir, std::atol(argv[3]), std::atoi(argv[4]));
   if (cmd == "latency" && argc == 5) {

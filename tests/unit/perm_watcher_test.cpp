@@ -17,8 +17,11 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include "tests/support/temp_dir.h"
 
 namespace {
+
+using TempDir = pim::test::TempDir;
 
 using pim::PermEnforcer;
 using pim::PermWatcher;
@@ -30,23 +33,6 @@ gid_t testGid() { return geteuid() == 0 ? 4242 : getegid(); }
 constexpr std::chrono::seconds kDeadline(120);
 constexpr std::chrono::seconds kBurstDeadline(600);
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/pim-watch-XXXXXX";
-    char* p = mkdtemp(tmpl);
-    REQUIRE(p != nullptr);
-    path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& rel) const { return path_ + "/" + rel; }
-
- private:
-  std::string path_;
-};
 
 void makeDir(const std::string& path, mode_t mode) {
   REQUIRE(mkdir(path.c_str(), 0700) == 0);

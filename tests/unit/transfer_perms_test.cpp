@@ -26,8 +26,11 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include "tests/support/temp_dir.h"
 
 namespace {
+
+using TempDir = pim::test::TempDir;
 
 using pim::PermEnforcer;
 using pim::PermStats;
@@ -36,24 +39,6 @@ using pim::PermStats;
 // use their own group, which chown accepts.
 gid_t testGid() { return geteuid() == 0 ? 4242 : getegid(); }
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/pim-perms-XXXXXX";
-    char* p = mkdtemp(tmpl);
-    REQUIRE(p != nullptr);
-    path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& rel) const { return path_ + "/" + rel; }
-
- private:
-  std::string path_;
-};
 
 void makeDir(const std::string& path, mode_t mode) {
   REQUIRE(mkdir(path.c_str(), 0700) == 0);
@@ -580,4 +565,94 @@ TEST_CASE("transfer perms: does not descend into another file system", "[transfe
     return;
   }
   CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("transfer perms: by name or by fd, on one thread or several, the same result", "[transfer_perms]") {
+  const gid_t gid = testGid();
+  struct Way {
+    bool byName;
+    unsigned threads;
+  };
+  for (Way way : {Way{false, 1}, Way{false, 4}, Way{true, 1}, Way{true, 4}}) {
+    INFO("by " << (way.byName ? "name" : "fd") << ", " << way.threads << " threads");
+    TempDir tmp;
+    makeDir(tmp / "root", 0755);
+    const std::string root = tmp / "root";
+    makeDir(root + "/big", 0755);
+    // More files than the threshold for several threads, of every kind the pass meets.
+    const mode_t modes[] = {0644, 0755, 06755, 01660, 0600};
+    for (int i = 0; i < 700; ++i) makeFile(root + "/big/f" + std::to_string(i), modes[i % 5]);
+    for (int i = 0; i < 5; ++i) makeDir(root + "/big/d" + std::to_string(i), 0700);
+    makeFile(root + "/big/right", 0660, gid);
+    makeFile(tmp / "outside", 0600);
+    REQUIRE(symlink((tmp / "outside").c_str(), (root + "/big/link").c_str()) == 0);
+    REQUIRE(link((tmp / "outside").c_str(), (root + "/big/hard").c_str()) == 0);
+    const struct stat outsideBefore = lstatOf(tmp / "outside");
+    const struct stat rightBefore = lstatOf(root + "/big/right");
+
+    PermEnforcer enforcer(root, gid, pim::nullLogger());
+    enforcer.setMethod(way.byName, way.threads);
+    if (way.byName && !enforcer.pathChanges()) {
+      WARN("no fchmodat2 (Linux < 6.6) or fs.protected_hardlinks off: the by-name way is not available here");
+      continue;
+    }
+    PermStats stats = enforcer.fullPass();
+    CHECK(stats.errors == 0);
+    CHECK(stats.scanned == 1 + 1 + 700 + 5 + 1 + 2);  // root, big, files, dirs, right, link, hard
+    CHECK(stats.changed == 1 + 1 + 700 + 5);
+    CHECK(stats.skippedSymlinks == 1);
+    CHECK(stats.skippedHardlinks == 1);
+    CHECK(countWrong(root, gid) == 0);  // (the symlink and the hard link are not judged)
+    CHECK(modeOf(root + "/big/f0") == 0660);
+    CHECK(modeOf(root + "/big/f1") == 0770);
+    CHECK(modeOf(root + "/big/f2") == 0770);
+    CHECK(modeOf(root + "/big/f3") == 0660);
+    CHECK(modeOf(root + "/big/d0") == 02770);
+    CHECK(sameStat(lstatOf(tmp / "outside"), outsideBefore));
+    CHECK(sameStat(lstatOf(root + "/big/right"), rightBefore));
+    CHECK(enforcer.fullPass().changed == 0);
+  }
+}
+
+TEST_CASE("transfer perms: a file swapped for a symlink while being fixed is never followed", "[transfer_perms]") {
+  const gid_t gid = testGid();
+  for (bool byName : {false, true}) {
+    INFO("by " << (byName ? "name" : "fd"));
+    TempDir tmp;
+    makeDir(tmp / "root", 02770);
+    const std::string root = tmp / "root";
+    REQUIRE(lchown(root.c_str(), static_cast<uid_t>(-1), gid) == 0);
+    makeFile(root + "/f", 0644);
+    makeFile(tmp / "outside", 0600);
+    REQUIRE(symlink((tmp / "outside").c_str(), (root + "/l").c_str()) == 0);
+    const struct stat outsideBefore = lstatOf(tmp / "outside");
+
+    PermEnforcer enforcer(root, gid, pim::nullLogger());
+    enforcer.setMethod(byName, 1);
+    if (byName && !enforcer.pathChanges()) continue;
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> swaps{0};
+    int rootFd = open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    REQUIRE(rootFd >= 0);
+    std::thread swapper([&] {
+      while (!stop) {
+        if (renameat2(rootFd, "f", rootFd, "l", RENAME_EXCHANGE) == 0) ++swaps;
+      }
+    });
+    PermStats total;
+    for (int i = 0; i < 2000; ++i) {
+      // Whichever name the regular file has now, make it wrong again.
+      for (const char* name : {"f", "l"}) {
+        if (fchmodat(rootFd, name, 0644, AT_SYMLINK_NOFOLLOW) != 0) continue;  // the symlink: EOPNOTSUPP
+      }
+      total.add(enforcer.fixEntries("", {"f", "l"}));
+    }
+    stop = true;
+    swapper.join();
+    close(rootFd);
+    INFO("swaps: " << swaps << ", changes: " << total.changed);
+    CHECK(swaps > 0);
+    CHECK(total.changed > 0);
+    CHECK(sameStat(lstatOf(tmp / "outside"), outsideBefore));
+  }
 }
