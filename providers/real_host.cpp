@@ -149,18 +149,27 @@ int openBeneath(int fd, const std::vector<std::string>& parts, size_t count) {
   return -1;
 }
 
-/// Walks every directory of `parts` from `fd` with O_NOFOLLOW. ENOENT is returned as kNotFound.
-Result<Fd> walk(Fd fd, const std::vector<std::string>& parts, size_t count, const std::string& path) {
-  int whole = openBeneath(fd.get(), parts, count);
+/// Walks every directory of `parts` from `from` (borrowed, not closed) with O_NOFOLLOW and returns
+/// an fd of its own on the last one (a duplicate of `from` when `count` is 0). ENOENT is returned
+/// as kNotFound.
+Result<Fd> walk(int from, const std::vector<std::string>& parts, size_t count, const std::string& path) {
+  if (count == 0) {
+    int dup = ::fcntl(from, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) return ioError("open", path, errno);
+    return Fd(dup);
+  }
+  int whole = openBeneath(from, parts, count);
   if (whole >= 0) return Fd(whole);
+  Fd fd;
   for (size_t i = 0; i < count; ++i) {
-    int next = ::openat(fd.get(), parts[i].c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    const int at = i == 0 ? from : fd.get();
+    int next = ::openat(at, parts[i].c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (next < 0) {
       int err = errno;
       if (err == ENOENT) return Status::error(ErrorCode::kNotFound, "open " + path + ": " + errnoText(err), path);
       if (err == ELOOP || err == ENOTDIR) {
         struct stat st;
-        if (::fstatat(fd.get(), parts[i].c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
+        if (::fstatat(at, parts[i].c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
           return unsafe("open", path, "refusing to follow symbolic link at component '" + parts[i] + "'");
         }
         return unsafe("open", path, "component '" + parts[i] + "' is not a directory");
@@ -172,17 +181,19 @@ Result<Fd> walk(Fd fd, const std::vector<std::string>& parts, size_t count, cons
   return fd;
 }
 
-Result<Parent> openParent(const std::string& root, const std::string& path) {
+/// `rootFd` is borrowed (RealHost keeps it open).
+Result<Parent> openParent(Result<int> rootFd, const std::string& path) {
+  if (!rootFd) return rootFd.status();
   auto parts = splitPath(path);
   if (!parts) return parts.status();
-  auto rootFd = openRoot(root);
-  if (!rootFd) return rootFd.status();
   Parent parent;
   if (parts->empty()) {
-    parent.dir = std::move(*rootFd);
+    auto dir = walk(*rootFd, *parts, 0, path);
+    if (!dir) return dir.status();
+    parent.dir = std::move(*dir);
     return parent;
   }
-  auto dir = walk(std::move(*rootFd), *parts, parts->size() - 1, path);
+  auto dir = walk(*rootFd, *parts, parts->size() - 1, path);
   if (!dir) return dir.status();
   parent.dir = std::move(*dir);
   parent.leaf = parts->back();
@@ -236,6 +247,22 @@ RealHost::RealHost(std::string root, Logger log) : root_(std::move(root)), log_(
   if (root_ == "/") root_.clear();
 }
 
+RealHost::~RealHost() {
+  if (rootFd_ >= 0) ::close(rootFd_);
+}
+
+// The root prefix, opened once (on first use, so that it may be created after the RealHost):
+// every path below it is then one openat2 from this fd instead of an open of the prefix too.
+Result<int> RealHost::rootFd() {
+  std::lock_guard<std::mutex> lock(rootMutex_);
+  if (rootFd_ < 0) {
+    auto fd = openRoot(root_);
+    if (!fd) return fd.status();
+    rootFd_ = fd->release();
+  }
+  return rootFd_;
+}
+
 std::string RealHost::realPath(const std::string& hostPath) const {
   if (root_.empty()) return hostPath;
   if (hostPath == "/") return root_;
@@ -243,7 +270,7 @@ std::string RealHost::realPath(const std::string& hostPath) const {
 }
 
 Result<FileInfo> RealHost::lstat(const std::string& path) {
-  auto parent = openParent(root_, path);
+  auto parent = openParent(rootFd(), path);
   if (!parent) {
     if (parent.status().code() == ErrorCode::kNotFound) return FileInfo{};
     return parent.status();
@@ -288,7 +315,7 @@ Result<std::string> RealHost::readFile(const std::string& path, size_t maxBytes)
 }
 
 Result<std::string> RealHost::readFileNow(const std::string& path, size_t maxBytes) {
-  auto parent = openParent(root_, path);
+  auto parent = openParent(rootFd(), path);
   if (!parent) return parent.status();
   if (parent->leaf.empty()) return unsafe("read", path, "is a directory");
   int raw = ::openat(parent->dir.get(), parent->leaf.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
@@ -321,7 +348,7 @@ Result<std::string> RealHost::readFileNow(const std::string& path, size_t maxByt
 
 Status RealHost::writeFileAtomic(const std::string& path, std::string_view data, const Ownership& own) {
   forgetReads();
-  auto parent = openParent(root_, path);
+  auto parent = openParent(rootFd(), path);
   if (!parent) return parent.status();
   if (parent->leaf.empty()) return unsafe("write", path, "is a directory");
   const int dir = parent->dir.get();
@@ -361,7 +388,7 @@ Status RealHost::writeFileAtomic(const std::string& path, std::string_view data,
 
 Status RealHost::makeDirectory(const std::string& path, const Ownership& own) {
   forgetReads();
-  auto parent = openParent(root_, path);
+  auto parent = openParent(rootFd(), path);
   if (!parent) return parent.status();
   if (parent->leaf.empty()) return Status::ok();
   const int dir = parent->dir.get();
@@ -397,7 +424,7 @@ Status RealHost::makeDirectories(const std::string& path, const Ownership& own) 
 
 Status RealHost::setMode(const std::string& path, mode_t mode) {
   forgetReads();
-  auto parent = openParent(root_, path);
+  auto parent = openParent(rootFd(), path);
   if (!parent) return parent.status();
   if (parent->leaf.empty()) {
     if (::fchmod(parent->dir.get(), mode) != 0) return ioError("chmod", path, errno);
@@ -414,7 +441,7 @@ Status RealHost::setMode(const std::string& path, mode_t mode) {
 
 Status RealHost::setOwner(const std::string& path, uid_t uid, gid_t gid) {
   forgetReads();
-  auto parent = openParent(root_, path);
+  auto parent = openParent(rootFd(), path);
   if (!parent) return parent.status();
   if (parent->leaf.empty()) {
     if (::fchown(parent->dir.get(), uid, gid) != 0) return ioError("chown", path, errno);
@@ -431,7 +458,7 @@ Status RealHost::setOwner(const std::string& path, uid_t uid, gid_t gid) {
 
 Status RealHost::removeFile(const std::string& path) {
   forgetReads();
-  auto parent = openParent(root_, path);
+  auto parent = openParent(rootFd(), path);
   if (!parent) return parent.status().code() == ErrorCode::kNotFound ? Status::ok() : parent.status();
   if (parent->leaf.empty()) return unsafe("remove", path, "is the root");
   if (::unlinkat(parent->dir.get(), parent->leaf.c_str(), 0) != 0 && errno != ENOENT) return ioError("remove", path, errno);
@@ -440,7 +467,7 @@ Status RealHost::removeFile(const std::string& path) {
 
 Status RealHost::removeDirectory(const std::string& path) {
   forgetReads();
-  auto parent = openParent(root_, path);
+  auto parent = openParent(rootFd(), path);
   if (!parent) return parent.status().code() == ErrorCode::kNotFound ? Status::ok() : parent.status();
   if (parent->leaf.empty()) return unsafe("rmdir", path, "is the root");
   if (::unlinkat(parent->dir.get(), parent->leaf.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
@@ -450,7 +477,7 @@ Status RealHost::removeDirectory(const std::string& path) {
 }
 
 Result<std::vector<std::string>> RealHost::listDirectory(const std::string& path) {
-  auto parent = openParent(root_, path);
+  auto parent = openParent(rootFd(), path);
   if (!parent) return parent.status();
   Fd dirFd;
   if (parent->leaf.empty()) {
@@ -567,8 +594,8 @@ namespace {
 
 /// Opens a directory below the root as O_PATH without following symlinks, for mount(2) through
 /// /proc/self/fd, so that nothing can be swapped in between the check and the mount.
-Result<Fd> openDirectoryPath(const std::string& root, const std::string& path) {
-  auto parent = openParent(root, path);
+Result<Fd> openDirectoryPath(Result<int> rootFd, const std::string& path) {
+  auto parent = openParent(std::move(rootFd), path);
   if (!parent) return parent.status();
   if (parent->leaf.empty()) return std::move(parent->dir);
   int raw = ::openat(parent->dir.get(), parent->leaf.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -583,9 +610,9 @@ Result<Fd> openDirectoryPath(const std::string& root, const std::string& path) {
 
 Status RealHost::bindMount(const std::string& source, const std::string& target) {
   forgetReads();
-  auto src = openDirectoryPath(root_, source);
+  auto src = openDirectoryPath(rootFd(), source);
   if (!src) return src.status();
-  auto dst = openDirectoryPath(root_, target);
+  auto dst = openDirectoryPath(rootFd(), target);
   if (!dst) return dst.status();
   const std::string srcProc = "/proc/self/fd/" + std::to_string(src->get());
   const std::string dstProc = "/proc/self/fd/" + std::to_string(dst->get());

@@ -16,6 +16,9 @@ class RealHost : public Host {
  public:
   /// root: "" for the real system, or an existing directory that stands for "/".
   RealHost(std::string root, Logger log);
+  ~RealHost() override;
+  RealHost(const RealHost&) = delete;
+  RealHost& operator=(const RealHost&) = delete;
 
   const std::string& root() const override { return root_; }
   std::string realPath(const std::string& hostPath) const override;
@@ -44,10 +47,13 @@ class RealHost : public Host {
 
  private:
   void forgetReads();
+  Result<int> rootFd();
   Result<std::string> readFileNow(const std::string& path, size_t maxBytes);
 
   std::string root_;
   Logger log_;
+  std::mutex rootMutex_;
+  int rootFd_ = -1;  // the root prefix, opened on first use
   std::mutex readsMutex_;
   bool keepReads_ = false;
   std::map<std::string, std::string> reads_;  // path -> content, while keepReads_
