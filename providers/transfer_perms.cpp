@@ -616,10 +616,7 @@ bool PermEnforcer::fixFileByName(int dirFd, const std::string& name, const struc
     }
     changed = true;
   }
-  if (changed) {
-    ++pass.stats.changed;
-    log_->info("set {}/{}: mode {} -> {}, group {} -> {}", realRoot_, rel, octal(have), octal(want), st.st_gid, gid_);
-  }
+  if (changed) noteChange(rel, have, want, st.st_gid, pass);
   return true;
 }
 
@@ -643,11 +640,13 @@ bool PermEnforcer::applyFix(int fd, const struct stat& st, const std::string& re
     }
     changed = true;
   }
-  if (changed) {
-    ++pass.stats.changed;
-    log_->info("set {}/{}: mode {} -> {}, group {} -> {}", realRoot_, rel, octal(have), octal(want), st.st_gid, gid_);
-  }
+  if (changed) noteChange(rel, have, want, st.st_gid, pass);
   return true;
+}
+
+void PermEnforcer::noteChange(const std::string& rel, mode_t have, mode_t want, gid_t hadGid, Pass& pass) {
+  ++pass.stats.changed;
+  log_->info("set {}/{}: mode {} -> {}, group {} -> {}", realRoot_, rel, octal(have), octal(want), hadGid, gid_);
 }
 
 void PermEnforcer::reportHardlink(const struct stat& st, const std::string& rel, Pass& pass) {

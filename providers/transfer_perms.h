@@ -134,6 +134,7 @@ class PermEnforcer {
   void fixDirectory(int fd, const struct stat& st, const std::string& rel, Pass& pass);
   void fixFile(int dirFd, const std::string& name, const struct stat& st, const std::string& rel, Pass& pass);
   bool applyFix(int fd, const struct stat& st, const std::string& rel, Pass& pass);
+  void noteChange(const std::string& rel, mode_t have, mode_t want, gid_t hadGid, Pass& pass);
   void reportHardlink(const struct stat& st, const std::string& rel, Pass& pass);
   void fail(const std::string& op, const std::string& rel, int err, Pass& pass);
   std::string display(const std::string& rel) const;
