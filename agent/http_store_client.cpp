@@ -595,7 +595,9 @@ Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t wai
     if (!t) return t.status();
     token = std::move(*t);
   }
-  SigpipeGuard sigpipe;
+  // Plain sockets are written with MSG_NOSIGNAL; only OpenSSL's writes can raise SIGPIPE.
+  std::optional<SigpipeGuard> sigpipe;
+  if (tls_) sigpipe.emplace();
   return fetchOnce(etag, std::max<int64_t>(0, waitSeconds), token);
 }
 
@@ -641,10 +643,10 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
         return unreachable("connect to " + peer + ": timed out after " + seconds(params_.options.connectTimeout));
       }
       auto slice = std::min(remaining, kCancelPollSlice);
-      if (sock.poll(Poco::Timespan(slice.count() * 1000),
-                    Poco::Net::Socket::SELECT_WRITE | Poco::Net::Socket::SELECT_ERROR)) {
-        break;
-      }
+      pollfd p{sock.impl()->sockfd(), POLLOUT, 0};
+      const int ready = ::poll(&p, 1, static_cast<int>(slice.count()));
+      if (ready > 0) break;
+      if (ready < 0 && errno != EINTR) return unreachable("connect to " + peer + ": poll: " + std::strerror(errno));
     }
     int soError = 0;
     sock.getOption(SOL_SOCKET, SO_ERROR, soError);
