@@ -317,7 +317,7 @@ Agent::Fetched Agent::fetch(StoreClient& store, int64_t waitSeconds) const {
 
 CycleReport Agent::cycle(StoreClient& store, int64_t waitSeconds) { return reconcile(fetch(store, waitSeconds)); }
 
-CycleReport Agent::reconcile(const Fetched& fetched) {
+CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
   const int64_t now = fetched.time;
   if (!fetched.outcome) {
     const Status& st = fetched.outcome.status();
@@ -337,7 +337,7 @@ CycleReport Agent::reconcile(const Fetched& fetched) {
   }
 
   if (fetched.outcome->kind == FetchOutcome::Kind::kUnchanged) {
-    CycleReport r = reapplyInForce();
+    CycleReport r = checkHost ? reapplyInForce() : inForceReport();
     if (r.outcome != "applied" && r.outcome != "rolled_back" && r.exitCode == 0) r.outcome = "unchanged";
     (void)state_.recordPoll(now, r.exitCode == 0 ? "not_modified" : r.outcome, pollError(r.error));
     return r;
@@ -460,6 +460,20 @@ CycleReport Agent::reapplyInForce() {
       record->source, record->etag, record->body, **current,
       record->outcome == GenerationOutcome::kRolledBack ? GenerationOutcome::kRolledBack : GenerationOutcome::kApplied,
       record->rollbackOf);
+}
+
+CycleReport Agent::inForceReport() {
+  retryPendingReload();
+  auto last = state_.lastApplied();
+  if (!last) return failure(1, "failed", last.status().message());
+  CycleReport r;
+  r.outcome = "unchanged";
+  if (last->has_value()) {
+    r.revision = (*last)->revision;
+    r.generation = (*last)->generation;
+    r.skipped = fromSkippedRecords<SkippedEntry>((*last)->skipped);
+  }
+  return r;
 }
 
 CycleReport Agent::rollback(int64_t generation) {

@@ -80,7 +80,9 @@ class Agent {
   /// pinned (the pin is read now, not at fetch time), and otherwise applied all-or-nothing (a
   /// failure restores the previous generation: exit 5). An unchanged store re-applies the document
   /// in force, so drift and expired keys are corrected. Store errors: exit 4, host untouched.
-  CycleReport reconcile(const Fetched& fetched);
+  /// `checkHost` false (the daemon, when nothing the last check read has changed since): an
+  /// unchanged store does not plan against the host again.
+  CycleReport reconcile(const Fetched& fetched, bool checkHost = true);
 
   /// fetch() then reconcile(): one `once`.
   CycleReport cycle(StoreClient& store, int64_t waitSeconds);
@@ -88,6 +90,9 @@ class Agent {
   /// Re-applies the document in force without fetching (key expiry, drift). Records a generation
   /// only when something changed. Retries a failed sshd reload.
   CycleReport reapplyInForce();
+
+  /// What reapplyInForce() reports when the host needs nothing, without looking at the host.
+  CycleReport inForceReport();
 
   /// Applies generation `generation`'s document as a new generation (rolled_back) and pins it.
   /// Errors: exit 2 when the generation does not exist or never held a valid document; exit 5

@@ -2,6 +2,7 @@
 
 #include <malloc.h>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <set>
 
 #include "agent/adopt.h"
 #include "agent/cli_support.h"
@@ -26,6 +28,14 @@
 #include "state/state_store.h"
 
 namespace pim {
+
+// One inotify watch on a directory the last check of the host read from, and the names in it
+// that matter ("" in `names`: any entry).
+struct Daemon::HostWatch {
+  uv_fs_event_t handle{};
+  Daemon* daemon = nullptr;
+  std::set<std::string> names;
+};
 
 struct Daemon::Runtime {
   Config config;
@@ -44,6 +54,11 @@ namespace {
 constexpr auto kTick = std::chrono::milliseconds(500);
 // With inotify on the watched files, the tick is only a safety net (and the watchdog's clock).
 constexpr auto kSlowTick = std::chrono::milliseconds(10000);
+// Drift: the host is checked again at least this often even when no watched directory changed,
+// and re-applies for drift are at least this far apart (a busy /etc must not make a storm).
+constexpr auto kHostRecheck = std::chrono::minutes(10);
+constexpr auto kDriftSpacing = std::chrono::milliseconds(2000);
+constexpr auto kDriftSettle = std::chrono::milliseconds(200);
 constexpr auto kMinRetry = std::chrono::milliseconds(200);
 constexpr auto kMaxBackoffBase = std::chrono::milliseconds(2000);
 // A CLI command holding the cycle lock longer than this is stuck; the cycle fails and retries.
@@ -172,7 +187,7 @@ int Daemon::run() {
   uv_signal_start(&sigterm_, onSignal, SIGTERM);
   uv_signal_start(&sigint_, onSignal, SIGINT);
   uv_signal_start(&sighup_, onSignal, SIGHUP);
-  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_}) {
+  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_}) {
     uv_timer_init(&loop_, t);
     t->data = this;
   }
@@ -208,7 +223,7 @@ void Daemon::requestWork(Work work) {
   if (work == Work::kCycle) cycleRequested_ = true;
   if (work == Work::kReapply) reapplyRequested_ = true;
   if (busy_) {
-    interruptFetch(work == Work::kCycle ? "a new cycle is due" : "a key expires");
+    interruptFetch(work == Work::kCycle ? "a new cycle is due" : "a re-apply is due (key expiry or drift)");
     return;
   }
   startWorkIfIdle();
@@ -241,7 +256,13 @@ void Daemon::startWorkIfIdle() {
   // The first cycle never long-polls: the host is checked and READY=1 sent without waiting
   // for the store to have something new.
   const int64_t wait = readyNotified_ && sourcePath_.empty() ? rt_->config.store.longPollS : 0;
-  input_ = WorkInput{seenMark_, nextExpiry_, wait};
+  const auto now = std::chrono::steady_clock::now();
+  const bool checkHost = running_ == Work::kReapply || hostDirty_ || !hostWatched_ || now - lastHostCheck_ >= kHostRecheck;
+  if (checkHost) {
+    hostDirty_ = false;
+    lastHostCheck_ = now;
+  }
+  input_ = WorkInput{seenMark_, nextExpiry_, wait, checkHost};
   uv_queue_work(&loop_, &workReq_, onWork, onWorkDone);
 }
 
@@ -329,7 +350,7 @@ void Daemon::work() {
     result_ = std::move(out);
     return;
   }
-  out.report = fetched ? rt.agent->reconcile(*fetched) : rt.agent->reapplyInForce();
+  out.report = fetched ? rt.agent->reconcile(*fetched, input_.checkHost) : rt.agent->reapplyInForce();
   snapshotState(out);
   result_ = std::move(out);
 }
@@ -421,7 +442,119 @@ void Daemon::workDone() {
   // What changed while the worker was busy (file events are not acted on then).
   checkSource();
   checkOperatorCommands();
+  if (!r.changes.empty()) {
+    // The last plan looked at the host before these changes (a new home, a new chroot): one more
+    // check soon records what the host looks like now, and the watches follow it.
+    hostDirty_ = true;
+    uv_timer_start(&hostSettle_, onHostSettle, uint64_t(kDriftSettle.count()), 0);
+  }
+  watchHost();
   startWorkIfIdle();
+}
+
+void Daemon::watchHost() {
+  if (!handlesOpen_ || stopping_ || !rt_) return;
+  const RealHost::ReadSet reads = rt_->host->readSet();
+  if (reads.directories.empty()) {  // no check of the host yet
+    hostWatched_ = false;
+    return;
+  }
+  // A directory that does not exist (yet) is watched through the nearest one that does, for the
+  // name of the missing component.
+  std::map<std::string, std::set<std::string>> wanted;
+  const std::string realRoot = rt_->host->realPath("/");
+  for (const auto& [dir, names] : reads.directories) {
+    std::string at = rt_->host->realPath(dir);
+    std::set<std::string> relevant = names;
+    struct stat st {};
+    while (at.size() > realRoot.size() && ::lstat(at.c_str(), &st) != 0) {
+      const auto slash = at.find_last_of('/');
+      relevant = {at.substr(slash + 1)};
+      at = slash == 0 ? "/" : at.substr(0, slash);
+    }
+    wanted[at].insert(relevant.begin(), relevant.end());
+  }
+  for (auto it = hostWatches_.begin(); it != hostWatches_.end();) {
+    if (wanted.count(it->first) != 0) {
+      it->second->names = wanted[it->first];
+      ++it;
+      continue;
+    }
+    uv_close(reinterpret_cast<uv_handle_t*>(&it->second->handle),
+             [](uv_handle_t* h) { delete static_cast<HostWatch*>(h->data); });
+    it = hostWatches_.erase(it);
+  }
+  bool ok = true;
+  for (const auto& [dir, names] : wanted) {
+    if (hostWatches_.count(dir) != 0) continue;
+    auto* w = new HostWatch;
+    w->daemon = this;
+    w->names = names;
+    uv_fs_event_init(&loop_, &w->handle);
+    w->handle.data = w;
+    if (uv_fs_event_start(&w->handle, onHostEvent, dir.c_str(), 0) != 0) {
+      uv_close(reinterpret_cast<uv_handle_t*>(&w->handle), [](uv_handle_t* h) { delete static_cast<HostWatch*>(h->data); });
+      ok = false;  // e.g. a directory that does not exist yet: check the host at every poll
+      continue;
+    }
+    hostWatches_.emplace(dir, w);
+  }
+  if (reads.mounts && mountsFd_ < 0) {
+    // The mount table: poll(2) reports POLLPRI on /proc/self/mountinfo after any change.
+    mountsFd_ = ::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (mountsFd_ < 0 || uv_poll_init(&loop_, &mountsPoll_, mountsFd_) != 0) {
+      if (mountsFd_ >= 0) ::close(mountsFd_);
+      mountsFd_ = -1;
+    } else {
+      mountsPoll_.data = this;
+      uv_poll_start(&mountsPoll_, UV_PRIORITIZED, onMountsChanged);
+    }
+  }
+  hostWatched_ = ok && (!reads.mounts || mountsFd_ >= 0);
+}
+
+void Daemon::closeHostWatches() {
+  for (auto& [dir, w] : hostWatches_) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&w->handle), [](uv_handle_t* h) { delete static_cast<HostWatch*>(h->data); });
+  }
+  hostWatches_.clear();
+  if (mountsFd_ >= 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&mountsPoll_), [](uv_handle_t* h) {
+      auto* self = static_cast<Daemon*>(h->data);
+      ::close(self->mountsFd_);
+      self->mountsFd_ = -1;
+    });
+  }
+  hostWatched_ = false;
+}
+
+void Daemon::onHostEvent(uv_fs_event_t* handle, const char* filename, int /*events*/, int status) {
+  auto* w = static_cast<HostWatch*>(handle->data);
+  const bool relevant = status < 0 || filename == nullptr || w->names.count("") != 0 || w->names.count(filename) != 0;
+  if (relevant) w->daemon->hostChanged();
+}
+
+void Daemon::onMountsChanged(uv_poll_t* handle, int /*status*/, int /*events*/) {
+  static_cast<Daemon*>(handle->data)->hostChanged();
+}
+
+void Daemon::hostChanged() {
+  if (stopping_ || !rt_) return;
+  if (busy_ && !fetching_.load()) return;  // the worker's own changes; it checks the host itself
+  hostDirty_ = true;
+  hostEvent_ = true;
+  // Repaired soon, not at the next poll: a re-apply once the changes settle, spaced out.
+  const auto sinceCheck = std::chrono::steady_clock::now() - lastHostCheck_;
+  auto delay = std::max(std::chrono::duration_cast<std::chrono::milliseconds>(kDriftSpacing - sinceCheck), kDriftSettle);
+  uv_timer_start(&hostSettle_, onHostSettle, uint64_t(delay.count()), 0);
+}
+
+void Daemon::onHostSettle(uv_timer_t* handle) {
+  auto* self = static_cast<Daemon*>(handle->data);
+  if (self->stopping_ || !self->hostDirty_) return;
+  if (self->hostEvent_) self->log_->info("the host changed: checking it against the generation in force");
+  self->hostEvent_ = false;
+  self->requestWork(Work::kReapply);
 }
 
 void Daemon::scheduleNextPoll(std::chrono::milliseconds delay) {
@@ -594,7 +727,8 @@ void Daemon::closeHandles() {
   handlesOpen_ = false;
   if (rt_ && rt_->watcher) rt_->watcher->stop();
   for (uv_signal_t* h : {&sigterm_, &sigint_, &sighup_}) uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
-  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_}) uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
+  closeHostWatches();
+  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_}) uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
   for (uv_fs_event_t* e : {&stateEvents_, &sourceEvents_}) uv_close(reinterpret_cast<uv_handle_t*>(e), nullptr);
 }
 

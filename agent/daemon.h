@@ -20,6 +20,8 @@
 
 #include <uv.h>
 
+#include <map>
+
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -79,6 +81,7 @@ class Daemon {
     std::optional<StateMark> mark;      // as the last work left it
     std::optional<int64_t> nextExpiry;  // valid when mark is set
     int64_t waitSeconds = 0;            // long poll of a cycle (0: answer at once)
+    bool checkHost = true;              // plan against the host even if the store is unchanged
   };
   /// What the worker leaves for the loop thread (written on the pool, read in workDone()).
   struct WorkResult {
@@ -118,6 +121,12 @@ class Daemon {
   static void onTickTimer(uv_timer_t* handle);
   static void onFileEvent(uv_fs_event_t* handle, const char* filename, int events, int status);
   static void onSettleTimer(uv_timer_t* handle);
+  static void onHostEvent(uv_fs_event_t* handle, const char* filename, int events, int status);
+  static void onMountsChanged(uv_poll_t* handle, int status, int events);
+  static void onHostSettle(uv_timer_t* handle);
+  void watchHost();
+  void hostChanged();
+  void closeHostWatches();
 
   std::function<Result<Config>()> loadConfig_;
   Logger log_;
@@ -139,6 +148,19 @@ class Daemon {
   // event), and a writer may still be writing.
   uv_timer_t settleTimer_{};
   int settleChecks_ = 0;
+  // Drift: inotify on every directory the last check of the host read from (and the mount table,
+  // polled for POLLPRI). While none of them changed, an unchanged store needs no new plan; a
+  // change is repaired at once (a re-apply 200 ms after the last event) instead of at the next
+  // poll. Without the watches (a directory missing, no inotify), every poll checks the host.
+  struct HostWatch;
+  std::map<std::string, HostWatch*> hostWatches_;  // real path -> watch
+  uv_poll_t mountsPoll_{};
+  int mountsFd_ = -1;
+  uv_timer_t hostSettle_{};
+  bool hostWatched_ = false;  // every directory of the last check is watched
+  bool hostDirty_ = true;     // something changed since the last check began
+  bool hostEvent_ = false;    // ... as reported by a watch (logged), not after our own changes
+  std::chrono::steady_clock::time_point lastHostCheck_{};
   bool stateWatched_ = false;
   bool sourceWatched_ = false;
   std::string sourceWatchedDir_;

@@ -68,6 +68,19 @@ Status unsafe(const std::string& op, const std::string& path, const std::string&
   return Status::error(ErrorCode::kUnsafe, op + " " + path + ": " + why, path);
 }
 
+/// "/a/b" -> "/a"; "/a" -> "/".
+std::string parentDirectory(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  if (slash == std::string::npos || slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+/// "/a/b" -> "b"; "/" -> "".
+std::string leafName(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
 /// Splits "/a/b/c" into {"a","b","c"}; rejects relative paths, ".." and "." components.
 Result<std::vector<std::string>> splitPath(const std::string& path) {
   if (path.empty() || path[0] != '/') {
@@ -270,6 +283,7 @@ std::string RealHost::realPath(const std::string& hostPath) const {
 }
 
 Result<FileInfo> RealHost::lstat(const std::string& path) {
+  noteRead(parentDirectory(path), leafName(path));
   auto parent = openParent(rootFd(), path);
   if (!parent) {
     if (parent.status().code() == ErrorCode::kNotFound) return FileInfo{};
@@ -291,7 +305,21 @@ void RealHost::keepReads(bool on) {
   std::lock_guard<std::mutex> lock(readsMutex_);
   keepReads_ = on;
   reads_.clear();
+  if (on) readSet_ = ReadSet{};
 }
+
+RealHost::ReadSet RealHost::readSet() const {
+  std::lock_guard<std::mutex> lock(readsMutex_);
+  return readSet_;
+}
+
+void RealHost::noteRead(const std::string& directory, const std::string& name, bool mounts) {
+  std::lock_guard<std::mutex> lock(readsMutex_);
+  if (!keepReads_) return;
+  if (!directory.empty()) readSet_.directories[directory].insert(name);
+  if (mounts) readSet_.mounts = true;
+}
+
 
 void RealHost::forgetReads() {
   std::lock_guard<std::mutex> lock(readsMutex_);
@@ -299,6 +327,7 @@ void RealHost::forgetReads() {
 }
 
 Result<std::string> RealHost::readFile(const std::string& path, size_t maxBytes) {
+  noteRead(parentDirectory(path), leafName(path));
   {
     std::lock_guard<std::mutex> lock(readsMutex_);
     if (keepReads_) {
@@ -477,6 +506,7 @@ Status RealHost::removeDirectory(const std::string& path) {
 }
 
 Result<std::vector<std::string>> RealHost::listDirectory(const std::string& path) {
+  noteRead(path, std::string());
   auto parent = openParent(rootFd(), path);
   if (!parent) return parent.status();
   Fd dirFd;
@@ -579,6 +609,7 @@ std::vector<MountInfo> RealHost::parseMountInfo(const std::string& text, const s
 }
 
 Result<std::vector<MountInfo>> RealHost::listMounts() {
+  noteRead(std::string(), std::string(), true);
   int raw = ::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
   if (raw < 0) return ioError("read", "/proc/self/mountinfo", errno);
   Fd fd(raw);

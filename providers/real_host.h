@@ -5,6 +5,7 @@
 
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 
 #include "providers/host.h"
@@ -41,6 +42,16 @@ class RealHost : public Host {
   Result<CommandResult> run(const std::vector<std::string>& argv, std::string_view input = {}) override;
   void keepReads(bool on) override;
 
+  /// What the reads of the last keepReads(true) scope depended on, as host paths: the directory
+  /// of every file read or stat'ed, every directory listed, and whether the mount table was read.
+  /// A change to none of them (and no time passing an expiry) cannot change what they saw.
+  struct ReadSet {
+    /// directory -> the names in it that were read or stat'ed; "" for the directory listed whole.
+    std::map<std::string, std::set<std::string>> directories;
+    bool mounts = false;
+  };
+  ReadSet readSet() const;
+
   /// Parses /proc/self/mountinfo text; mount points outside `root` are dropped and the prefix is
   /// removed from the others. Exposed for tests.
   static std::vector<MountInfo> parseMountInfo(const std::string& text, const std::string& root);
@@ -54,9 +65,11 @@ class RealHost : public Host {
   Logger log_;
   std::mutex rootMutex_;
   int rootFd_ = -1;  // the root prefix, opened on first use
-  std::mutex readsMutex_;
+  mutable std::mutex readsMutex_;
   bool keepReads_ = false;
   std::map<std::string, std::string> reads_;  // path -> content, while keepReads_
+  ReadSet readSet_;                            // recorded while keepReads_
+  void noteRead(const std::string& directory, const std::string& name, bool mounts = false);
 };
 
 }  // namespace pim

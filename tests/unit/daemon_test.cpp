@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include <catch2/catch.hpp>
+#include <fstream>
 
 #include <chrono>
 #include <csignal>
@@ -368,5 +369,32 @@ TEST_CASE("daemon: a failing cycle restores the host and is retried", "[daemon]"
   CHECK_FALSE(hasKey(box, "k-two"));
   CHECK_THAT(parseObject(box.statusJson())->getValue<std::string>("last_error"),
              Catch::Contains("failpoint fail-provider:ssh_keys"));
+  stopWith(*daemon, SIGTERM);
+}
+
+TEST_CASE("daemon: drift on the host is repaired at once, without waiting for a poll", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box;  // poll every 3600 s: only the watch on the host can bring the key back
+  box.setDocument(keysDocument(1, {"k-one"}));
+  auto daemon = box.startDaemon();
+  requireKey(box, *daemon, "k-one");
+  std::this_thread::sleep_for(milliseconds(300));  // the watches follow the first cycle
+
+  // Someone rewrites authorized_keys (in place: same file, owner and mode) without the block.
+  { std::ofstream(box.real("/home/akeneo/.ssh/authorized_keys"), std::ios::trunc) << "ssh-ed25519 AAAA hand-written\n"; }
+  REQUIRE_FALSE(hasKey(box, "k-one"));
+  requireKey(box, *daemon, "k-one", seconds(5));
+  CHECK(box.authorizedKeys().find("hand-written") != std::string::npos);  // outside lines kept
+  CHECK_THAT(daemon->err(), Catch::Contains("the host changed"));
+
+  // A file of a watched directory that no check reads is not a reason to look again.
+  const size_t checks = occurrences(daemon->err(), "the host changed");
+  std::this_thread::sleep_for(milliseconds(2500));  // past the spacing of drift checks
+  writeTextAtomic(box.real("/etc/unrelated.conf"), "x\n");
+  std::this_thread::sleep_for(milliseconds(1000));
+  CHECK(occurrences(daemon->err(), "the host changed") == checks);
+  // A change of the account files is.
+  writeTextAtomic(box.real("/etc/group"), readText(box.real("/etc/group")));
+  REQUIRE(waitUntil([&] { return occurrences(daemon->err(), "the host changed") > checks; }, seconds(5)));
   stopWith(*daemon, SIGTERM);
 }
