@@ -4,9 +4,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <ctime>
+#include <thread>
 #include <utility>
 
 #include "state/schema.h"
@@ -118,6 +121,7 @@ Status prepareFile(const std::string& path) {
 struct OpenAttempt {
   std::unique_ptr<Database> db;
   bool corrupt = false;
+  bool busy = false;   // the error was SQLITE_BUSY/LOCKED: another process is in the way
   std::string reason;  // why corrupt
   Status error;
   int fromVersion = 0;
@@ -205,7 +209,9 @@ OpenAttempt tryOpen(const std::string& path) {
   auto check = [&](const Status& st) -> std::optional<OpenAttempt> {
     if (st) return std::nullopt;
     if (sqlite::isCorruption(rc)) return corruptAttempt(st.message());
-    return failedAttempt(st);
+    OpenAttempt failed = failedAttempt(st);
+    failed.busy = (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED;
+    return failed;
   };
 
   Status st = db->exec(sql::kPragmaForeignKeysOn, what);
@@ -255,6 +261,18 @@ OpenAttempt tryOpen(const std::string& path) {
   ok.db = std::move(db);
   ok.fromVersion = fromVersion;
   return ok;
+}
+
+// tryOpen(), again while another process is in the way (two processes creating or converting
+// the database at the same moment: some of those steps answer SQLITE_BUSY at once, without the
+// busy handler), for at most the busy time-out.
+OpenAttempt tryOpenPatiently(const std::string& path) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(StateStore::kBusyTimeoutMs);
+  for (int attempt = 1;; ++attempt) {
+    OpenAttempt a = tryOpen(path);
+    if (a.db || a.corrupt || !a.busy || std::chrono::steady_clock::now() >= deadline) return a;
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(10 * attempt, 200)));
+  }
 }
 
 bool pathExists(const std::string& path) {
@@ -356,7 +374,7 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& realPath
   st = prepareFile(realPath);
   if (!st) return st;
 
-  OpenAttempt attempt = tryOpen(realPath);
+  OpenAttempt attempt = tryOpenPatiently(realPath);
   std::string movedAside;
   if (attempt.corrupt) {
     attempt.db.reset();  // close before renaming
@@ -369,7 +387,7 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& realPath
         realPath, attempt.reason, movedAside);
     st = prepareFile(realPath);
     if (!st) return st;
-    attempt = tryOpen(realPath);
+    attempt = tryOpenPatiently(realPath);
     if (attempt.corrupt) {
       return Status::error(
           ErrorCode::kIo,
