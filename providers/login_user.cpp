@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "providers/accounts_tool.h"
+#include "providers/paths.h"
 
 namespace pim {
 namespace {
@@ -27,11 +28,6 @@ Action makeAction(std::string verb, std::string object, std::string detail, std:
   return a;
 }
 
-std::string parentOf(const std::string& path) {
-  auto slash = path.find_last_of('/');
-  if (slash == std::string::npos || slash == 0) return "/";
-  return path.substr(0, slash);
-}
 
 }  // namespace
 

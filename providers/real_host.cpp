@@ -19,6 +19,7 @@
 #include <cstring>
 #include <random>
 #include <sstream>
+#include "providers/paths.h"
 #include "providers/text_fields.h"
 
 namespace pim {
@@ -66,19 +67,6 @@ Status ioError(const std::string& op, const std::string& path, int err) {
 
 Status unsafe(const std::string& op, const std::string& path, const std::string& why) {
   return Status::error(ErrorCode::kUnsafe, op + " " + path + ": " + why, path);
-}
-
-/// "/a/b" -> "/a"; "/a" -> "/".
-std::string parentDirectory(const std::string& path) {
-  const auto slash = path.find_last_of('/');
-  if (slash == std::string::npos || slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
-/// "/a/b" -> "b"; "/" -> "".
-std::string leafName(const std::string& path) {
-  const auto slash = path.find_last_of('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
 /// Splits "/a/b/c" into {"a","b","c"}; rejects relative paths, ".." and "." components.
@@ -283,7 +271,7 @@ std::string RealHost::realPath(const std::string& hostPath) const {
 }
 
 Result<FileInfo> RealHost::lstat(const std::string& path) {
-  noteRead(parentDirectory(path), leafName(path));
+  noteRead(parentOf(path), baseName(path));
   auto parent = openParent(rootFd(), path);
   if (!parent) {
     if (parent.status().code() == ErrorCode::kNotFound) return FileInfo{};
@@ -327,7 +315,7 @@ void RealHost::forgetReads() {
 }
 
 Result<std::string> RealHost::readFile(const std::string& path, size_t maxBytes) {
-  noteRead(parentDirectory(path), leafName(path));
+  noteRead(parentOf(path), baseName(path));
   {
     std::lock_guard<std::mutex> lock(readsMutex_);
     if (keepReads_) {
