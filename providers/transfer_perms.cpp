@@ -385,15 +385,8 @@ void PermEnforcer::fixFiles(int fd, const std::string& rel, const std::vector<st
     }
     if (S_ISDIR(st.st_mode)) {
       dirs.push_back(name);
-    } else if (S_ISREG(st.st_mode)) {
-      ++p.stats.scanned;
-      fixFile(fd, name, st, join(rel, name), p);
-    } else if (S_ISLNK(st.st_mode)) {
-      ++p.stats.scanned;
-      ++p.stats.skippedSymlinks;
     } else {
-      ++p.stats.scanned;
-      ++p.stats.skippedOther;
+      fixNonDirectory(fd, name, st, rel, p);
     }
   };
   const unsigned threads = names.size() >= kParallelFiles ? threads_ : 1;
@@ -498,9 +491,15 @@ void PermEnforcer::handleEntry(int dirFd, const std::string& dirRel, const std::
     if (fd >= 0) walk(fd, dst, rel, pass);
     return;
   }
+  fixNonDirectory(dirFd, name, st, dirRel, pass);
+}
+
+// An entry that fstatat found not to be a directory: a regular file is fixed, the rest counted.
+void PermEnforcer::fixNonDirectory(int dirFd, const std::string& name, const struct stat& st, const std::string& dirRel,
+                                   Pass& pass) {
   ++pass.stats.scanned;
   if (S_ISREG(st.st_mode)) {
-    fixFile(dirFd, name, st, rel, pass);
+    fixFile(dirFd, name, st, join(dirRel, name), pass);
   } else if (S_ISLNK(st.st_mode)) {
     ++pass.stats.skippedSymlinks;
   } else {

@@ -130,6 +130,8 @@ class PermEnforcer {
   bool fixFileByName(int dirFd, const std::string& name, const struct stat& st, const std::string& rel,
                      Pass& pass);
   void handleEntry(int dirFd, const std::string& dirRel, const std::string& name, Pass& pass);
+  void fixNonDirectory(int dirFd, const std::string& name, const struct stat& st, const std::string& dirRel,
+                       Pass& pass);
   int openSubdirectory(int parentFd, const std::string& name, const std::string& rel, struct stat& st, Pass& pass);
   void fixDirectory(int fd, const struct stat& st, const std::string& rel, Pass& pass);
   void fixFile(int dirFd, const std::string& name, const struct stat& st, const std::string& rel, Pass& pass);
