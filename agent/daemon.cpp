@@ -23,6 +23,7 @@
 #include "agent/sd_notify.h"
 #include "agent/state_ledger.h"
 #include "agent/store_client.h"
+#include "providers/paths.h"
 #include "providers/real_host.h"
 #include "providers/transfer_perms.h"
 #include "state/state_store.h"
@@ -446,6 +447,7 @@ void Daemon::workDone() {
     // The last plan looked at the host before these changes (a new home, a new chroot): one more
     // check soon records what the host looks like now, and the watches follow it.
     hostDirty_ = true;
+    rewatchHost_ = true;
     uv_timer_start(&hostSettle_, onHostSettle, uint64_t(kDriftSettle.count()), 0);
   }
   watchHost();
@@ -454,11 +456,14 @@ void Daemon::workDone() {
 
 void Daemon::watchHost() {
   if (!handlesOpen_ || stopping_ || !rt_) return;
-  const RealHost::ReadSet reads = rt_->host->readSet();
+  RealHost::ReadSet reads = rt_->host->readSet();
   if (reads.directories.empty()) {  // no check of the host yet
     hostWatched_ = false;
     return;
   }
+  // After a poll that did not look at the host, nor saw it change: the watches stand as they are.
+  if (hostWatched_ && !rewatchHost_ && watchedReads_ == reads) return;
+  rewatchHost_ = false;
   // A directory that does not exist (yet) is watched through the nearest one that does, for the
   // name of the missing component.
   std::map<std::string, std::set<std::string>> wanted;
@@ -468,9 +473,8 @@ void Daemon::watchHost() {
     std::set<std::string> relevant = names;
     struct stat st {};
     while (at.size() > realRoot.size() && ::lstat(at.c_str(), &st) != 0) {
-      const auto slash = at.find_last_of('/');
-      relevant = {at.substr(slash + 1)};
-      at = slash == 0 ? "/" : at.substr(0, slash);
+      relevant = {baseName(at)};
+      at = parentOf(at);
     }
     wanted[at].insert(relevant.begin(), relevant.end());
   }
@@ -480,8 +484,7 @@ void Daemon::watchHost() {
       ++it;
       continue;
     }
-    uv_close(reinterpret_cast<uv_handle_t*>(&it->second->handle),
-             [](uv_handle_t* h) { delete static_cast<HostWatch*>(h->data); });
+    closeHostWatch(it->second);
     it = hostWatches_.erase(it);
   }
   bool ok = true;
@@ -493,7 +496,7 @@ void Daemon::watchHost() {
     uv_fs_event_init(&loop_, &w->handle);
     w->handle.data = w;
     if (uv_fs_event_start(&w->handle, onHostEvent, dir.c_str(), 0) != 0) {
-      uv_close(reinterpret_cast<uv_handle_t*>(&w->handle), [](uv_handle_t* h) { delete static_cast<HostWatch*>(h->data); });
+      closeHostWatch(w);
       ok = false;  // e.g. a directory that does not exist yet: check the host at every poll
       continue;
     }
@@ -511,12 +514,15 @@ void Daemon::watchHost() {
     }
   }
   hostWatched_ = ok && (!reads.mounts || mountsFd_ >= 0);
+  watchedReads_ = std::move(reads);
+}
+
+void Daemon::closeHostWatch(HostWatch* watch) {
+  uv_close(reinterpret_cast<uv_handle_t*>(&watch->handle), [](uv_handle_t* h) { delete static_cast<HostWatch*>(h->data); });
 }
 
 void Daemon::closeHostWatches() {
-  for (auto& [dir, w] : hostWatches_) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&w->handle), [](uv_handle_t* h) { delete static_cast<HostWatch*>(h->data); });
-  }
+  for (auto& [dir, w] : hostWatches_) closeHostWatch(w);
   hostWatches_.clear();
   if (mountsFd_ >= 0) {
     uv_close(reinterpret_cast<uv_handle_t*>(&mountsPoll_), [](uv_handle_t* h) {
@@ -543,6 +549,7 @@ void Daemon::hostChanged() {
   if (busy_ && !fetching_.load()) return;  // the worker's own changes; it checks the host itself
   hostDirty_ = true;
   hostEvent_ = true;
+  rewatchHost_ = true;
   // Repaired soon, not at the next poll: a re-apply once the changes settle, spaced out.
   const auto sinceCheck = std::chrono::steady_clock::now() - lastHostCheck_;
   auto delay = std::max(std::chrono::duration_cast<std::chrono::milliseconds>(kDriftSpacing - sinceCheck), kDriftSettle);
@@ -590,12 +597,6 @@ void Daemon::startWatcherIfReady() {
     return;
   }
   log_->info("watching {} for permissions", realRoot);
-}
-
-std::string parentOf(const std::string& path) {
-  const auto slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
 }
 
 // Starts (again) the inotify watches and sets the tick: 500 ms when a watch could not be set up

@@ -20,11 +20,10 @@
 
 #include <uv.h>
 
-#include <map>
-
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -37,6 +36,7 @@
 #include "agent/metrics.h"
 #include "providers/clock.h"
 #include "providers/log.h"
+#include "providers/real_host.h"
 
 namespace pim {
 
@@ -127,6 +127,8 @@ class Daemon {
   void watchHost();
   void hostChanged();
   void closeHostWatches();
+  struct HostWatch;
+  static void closeHostWatch(HostWatch* watch);
 
   std::function<Result<Config>()> loadConfig_;
   Logger log_;
@@ -152,7 +154,6 @@ class Daemon {
   // polled for POLLPRI). While none of them changed, an unchanged store needs no new plan; a
   // change is repaired at once (a re-apply 200 ms after the last event) instead of at the next
   // poll. Without the watches (a directory missing, no inotify), every poll checks the host.
-  struct HostWatch;
   std::map<std::string, HostWatch*> hostWatches_;  // real path -> watch
   uv_poll_t mountsPoll_{};
   int mountsFd_ = -1;
@@ -160,6 +161,8 @@ class Daemon {
   bool hostWatched_ = false;  // every directory of the last check is watched
   bool hostDirty_ = true;     // something changed since the last check began
   bool hostEvent_ = false;    // ... as reported by a watch (logged), not after our own changes
+  bool rewatchHost_ = false;  // directories may have come or gone: set the watches up again
+  std::optional<RealHost::ReadSet> watchedReads_;  // what the watches were set up for
   std::chrono::steady_clock::time_point lastHostCheck_{};
   bool stateWatched_ = false;
   bool sourceWatched_ = false;

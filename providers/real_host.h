@@ -49,6 +49,7 @@ class RealHost : public Host {
     /// directory -> the names in it that were read or stat'ed; "" for the directory listed whole.
     std::map<std::string, std::set<std::string>> directories;
     bool mounts = false;
+    bool operator==(const ReadSet& o) const { return directories == o.directories && mounts == o.mounts; }
   };
   ReadSet readSet() const;
 
