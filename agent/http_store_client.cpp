@@ -189,10 +189,7 @@ class Channel {
       const int rc = SSL_connect(ssl_);
       if (rc == 1) return;
       const int err = SSL_get_error(ssl_, rc);
-      if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-        wait(err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
-        continue;
-      }
+      if (waitedFor(err)) continue;
       if (err == SSL_ERROR_SYSCALL && ERR_peek_last_error() == 0) {
         throw TlsError(errno != 0 ? std::string(std::strerror(errno)) : "connection closed during the handshake");
       }
@@ -208,10 +205,7 @@ class Channel {
         const int n = SSL_read(ssl_, buf, static_cast<int>(std::min<size_t>(len, INT32_MAX)));
         if (n > 0) return static_cast<size_t>(n);
         const int err = SSL_get_error(ssl_, n);
-        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-          wait(err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
-          continue;
-        }
+        if (waitedFor(err)) continue;
         if (err == SSL_ERROR_ZERO_RETURN) return 0;
         if (err == SSL_ERROR_SYSCALL && ERR_peek_last_error() == 0) {
           if (errno == ECONNRESET) throw Poco::Net::ConnectionResetException();
@@ -242,10 +236,7 @@ class Channel {
           continue;
         }
         const int err = SSL_get_error(ssl_, n);
-        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-          wait(err == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
-          continue;
-        }
+        if (waitedFor(err)) continue;
         if (err == SSL_ERROR_SYSCALL && ERR_peek_last_error() == 0) {
           throw Poco::Net::ConnectionResetException("sending the request");
         }
@@ -266,6 +257,13 @@ class Channel {
   }
 
  private:
+  // OpenSSL's "try again once the socket is readable (writable)": waits for it, true.
+  bool waitedFor(int sslError) {
+    if (sslError != SSL_ERROR_WANT_READ && sslError != SSL_ERROR_WANT_WRITE) return false;
+    wait(sslError == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+    return true;
+  }
+
   void wait(short events) {
     for (;;) {
       const auto left =
