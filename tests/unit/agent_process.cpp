@@ -20,6 +20,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "agent/cli_support.h"
+
 namespace pim {
 namespace agenttest {
 
@@ -209,14 +211,7 @@ std::string publicKey(const std::string& name) {
   return line;
 }
 
-std::string rfc3339(int64_t unixSeconds) {
-  std::time_t t = std::time_t(unixSeconds);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
+std::string rfc3339(int64_t unixSeconds) { return pim::isoTime(unixSeconds); }
 
 int64_t unixNow() { return int64_t(std::time(nullptr)); }
 

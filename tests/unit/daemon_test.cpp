@@ -221,7 +221,7 @@ TEST_CASE("daemon: SIGHUP re-reads the config", "[daemon]") {
   const std::string other = box.dir() + "/other.json";
   writeTextAtomic(other, keysDocument(2, {"k-two"}));
   box.configure({{"store.source", "file://" + other}});
-  std::this_thread::sleep_for(milliseconds(700));  // more than one tick of the daemon
+  std::this_thread::sleep_for(milliseconds(700));  // the daemon does not watch its config file
   CHECK_FALSE(hasKey(box, "k-two"));
   daemon->signal(SIGHUP);
   requireKey(box, *daemon, "k-two", seconds(3));
