@@ -6,7 +6,6 @@
 #include <Poco/Net/IPAddress.h>
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SocketAddress.h>
-#include <Poco/Net/StreamSocket.h>
 #include <Poco/NumberParser.h>
 #include <Poco/String.h>
 #include <openssl/bio.h>
@@ -19,6 +18,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -45,6 +45,7 @@ using SteadyClock = std::chrono::steady_clock;
 constexpr int64_t kMaxTokenFileBytes = 64 * 1024;
 constexpr int64_t kMaxCaFileBytes = 16 * 1024 * 1024;
 constexpr std::chrono::milliseconds kCancelPollSlice{100};
+constexpr std::chrono::seconds kMaxIdle{90};  // a kept connection idle longer is not reused
 
 std::string trimWhitespace(const std::string& s) {
   const char* ws = " \t\r\n";
@@ -170,7 +171,7 @@ std::string takeSslError(const char* fallback) {
 // true and Poco::TimeoutException thrown). cancel() shuts the socket down, which ends any wait.
 class Channel {
  public:
-  Channel(int fd, SteadyClock::time_point deadline) : fd_(fd), deadline_(deadline) {}
+  explicit Channel(int fd) : fd_(fd) {}
   ~Channel() {
     if (ssl_ != nullptr) SSL_free(ssl_);
   }
@@ -178,6 +179,19 @@ class Channel {
   Channel& operator=(const Channel&) = delete;
 
   bool expired() const { return expired_; }
+  bool secured() const { return ssl_ != nullptr; }
+  // Every wait of the next exchange ends by `deadline`.
+  void setDeadline(SteadyClock::time_point deadline) {
+    deadline_ = deadline;
+    expired_ = false;
+  }
+  // Bytes already received and not read: TLS records OpenSSL holds (read-ahead) or, on the socket,
+  // anything at all (data or the peer's close). An idle kept connection has none.
+  bool hasUnread() const {
+    if (ssl_ != nullptr && SSL_has_pending(ssl_) == 1) return true;
+    pollfd p{fd_, POLLIN, 0};
+    return ::poll(&p, 1, 0) != 0;
+  }
 
   // Client handshake; `host` is sent as SNI unless it is an IP address. Throws TlsError.
   void startTls(SSL_CTX* ctx, const std::string& host, bool hostIsIp) {
@@ -280,16 +294,10 @@ class Channel {
   }
 
   int fd_;
-  SteadyClock::time_point deadline_;
+  SteadyClock::time_point deadline_ = SteadyClock::now();
   SSL* ssl_ = nullptr;
   bool expired_ = false;
 };
-
-void sendAll(Channel& channel, const Poco::Net::HTTPRequest& request) {
-  std::ostringstream os;
-  request.write(os);
-  channel.sendAll(os.str());
-}
 
 struct BodyResult {
   bool overLimit = false;
@@ -304,6 +312,11 @@ struct BodyResult {
 class HttpResponseReader {
  public:
   explicit HttpResponseReader(Channel& channel) : channel_(channel), buffer_(16 * 1024) {}
+
+  // Whether any byte of the answer arrived.
+  bool receivedAny() const { return receivedAny_; }
+  // Whether the answer was read to its end and nothing after it: the connection can carry another.
+  bool drained() const { return !eof_ && pos_ == end_; }
 
   // Status line and headers (1xx interim answers skipped). Throws NoMessageException when the
   // connection closes before any byte, MessageException on malformed or oversized headers.
@@ -426,6 +439,7 @@ class HttpResponseReader {
     }
     pos_ = 0;
     end_ = static_cast<size_t>(n);
+    receivedAny_ = true;
     return true;
   }
 
@@ -458,6 +472,7 @@ class HttpResponseReader {
   size_t pos_ = 0;
   size_t end_ = 0;
   bool eof_ = false;
+  bool receivedAny_ = false;
 };
 
 std::string hostForUrl(const std::string& host) {
@@ -480,8 +495,23 @@ class FdRegistration {
   HttpStoreClient& client_;
 };
 
+// One connection to the store: the socket (close-on-exec: the agent runs commands while a
+// connection is kept) and the channel on it, destroyed first (TLS freed before the fd closes).
+struct HttpStoreClient::Connection {
+  explicit Connection(int socketFd) : fd(socketFd), channel(socketFd) {}
+  ~Connection() { ::close(fd); }
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  int fd;
+  Channel channel;
+  SteadyClock::time_point idleSince{};
+};
+
 HttpStoreClient::HttpStoreClient(Params params, Poco::URI uri, std::shared_ptr<SSL_CTX> tls, Logger log)
     : params_(std::move(params)), uri_(std::move(uri)), tls_(std::move(tls)), log_(std::move(log)) {}
+
+HttpStoreClient::~HttpStoreClient() = default;
 
 Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, Logger log) {
   Poco::URI uri;
@@ -599,6 +629,63 @@ Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t wai
   return fetchOnce(etag, std::max<int64_t>(0, waitSeconds), token);
 }
 
+std::unique_ptr<HttpStoreClient::Connection> HttpStoreClient::takeKept() {
+  std::unique_ptr<Connection> conn = std::move(kept_);
+  if (!conn) return nullptr;
+  // Past 90 s a middlebox may have dropped the connection without a word (a GET sent into it would
+  // wait for the whole read time-out); anything readable means the store closed it or misbehaved.
+  if (SteadyClock::now() - conn->idleSince > kMaxIdle || conn->channel.hasUnread()) return nullptr;
+  return conn;
+}
+
+Result<std::unique_ptr<HttpStoreClient::Connection>> HttpStoreClient::connect(std::chrono::milliseconds readBudget,
+                                                                               const std::string& where) {
+  const std::string peer = hostForUrl(uri_.getHost()) + ":" + std::to_string(uri_.getPort());
+  auto failed = [&](const std::string& cause) {
+    return Status::error(ErrorCode::kUnreachable, where + ": connect to " + peer + ": " + cause);
+  };
+  Poco::Net::SocketAddress address(uri_.getHost(), uri_.getPort());
+  const int fd = ::socket(address.af(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return failed(std::string("socket: ") + std::strerror(errno));
+  auto conn = std::make_unique<Connection>(fd);
+  // cancel() shuts the socket down from here on; unregistered before a failure closes it (the
+  // caller registers a connection it gets back).
+  setActiveFd(fd);
+  struct Unregister {
+    HttpStoreClient& client;
+    bool armed = true;
+    ~Unregister() {
+      if (armed) client.setActiveFd(-1);
+    }
+  } unregister{*this};
+
+  // Non-blocking connect polled in slices, so that cancel() is noticed during the connect too.
+  int rc;
+  do {
+    rc = ::connect(fd, address.addr(), address.length());
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0 && errno != EINPROGRESS) {
+    return failed(errno == ECONNREFUSED ? std::string("connection refused") : std::strerror(errno));
+  }
+  const auto connectDeadline = SteadyClock::now() + params_.options.connectTimeout;
+  while (rc != 0) {
+    if (cancelled_.load()) return Status::error(ErrorCode::kUnreachable, where + ": cancelled");
+    auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(connectDeadline - SteadyClock::now());
+    if (remaining.count() <= 0) return failed("timed out after " + seconds(params_.options.connectTimeout));
+    pollfd p{fd, POLLOUT, 0};
+    const int ready = ::poll(&p, 1, static_cast<int>(std::min(remaining, kCancelPollSlice).count()));
+    if (ready > 0) break;
+    if (ready < 0 && errno != EINTR) return failed(std::string("poll: ") + std::strerror(errno));
+  }
+  int soError = 0;
+  socklen_t len = sizeof soError;
+  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &len) != 0) soError = errno;
+  if (soError != 0) return failed(soError == ECONNREFUSED ? std::string("connection refused") : std::strerror(soError));
+  conn->channel.setDeadline(SteadyClock::now() + readBudget);
+  unregister.armed = false;
+  return conn;
+}
+
 Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t waitSeconds,
                                                 const std::string& token) {
   const std::string where = "GET " + describe();
@@ -608,15 +695,14 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
     return Status::error(ErrorCode::kUnreachable, where + ": " + cause);
   };
 
-  // Declaration order matters: the registration and the channel go after the socket so that they
-  // are destroyed (fd unregistered, TLS session freed) before the socket closes the fd.
-  Poco::Net::StreamSocket sock;
+  // Declaration order matters: the registration goes after the connection so that it is
+  // destroyed (fd unregistered) before the connection closes the fd.
+  std::unique_ptr<Connection> conn = takeKept();
   FdRegistration registration(*this);
-  std::optional<Channel> channel;
 
   auto explain = [&](const std::string& detail) {
     if (cancelled_.load()) return unreachable("cancelled");
-    if (channel && channel->expired())
+    if (conn && conn->channel.expired())
       return unreachable("timed out: no complete answer within " + seconds(readBudget));
     return unreachable(detail);
   };
@@ -626,37 +712,6 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
     if (waitSeconds > 0) target.addQueryParameter("wait", std::to_string(waitSeconds));
     std::string pathAndQuery = target.getPathAndQuery();
     if (pathAndQuery.empty() || pathAndQuery[0] != '/') pathAndQuery = "/" + pathAndQuery;
-
-    Poco::Net::SocketAddress address(uri_.getHost(), uri_.getPort());
-    sock = Poco::Net::StreamSocket(address.family());
-    registration.arm(sock.impl()->sockfd());
-
-    // Non-blocking connect polled in slices, so that cancel() is noticed during the connect too.
-    const auto connectDeadline = SteadyClock::now() + params_.options.connectTimeout;
-    sock.connectNB(address);
-    for (;;) {
-      if (cancelled_.load()) return unreachable("cancelled");
-      auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(connectDeadline - SteadyClock::now());
-      if (remaining.count() <= 0) {
-        return unreachable("connect to " + peer + ": timed out after " + seconds(params_.options.connectTimeout));
-      }
-      auto slice = std::min(remaining, kCancelPollSlice);
-      pollfd p{sock.impl()->sockfd(), POLLOUT, 0};
-      const int ready = ::poll(&p, 1, static_cast<int>(slice.count()));
-      if (ready > 0) break;
-      if (ready < 0 && errno != EINTR) return unreachable("connect to " + peer + ": poll: " + std::strerror(errno));
-    }
-    int soError = 0;
-    sock.getOption(SOL_SOCKET, SO_ERROR, soError);
-    if (soError != 0) return unreachable("connect to " + peer + ": " + std::strerror(soError));
-
-    // The socket stays non-blocking: every wait from here on is bounded by one deadline.
-    channel.emplace(sock.impl()->sockfd(), SteadyClock::now() + readBudget);
-    tlsVerifyError = X509_V_OK;
-    if (tls_) {
-      Poco::Net::IPAddress ip;
-      channel->startTls(tls_.get(), uri_.getHost(), Poco::Net::IPAddress::tryParse(uri_.getHost(), ip));
-    }
 
     Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_GET, pathAndQuery, Poco::Net::HTTPMessage::HTTP_1_1);
     request.setHost(uri_.getHost(), uri_.getPort());
@@ -670,13 +725,57 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
         request.set("If-None-Match", etag);
       }
     }
-    request.setKeepAlive(false);
-    log_->debug("{} (If-None-Match: {}, wait: {} s)", where, etag.empty() ? "-" : etag, waitSeconds);
-    sendAll(*channel, request);
+    std::ostringstream requestText;
+    request.write(requestText);
 
-    HttpResponseReader reader(*channel);
+    std::optional<HttpResponseReader> reader;
     Poco::Net::HTTPResponse response;
-    reader.readHeader(response);
+    for (;;) {
+      const bool reused = conn != nullptr;
+      if (reused) {
+        registration.arm(conn->fd);
+        conn->channel.setDeadline(SteadyClock::now() + readBudget);
+      } else {
+        auto fresh = connect(readBudget, where);
+        if (!fresh) {
+          if (cancelled_.load()) return unreachable("cancelled");
+          return fresh.status();
+        }
+        conn = std::move(*fresh);
+        registration.arm(conn->fd);
+        tlsVerifyError = X509_V_OK;
+        if (tls_) {
+          Poco::Net::IPAddress ip;
+          conn->channel.startTls(tls_.get(), uri_.getHost(), Poco::Net::IPAddress::tryParse(uri_.getHost(), ip));
+        }
+      }
+      log_->debug("{} (If-None-Match: {}, wait: {} s{})", where, etag.empty() ? "-" : etag, waitSeconds,
+                  reused ? ", kept connection" : "");
+      reader.emplace(conn->channel);
+      try {
+        conn->channel.sendAll(requestText.str());
+        reader->readHeader(response);
+        break;
+      } catch (const Poco::Net::NoMessageException&) {
+        if (!reused || cancelled_.load()) throw;
+      } catch (const Poco::Net::ConnectionResetException&) {
+        if (!reused || cancelled_.load() || reader->receivedAny()) throw;
+      }
+      // The store closed the kept connection as the request went out (its idle time-out): a GET
+      // can be sent again, once, on a new connection.
+      log_->debug("{}: the kept connection was closed by the store; sending again on a new one", where);
+      registration.arm(-1);
+      reader.reset();
+      conn.reset();
+    }
+    // A connection that carried a complete answer and nothing more serves the next fetch.
+    auto keepIfReusable = [&]() {
+      if (response.getKeepAlive() && reader->drained() && !cancelled_.load()) {
+        conn->idleSince = SteadyClock::now();
+        registration.arm(-1);
+        kept_ = std::move(conn);
+      }
+    };
     const int status = static_cast<int>(response.getStatus());
     const std::string statusText = "HTTP " + std::to_string(status) + " " + response.getReason();
 
@@ -688,6 +787,7 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
       std::string newEtag = trimWhitespace(response.get("ETag", ""));
       out.etag = newEtag.empty() || hasControl(newEtag) ? etag : newEtag;
       log_->debug("{}: 304, unchanged", where);
+      keepIfReusable();
       return out;
     }
     if (status >= 300 && status < 400) return unreachable(statusText + " (redirects are not followed)");
@@ -695,13 +795,13 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
 
     const int64_t limit = params_.maxBytes;
     std::string body;
-    BodyResult read = reader.readBody(response, limit, body);
+    BodyResult read = reader->readBody(response, limit, body);
     if (read.overLimit) {
       std::string size = read.declared >= 0 ? "document of " + std::to_string(read.declared) + " bytes" : "document";
       return Status::error(ErrorCode::kRejected, where + ": " + size + " is over the limit of " +
                                                      std::to_string(limit) + " bytes (max_document_bytes)");
     }
-    if (cancelled_.load() || channel->expired()) return explain("");
+    if (cancelled_.load() || conn->channel.expired()) return explain("");
     if (!read.error.empty()) return unreachable(read.error);
 
     FetchOutcome out;
@@ -713,6 +813,7 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
       Status v = params_.verifier->verify(body, response.get("X-Access-Signature", ""), where);
       if (!v) return v;
     }
+    keepIfReusable();
     out.body = std::move(body);
     log_->debug("{}: 200, {} bytes, ETag {}", where, out.body.size(), out.etag);
     return out;
@@ -724,8 +825,6 @@ Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t
       reason = " (server certificate: " + std::string(X509_verify_cert_error_string(tlsVerifyError)) + ")";
     }
     return explain("TLS with " + peer + ": " + e.what() + reason);
-  } catch (const Poco::Net::ConnectionRefusedException&) {
-    return explain("connect to " + peer + ": connection refused");
   } catch (const Poco::Net::NoMessageException&) {
     return explain("connection closed before an answer");
   } catch (const Poco::Net::MessageException& e) {

@@ -1,17 +1,24 @@
 #pragma once
-// The http:// and https:// source: one GET per fetch on a fresh connection (a Poco::Net socket,
-// HTTP messages written and parsed by Poco), with a bearer token read at each request,
+// The http:// and https:// source: one GET per fetch (HTTP messages written and parsed by Poco),
+// with a bearer token read at each request,
 // ETag/If-None-Match, long polling, a size limit enforced while reading, one overall deadline
 // for the exchange (every wait is a poll(2) bounded by it), and optional Ed25519 signatures.
 // TLS: OpenSSL directly on the socket, one SSL_CTX per client: strict verification against the
 // system CAs plus ca_file, TLS >= 1.2, SNI, host name or IP checked by OpenSSL against the
-// certificate's subjectAltName. (Poco's NetSSL would pull Poco::Util, XML and Crypto into the
+// certificate's subjectAltName.
+// Connections are kept between fetches (HTTP/1.1 keep-alive) when the store allows it, so that an
+// idle poll over https:// costs one request, not a TCP and TLS handshake: a connection is kept only
+// after a complete 200 or 304 with nothing unread, reused only if it has been idle for less than
+// 90 s and the store has not closed it (nothing readable on it), and a GET that finds a reused
+// connection closed before any byte of the answer is sent again once on a fresh connection.
+// (Poco's NetSSL would pull Poco::Util, XML and Crypto into the
 // resident daemon for nothing it needs, and its handshake cannot be bounded by a deadline.)
 
 #include <Poco/URI.h>
 #include <openssl/ssl.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -39,7 +46,9 @@ class HttpStoreClient : public StoreClient {
   /// one holding no PEM certificate (message names the path).
   static Result<std::unique_ptr<HttpStoreClient>> create(Params params, Logger log);
 
-  /// See StoreClient::fetch. Opens one connection, sends one GET (Connection: close), closes.
+  ~HttpStoreClient() override;
+
+  /// See StoreClient::fetch. Sends one GET on the kept connection or on a new one.
   Result<FetchOutcome> fetch(const std::string& etag, int64_t waitSeconds) override;
   /// See StoreClient::cancel: shuts the socket of the fetch in progress down; permanent.
   void cancel() override;
@@ -48,7 +57,12 @@ class HttpStoreClient : public StoreClient {
 
  private:
   HttpStoreClient(Params params, Poco::URI uri, std::shared_ptr<SSL_CTX> tls, Logger log);
+  struct Connection;
   Result<FetchOutcome> fetchOnce(const std::string& etag, int64_t waitSeconds, const std::string& token);
+  // A new connection to the store (TCP, then TLS for https://), or the reason it failed.
+  Result<std::unique_ptr<Connection>> connect(std::chrono::milliseconds readBudget, const std::string& where);
+  // The kept connection if it can serve another request, else null (and it is closed).
+  std::unique_ptr<Connection> takeKept();
   Result<std::string> readToken() const;
   // The fd of the connection in flight (-1 when none) so that cancel() can shut it down.
   void setActiveFd(int fd);
@@ -62,6 +76,7 @@ class HttpStoreClient : public StoreClient {
   std::mutex fdMutex_;
   int activeFd_ = -1;
   std::atomic<bool> cancelled_{false};
+  std::unique_ptr<Connection> kept_;  // idle between fetches; only fetch() touches it
 };
 
 }  // namespace pim

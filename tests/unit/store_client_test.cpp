@@ -6,6 +6,7 @@
 #include <Poco/Net/HTTPServerRequestImpl.h>
 #include <Poco/Net/ServerSocket.h>
 #include <Poco/Net/SocketAddress.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <catch2/catch.hpp>
@@ -13,6 +14,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "agent/file_store_client.h"
@@ -629,6 +637,204 @@ TEST_CASE("store http: cancel() aborts a fetch in progress and every later one",
   REQUIRE_FALSE(later.isOk());
   CHECK_THAT(later.status().message(), Contains("cancelled"));
   CHECK(server.requestCount() == 1);
+}
+
+// ---- kept connections (HTTP/1.1 keep-alive) ----
+
+namespace {
+
+// The fd of this process's IPv4 TCP socket bound to 127.0.0.1:localPort, -1 when none.
+int socketFdWithLocalPort(uint16_t localPort) {
+  std::ifstream tcp("/proc/self/net/tcp");
+  std::string line, inode;
+  char wanted[16];
+  std::snprintf(wanted, sizeof wanted, "0100007F:%04X", localPort);
+  std::getline(tcp, line);  // header
+  while (std::getline(tcp, line)) {
+    std::istringstream fields(line);
+    std::string sl, local, remote, state, queues, timer, retransmit, uid, timeout, node;
+    fields >> sl >> local >> remote >> state >> queues >> timer >> retransmit >> uid >> timeout >> node;
+    if (local == wanted) inode = node;
+  }
+  if (inode.empty()) return -1;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    if (std::filesystem::read_symlink(entry.path(), ec).string() == "socket:[" + inode + "]") {
+      return std::stoi(entry.path().filename().string());
+    }
+  }
+  return -1;
+}
+
+std::set<std::string> peersOf(const StoreTestServer& server) {
+  std::set<std::string> peers;
+  for (const auto& r : server.requests()) peers.insert(r.peer);
+  return peers;
+}
+
+}  // namespace
+
+TEST_CASE("store http(s): a kept connection carries the next polls", "[store][keepalive]") {
+  StoreTestDir dir;
+  auto pki = pim::storetest::makeStoreTestPki(dir.path(), "IP:127.0.0.1");
+  const StoreTestServer::KeepAlive keepAlive{milliseconds(10000)};
+  std::unique_ptr<StoreTestServer> server;
+  SECTION("http") { server = std::make_unique<StoreTestServer>(keepAlive, StoreTestServer::Handler{}); }
+  SECTION("https") {
+    server = std::make_unique<StoreTestServer>(StoreTestServer::Tls{pki.serverCert, pki.serverKey}, keepAlive,
+                                               StoreTestServer::Handler{});
+  }
+  server->setDocument(kDoc, "\"k1\"");
+  StoreSettings s = settingsFor(server->url());
+  s.caFile = "/ca.pem";
+  auto client = makeClient(s, dir.path());
+  auto first = client->fetch("", 0);
+  INFO(first.status().toString());
+  REQUIRE(first.isOk());
+  CHECK(first->body == kDoc);
+  for (int i = 0; i < 3; ++i) {
+    auto again = client->fetch("\"k1\"", 0);
+    INFO(again.status().toString());
+    REQUIRE(again.isOk());
+    CHECK(again->kind == FetchOutcome::Kind::kUnchanged);
+  }
+  server->setDocument(kDoc + " ", "\"k2\"");
+  auto changed = client->fetch("\"k1\"", 0);
+  REQUIRE(changed.isOk());
+  CHECK(changed->body == kDoc + " ");
+  CHECK(server->requestCount() == 5);
+  CHECK(server->connectionCount() == 1);
+  CHECK_FALSE(server->requests()[1].hasHeader("Connection"));  // HTTP/1.1: persistent unless "close"
+
+  // The kept socket is close-on-exec: the commands the agent runs (useradd, sshd -t, the reload
+  // command) must not inherit the store connection.
+  const std::string peer = server->requests().back().peer;
+  const auto port = static_cast<uint16_t>(std::stoi(peer.substr(peer.rfind(':') + 1)));
+  const int fd = socketFdWithLocalPort(port);
+  REQUIRE(fd >= 0);
+  CHECK((::fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0);
+}
+
+TEST_CASE("store http: a connection the store closed while idle is not reused", "[store][keepalive]") {
+  StoreTestServer server(StoreTestServer::KeepAlive{milliseconds(100)}, StoreTestServer::Handler{});
+  server.setDocument(kDoc, "\"k1\"");
+  auto client = makeClient(settingsFor(server.url()));
+  REQUIRE(client->fetch("", 0).isOk());
+  std::this_thread::sleep_for(milliseconds(600));  // the server's idle time-out closes it
+  auto again = client->fetch("\"k1\"", 0);
+  INFO(again.status().toString());
+  REQUIRE(again.isOk());
+  CHECK(again->kind == FetchOutcome::Kind::kUnchanged);
+  CHECK(server.requestCount() == 2);  // the closed connection was seen as such, not tried
+  CHECK(server.connectionCount() == 2);
+}
+
+TEST_CASE("store http: a GET meeting a kept connection closed under it is sent again, once", "[store][keepalive]") {
+  // The race a store's idle time-out makes: the connection looked open, the request went out, and
+  // the store closed it without an answer.
+  std::mutex mutex;
+  std::map<std::string, int> perConnection;
+  int total = 0;
+  bool alwaysClose = false;
+  StoreTestServer server(StoreTestServer::KeepAlive{milliseconds(10000)}, [&](Exchange& ex) {
+    bool close = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      const int onThisConnection = ++perConnection[ex.request.peer];
+      ++total;
+      close = onThisConnection > 1 || (alwaysClose && total > 1);
+    }
+    if (close) {
+      ex.abortConnection();
+      return;
+    }
+    ex.response.set("ETag", "\"k1\"");
+    ex.response.setContentLength(static_cast<std::streamsize>(kDoc.size()));
+    ex.response.send() << kDoc;
+  });
+  auto client = makeClient(settingsFor(server.url()));
+  SECTION("the second connection answers") {
+    REQUIRE(client->fetch("", 0).isOk());
+    auto again = client->fetch("", 0);
+    INFO(again.status().toString());
+    REQUIRE(again.isOk());
+    CHECK(again->body == kDoc);
+    CHECK(server.requestCount() == 3);
+    CHECK(peersOf(server).size() == 2);
+  }
+  SECTION("once only: a new connection closed the same way is an error") {
+    alwaysClose = true;
+    REQUIRE(client->fetch("", 0).isOk());
+    auto again = client->fetch("", 0);
+    REQUIRE_FALSE(again.isOk());
+    CHECK(again.status().code() == ErrorCode::kUnreachable);
+    CHECK_THAT(again.status().message(), Contains("connection closed before an answer"));
+    CHECK(server.requestCount() == 3);
+  }
+}
+
+TEST_CASE("store http: only a connection with a complete answer and nothing more is kept", "[store][keepalive]") {
+  std::atomic<int> served{0};
+  std::string firstAnswer;
+  std::string lateBytes;  // sent 100 ms after the first answer
+  StoreTestServer server(StoreTestServer::KeepAlive{milliseconds(10000)}, [&](Exchange& ex) {
+    if (served++ == 0) {
+      auto& impl = dynamic_cast<Poco::Net::HTTPServerRequestImpl&>(ex.raw);
+      impl.socket().sendBytes(firstAnswer.data(), static_cast<int>(firstAnswer.size()));
+      if (!lateBytes.empty() && ex.server.sleepFor(milliseconds(100))) {
+        impl.socket().sendBytes(lateBytes.data(), static_cast<int>(lateBytes.size()));
+      }
+      return;  // the connection stays open
+    }
+    ex.response.set("ETag", "\"k1\"");
+    ex.response.setContentLength(static_cast<std::streamsize>(kDoc.size()));
+    ex.response.send() << kDoc;
+  });
+  auto client = makeClient(settingsFor(server.url()));
+  SECTION("an error status (its body is not read)") {
+    firstAnswer = "HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy";
+    auto out = client->fetch("", 0);
+    REQUIRE_FALSE(out.isOk());
+    CHECK_THAT(out.status().message(), Contains("503"));
+  }
+  SECTION("bytes after a 304") {
+    firstAnswer = "HTTP/1.1 304 Not Modified\r\nETag: \"k1\"\r\nContent-Length: 0\r\n\r\nstray";
+    auto out = client->fetch("\"k1\"", 0);
+    REQUIRE(out.isOk());
+    CHECK(out->kind == FetchOutcome::Kind::kUnchanged);
+  }
+  SECTION("bytes arriving while the connection is kept") {
+    firstAnswer = "HTTP/1.1 304 Not Modified\r\nETag: \"k1\"\r\nContent-Length: 0\r\n\r\n";
+    lateBytes = "stray";
+    auto out = client->fetch("\"k1\"", 0);
+    REQUIRE(out.isOk());
+    CHECK(out->kind == FetchOutcome::Kind::kUnchanged);
+    std::this_thread::sleep_for(milliseconds(400));
+  }
+  // Reused, the first connection would hand "busy" or "stray" on as the start of this answer.
+  auto next = client->fetch("", 0);
+  INFO(next.status().toString());
+  REQUIRE(next.isOk());
+  CHECK(next->body == kDoc);
+  CHECK(server.connectionCount() == 2);
+}
+
+TEST_CASE("store http: cancel() ends a long poll on a kept connection", "[store][keepalive]") {
+  StoreTestServer server(StoreTestServer::KeepAlive{milliseconds(10000)}, StoreTestServer::Handler{});
+  server.setDocument(kDoc, "\"k1\"");
+  StoreClientOptions slow;
+  auto client = makeClient(settingsFor(server.url()), "", slow);
+  REQUIRE(client->fetch("", 0).isOk());
+  pim::Result<FetchOutcome> result = pim::Status::error(ErrorCode::kInternal, "not run");
+  const auto start = std::chrono::steady_clock::now();
+  std::thread fetcher([&] { result = client->fetch("\"k1\"", 20); });
+  REQUIRE(server.waitForRequests(2, milliseconds(10000)));
+  client->cancel();
+  fetcher.join();
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+  REQUIRE_FALSE(result.isOk());
+  CHECK_THAT(result.status().message(), Contains("cancelled"));
+  CHECK(server.connectionCount() == 1);
 }
 
 TEST_CASE("store: the factory refuses bad sources and hides URL secrets", "[store]") {

@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -105,11 +106,19 @@ class HandlerFactory : public Poco::Net::HTTPRequestHandlerFactory {
 
 // ---- StoreTestServer ----
 
-StoreTestServer::StoreTestServer(Handler handler) : handler_(std::move(handler)) { start(nullptr); }
+StoreTestServer::StoreTestServer(Handler handler) : handler_(std::move(handler)) { start(nullptr, nullptr); }
 
-StoreTestServer::StoreTestServer(Tls tls, Handler handler) : handler_(std::move(handler)) { start(&tls); }
+StoreTestServer::StoreTestServer(Tls tls, Handler handler) : handler_(std::move(handler)) { start(&tls, nullptr); }
 
-void StoreTestServer::start(const Tls* tls) {
+StoreTestServer::StoreTestServer(KeepAlive keepAlive, Handler handler) : handler_(std::move(handler)) {
+  start(nullptr, &keepAlive);
+}
+
+StoreTestServer::StoreTestServer(Tls tls, KeepAlive keepAlive, Handler handler) : handler_(std::move(handler)) {
+  start(&tls, &keepAlive);
+}
+
+void StoreTestServer::start(const Tls* tls, const KeepAlive* keepAlive) {
   std::signal(SIGPIPE, SIG_IGN);
   Poco::Net::SocketAddress address("127.0.0.1", 0);
   std::unique_ptr<Poco::Net::ServerSocket> socket;
@@ -126,7 +135,10 @@ void StoreTestServer::start(const Tls* tls) {
   auto* params = new Poco::Net::HTTPServerParams;
   params->setMaxThreads(16);
   params->setMaxQueued(64);
-  params->setKeepAlive(false);
+  params->setKeepAlive(keepAlive != nullptr);
+  if (keepAlive != nullptr) {
+    params->setKeepAliveTimeout(Poco::Timespan(std::chrono::microseconds(keepAlive->idleTimeout).count()));
+  }
   // Bounds how long a connection thread waits for a request that never comes (e.g. a client
   // that gave up during the TLS handshake), hence how long the destructor may wait.
   params->setTimeout(Poco::Timespan(5, 0));
@@ -158,6 +170,13 @@ std::string StoreTestServer::url(const std::string& path) const {
 std::vector<RecordedRequest> StoreTestServer::requests() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return requests_;
+}
+
+size_t StoreTestServer::connectionCount() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::set<std::string> peers;
+  for (const auto& r : requests_) peers.insert(r.peer);
+  return peers.size();
 }
 
 size_t StoreTestServer::requestCount() const {
@@ -208,6 +227,7 @@ void StoreTestServer::handle(Poco::Net::HTTPServerRequest& raw, Poco::Net::HTTPS
   RecordedRequest rec;
   rec.method = raw.getMethod();
   rec.target = raw.getURI();
+  rec.peer = raw.clientAddress().toString();
   try {
     Poco::URI uri(raw.getURI());
     rec.path = uri.getPath();

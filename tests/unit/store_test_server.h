@@ -40,6 +40,7 @@ struct RecordedRequest {
   std::string path;                            // decoded path
   std::map<std::string, std::string> query;    // decoded query parameters (last one wins)
   std::map<std::string, std::string> headers;  // header names in lower case
+  std::string peer;                            // the client's address:port, one per connection
   /// The header's value, "" when absent (name is case-insensitive).
   std::string header(const std::string& name) const;
   /// Whether the header was sent (name is case-insensitive).
@@ -71,8 +72,17 @@ class StoreTestServer {
   /// document store (see setDocument). Ignores SIGPIPE for the process (writes to a client that
   /// went away must not kill the test binary). Throws Poco::Exception when it cannot start.
   explicit StoreTestServer(Handler handler = {});
+  /// Connections carry several requests (HTTP/1.1 keep-alive), closed by the server after
+  /// idleTimeout without one. Without it every answer says "Connection: close".
+  struct KeepAlive {
+    std::chrono::milliseconds idleTimeout{5000};
+  };
+
   /// The same over TLS with the given certificate and key.
   StoreTestServer(Tls tls, Handler handler = {});
+  /// Plain HTTP, HTTPS, with keep-alive.
+  StoreTestServer(KeepAlive keepAlive, Handler handler);
+  StoreTestServer(Tls tls, KeepAlive keepAlive, Handler handler);
   /// Stops accepting, wakes held long polls, aborts open connections and joins every thread.
   ~StoreTestServer();
   StoreTestServer(const StoreTestServer&) = delete;
@@ -84,6 +94,8 @@ class StoreTestServer {
 
   /// Copies of the requests received so far, in arrival order.
   std::vector<RecordedRequest> requests() const;
+  /// How many connections the requests so far came on (distinct peers).
+  size_t connectionCount() const;
   size_t requestCount() const;
   /// Blocks until at least n requests arrived or the timeout passed; returns whether they did.
   bool waitForRequests(size_t n, std::chrono::milliseconds timeout) const;
@@ -112,7 +124,7 @@ class StoreTestServer {
   friend class StoreTestRequestHandler;
   void handle(Poco::Net::HTTPServerRequest& raw, Poco::Net::HTTPServerResponse& response);
   void serveDocument(Exchange& ex);
-  void start(const Tls* tls);
+  void start(const Tls* tls, const KeepAlive* keepAlive);
 
   Handler handler_;
   bool secure_ = false;
