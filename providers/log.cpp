@@ -35,7 +35,11 @@ void setLogLevel(spdlog::level::level_enum level) {
 }
 
 Logger nullLogger() {
-  static auto logger = std::make_shared<spdlog::logger>("null", std::make_shared<spdlog::sinks::null_sink_mt>());
+  static auto logger = [] {
+    auto l = std::make_shared<spdlog::logger>("null", std::make_shared<spdlog::sinks::null_sink_mt>());
+    l->set_level(spdlog::level::off);  // nothing is formatted for it
+    return l;
+  }();
   return logger;
 }
 

@@ -104,7 +104,9 @@ class PermEnforcer {
   /// How files are changed, for tests and benchmarks. By default, regular files are changed
   /// through their name with fchmodat2/fchownat (AT_SYMLINK_NOFOLLOW) when the kernel has
   /// fchmodat2 (Linux 6.6) and fs.protected_hardlinks is 1, otherwise through an fd opened with
-  /// O_NOFOLLOW and checked against fstatat; and big directories are fixed by up to 4 threads.
+  /// O_NOFOLLOW and checked against fstatat; and once a walk has met 512 regular files, its files
+  /// are checked and fixed (in inode order, batches of up to 256 of one directory) by up to 4
+  /// threads while the walking thread lists the next directories.
   /// `pathChanges` false forces the fd path; `threads` 1 keeps every pass on the caller's thread.
   void setMethod(bool pathChanges, unsigned threads);
   /// Whether regular files are changed through their name (see setMethod).
@@ -120,6 +122,7 @@ class PermEnforcer {
  private:
   struct Pass;
   struct Frame;
+  class Workers;
 
   int openRoot(struct stat& st, Pass& pass);
   int resolveDirectory(const std::string& relativeDir, struct stat& st, Pass& pass);

@@ -15,6 +15,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -611,6 +612,67 @@ TEST_CASE("transfer perms: by name or by fd, on one thread or several, the same 
     CHECK(sameStat(lstatOf(tmp / "outside"), outsideBefore));
     CHECK(sameStat(lstatOf(root + "/big/right"), rightBefore));
     CHECK(enforcer.fullPass().changed == 0);
+  }
+}
+
+TEST_CASE("transfer perms: several threads over many small directories", "[transfer_perms]") {
+  // Workers fix the files of directories the walk listed earlier while it lists the next ones:
+  // the pass must still return only once every file is right, count each entry once, hold a
+  // bounded number of fds, and stop on request.
+  const gid_t gid = testGid();
+  TempDir tmp;
+  const std::string root = tmp / "root";
+  makeDir(root, 0755);
+  const int kDirs = 300, kFiles = 7;
+  for (int d = 0; d < kDirs; ++d) {
+    const std::string dir = root + "/d" + std::to_string(d / 30) + "/e" + std::to_string(d);
+    std::filesystem::create_directories(dir);
+    for (int f = 0; f < kFiles; ++f) makeFile(dir + "/f" + std::to_string(f), f % 2 ? 0755 : 0600);
+  }
+  const uint64_t entries = 1 + 10 + kDirs + kDirs * kFiles;  // root, d*, e*, files
+
+  PermEnforcer enforcer(root, gid, pim::nullLogger(), 8);
+  enforcer.setMethod(true, 4);
+  SECTION("every file fixed, each counted once, fds bounded") {
+    const size_t fdsBefore = openFdCount();
+    size_t mostFds = 0;
+    pim::WalkHooks hooks;
+    hooks.onDirectory = [&](const std::string&, int) {
+      mostFds = std::max(mostFds, openFdCount());
+      return true;
+    };
+    PermStats stats = enforcer.fullPass(hooks);
+    CHECK(stats.errors == 0);
+    CHECK(stats.scanned == entries);
+    CHECK(stats.changed == entries);
+    CHECK(countWrong(root, gid) == 0);
+    CHECK(modeOf(root + "/d3/e99/f1") == 0770);
+    CHECK(modeOf(root + "/d3/e99/f2") == 0660);
+    // 8 directory fds on the walk's stack, plus the queued batches' directories (2 per thread)
+    // and those being fixed (one per thread), plus the directory iterator of openFdCount itself.
+    CHECK(mostFds <= fdsBefore + 8 + 2 * 4 + 4 + 2);
+    CHECK(openFdCount() == fdsBefore);
+    PermStats again = enforcer.fullPass();
+    CHECK(again.changed == 0);
+    CHECK(again.scanned == entries);
+  }
+  SECTION("cancelled half-way") {
+    std::atomic<bool> cancel{false};
+    int seen = 0;
+    pim::WalkHooks hooks;
+    hooks.cancel = &cancel;
+    hooks.onDirectory = [&](const std::string&, int) {
+      if (++seen == kDirs / 2) cancel = true;
+      return true;
+    };
+    PermStats stats = enforcer.fullPass(hooks);
+    CHECK(stats.cancelled);
+    CHECK(stats.scanned < entries);
+    CHECK(countWrong(root, gid) > 0);
+    PermStats rest = enforcer.fullPass();
+    CHECK_FALSE(rest.cancelled);
+    CHECK(stats.changed + rest.changed == entries);
+    CHECK(countWrong(root, gid) == 0);
   }
 }
 
