@@ -10,7 +10,6 @@
 #include <csignal>
 #include <cstring>
 #include <memory>
-#include <random>
 #include <set>
 
 #include "agent/adopt.h"
@@ -133,11 +132,7 @@ Status Daemon::buildRuntime(const Config& config) {
   rt_ = std::move(rt);
   sourcePath_ = sourcePath;
   sourceSignature_ = sourcePath_.empty() ? "" : statSignature(sourcePath_);
-  // Equal jitter over the injectable uniform draw of Backoff: U[0.5, 1].
-  auto engine = std::make_shared<std::mt19937_64>(std::random_device{}());
-  backoff_ = std::make_unique<Backoff>(backoffBase(config.store.pollIntervalS), Backoff::kDefaultCap, [engine]() {
-    return 0.5 + 0.5 * std::uniform_real_distribution<double>(0.0, 1.0)(*engine);
-  });
+  backoff_ = std::make_unique<Backoff>(backoffBase(config.store.pollIntervalS), Backoff::kDefaultCap);
   return Status::ok();
 }
 

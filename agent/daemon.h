@@ -13,8 +13,9 @@
 // the cycle then starts again at once with a fresh store client.
 //
 // Retries: after a failed cycle (store unreachable, apply failed, internal error) the next
-// attempt waits min(cap, base * 2^n) * U[0.5, 1] ("equal jitter": gaps always grow, agents still
-// spread), base = min(poll interval, 2 s), cap 10 minutes; a success resets it. A short base
+// attempt waits U[0, min(cap, base * 2^n)] ("full jitter": a fleet's retries spread over the
+// whole window), at least 200 ms, base = min(poll interval, 2 s), cap 10 minutes; a success
+// resets it. A short base
 // lets a host recover from a blip in seconds; the doubling reaches the poll interval after a few
 // failures and the 10-minute cap after ~9, so a fleet never hammers a store that is down.
 

@@ -17,6 +17,7 @@
 #include <chrono>
 #include <csignal>
 #include <mutex>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -159,7 +160,7 @@ TEST_CASE("daemon: a file:// change is applied without waiting for the poll inte
   stopWith(*daemon, SIGTERM);
 }
 
-TEST_CASE("daemon: a store down at start leaves the host alone, retried with growing gaps", "[daemon]") {
+TEST_CASE("daemon: a store down at start leaves the host alone, retried with back-off", "[daemon]") {
   PIM_REQUIRE_ROOT();
   std::mutex mutex;
   std::vector<Clock::time_point> arrivals;
@@ -199,9 +200,21 @@ TEST_CASE("daemon: a store down at start leaves the host alone, retried with gro
   const auto gap0 = std::chrono::duration_cast<milliseconds>(t[1] - t[0]);
   const auto gap1 = std::chrono::duration_cast<milliseconds>(t[2] - t[1]);
   INFO("gaps " << gap0.count() << " ms, " << gap1.count() << " ms\n" << daemon->err());
-  // base = min(poll interval, 2 s) = 1 s; equal jitter: [0.5, 1] s, then [1, 2] s.
-  CHECK(gap0 >= milliseconds(450));
-  CHECK(gap1 + milliseconds(50) >= gap0);
+  // base = min(poll interval, 2 s) = 1 s; full jitter with a 200 ms floor: [0.2, 1] s, then
+  // [0.2, 2] s, each logged before it is waited.
+  std::vector<long> delays;
+  const std::regex retry("retrying in ([0-9]+) ms \\(([0-9]+) consecutive failures\\)");
+  const std::string err = daemon->err();
+  for (std::sregex_iterator it(err.begin(), err.end(), retry), end; it != end; ++it) {
+    delays.push_back(std::stol((*it)[1].str()));
+  }
+  REQUIRE(delays.size() >= 2);
+  CHECK(delays[0] >= 200);
+  CHECK(delays[0] <= 1000);
+  CHECK(delays[1] >= 200);
+  CHECK(delays[1] <= 2000);
+  CHECK(gap0 + milliseconds(50) >= milliseconds(delays[0]));
+  CHECK(gap1 + milliseconds(50) >= milliseconds(delays[1]));
   CHECK(box.snapshot() == before);  // unreachable store: host untouched
   CHECK_THAT(box.statusJson(), Catch::Contains("503"));
 
