@@ -35,6 +35,10 @@ constexpr uint64_t kCancelCheckEvery = 256;
 constexpr size_t kParallelFiles = 512;
 constexpr unsigned kMaxThreads = 4;
 constexpr size_t kBatchFiles = 256;
+// Changes logged one by one at info per call (full pass, fixPath, fixEntries); the rest at debug,
+// with one info line saying how many were not listed: a pass over a tree restored with the wrong
+// modes must not write a line per file to the journal.
+constexpr uint64_t kChangesListed = 100;
 constexpr size_t kQueuedPerThread = 2;
 
 #ifndef SYS_fchmodat2
@@ -304,8 +308,10 @@ PermStats PermEnforcer::fullPass(const WalkHooks& hooks) {
   PermStats stats;
   Pass pass{hooks, stats};
   struct stat st {};
+  changesNoted_ = 0;
   int fd = openRoot(st, pass);
   if (fd >= 0) walk(fd, st, std::string(), pass);
+  noteUnlisted();
   log_->info(
       "permission pass over {}: {} scanned, {} changed, {} hard links, {} symlinks, "
       "{} other skipped, {} errors{}",
@@ -326,8 +332,10 @@ PermStats PermEnforcer::fixPath(const std::string& relative, const WalkHooks& ho
     PermStats stats;
     Pass pass{hooks, stats};
     struct stat st {};
+    changesNoted_ = 0;
     int fd = openRoot(st, pass);
     if (fd >= 0) walk(fd, st, std::string(), pass);
+    noteUnlisted();
     return stats;
   }
   std::string name = parts.back();
@@ -338,6 +346,7 @@ PermStats PermEnforcer::fixEntries(const std::string& relativeDir, const std::ve
                                    const WalkHooks& hooks) {
   PermStats stats;
   Pass pass{hooks, stats};
+  changesNoted_ = 0;
   std::vector<std::string> parts;
   if (!splitRelative(relativeDir, parts)) {
     fail("resolve", relativeDir, EINVAL, pass);
@@ -366,6 +375,7 @@ PermStats PermEnforcer::fixEntries(const std::string& relativeDir, const std::ve
     handleEntry(fd, dirRel, name, pass);
   }
   close(fd);
+  noteUnlisted();
   return stats;
 }
 
@@ -784,8 +794,19 @@ bool PermEnforcer::applyFix(int fd, const struct stat& st, const std::string& re
 
 void PermEnforcer::noteChange(const std::string& rel, mode_t have, mode_t want, gid_t hadGid, Pass& pass) {
   ++pass.stats.changed;
-  if (!log_->should_log(spdlog::level::info)) return;  // the modes are formatted even for a null sink
-  log_->info("set {}/{}: mode {} -> {}, group {} -> {}", realRoot_, rel, octal(have), octal(want), hadGid, gid_);
+  const auto level = changesNoted_.fetch_add(1, std::memory_order_relaxed) < kChangesListed ? spdlog::level::info
+                                                                                            : spdlog::level::debug;
+  if (!log_->should_log(level)) return;  // the modes would be formatted even for a null sink
+  log_->log(level, "set {}/{}: mode {} -> {}, group {} -> {}", realRoot_, rel, octal(have), octal(want), hadGid,
+            gid_);
+}
+
+void PermEnforcer::noteUnlisted() {
+  const uint64_t noted = changesNoted_.load(std::memory_order_relaxed);
+  if (noted > kChangesListed) {
+    log_->info("{}: {} more changes not listed (--log-level debug lists every one)", realRoot_,
+               noted - kChangesListed);
+  }
 }
 
 void PermEnforcer::reportHardlink(const struct stat& st, const std::string& rel, Pass& pass) {

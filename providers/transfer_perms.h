@@ -140,6 +140,7 @@ class PermEnforcer {
   void fixFile(int dirFd, const std::string& name, const struct stat& st, const std::string& rel, Pass& pass);
   bool applyFix(int fd, const struct stat& st, const std::string& rel, Pass& pass);
   void noteChange(const std::string& rel, mode_t have, mode_t want, gid_t hadGid, Pass& pass);
+  void noteUnlisted();
   void reportHardlink(const struct stat& st, const std::string& rel, Pass& pass);
   void fail(const std::string& op, const std::string& rel, int err, Pass& pass);
   std::string display(const std::string& rel) const;
@@ -150,6 +151,7 @@ class PermEnforcer {
   size_t maxOpenDirs_;
   unsigned threads_;
   std::atomic<bool> pathChanges_;
+  std::atomic<uint64_t> changesNoted_{0};  // changes of the current call (logged one by one up to a limit)
   std::mutex warnedMutex_;
   std::set<std::pair<dev_t, ino_t>> warnedHardlinks_;  // warn once per file, bounded
 };

@@ -14,6 +14,8 @@
 #endif
 
 #include <catch2/catch.hpp>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <atomic>
@@ -24,6 +26,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -612,6 +615,43 @@ TEST_CASE("transfer perms: by name or by fd, on one thread or several, the same 
     CHECK(sameStat(lstatOf(tmp / "outside"), outsideBefore));
     CHECK(sameStat(lstatOf(root + "/big/right"), rightBefore));
     CHECK(enforcer.fullPass().changed == 0);
+  }
+}
+
+TEST_CASE("transfer perms: changes are logged one by one up to 100 per call, then counted", "[transfer_perms]") {
+  const gid_t gid = testGid();
+  TempDir tmp;
+  const std::string root = tmp / "root";
+  makeDir(root, 0755);
+  for (int i = 0; i < 150; ++i) makeFile(root + "/f" + std::to_string(i), 0644);
+  std::ostringstream out;
+  auto log = std::make_shared<spdlog::logger>("perms", std::make_shared<spdlog::sinks::ostream_sink_mt>(out));
+  log->set_pattern("%l %v");
+  auto countLines = [&](const std::string& prefix) {
+    std::istringstream in(out.str());
+    size_t n = 0;
+    for (std::string line; std::getline(in, line);) n += line.rfind(prefix, 0) == 0 ? 1 : 0;
+    return n;
+  };
+  PermEnforcer enforcer(root, gid, log);
+  SECTION("at info: 100 listed, the rest counted") {
+    log->set_level(spdlog::level::info);
+    CHECK(enforcer.fullPass().changed == 151);  // the root and 150 files
+    CHECK(countLines("info set " + root + "/") == 100);
+    CHECK(countLines("info " + root + ": 51 more changes not listed") == 1);
+    // The count starts again with each call: a few changes are all listed.
+    makeFile(root + "/late1", 0600);
+    makeFile(root + "/late2", 0600);
+    out.str("");
+    CHECK(enforcer.fixEntries("", {"late1", "late2"}).changed == 2);
+    CHECK(countLines("info set " + root + "/late") == 2);
+    CHECK(countLines("info " + root + ":") == 0);
+  }
+  SECTION("at debug: every change listed") {
+    log->set_level(spdlog::level::debug);
+    CHECK(enforcer.fullPass().changed == 151);
+    CHECK(countLines("info set ") + countLines("debug set ") == 151);
+    CHECK(countLines("debug set ") == 51);
   }
 }
 
