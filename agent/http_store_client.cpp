@@ -45,7 +45,6 @@ using SteadyClock = std::chrono::steady_clock;
 constexpr int64_t kMaxTokenFileBytes = 64 * 1024;
 constexpr int64_t kMaxCaFileBytes = 16 * 1024 * 1024;
 constexpr std::chrono::milliseconds kCancelPollSlice{100};
-constexpr std::chrono::seconds kMaxIdle{90};  // a kept connection idle longer is not reused
 
 std::string trimWhitespace(const std::string& s) {
   const char* ws = " \t\r\n";
@@ -632,14 +631,14 @@ Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t wai
 std::unique_ptr<HttpStoreClient::Connection> HttpStoreClient::takeKept() {
   std::unique_ptr<Connection> conn = std::move(kept_);
   if (!conn) return nullptr;
-  // Past 90 s a middlebox may have dropped the connection without a word (a GET sent into it would
+  // Past maxIdle (90 s) a middlebox may have dropped the connection without a word (a GET sent into it would
   // wait for the whole read time-out); anything readable means the store closed it or misbehaved.
-  if (SteadyClock::now() - conn->idleSince > kMaxIdle || conn->channel.hasUnread()) return nullptr;
+  if (SteadyClock::now() - conn->idleSince > params_.options.maxIdle || conn->channel.hasUnread()) return nullptr;
   return conn;
 }
 
 Result<std::unique_ptr<HttpStoreClient::Connection>> HttpStoreClient::connect(std::chrono::milliseconds readBudget,
-                                                                               const std::string& where) {
+                                                                              const std::string& where) {
   const std::string peer = hostForUrl(uri_.getHost()) + ":" + std::to_string(uri_.getPort());
   auto failed = [&](const std::string& cause) {
     return Status::error(ErrorCode::kUnreachable, where + ": connect to " + peer + ": " + cause);

@@ -9,7 +9,7 @@
 // Connections are kept between fetches (HTTP/1.1 keep-alive) when the store allows it, so that an
 // idle poll over https:// costs one request, not a TCP and TLS handshake: a connection is kept only
 // after a complete 200 or 304 with nothing unread, reused only if it has been idle for less than
-// 90 s and the store has not closed it (nothing readable on it), and a GET that finds a reused
+// options.maxIdle (90 s) and the store has not closed it (nothing readable on it), and a GET that finds a reused
 // connection closed before any byte of the answer is sent again once on a fresh connection.
 // (Poco's NetSSL would pull Poco::Util, XML and Crypto into the
 // resident daemon for nothing it needs, and its handshake cannot be bounded by a deadline.)

@@ -30,6 +30,9 @@ struct StoreClientOptions {
   /// Whole exchange after the connection is up: TLS handshake, request, headers and body must
   /// complete within readTimeout + the long-poll wait, and no single read may stall longer.
   std::chrono::milliseconds readTimeout{30000};
+  /// http(s): a connection kept between fetches is not reused after this long idle (a middlebox
+  /// may have dropped it without a word).
+  std::chrono::milliseconds maxIdle{90000};
 };
 
 class StoreClient {

@@ -162,8 +162,7 @@ struct PermEnforcer::Frame {
 // adds the workers' counts to the walk's.
 class PermEnforcer::Workers {
  public:
-  Workers(PermEnforcer& enforcer, Pass& pass, unsigned threads)
-      : enforcer_(enforcer), pass_(pass), threads_(threads) {}
+  Workers(PermEnforcer& enforcer, Pass& pass, unsigned threads) : enforcer_(enforcer), pass_(pass), threads_(threads) {}
   ~Workers() { finish(); }
   Workers(const Workers&) = delete;
   Workers& operator=(const Workers&) = delete;
@@ -573,7 +572,7 @@ bool PermEnforcer::listDirectory(int fd, const std::string& rel, std::vector<std
   }
   bool ok = true;
   std::vector<std::pair<ino_t, std::string>> regular;  // DT_REG: their mode needs a stat
-  std::vector<std::string> unknown;  // DT_UNKNOWN: their type needs a stat (they may be directories)
+  std::vector<std::string> unknown;                    // DT_UNKNOWN: their type needs a stat (they may be directories)
   for (;;) {
     errno = 0;
     struct dirent* ent = readdir(dir);
@@ -797,15 +796,13 @@ void PermEnforcer::noteChange(const std::string& rel, mode_t have, mode_t want, 
   const auto level = changesNoted_.fetch_add(1, std::memory_order_relaxed) < kChangesListed ? spdlog::level::info
                                                                                             : spdlog::level::debug;
   if (!log_->should_log(level)) return;  // the modes would be formatted even for a null sink
-  log_->log(level, "set {}/{}: mode {} -> {}, group {} -> {}", realRoot_, rel, octal(have), octal(want), hadGid,
-            gid_);
+  log_->log(level, "set {}/{}: mode {} -> {}, group {} -> {}", realRoot_, rel, octal(have), octal(want), hadGid, gid_);
 }
 
 void PermEnforcer::noteUnlisted() {
   const uint64_t noted = changesNoted_.load(std::memory_order_relaxed);
   if (noted > kChangesListed) {
-    log_->info("{}: {} more changes not listed (--log-level debug lists every one)", realRoot_,
-               noted - kChangesListed);
+    log_->info("{}: {} more changes not listed (--log-level debug lists every one)", realRoot_, noted - kChangesListed);
   }
 }
 

@@ -722,6 +722,21 @@ TEST_CASE("store http: a connection the store closed while idle is not reused", 
   CHECK(server.connectionCount() == 2);
 }
 
+TEST_CASE("store http: a connection idle longer than the limit is not reused", "[store][keepalive]") {
+  StoreTestServer server(StoreTestServer::KeepAlive{milliseconds(10000)}, StoreTestServer::Handler{});
+  server.setDocument(kDoc, "\"k1\"");
+  StoreClientOptions options = fastOptions();
+  options.maxIdle = milliseconds(300);
+  auto client = makeClient(settingsFor(server.url()), "", options);
+  REQUIRE(client->fetch("", 0).isOk());
+  REQUIRE(client->fetch("\"k1\"", 0).isOk());  // at once: the kept connection
+  CHECK(server.connectionCount() == 1);
+  std::this_thread::sleep_for(milliseconds(600));  // the server would still take it
+  REQUIRE(client->fetch("\"k1\"", 0).isOk());
+  CHECK(server.requestCount() == 3);
+  CHECK(server.connectionCount() == 2);
+}
+
 TEST_CASE("store http: a GET meeting a kept connection closed under it is sent again, once", "[store][keepalive]") {
   // The race a store's idle time-out makes: the connection looked open, the request went out, and
   // the store closed it without an answer.

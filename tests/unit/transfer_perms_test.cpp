@@ -13,9 +13,9 @@
 #include <sys/mount.h>
 #endif
 
-#include <catch2/catch.hpp>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
+#include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -42,7 +42,6 @@ using pim::PermStats;
 // As root the tests use a group nobody has (4242): every chown is real. As another user they
 // use their own group, which chown accepts.
 gid_t testGid() { return geteuid() == 0 ? 4242 : getegid(); }
-
 
 void makeDir(const std::string& path, mode_t mode) {
   REQUIRE(mkdir(path.c_str(), 0700) == 0);
