@@ -1,5 +1,5 @@
 #pragma once
-// The command line of ../shared/spec/agent.md: parses arguments, loads the config, wires the
+// The command line of docs/agent.md: parses arguments, loads the config, wires the
 // Host, store client, state store and providers, runs the command and returns the exit code.
 
 namespace pim {

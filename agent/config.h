@@ -1,5 +1,5 @@
 #pragma once
-// The agent's configuration: the INI file of ../shared/spec/agent.md with every default, plus the
+// The agent's configuration: the INI file of docs/agent.md with every default, plus the
 // command-line overrides. Paths in HostSettings/SshdSettings/StateSettings are host paths (the
 // Host adds --root); `store.*` file paths are resolved by resolveFile().
 
@@ -36,9 +36,7 @@ struct Config {
   std::string root;  // --root prefix ("" for the real system)
 
   /// Prefixes a host path with the root (for the store.* files read directly).
-  std::string resolveFile(const std::string& hostPath) const {
-    return hostPath.empty() ? hostPath : root + hostPath;
-  }
+  std::string resolveFile(const std::string& hostPath) const { return hostPath.empty() ? hostPath : root + hostPath; }
 };
 
 /// Parses INI text into a Config with defaults for every absent key. Errors (kInvalid) name the

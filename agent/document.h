@@ -1,6 +1,6 @@
 #pragma once
 // The access document parser: JSON text from the store -> a validated AccessDocument. The rules
-// are ../shared/spec/access-document.md: whole-document problems reject the document, per-entry
+// are docs/access-document.md: whole-document problems reject the document, per-entry
 // problems skip only that entry.
 
 #include <cstdint>

@@ -76,15 +76,6 @@ bool inTestNamespace() {
   return false;
 }
 
-Admission admission() {
-  if (!inTestNamespace()) return Admission::kNoNamespace;
-  const char* only = std::getenv("PIM_E2E_TEST");
-  if (only != nullptr && *only != '\0' && Catch::getResultCapture().getCurrentTestName() != only) {
-    return Admission::kOtherCase;
-  }
-  return Admission::kRun;
-}
-
 TempDir::TempDir(const std::string& prefix) {
   std::string templ = tmpBase() + "/" + prefix + "XXXXXX";
   std::vector<char> buf(templ.begin(), templ.end());

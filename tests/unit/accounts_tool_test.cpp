@@ -8,6 +8,7 @@
 
 #include "providers/real_host.h"
 #include "tests/support/etc_sandbox.h"
+#include "tests/support/skip.h"
 
 namespace fs = std::filesystem;
 using namespace pim;
@@ -36,11 +37,7 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
 }
 
-bool isRoot() {
-  if (::geteuid() == 0) return true;
-  WARN("skipped: needs root (shadow tools)");
-  return false;
-}
+bool isRoot() { return pim::test::runsAsRoot("shadow tools"); }
 
 }  // namespace
 

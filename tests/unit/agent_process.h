@@ -23,19 +23,19 @@
 
 #include <catch2/catch.hpp>
 
+#include "tests/support/skip.h"
+
 namespace pim {
 namespace agenttest {
 
 /// True when the tests run as root.
 bool isRoot();
 
-/// Returns from the test case (passing, with the reason printed) when not root.
-#define PIM_REQUIRE_ROOT()                                                                   \
-  do {                                                                                       \
-    if (!::pim::agenttest::isRoot()) {                                                       \
-      WARN("skipped: needs root (useradd --prefix, chown, unshare -m for the bind mounts)"); \
-      return;                                                                                \
-    }                                                                                        \
+/// Returns from the test case, with the reason printed, when not root; under CI a failure
+/// instead (tests/support/skip.h).
+#define PIM_REQUIRE_ROOT()                                                                           \
+  do {                                                                                               \
+    if (!::pim::test::runsAsRoot("useradd --prefix, chown, unshare -m for the bind mounts")) return; \
   } while (0)
 
 /// The agent binary of this build.

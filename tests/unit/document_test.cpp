@@ -13,7 +13,7 @@ using pim::AccessDocument;
 using pim::DocumentOptions;
 using pim::parseDocument;
 
-const std::string kExamples = PIM_SOURCE_DIR "/../shared/spec/examples/";
+const std::string kExamples = PIM_SOURCE_DIR "/docs/examples/";
 
 std::string readFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -513,9 +513,15 @@ TEST_CASE("document: a key's owner is only a label: absent, null and non-ASCII n
   const std::string ed =
       "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF672WCNFtqcThBzVbXOfOSdud0k+tJpV0314p0yRK8S alice@example";
   const std::string body = R"({"version":1,"revision":1,"instance":"i","ssh":{"keys":[)"
-                           R"({"id":"k-none","public_key":")" + ed + R"("},)"
-                           R"({"id":"k-null","owner":null,"public_key":")" + ed + R"("},)"
-                           R"({"id":"k-zoe","owner":"Zoë Müller","public_key":")" + ed + R"("}]},)"
+                           R"({"id":"k-none","public_key":")" +
+                           ed +
+                           R"("},)"
+                           R"({"id":"k-null","owner":null,"public_key":")" +
+                           ed +
+                           R"("},)"
+                           R"({"id":"k-zoe","owner":"Zoë Müller","public_key":")" +
+                           ed +
+                           R"("}]},)"
                            R"("sftp":{"accounts":[]},"network":{"allowed_sources":[]}})";
   auto doc = pim::parseDocument(body, pim::DocumentOptions{});
   REQUIRE(doc.isOk());

@@ -10,6 +10,7 @@
 #include "providers/real_host.h"
 #include "providers/ssh_keys.h"
 #include "tests/support/etc_sandbox.h"
+#include "tests/support/skip.h"
 
 namespace fs = std::filesystem;
 using namespace pim;
@@ -81,11 +82,7 @@ TEST_CASE("planLoginUser table", "[login_user]") {
 
 namespace {
 
-bool isRoot() {
-  if (::geteuid() == 0) return true;
-  WARN("skipped: needs root (useradd --prefix, chown)");
-  return false;
-}
+bool isRoot() { return pim::test::runsAsRoot("useradd --prefix, chown"); }
 
 struct UserSandbox {
   test::EtcSandbox sb;

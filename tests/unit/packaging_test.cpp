@@ -81,7 +81,7 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
   CHECK(c.state.db == d.state.db);
   CHECK(c.state.metricsFile == d.state.metricsFile);
 
-  // Every key of the contract's config block (../shared/spec/agent.md) plus the metrics file.
+  // Every key of the contract's config block (docs/agent.md) plus the metrics file.
   const std::set<std::string> expected = {"store.source",       "store.instance",           "store.token_file",
                                           "store.ca_file",      "store.signing_key",        "store.poll_interval_s",
                                           "store.long_poll_s",  "store.max_document_bytes", "host.login_user",

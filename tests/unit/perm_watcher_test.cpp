@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include "tests/support/skip.h"
 #include "tests/support/temp_dir.h"
 
 namespace {
@@ -32,7 +33,6 @@ gid_t testGid() { return geteuid() == 0 ? 4242 : getegid(); }
 // Deadlines only turn a hang into a failure; nothing measures speed.
 constexpr std::chrono::seconds kDeadline(120);
 constexpr std::chrono::seconds kBurstDeadline(600);
-
 
 void makeDir(const std::string& path, mode_t mode) {
   REQUIRE(mkdir(path.c_str(), 0700) == 0);
@@ -221,10 +221,7 @@ TEST_CASE("perm watcher: trees moved in and moved around", "[perm_watcher]") {
 }
 
 TEST_CASE("perm watcher: tar x of an archive with restrictive modes", "[perm_watcher]") {
-  if (geteuid() != 0) {
-    WARN("skipped: tar keeps archive modes only for root");
-    return;
-  }
+  if (!pim::test::runsAsRoot("tar keeps archive modes only for root")) return;
   TempDir tmp;
   makeDir(tmp / "root", 0755);
   makeDir(tmp / "src", 0700);

@@ -10,6 +10,7 @@
 #include "providers/accounts_tool.h"
 #include "providers/real_host.h"
 #include "tests/support/etc_sandbox.h"
+#include "tests/support/skip.h"
 
 namespace fs = std::filesystem;
 using namespace pim;
@@ -77,11 +78,7 @@ SftpAccountsCurrent emptyHost() {
   return c;
 }
 
-bool isRoot() {
-  if (::geteuid() == 0) return true;
-  WARN("skipped: needs root (useradd --prefix, chown)");
-  return false;
-}
+bool isRoot() { return pim::test::runsAsRoot("useradd --prefix, chown"); }
 
 std::string lineOf(const std::string& text, const std::string& name) {
   std::stringstream ss(text);

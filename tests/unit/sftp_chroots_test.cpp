@@ -18,6 +18,7 @@
 #include "providers/sftp_accounts.h"
 #include "providers/transfer_tree.h"
 #include "tests/support/etc_sandbox.h"
+#include "tests/support/skip.h"
 
 namespace fs = std::filesystem;
 using namespace pim;
@@ -65,11 +66,7 @@ void addChroot(SftpChrootsCurrent& c, const std::string& user, uint64_t inode) {
   c.ownedDirs.insert("/srv/pim-sftp/" + user + "/transfer");
 }
 
-bool isRoot() {
-  if (::geteuid() == 0) return true;
-  WARN("skipped: needs root (mount namespace, bind mounts, useradd --prefix)");
-  return false;
-}
+bool isRoot() { return pim::test::runsAsRoot("mount namespace, bind mounts, useradd --prefix"); }
 
 /// Runs `body` in a forked child inside a private mount namespace, so that its mounts never reach
 /// the test binary's namespace (they vanish with the child). The child reports failed checks as

@@ -10,6 +10,7 @@
 
 #include "providers/real_host.h"
 #include "tests/support/etc_sandbox.h"
+#include "tests/support/skip.h"
 
 namespace fs = std::filesystem;
 using namespace pim;
@@ -292,11 +293,7 @@ struct stat statOf(const std::string& p) {
   return st;
 }
 
-bool isRoot() {
-  if (::geteuid() == 0) return true;
-  WARN("skipped: needs root (chown to another uid)");
-  return false;
-}
+bool isRoot() { return pim::test::runsAsRoot("chown to another uid"); }
 
 }  // namespace
 

@@ -17,6 +17,7 @@
 
 #include "providers/real_host.h"
 #include "providers/scratch_dir.h"
+#include "tests/support/skip.h"
 
 namespace {
 
@@ -51,6 +52,12 @@ void mkdirs(const std::string& path) {
 }
 
 bool haveSshd() { return ::access(kSshd, X_OK) == 0 && ::access("/usr/bin/ssh-keygen", X_OK) == 0; }
+
+// The real sshd needs root (host key and privilege separation directory) and the programs.
+bool sshdRuns() {
+  return pim::test::runsHere(haveSshd(), std::string(kSshd) + " or ssh-keygen not installed") &&
+         pim::test::runsAsRoot("sshd -t and -T: host key and privilege separation directory");
+}
 
 // sshd -t and -T refuse to run without their privilege separation directory; systemd makes it
 // when the service starts, so a test machine may not have it.
@@ -261,14 +268,7 @@ TEST_CASE("sshd drop-in: input built from the document and the host", "[sshd]") 
 }
 
 TEST_CASE("sshd drop-in: effective settings with the real sshd (sshd -T)", "[sshd][sshd-real]") {
-  if (!haveSshd()) {
-    WARN("skipped: " << kSshd << " or ssh-keygen not installed");
-    return;
-  }
-  if (::geteuid() != 0) {
-    WARN("skipped: sshd -T needs root (host key and privilege separation directory)");
-    return;
-  }
+  if (!sshdRuns()) return;
   const DropinInput in = fullInput();
   SshdSandbox sb(pim::renderDropin(in));
 
@@ -357,10 +357,7 @@ TEST_CASE("sshd drop-in: effective settings with the real sshd (sshd -T)", "[ssh
 }
 
 TEST_CASE("sshd drop-in: empty allowed sources refuse every managed user", "[sshd][sshd-real]") {
-  if (!haveSshd() || ::geteuid() != 0) {
-    WARN("skipped: needs root and " << kSshd);
-    return;
-  }
+  if (!sshdRuns()) return;
   SshdSandbox sb(pim::renderDropin(noSourcesInput()));
   CHECK(denied(sb.effective("akeneo", "127.0.0.1")));
   CHECK(denied(sb.effective("akeneosftp", "203.0.113.5")));
@@ -368,10 +365,7 @@ TEST_CASE("sshd drop-in: empty allowed sources refuse every managed user", "[ssh
 }
 
 TEST_CASE("sshd drop-in: 1024 allowed sources on one Match line", "[sshd][sshd-real]") {
-  if (!haveSshd() || ::geteuid() != 0) {
-    WARN("skipped: needs root and " << kSshd);
-    return;
-  }
+  if (!sshdRuns()) return;
   DropinInput in = minimalInput();
   in.allowedSources.clear();
   for (int i = 0; i < 1024; ++i) {
@@ -520,10 +514,7 @@ struct ProviderFixture {
 }  // namespace
 
 TEST_CASE("sshd provider: plan, apply with sshd -t, then a fresh plan is empty", "[sshd][sshd-real]") {
-  if (!haveSshd() || ::geteuid() != 0) {
-    WARN("skipped: needs root and " << kSshd);
-    return;
-  }
+  if (!sshdRuns()) return;
   ProviderFixture f;
   const std::string reloadLog = f.tools.file("reload.log");
   f.ss.reloadCommand = f.script("reload", "echo \"$@\" >> " + reloadLog + "\n") + " ssh now";
@@ -584,10 +575,7 @@ TEST_CASE("sshd provider: plan, apply with sshd -t, then a fresh plan is empty",
 }
 
 TEST_CASE("sshd provider: a candidate sshd -t rejects is not installed", "[sshd][sshd-real]") {
-  if (!haveSshd() || ::geteuid() != 0) {
-    WARN("skipped: needs root and " << kSshd);
-    return;
-  }
+  if (!sshdRuns()) return;
   ProviderFixture f;
   const std::string reloadLog = f.tools.file("reload.log");
   f.ss.reloadCommand = f.script("reload", "echo reloaded >> " + reloadLog + "\n");
@@ -633,10 +621,7 @@ TEST_CASE("sshd provider: a candidate sshd -t rejects is not installed", "[sshd]
 }
 
 TEST_CASE("sshd provider: no scratch files are left in /tmp", "[sshd][sshd-real]") {
-  if (!haveSshd() || ::geteuid() != 0) {
-    WARN("skipped: needs root and " << kSshd);
-    return;
-  }
+  if (!sshdRuns()) return;
   ProviderFixture f;
   auto countScratch = [] {
     pim::RealHost real("", pim::nullLogger());
@@ -654,10 +639,7 @@ TEST_CASE("sshd provider: no scratch files are left in /tmp", "[sshd][sshd-real]
 }
 
 TEST_CASE("sshd provider: creates sshd's missing privilege separation directory", "[sshd][sshd-real]") {
-  if (!haveSshd() || ::geteuid() != 0) {
-    WARN("skipped: needs root and " << kSshd);
-    return;
-  }
+  if (!sshdRuns()) return;
   ProviderFixture f;
   const std::string privsep = f.tools.file("privsep");
   // Behaves like sshd -t on a machine where sshd never ran: refuses until the directory exists.

@@ -9,6 +9,7 @@
 #include "providers/accounts_tool.h"
 #include "providers/real_host.h"
 #include "tests/support/etc_sandbox.h"
+#include "tests/support/skip.h"
 
 namespace fs = std::filesystem;
 using namespace pim;
@@ -43,11 +44,7 @@ TransferTreeCurrent settledRoot() {
   return c;
 }
 
-bool isRoot() {
-  if (::geteuid() == 0) return true;
-  WARN("skipped: needs root (groupadd --prefix, chown)");
-  return false;
-}
+bool isRoot() { return pim::test::runsAsRoot("groupadd --prefix, chown"); }
 
 struct stat statOf(const std::string& path) {
   struct stat st {};
