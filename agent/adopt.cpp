@@ -22,8 +22,7 @@ Result<AdoptionCounts> adoptFromHost(Host& host, const HostSettings& settings, L
   while (std::getline(lines, line)) {
     const std::vector<std::string> f = splitFields(line, ':');
     if (f.size() < 7 || f[0] == settings.loginUser) continue;
-    const bool signature = f[5] == "/transfer" && f[6] == "/usr/sbin/nologin" &&
-                           f[3] == std::to_string((*group)->gid);
+    const bool signature = f[5] == "/transfer" && f[6] == "/usr/sbin/nologin" && f[3] == std::to_string((*group)->gid);
     if (signature) users.push_back(f[0]);
   }
   auto mounts = host.listMounts();
@@ -47,8 +46,9 @@ Result<AdoptionCounts> adoptFromHost(Host& host, const HostSettings& settings, L
       }
     }
   }
-  log->warn("state database rebuilt: re-adopted {} SFTP account(s), {} mount(s), {} path(s) and the group {} from the host",
-            counts.users, counts.mounts, counts.files, settings.transferGroup);
+  log->warn(
+      "state database rebuilt: re-adopted {} SFTP account(s), {} mount(s), {} path(s) and the group {} from the host",
+      counts.users, counts.mounts, counts.files, settings.transferGroup);
   return counts;
 }
 

@@ -122,11 +122,15 @@ Result<CliOptions> parseArgs(int argc, char** argv) {
 }
 
 Result<spdlog::level::level_enum> parseLevel(const std::string& name) {
-  static const std::map<std::string, spdlog::level::level_enum> levels = {
-      {"trace", spdlog::level::trace}, {"debug", spdlog::level::debug}, {"info", spdlog::level::info},
-      {"warn", spdlog::level::warn},   {"error", spdlog::level::err}};
+  static const std::map<std::string, spdlog::level::level_enum> levels = {{"trace", spdlog::level::trace},
+                                                                          {"debug", spdlog::level::debug},
+                                                                          {"info", spdlog::level::info},
+                                                                          {"warn", spdlog::level::warn},
+                                                                          {"error", spdlog::level::err}};
   auto it = levels.find(name);
-  if (it == levels.end()) return Status::error(ErrorCode::kInvalid, "--log-level: unknown level '" + name + "' (trace|debug|info|warn|error)");
+  if (it == levels.end())
+    return Status::error(ErrorCode::kInvalid,
+                         "--log-level: unknown level '" + name + "' (trace|debug|info|warn|error)");
   return it->second;
 }
 
@@ -263,9 +267,9 @@ Result<std::unique_ptr<Runtime>> openRuntime(const Config& config, bool takeLock
     if (!lock) return lock.status();
     rt->cycleLock = std::move(*lock);
   }
-  rt->agent = std::make_unique<Agent>(config, *rt->host, *rt->state, rt->clock,
-                                      [](Ledger& ledger) { return makeProviders(ledger); }, makeLogger("agent"),
-                                      failpoints);
+  rt->agent = std::make_unique<Agent>(
+      config, *rt->host, *rt->state, rt->clock, [](Ledger& ledger) { return makeProviders(ledger); },
+      makeLogger("agent"), failpoints);
   if (takeLock) {
     Status r = rt->agent->recoverInterruptedCycle();
     if (!r) return r;
@@ -293,12 +297,14 @@ int cmdRollback(const Config& config, const CliOptions& o, const FailPoints& fai
   if (o.args.size() != 1) return usageError("rollback needs one generation number");
   char* end = nullptr;
   long long n = std::strtoll(o.args[0].c_str(), &end, 10);
-  if (end == o.args[0].c_str() || *end != '\0' || n < 1) return usageError("rollback: not a generation number: " + o.args[0]);
+  if (end == o.args[0].c_str() || *end != '\0' || n < 1)
+    return usageError("rollback: not a generation number: " + o.args[0]);
   auto rt = openRuntime(config, true, failpoints);
   if (!rt) return fail(rt.status());
   CycleReport r = (*rt)->agent->rollback(n);
   printCycle(std::cout, r);
-  if (r.exitCode == 0) std::cout << "pinned to generation " << (r.generation ? *r.generation : 0) << " (resume lifts the pin)\n";
+  if (r.exitCode == 0)
+    std::cout << "pinned to generation " << (r.generation ? *r.generation : 0) << " (resume lifts the pin)\n";
   if (!r.error.empty()) std::cerr << "pim-access-agent: " << r.error << "\n";
   return r.exitCode;
 }
@@ -350,7 +356,8 @@ int runCli(int argc, char** argv) {
     }
     if (c == "enforce-perms" && noArgs()) return cmdEnforcePerms(*config);
     if (c == "run" && noArgs()) return cmdRun([o]() { return loadConfig(o); }, *failpoints);
-    if (c == "plan" || c == "once" || c == "resume" || c == "status" || c == "history" || c == "enforce-perms" || c == "run") {
+    if (c == "plan" || c == "once" || c == "resume" || c == "status" || c == "history" || c == "enforce-perms" ||
+        c == "run") {
       return usageError(c + " takes no arguments");
     }
     return usageError("unknown command " + c);

@@ -5,13 +5,13 @@
 
 #include <ctime>
 
+#include <iostream>
+#include <sstream>
 #include "agent/adopt.h"
 #include "agent/cli.h"
 #include "agent/sandbox.h"
 #include "agent/state_ledger.h"
 #include "providers/log.h"
-#include <iostream>
-#include <sstream>
 
 namespace pim {
 
@@ -80,16 +80,18 @@ Result<std::unique_ptr<StateStore>> openStateForCycles(const Config& config, Hos
   return state;
 }
 
-std::string lockPath(const Config& config, Host& host) {
-  return host.realPath(config.state.db) + ".lock";
-}
+std::string lockPath(const Config& config, Host& host) { return host.realPath(config.state.db) + ".lock"; }
 
 int exitFor(const Status& s) {
   switch (s.code()) {
-    case ErrorCode::kInvalid: return kExitUsage;
-    case ErrorCode::kRejected: return kExitRejected;
-    case ErrorCode::kUnreachable: return kExitUnreachable;
-    default: return kExitInternal;
+    case ErrorCode::kInvalid:
+      return kExitUsage;
+    case ErrorCode::kRejected:
+      return kExitRejected;
+    case ErrorCode::kUnreachable:
+      return kExitUnreachable;
+    default:
+      return kExitInternal;
   }
 }
 

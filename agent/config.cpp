@@ -87,25 +87,55 @@ using Setter = std::function<Status(Config&, const std::string& key, const std::
 
 const std::map<std::string, Setter>& setters() {
   static const std::map<std::string, Setter> table = {
-      {"store.source", [](Config& c, const std::string&, const std::string& v) { c.store.source = v; return Status::ok(); }},
-      {"store.instance", [](Config& c, const std::string&, const std::string& v) { c.store.instance = v; return Status::ok(); }},
-      {"store.token_file", [](Config& c, const std::string& k, const std::string& v) { return setPath(c.store.tokenFile, k, v, true); }},
-      {"store.ca_file", [](Config& c, const std::string& k, const std::string& v) { return setPath(c.store.caFile, k, v, true); }},
-      {"store.signing_key", [](Config& c, const std::string& k, const std::string& v) { return setPath(c.store.signingKey, k, v, true); }},
-      {"store.poll_interval_s", [](Config& c, const std::string& k, const std::string& v) { return setInt(c.store.pollIntervalS, k, v, 1, 86400); }},
-      {"store.long_poll_s", [](Config& c, const std::string& k, const std::string& v) { return setInt(c.store.longPollS, k, v, 0, 3600); }},
-      {"store.max_document_bytes", [](Config& c, const std::string& k, const std::string& v) { return setInt(c.store.maxDocumentBytes, k, v, 1024, int64_t(1) << 30); }},
-      {"host.login_user", [](Config& c, const std::string& k, const std::string& v) { return setName(c.host.loginUser, k, v); }},
-      {"host.transfer_root", [](Config& c, const std::string& k, const std::string& v) { return setPath(c.host.transferRoot, k, v, false); }},
-      {"host.transfer_group", [](Config& c, const std::string& k, const std::string& v) { return setName(c.host.transferGroup, k, v); }},
-      {"host.chroot_base", [](Config& c, const std::string& k, const std::string& v) { return setPath(c.host.chrootBase, k, v, false); }},
-      {"host.always_allow", [](Config& c, const std::string& k, const std::string& v) { return setCidrs(c.host.alwaysAllow, k, v); }},
-      {"sshd.main_config", [](Config& c, const std::string& k, const std::string& v) { return setPath(c.sshd.mainConfig, k, v, false); }},
-      {"sshd.dropin", [](Config& c, const std::string& k, const std::string& v) { return setPath(c.sshd.dropin, k, v, false); }},
-      {"sshd.binary", [](Config& c, const std::string& k, const std::string& v) { return setPath(c.sshd.binary, k, v, false); }},
-      {"sshd.reload_command", [](Config& c, const std::string&, const std::string& v) { c.sshd.reloadCommand = v; return Status::ok(); }},
-      {"state.db", [](Config& c, const std::string& k, const std::string& v) { return setPath(c.state.db, k, v, false); }},
-      {"state.metrics_file", [](Config& c, const std::string& k, const std::string& v) { return setPath(c.state.metricsFile, k, v, true); }},
+      {"store.source",
+       [](Config& c, const std::string&, const std::string& v) {
+         c.store.source = v;
+         return Status::ok();
+       }},
+      {"store.instance",
+       [](Config& c, const std::string&, const std::string& v) {
+         c.store.instance = v;
+         return Status::ok();
+       }},
+      {"store.token_file",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.store.tokenFile, k, v, true); }},
+      {"store.ca_file",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.store.caFile, k, v, true); }},
+      {"store.signing_key",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.store.signingKey, k, v, true); }},
+      {"store.poll_interval_s", [](Config& c, const std::string& k,
+                                   const std::string& v) { return setInt(c.store.pollIntervalS, k, v, 1, 86400); }},
+      {"store.long_poll_s",
+       [](Config& c, const std::string& k, const std::string& v) { return setInt(c.store.longPollS, k, v, 0, 3600); }},
+      {"store.max_document_bytes",
+       [](Config& c, const std::string& k, const std::string& v) {
+         return setInt(c.store.maxDocumentBytes, k, v, 1024, int64_t(1) << 30);
+       }},
+      {"host.login_user",
+       [](Config& c, const std::string& k, const std::string& v) { return setName(c.host.loginUser, k, v); }},
+      {"host.transfer_root",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.host.transferRoot, k, v, false); }},
+      {"host.transfer_group",
+       [](Config& c, const std::string& k, const std::string& v) { return setName(c.host.transferGroup, k, v); }},
+      {"host.chroot_base",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.host.chrootBase, k, v, false); }},
+      {"host.always_allow",
+       [](Config& c, const std::string& k, const std::string& v) { return setCidrs(c.host.alwaysAllow, k, v); }},
+      {"sshd.main_config",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.sshd.mainConfig, k, v, false); }},
+      {"sshd.dropin",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.sshd.dropin, k, v, false); }},
+      {"sshd.binary",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.sshd.binary, k, v, false); }},
+      {"sshd.reload_command",
+       [](Config& c, const std::string&, const std::string& v) {
+         c.sshd.reloadCommand = v;
+         return Status::ok();
+       }},
+      {"state.db",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.state.db, k, v, false); }},
+      {"state.metrics_file",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.state.metricsFile, k, v, true); }},
   };
   return table;
 }
@@ -124,7 +154,8 @@ Result<Config> parseConfig(const std::string& iniText) {
     if (line.empty()) continue;
     const std::string where = "line " + std::to_string(lineNo);
     if (line.front() == '[') {
-      if (line.back() != ']') return Status::error(ErrorCode::kInvalid, "config " + where + ": unterminated section header");
+      if (line.back() != ']')
+        return Status::error(ErrorCode::kInvalid, "config " + where + ": unterminated section header");
       section = trim(line.substr(1, line.size() - 2));
       if (section != "store" && section != "host" && section != "sshd" && section != "state") {
         return Status::error(ErrorCode::kInvalid, "config " + where + ": unknown section [" + section + "]");
@@ -132,10 +163,12 @@ Result<Config> parseConfig(const std::string& iniText) {
       continue;
     }
     auto eq = line.find('=');
-    if (eq == std::string::npos) return Status::error(ErrorCode::kInvalid, "config " + where + ": expected key = value");
+    if (eq == std::string::npos)
+      return Status::error(ErrorCode::kInvalid, "config " + where + ": expected key = value");
     std::string key = trim(line.substr(0, eq));
     std::string value = trim(line.substr(eq + 1));
-    if (section.empty()) return Status::error(ErrorCode::kInvalid, "config " + where + ": key '" + key + "' outside a section");
+    if (section.empty())
+      return Status::error(ErrorCode::kInvalid, "config " + where + ": key '" + key + "' outside a section");
     std::string full = section + "." + key;
     auto it = setters().find(full);
     if (it == setters().end()) return Status::error(ErrorCode::kInvalid, "config " + where + ": unknown key " + full);

@@ -14,8 +14,8 @@
 
 #include "agent/adopt.h"
 #include "agent/cli_support.h"
-#include "agent/metrics.h"
 #include "agent/file_store_client.h"
+#include "agent/metrics.h"
 #include "agent/perm_watcher.h"
 #include "agent/provider_set.h"
 #include "agent/sandbox.h"
@@ -253,7 +253,8 @@ void Daemon::startWorkIfIdle() {
   // for the store to have something new.
   const int64_t wait = readyNotified_ && sourcePath_.empty() ? rt_->config.store.longPollS : 0;
   const auto now = std::chrono::steady_clock::now();
-  const bool checkHost = running_ == Work::kReapply || hostDirty_ || !hostWatched_ || now - lastHostCheck_ >= kHostRecheck;
+  const bool checkHost =
+      running_ == Work::kReapply || hostDirty_ || !hostWatched_ || now - lastHostCheck_ >= kHostRecheck;
   if (checkHost) {
     hostDirty_ = false;
     lastHostCheck_ = now;
@@ -513,7 +514,8 @@ void Daemon::watchHost() {
 }
 
 void Daemon::closeHostWatch(HostWatch* watch) {
-  uv_close(reinterpret_cast<uv_handle_t*>(&watch->handle), [](uv_handle_t* h) { delete static_cast<HostWatch*>(h->data); });
+  uv_close(reinterpret_cast<uv_handle_t*>(&watch->handle),
+           [](uv_handle_t* h) { delete static_cast<HostWatch*>(h->data); });
 }
 
 void Daemon::closeHostWatches() {
@@ -547,7 +549,8 @@ void Daemon::hostChanged() {
   rewatchHost_ = true;
   // Repaired soon, not at the next poll: a re-apply once the changes settle, spaced out.
   const auto sinceCheck = std::chrono::steady_clock::now() - lastHostCheck_;
-  auto delay = std::max(std::chrono::duration_cast<std::chrono::milliseconds>(kDriftSpacing - sinceCheck), kDriftSettle);
+  auto delay =
+      std::max(std::chrono::duration_cast<std::chrono::milliseconds>(kDriftSpacing - sinceCheck), kDriftSettle);
   uv_timer_start(&hostSettle_, onHostSettle, uint64_t(delay.count()), 0);
 }
 
@@ -724,7 +727,8 @@ void Daemon::closeHandles() {
   if (rt_ && rt_->watcher) rt_->watcher->stop();
   for (uv_signal_t* h : {&sigterm_, &sigint_, &sighup_}) uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
   closeHostWatches();
-  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_}) uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
+  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_})
+    uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
   for (uv_fs_event_t* e : {&stateEvents_, &sourceEvents_}) uv_close(reinterpret_cast<uv_handle_t*>(e), nullptr);
 }
 

@@ -159,10 +159,10 @@ class Daemon {
   uv_poll_t mountsPoll_{};
   int mountsFd_ = -1;
   uv_timer_t hostSettle_{};
-  bool hostWatched_ = false;  // every directory of the last check is watched
-  bool hostDirty_ = true;     // something changed since the last check began
-  bool hostEvent_ = false;    // ... as reported by a watch (logged), not after our own changes
-  bool rewatchHost_ = false;  // directories may have come or gone: set the watches up again
+  bool hostWatched_ = false;                       // every directory of the last check is watched
+  bool hostDirty_ = true;                          // something changed since the last check began
+  bool hostEvent_ = false;                         // ... as reported by a watch (logged), not after our own changes
+  bool rewatchHost_ = false;                       // directories may have come or gone: set the watches up again
   std::optional<RealHost::ReadSet> watchedReads_;  // what the watches were set up for
   std::chrono::steady_clock::time_point lastHostCheck_{};
   bool stateWatched_ = false;
@@ -179,7 +179,7 @@ class Daemon {
   bool reapplyRequested_ = false;
   bool readyNotified_ = false;
   bool inForceReapplied_ = false;  // the generation in force was re-applied while the store was down
-  bool recovered_ = false;  // the pending-cycle journal was dealt with
+  bool recovered_ = false;         // the pending-cycle journal was dealt with
   Work running_ = Work::kNone;
   std::optional<int64_t> nextExpiry_;
   std::optional<StateMark> seenMark_;  // the state as the daemon last knew it

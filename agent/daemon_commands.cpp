@@ -30,9 +30,9 @@ int cmdEnforcePerms(const Config& config) {
   PermStats stats = enforcer.fullPass();
   std::cout << "scanned: " << stats.scanned << "\n"
             << "changed: " << stats.changed << "\n"
-            << "skipped: " << (stats.skippedHardlinks + stats.skippedOther + stats.skippedSymlinks)
-            << " (hard links " << stats.skippedHardlinks << ", symbolic links " << stats.skippedSymlinks
-            << ", other types " << stats.skippedOther << ")\n"
+            << "skipped: " << (stats.skippedHardlinks + stats.skippedOther + stats.skippedSymlinks) << " (hard links "
+            << stats.skippedHardlinks << ", symbolic links " << stats.skippedSymlinks << ", other types "
+            << stats.skippedOther << ")\n"
             << "errors: " << stats.errors << "\n";
   for (const auto& line : stats.reports) std::cout << "  " << line << "\n";
   if (stats.reportsDropped > 0) std::cout << "  (" << stats.reportsDropped << " more not shown)\n";

@@ -61,7 +61,8 @@ int cmdStatus(const Config& config, bool json) {
     skipped = fromSkippedRecords<SkippedEntry>(inForce->skipped);
   }
   std::string lastError = poll->error;
-  if (lastError.empty() && *latest && ((*latest)->outcome == GenerationOutcome::kFailed || (*latest)->outcome == GenerationOutcome::kRejected)) {
+  if (lastError.empty() && *latest &&
+      ((*latest)->outcome == GenerationOutcome::kFailed || (*latest)->outcome == GenerationOutcome::kRejected)) {
     lastError = (*latest)->error;
   }
   const int64_t now = SystemClock().nowSeconds();
@@ -136,8 +137,8 @@ int cmdStatus(const Config& config, bool json) {
     std::cout << "sftp accounts:\n";
     for (const auto& a : doc->accounts) {
       std::cout << "  " << a.username << " (" << a.id << ")  folder " << a.folder << "  "
-                << (a.active ? "active" : "locked") << "  " << (a.passwordHash ? "password" : "no password")
-                << ", " << a.publicKeys.size() << " key(s)\n";
+                << (a.active ? "active" : "locked") << "  " << (a.passwordHash ? "password" : "no password") << ", "
+                << a.publicKeys.size() << " key(s)\n";
     }
     std::cout << "allowed sources:";
     for (const auto& s : doc->allowedSources) std::cout << " " << s.text;

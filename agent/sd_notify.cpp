@@ -22,7 +22,8 @@ bool sdNotify(const std::string& state) {
   int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return false;
   socklen_t addrLen = socklen_t(offsetof(struct sockaddr_un, sun_path) + len);
-  ssize_t n = ::sendto(fd, state.data(), state.size(), MSG_NOSIGNAL, reinterpret_cast<struct sockaddr*>(&addr), addrLen);
+  ssize_t n =
+      ::sendto(fd, state.data(), state.size(), MSG_NOSIGNAL, reinterpret_cast<struct sockaddr*>(&addr), addrLen);
   ::close(fd);
   return n == ssize_t(state.size());
 }

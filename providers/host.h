@@ -49,8 +49,8 @@ struct GroupInfo {
 /// One mount point below the host root; `target` is a host path (prefix removed).
 struct MountInfo {
   std::string target;
-  std::string root;    // the mounted subtree of its filesystem (mountinfo field 4)
-  uint64_t device = 0; // st_dev-style device number of the mounted filesystem
+  std::string root;     // the mounted subtree of its filesystem (mountinfo field 4)
+  uint64_t device = 0;  // st_dev-style device number of the mounted filesystem
 };
 
 struct CommandResult {
@@ -90,8 +90,7 @@ class Host {
   /// Writes a file atomically: unique temporary file in the same directory, fchmod/fchown,
   /// fsync, rename over the target, fsync of the directory. Refuses if the target or any
   /// directory on the way is a symlink. Leaves no temporary file behind on failure.
-  virtual Status writeFileAtomic(const std::string& path, std::string_view data,
-                                 const Ownership& own) = 0;
+  virtual Status writeFileAtomic(const std::string& path, std::string_view data, const Ownership& own) = 0;
   /// Creates one directory (its parent must exist) with exactly this mode and owner;
   /// succeeds without change if a directory (not a symlink) is already there.
   virtual Status makeDirectory(const std::string& path, const Ownership& own) = 0;
@@ -121,8 +120,7 @@ class Host {
   virtual Status unmount(const std::string& target, bool lazy) = 0;
 
   /// Runs a program (argv[0] is a path, no shell) with `input` on its standard input.
-  virtual Result<CommandResult> run(const std::vector<std::string>& argv,
-                                    std::string_view input = {}) = 0;
+  virtual Result<CommandResult> run(const std::vector<std::string>& argv, std::string_view input = {}) = 0;
 };
 
 /// Keeps the reads of `host` for the lifetime of this object (Host::keepReads).

@@ -28,7 +28,6 @@ Action makeAction(std::string verb, std::string object, std::string detail, std:
   return a;
 }
 
-
 }  // namespace
 
 Result<LoginUserCurrent> observeLoginUser(Host& host, const Ledger& ledger, const LoginUserDesired& desired) {

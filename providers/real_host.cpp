@@ -308,7 +308,6 @@ void RealHost::noteRead(const std::string& directory, const std::string& name, b
   if (mounts) readSet_.mounts = true;
 }
 
-
 void RealHost::forgetReads() {
   std::lock_guard<std::mutex> lock(readsMutex_);
   reads_.clear();
@@ -335,7 +334,8 @@ Result<std::string> RealHost::readFileNow(const std::string& path, size_t maxByt
   auto parent = openParent(rootFd(), path);
   if (!parent) return parent.status();
   if (parent->leaf.empty()) return unsafe("read", path, "is a directory");
-  int raw = ::openat(parent->dir.get(), parent->leaf.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  int raw =
+      ::openat(parent->dir.get(), parent->leaf.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
   if (raw < 0) {
     int err = errno;
     if (err == ELOOP) return unsafe("read", path, "refusing to follow a symbolic link");
@@ -357,7 +357,8 @@ Result<std::string> RealHost::readFileNow(const std::string& path, size_t maxByt
     if (n == 0) break;
     data.append(buf, size_t(n));
     if (data.size() > maxBytes) {
-      return Status::error(ErrorCode::kInvalid, "read " + path + ": larger than " + std::to_string(maxBytes) + " bytes", path);
+      return Status::error(ErrorCode::kInvalid, "read " + path + ": larger than " + std::to_string(maxBytes) + " bytes",
+                           path);
     }
   }
   return data;
@@ -465,7 +466,8 @@ Status RealHost::setOwner(const std::string& path, uid_t uid, gid_t gid) {
     return Status::ok();
   }
   struct stat st;
-  if (::fstatat(parent->dir.get(), parent->leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return ioError("stat", path, errno);
+  if (::fstatat(parent->dir.get(), parent->leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+    return ioError("stat", path, errno);
   if (S_ISLNK(st.st_mode)) return unsafe("chown", path, "refusing to change a symbolic link");
   if (::fchownat(parent->dir.get(), parent->leaf.c_str(), uid, gid, AT_SYMLINK_NOFOLLOW) != 0) {
     return ioError("chown", path, errno);
@@ -478,7 +480,8 @@ Status RealHost::removeFile(const std::string& path) {
   auto parent = openParent(rootFd(), path);
   if (!parent) return parent.status().code() == ErrorCode::kNotFound ? Status::ok() : parent.status();
   if (parent->leaf.empty()) return unsafe("remove", path, "is the root");
-  if (::unlinkat(parent->dir.get(), parent->leaf.c_str(), 0) != 0 && errno != ENOENT) return ioError("remove", path, errno);
+  if (::unlinkat(parent->dir.get(), parent->leaf.c_str(), 0) != 0 && errno != ENOENT)
+    return ioError("remove", path, errno);
   return Status::ok();
 }
 

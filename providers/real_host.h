@@ -69,7 +69,7 @@ class RealHost : public Host {
   mutable std::mutex readsMutex_;
   bool keepReads_ = false;
   std::map<std::string, std::string> reads_;  // path -> content, while keepReads_
-  ReadSet readSet_;                            // recorded while keepReads_
+  ReadSet readSet_;                           // recorded while keepReads_
   void noteRead(const std::string& directory, const std::string& name, bool mounts = false);
 };
 

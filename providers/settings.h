@@ -22,7 +22,7 @@ struct HostSettings {
 struct SshdSettings {
   std::string mainConfig = "/etc/ssh/sshd_config";
   std::string dropin = "/etc/ssh/sshd_config.d/50-pim-access-agent.conf";
-  std::string binary = "/usr/sbin/sshd";           // runs on the real system
+  std::string binary = "/usr/sbin/sshd";               // runs on the real system
   std::string reloadCommand = "systemctl reload ssh";  // runs on the real system
 };
 

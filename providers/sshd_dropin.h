@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "providers/host.h"
-#include "providers/log.h"
 #include "providers/ledger.h"
+#include "providers/log.h"
 #include "providers/provider.h"
 #include "providers/result.h"
 #include "providers/settings.h"

@@ -130,8 +130,7 @@ class PermEnforcer {
   bool listDirectory(int fd, const std::string& rel, std::vector<std::string>& subdirs, Pass& pass);
   void fixFiles(int fd, const std::string& rel, const std::vector<std::string>& names,
                 std::vector<std::string>& subdirs, Pass& pass);
-  bool fixFileByName(int dirFd, const std::string& name, const struct stat& st, const std::string& rel,
-                     Pass& pass);
+  bool fixFileByName(int dirFd, const std::string& name, const struct stat& st, const std::string& rel, Pass& pass);
   void handleEntry(int dirFd, const std::string& dirRel, const std::string& name, Pass& pass);
   void fixNonDirectory(int dirFd, const std::string& name, const struct stat& st, const std::string& dirRel,
                        Pass& pass);

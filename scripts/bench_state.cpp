@@ -135,12 +135,12 @@ int main(int argc, char** argv) {
   const double rows = generations * (1.0 + kChangesPerGeneration);
   std::printf("generations: %d, %d changes each, 2 KiB body, synchronous=FULL, WAL\n", generations,
               kChangesPerGeneration);
-  std::printf("recordGeneration (1 transaction/generation, no pruning): %8.2f s  %7.3f ms/gen\n",
-              txn, txn * 1000 / generations);
-  std::printf("recordGeneration (keep 500, pruning each time):          %8.2f s  %7.3f ms/gen\n",
-              pruned, pruned * 1000 / generations);
-  std::printf("autocommit (1 transaction/row, %.0f rows):             %8.2f s  %7.3f ms/gen\n",
-              rows, autocommit, autocommit * 1000 / generations);
+  std::printf("recordGeneration (1 transaction/generation, no pruning): %8.2f s  %7.3f ms/gen\n", txn,
+              txn * 1000 / generations);
+  std::printf("recordGeneration (keep 500, pruning each time):          %8.2f s  %7.3f ms/gen\n", pruned,
+              pruned * 1000 / generations);
+  std::printf("autocommit (1 transaction/row, %.0f rows):             %8.2f s  %7.3f ms/gen\n", rows, autocommit,
+              autocommit * 1000 / generations);
   std::printf("ratio autocommit / transaction: %.1fx\n", autocommit / txn);
   return 0;
 }

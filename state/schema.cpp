@@ -107,8 +107,7 @@ const char* const kInsertGeneration =
 const char* const kInsertChange =
     "INSERT INTO changes (generation, seq, provider, object, action, before, after) "
     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-const char* const kInsertSkipped =
-    "INSERT INTO skipped (generation, seq, id, reason) VALUES (?1, ?2, ?3, ?4)";
+const char* const kInsertSkipped = "INSERT INTO skipped (generation, seq, id, reason) VALUES (?1, ?2, ?3, ?4)";
 const char* const kInsertBackup =
     "INSERT INTO backups (generation, path, existed, content, mode, uid, gid) "
     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
@@ -117,8 +116,7 @@ const char* const kInsertBackupKeepFirst =
     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (generation, path) DO NOTHING";
 const char* const kGenerationExists = "SELECT 1 FROM generations WHERE generation = ?1";
 const char* const kMaxChangeSeq = "SELECT COALESCE(MAX(seq), 0) FROM changes WHERE generation = ?1";
-const char* const kUpdateOutcome =
-    "UPDATE generations SET outcome = ?2, error = ?3 WHERE generation = ?1";
+const char* const kUpdateOutcome = "UPDATE generations SET outcome = ?2, error = ?3 WHERE generation = ?1";
 
 // Column order shared by every generation read (see readGenerationRow() in state_store.cpp).
 // clang-format off
@@ -132,10 +130,8 @@ const char* const kUpdateOutcome =
 
 const char* const kSelectGeneration = PIM_GENERATION_COLUMNS("g.body") "WHERE g.generation = ?1";
 // History leaves the body out: a few hundred documents of up to 4 MiB each are not a listing.
-const char* const kSelectHistory =
-    PIM_GENERATION_COLUMNS("''") "ORDER BY g.generation DESC LIMIT ?1";
-const char* const kSelectLatest =
-    PIM_GENERATION_COLUMNS("g.body") "ORDER BY g.generation DESC LIMIT 1";
+const char* const kSelectHistory = PIM_GENERATION_COLUMNS("''") "ORDER BY g.generation DESC LIMIT ?1";
+const char* const kSelectLatest = PIM_GENERATION_COLUMNS("g.body") "ORDER BY g.generation DESC LIMIT 1";
 const char* const kSelectLastApplied =
     PIM_GENERATION_COLUMNS("g.body")
     "WHERE g.outcome IN ('applied', 'unchanged', 'rolled_back') "
@@ -143,8 +139,7 @@ const char* const kSelectLastApplied =
 
 #undef PIM_GENERATION_COLUMNS
 
-const char* const kSelectSkipped =
-    "SELECT id, reason FROM skipped WHERE generation = ?1 ORDER BY seq";
+const char* const kSelectSkipped = "SELECT id, reason FROM skipped WHERE generation = ?1 ORDER BY seq";
 const char* const kSelectChanges =
     "SELECT generation, seq, provider, object, action, before, after FROM changes "
     "WHERE generation = ?1 ORDER BY seq";
@@ -200,8 +195,7 @@ const char* const kSelectOwnedKind = "SELECT name FROM owned WHERE kind = ?1 ORD
 
 const char* const kInsertPendingCycle =
     "INSERT INTO pending_cycle (id, generation, previous_generation) VALUES (1, ?1, ?2)";
-const char* const kSelectPendingCycle =
-    "SELECT generation, previous_generation FROM pending_cycle WHERE id = 1";
+const char* const kSelectPendingCycle = "SELECT generation, previous_generation FROM pending_cycle WHERE id = 1";
 const char* const kDeletePendingCycle = "DELETE FROM pending_cycle";
 
 }  // namespace pim::sql

@@ -128,8 +128,7 @@ Statement& Statement::bind(int index, int64_t value) {
 }
 
 Statement& Statement::bind(int index, const std::string& text) {
-  noteBind(sqlite3_bind_text64(stmt_, index, text.data(), text.size(), SQLITE_TRANSIENT,
-                               SQLITE_UTF8));
+  noteBind(sqlite3_bind_text64(stmt_, index, text.data(), text.size(), SQLITE_TRANSIENT, SQLITE_UTF8));
   return *this;
 }
 
@@ -156,8 +155,7 @@ Statement& Statement::bindNull(int index) {
 Result<bool> Statement::step() {
   if (bindRc_ != SQLITE_OK) {
     lastRc_ = bindRc_;
-    return Status::error(errorCodeFor(bindRc_),
-                         what_ + " " + db_->path() + ": bind: " + sqlite3_errstr(bindRc_),
+    return Status::error(errorCodeFor(bindRc_), what_ + " " + db_->path() + ": bind: " + sqlite3_errstr(bindRc_),
                          db_->path());
   }
   const int rc = sqlite3_step(stmt_);
@@ -196,20 +194,16 @@ std::optional<int64_t> Statement::columnOptionalInt(int column) const {
 std::string Statement::columnText(int column) const {
   const auto* text = sqlite3_column_text(stmt_, column);
   if (!text) return {};
-  return std::string(reinterpret_cast<const char*>(text),
-                     static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
+  return std::string(reinterpret_cast<const char*>(text), static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
 }
 
 std::string Statement::columnBlob(int column) const {
   const void* data = sqlite3_column_blob(stmt_, column);
   if (!data) return {};
-  return std::string(static_cast<const char*>(data),
-                     static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
+  return std::string(static_cast<const char*>(data), static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
 }
 
-bool Statement::columnIsNull(int column) const {
-  return sqlite3_column_type(stmt_, column) == SQLITE_NULL;
-}
+bool Statement::columnIsNull(int column) const { return sqlite3_column_type(stmt_, column) == SQLITE_NULL; }
 
 namespace {
 
@@ -222,8 +216,7 @@ Status runCached(Database& db, const char* sql, const std::string& what) {
 
 }  // namespace
 
-Result<std::unique_ptr<Transaction>> Transaction::begin(Database& db, Mode mode,
-                                                        const std::string& what) {
+Result<std::unique_ptr<Transaction>> Transaction::begin(Database& db, Mode mode, const std::string& what) {
   Status st = runCached(db, mode == Mode::kWrite ? sql::kBeginWrite : sql::kBeginRead, what);
   if (!st) return st;
   return std::unique_ptr<Transaction>(new Transaction(db, what));

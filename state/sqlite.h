@@ -130,8 +130,7 @@ class Transaction {
              // timeout applies while another process writes)
   };
   /// Begins a transaction on `db`. Errors (busy after the timeout, I/O) come back as a Status.
-  static Result<std::unique_ptr<Transaction>> begin(Database& db, Mode mode,
-                                                    const std::string& what);
+  static Result<std::unique_ptr<Transaction>> begin(Database& db, Mode mode, const std::string& what);
   ~Transaction();
   Transaction(const Transaction&) = delete;
   Transaction& operator=(const Transaction&) = delete;

@@ -26,8 +26,7 @@ constexpr mode_t kDirMode = 0700;
 constexpr mode_t kFileMode = 0600;
 const char* const kSideFiles[] = {"-wal", "-shm"};
 
-Status sysError(const std::string& what, const std::string& path, int err,
-                ErrorCode code = ErrorCode::kIo) {
+Status sysError(const std::string& what, const std::string& path, int err, ErrorCode code = ErrorCode::kIo) {
   return Status::error(code, what + " " + path + ": " + std::strerror(err), path);
 }
 
@@ -45,8 +44,7 @@ Status ensureParentDirectory(const std::string& path) {
     struct stat st {};
     if (::stat(prefix.c_str(), &st) == 0) {
       if (!S_ISDIR(st.st_mode)) {
-        return Status::error(ErrorCode::kIo,
-                             "create state directory " + prefix + ": not a directory", prefix);
+        return Status::error(ErrorCode::kIo, "create state directory " + prefix + ": not a directory", prefix);
       }
       continue;
     }
@@ -71,12 +69,10 @@ Status refuseUnsafe(const std::string& path) {
     return sysError("open state database", path, errno);
   }
   if (S_ISLNK(st.st_mode)) {
-    return Status::error(ErrorCode::kUnsafe,
-                         "open state database " + path + ": refusing a symbolic link", path);
+    return Status::error(ErrorCode::kUnsafe, "open state database " + path + ": refusing a symbolic link", path);
   }
   if (!S_ISREG(st.st_mode)) {
-    return Status::error(ErrorCode::kUnsafe, "open state database " + path + ": not a regular file",
-                         path);
+    return Status::error(ErrorCode::kUnsafe, "open state database " + path + ": not a regular file", path);
   }
   return Status::ok();
 }
@@ -94,8 +90,7 @@ Status prepareFile(const std::string& path) {
   if (fd < 0) {
     const int err = errno;
     if (err == ELOOP) {
-      return Status::error(ErrorCode::kUnsafe,
-                           "open state database " + path + ": refusing a symbolic link", path);
+      return Status::error(ErrorCode::kUnsafe, "open state database " + path + ": refusing a symbolic link", path);
     }
     return sysError("open state database", path, err);
   }
@@ -104,11 +99,9 @@ Status prepareFile(const std::string& path) {
   if (::fstat(fd, &info) != 0) {
     result = sysError("stat state database", path, errno);
   } else if (!S_ISREG(info.st_mode)) {
-    result = Status::error(ErrorCode::kUnsafe,
-                           "open state database " + path + ": not a regular file", path);
+    result = Status::error(ErrorCode::kUnsafe, "open state database " + path + ": not a regular file", path);
   } else if (info.st_nlink > 1) {
-    result = Status::error(ErrorCode::kUnsafe,
-                           "open state database " + path + ": file has other hard links", path);
+    result = Status::error(ErrorCode::kUnsafe, "open state database " + path + ": file has other hard links", path);
   } else if ((info.st_mode & 07777) != kFileMode && ::fchmod(fd, kFileMode) != 0) {
     result = sysError("chmod state database", path, errno);
   }
@@ -160,8 +153,7 @@ Result<std::string> pragmaText(Database& db, const char* sql, const std::string&
 Status applyMigrations(Database& db, int fromVersion, int* rcOut) {
   for (const auto& migration : sql::migrations()) {
     if (migration.version <= fromVersion) continue;
-    const std::string what =
-        "migrate state database to schema " + std::to_string(migration.version) + ":";
+    const std::string what = "migrate state database to schema " + std::to_string(migration.version) + ":";
     auto txn = Transaction::begin(db, Transaction::Mode::kWrite, what);
     if (!txn) {
       *rcOut = db.lastErrorCode();
@@ -196,8 +188,7 @@ Status applyMigrations(Database& db, int fromVersion, int* rcOut) {
 // busy or I/O errors leave the file alone.
 OpenAttempt tryOpen(const std::string& path) {
   int rc = SQLITE_OK;
-  auto opened = Database::open(
-      path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_FULLMUTEX, &rc);
+  auto opened = Database::open(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_FULLMUTEX, &rc);
   if (!opened) {
     if (sqlite::isCorruption(rc)) return corruptAttempt(opened.status().message());
     return failedAttempt(opened.status());
@@ -222,8 +213,7 @@ OpenAttempt tryOpen(const std::string& path) {
   if (auto bad = check(version.status())) return std::move(*bad);
   const int fromVersion = std::stoi("0" + *version);
   if (fromVersion > sql::latestSchemaVersion()) {
-    return corruptAttempt("schema version " + std::to_string(fromVersion) +
-                          " is newer than this agent's " +
+    return corruptAttempt("schema version " + std::to_string(fromVersion) + " is newer than this agent's " +
                           std::to_string(sql::latestSchemaVersion()));
   }
 
@@ -231,8 +221,7 @@ OpenAttempt tryOpen(const std::string& path) {
   if (auto bad = check(mode.status())) return std::move(*bad);
   if (*mode != "wal") {
     return failedAttempt(
-        Status::error(ErrorCode::kIo,
-                      what + " " + path + ": cannot switch to WAL mode (got " + *mode + ")", path));
+        Status::error(ErrorCode::kIo, what + " " + path + ": cannot switch to WAL mode (got " + *mode + ")", path));
   }
   st = db->exec(sql::kPragmaSynchronousFull, what);
   rc = st ? SQLITE_OK : db->lastErrorCode();
@@ -323,10 +312,9 @@ GenerationRecord readGenerationRow(const Statement& stmt, bool* badOutcome) {
 }
 
 Status badOutcomeStatus(const std::string& what, const std::string& path, int64_t generation) {
-  return Status::error(
-      ErrorCode::kInternal,
-      what + " " + path + ": generation " + std::to_string(generation) + " has an unknown outcome",
-      path);
+  return Status::error(ErrorCode::kInternal,
+                       what + " " + path + ": generation " + std::to_string(generation) + " has an unknown outcome",
+                       path);
 }
 
 Status bindBackup(Statement& stmt, int64_t generation, const BackupInput& b) {
@@ -346,24 +334,18 @@ Status bindBackup(Statement& stmt, int64_t generation, const BackupInput& b) {
 
 }  // namespace
 
-StateStore::StateStore(std::unique_ptr<sqlite::Database> db, std::string path, Logger log,
-                       int64_t keepGenerations)
-    : db_(std::move(db)),
-      path_(std::move(path)),
-      log_(std::move(log)),
-      keepGenerations_(keepGenerations) {}
+StateStore::StateStore(std::unique_ptr<sqlite::Database> db, std::string path, Logger log, int64_t keepGenerations)
+    : db_(std::move(db)), path_(std::move(path)), log_(std::move(log)), keepGenerations_(keepGenerations) {}
 
 StateStore::~StateStore() = default;
 
 int StateStore::schemaVersion() { return sql::latestSchemaVersion(); }
 
-Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& realPath, Logger log,
-                                                     int64_t keepGenerations) {
+Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& realPath, Logger log, int64_t keepGenerations) {
   // A logger without sinks drops everything (state/ does not link the providers' nullLogger()).
   if (!log) log = std::make_shared<spdlog::logger>("state", spdlog::sinks_init_list{});
   if (keepGenerations < 1) {
-    return Status::error(ErrorCode::kInvalid,
-                         "open state database " + realPath + ": keep_generations must be >= 1",
+    return Status::error(ErrorCode::kInvalid, "open state database " + realPath + ": keep_generations must be >= 1",
                          realPath);
   }
   if (realPath.empty()) {
@@ -390,22 +372,18 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& realPath
     attempt = tryOpenPatiently(realPath);
     if (attempt.corrupt) {
       return Status::error(
-          ErrorCode::kIo,
-          "open state database " + realPath + ": fresh database unusable: " + attempt.reason,
-          realPath);
+          ErrorCode::kIo, "open state database " + realPath + ": fresh database unusable: " + attempt.reason, realPath);
     }
   }
   if (!attempt.db) return attempt.error;
 
   if (attempt.fromVersion == 0) {
-    log->info("created state database {} (schema version {})", realPath,
-              sql::latestSchemaVersion());
+    log->info("created state database {} (schema version {})", realPath, sql::latestSchemaVersion());
   } else if (attempt.fromVersion < sql::latestSchemaVersion()) {
-    log->info("migrated state database {} from schema version {} to {}", realPath,
-              attempt.fromVersion, sql::latestSchemaVersion());
+    log->info("migrated state database {} from schema version {} to {}", realPath, attempt.fromVersion,
+              sql::latestSchemaVersion());
   }
-  std::unique_ptr<StateStore> store(
-      new StateStore(std::move(attempt.db), realPath, std::move(log), keepGenerations));
+  std::unique_ptr<StateStore> store(new StateStore(std::move(attempt.db), realPath, std::move(log), keepGenerations));
   store->rebuilt_ = !movedAside.empty();
   store->movedAsidePath_ = movedAside;
   return store;
@@ -431,8 +409,7 @@ Result<std::optional<int64_t>> StateStore::metaInt(const char* key, const std::s
 }
 
 Status StateStore::setMetaValue(const char* key, std::optional<int64_t> intValue,
-                                const std::optional<std::string>& textValue,
-                                const std::string& what) {
+                                const std::optional<std::string>& textValue, const std::string& what) {
   const bool remove = !intValue && !textValue;
   auto stmt = Statement::prepare(*db_, remove ? sql::kDeleteMeta : sql::kUpsertMeta, what);
   if (!stmt) return stmt.status();
@@ -455,16 +432,15 @@ Status StateStore::raiseHighestRevision(int64_t /*generation*/, GenerationOutcom
   return stmt->run();
 }
 
-Status StateStore::setOutcomeLocked(int64_t generation, GenerationOutcome outcome,
-                                    const std::string& error, const std::string& what) {
+Status StateStore::setOutcomeLocked(int64_t generation, GenerationOutcome outcome, const std::string& error,
+                                    const std::string& what) {
   auto stmt = Statement::prepare(*db_, sql::kUpdateOutcome, what);
   if (!stmt) return stmt.status();
   stmt->bind(1, generation).bind(2, outcomeName(outcome)).bind(3, error);
   Status st = stmt->run();
   if (!st) return st;
   if (sqlite3_changes(db_->get()) == 0) {
-    return Status::error(ErrorCode::kNotFound,
-                         what + " " + path_ + ": no generation " + std::to_string(generation),
+    return Status::error(ErrorCode::kNotFound, what + " " + path_ + ": no generation " + std::to_string(generation),
                          path_);
   }
   auto record = readOne(sql::kSelectGeneration, generation, what);
@@ -473,8 +449,7 @@ Status StateStore::setOutcomeLocked(int64_t generation, GenerationOutcome outcom
   return raiseHighestRevision(generation, outcome, (*record)->revision, what);
 }
 
-Result<std::optional<GenerationRecord>> StateStore::readOne(const char* sqlText,
-                                                            std::optional<int64_t> bind,
+Result<std::optional<GenerationRecord>> StateStore::readOne(const char* sqlText, std::optional<int64_t> bind,
                                                             const std::string& what) const {
   auto stmt = Statement::prepare(*db_, sqlText, what);
   if (!stmt) return stmt.status();
@@ -514,8 +489,8 @@ Result<int64_t> StateStore::recordGeneration(const GenerationInput& input) {
     if (!row) return row.status();
     if (*row) {
       return Status::error(ErrorCode::kInvalid,
-                           what + " " + path_ + ": a cycle for generation " +
-                               std::to_string(pending->columnInt(0)) + " is still pending",
+                           what + " " + path_ + ": a cycle for generation " + std::to_string(pending->columnInt(0)) +
+                               " is still pending",
                            path_);
     }
     auto applied = readOne(sql::kSelectLastApplied, std::nullopt, what);
@@ -599,16 +574,13 @@ Result<int64_t> StateStore::recordGeneration(const GenerationInput& input) {
 
   st = (*txn)->commit();
   if (!st) return st;
-  log_->debug(
-      "recorded generation {} (outcome {}, revision {}, {} changes){}", generation,
-      outcomeName(input.outcome),
-      input.revision ? std::to_string(*input.revision) : std::string("none"), input.changes.size(),
-      pruned > 0 ? "; pruned " + std::to_string(pruned) + " old generations" : std::string());
+  log_->debug("recorded generation {} (outcome {}, revision {}, {} changes){}", generation, outcomeName(input.outcome),
+              input.revision ? std::to_string(*input.revision) : std::string("none"), input.changes.size(),
+              pruned > 0 ? "; pruned " + std::to_string(pruned) + " old generations" : std::string());
   return generation;
 }
 
-Status StateStore::updateOutcome(int64_t generation, GenerationOutcome outcome,
-                                 const std::string& error) {
+Status StateStore::updateOutcome(int64_t generation, GenerationOutcome outcome, const std::string& error) {
   std::lock_guard<std::mutex> lock(mutex_);
   const std::string what = "update generation outcome in";
   auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
@@ -626,8 +598,7 @@ Status StateStore::appendChanges(int64_t generation, const std::vector<ChangeInp
   auto found = exists(generation, what);
   if (!found) return found.status();
   if (!*found) {
-    return Status::error(ErrorCode::kNotFound,
-                         what + " " + path_ + ": no generation " + std::to_string(generation),
+    return Status::error(ErrorCode::kNotFound, what + " " + path_ + ": no generation " + std::to_string(generation),
                          path_);
   }
   auto maxSeq = Statement::prepare(*db_, sql::kMaxChangeSeq, what);
@@ -661,8 +632,7 @@ Status StateStore::addBackup(int64_t generation, const BackupInput& backup) {
   auto found = exists(generation, what);
   if (!found) return found.status();
   if (!*found) {
-    return Status::error(ErrorCode::kNotFound,
-                         what + " " + path_ + ": no generation " + std::to_string(generation),
+    return Status::error(ErrorCode::kNotFound, what + " " + path_ + ": no generation " + std::to_string(generation),
                          path_);
   }
   auto stmt = Statement::prepare(*db_, sql::kInsertBackupKeepFirst, what);
@@ -778,16 +748,15 @@ Result<std::optional<int64_t>> StateStore::storeRevision() const {
 
 Status StateStore::setPin(std::optional<int64_t> generation) {
   std::lock_guard<std::mutex> lock(mutex_);
-  const std::string what = generation ? "pin generation " + std::to_string(*generation) + " in"
-                                      : std::string("lift pin in");
+  const std::string what =
+      generation ? "pin generation " + std::to_string(*generation) + " in" : std::string("lift pin in");
   auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
   if (!txn) return txn.status();
   if (generation) {
     auto found = exists(*generation, what);
     if (!found) return found.status();
     if (!*found) {
-      return Status::error(ErrorCode::kNotFound,
-                           what + " " + path_ + ": no generation " + std::to_string(*generation),
+      return Status::error(ErrorCode::kNotFound, what + " " + path_ + ": no generation " + std::to_string(*generation),
                            path_);
     }
   }
@@ -848,9 +817,8 @@ Result<PollStatus> StateStore::pollStatus() const {
   auto time = metaInt(sql::kMetaLastPollTime, what);
   if (!time) return time.status();
   out.time = *time;
-  for (auto [key, field] :
-       {std::pair<const char*, std::string*>{sql::kMetaLastPollOutcome, &out.outcome},
-        {sql::kMetaLastError, &out.error}}) {
+  for (auto [key, field] : {std::pair<const char*, std::string*>{sql::kMetaLastPollOutcome, &out.outcome},
+                            {sql::kMetaLastError, &out.error}}) {
     auto stmt = Statement::prepare(*db_, sql::kSelectMeta, what);
     if (!stmt) return stmt.status();
     stmt->bind(1, key);
@@ -863,8 +831,7 @@ Result<PollStatus> StateStore::pollStatus() const {
 
 // ---- owned objects ----
 
-Status StateStore::addOwned(OwnedKind kind, const std::string& name,
-                            std::optional<int64_t> generation) {
+Status StateStore::addOwned(OwnedKind kind, const std::string& name, std::optional<int64_t> generation) {
   std::lock_guard<std::mutex> lock(mutex_);
   const std::string what = std::string("record owned ") + ownedKindName(kind) + " " + name + " in";
   auto stmt = Statement::prepare(*db_, sql::kInsertOwned, what);
@@ -919,8 +886,7 @@ Status StateStore::beginCycle(int64_t generation, std::optional<int64_t> previou
     auto found = exists(*n, what);
     if (!found) return found.status();
     if (!*found) {
-      return Status::error(ErrorCode::kNotFound,
-                           what + " " + path_ + ": no generation " + std::to_string(*n), path_);
+      return Status::error(ErrorCode::kNotFound, what + " " + path_ + ": no generation " + std::to_string(*n), path_);
     }
   }
   auto pending = Statement::prepare(*db_, sql::kSelectPendingCycle, what);
@@ -928,10 +894,10 @@ Status StateStore::beginCycle(int64_t generation, std::optional<int64_t> previou
   auto row = pending->step();
   if (!row) return row.status();
   if (*row) {
-    return Status::error(ErrorCode::kInvalid,
-                         what + " " + path_ + ": a cycle for generation " +
-                             std::to_string(pending->columnInt(0)) + " is still pending",
-                         path_);
+    return Status::error(
+        ErrorCode::kInvalid,
+        what + " " + path_ + ": a cycle for generation " + std::to_string(pending->columnInt(0)) + " is still pending",
+        path_);
   }
   pending->reset();
   auto stmt = Statement::prepare(*db_, sql::kInsertPendingCycle, what);

@@ -41,8 +41,8 @@ class StateStore {
   /// Errors: kInvalid (keepGenerations < 1), kUnsafe (a symbolic link, hard-linked file or
   /// non-regular file at the path or its -wal/-shm), kIo (mkdir/open/rename failed, database
   /// busy or unreadable for another reason: such a database is left where it is).
-  static Result<std::unique_ptr<StateStore>> open(
-      const std::string& realPath, Logger log, int64_t keepGenerations = kDefaultKeepGenerations);
+  static Result<std::unique_ptr<StateStore>> open(const std::string& realPath, Logger log,
+                                                  int64_t keepGenerations = kDefaultKeepGenerations);
   ~StateStore();
   StateStore(const StateStore&) = delete;
   StateStore& operator=(const StateStore&) = delete;
@@ -71,8 +71,7 @@ class StateStore {
   /// Sets a generation's outcome and error text (empty clears it); raises the highest applied
   /// store revision when the outcome is applied/unchanged. Errors: kNotFound (no such
   /// generation), kIo.
-  Status updateOutcome(int64_t generation, GenerationOutcome outcome,
-                       const std::string& error = {});
+  Status updateOutcome(int64_t generation, GenerationOutcome outcome, const std::string& error = {});
   /// Appends changes to a generation after the ones already recorded (for changes known only
   /// once applied). Errors: kNotFound (no such generation), kIo. All or nothing.
   Status appendChanges(int64_t generation, const std::vector<ChangeInput>& changes);
@@ -148,17 +147,16 @@ class StateStore {
   Result<std::optional<PendingCycle>> pendingCycle() const;
 
  private:
-  StateStore(std::unique_ptr<sqlite::Database> db, std::string path, Logger log,
-             int64_t keepGenerations);
+  StateStore(std::unique_ptr<sqlite::Database> db, std::string path, Logger log, int64_t keepGenerations);
 
   Result<std::optional<GenerationRecord>> readOne(const char* sql, std::optional<int64_t> bind,
                                                   const std::string& what) const;
   Result<std::optional<int64_t>> metaInt(const char* key, const std::string& what) const;
-  Status setMetaValue(const char* key, std::optional<int64_t> intValue,
-                      const std::optional<std::string>& textValue, const std::string& what);
+  Status setMetaValue(const char* key, std::optional<int64_t> intValue, const std::optional<std::string>& textValue,
+                      const std::string& what);
   Result<bool> exists(int64_t generation, const std::string& what) const;
-  Status raiseHighestRevision(int64_t generation, GenerationOutcome outcome,
-                              std::optional<int64_t> revision, const std::string& what);
+  Status raiseHighestRevision(int64_t generation, GenerationOutcome outcome, std::optional<int64_t> revision,
+                              const std::string& what);
   Status setOutcomeLocked(int64_t generation, GenerationOutcome outcome, const std::string& error,
                           const std::string& what);
 

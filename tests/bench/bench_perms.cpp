@@ -15,9 +15,9 @@
 
 #include <fcntl.h>
 #include <ftw.h>
-#include <time.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 

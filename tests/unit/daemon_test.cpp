@@ -394,7 +394,9 @@ TEST_CASE("daemon: drift on the host is repaired at once, without waiting for a 
   std::this_thread::sleep_for(milliseconds(300));  // the watches follow the first cycle
 
   // Someone rewrites authorized_keys (in place: same file, owner and mode) without the block.
-  { std::ofstream(box.real("/home/akeneo/.ssh/authorized_keys"), std::ios::trunc) << "ssh-ed25519 AAAA hand-written\n"; }
+  {
+    std::ofstream(box.real("/home/akeneo/.ssh/authorized_keys"), std::ios::trunc) << "ssh-ed25519 AAAA hand-written\n";
+  }
   REQUIRE_FALSE(hasKey(box, "k-one"));
   requireKey(box, *daemon, "k-one", seconds(5));
   CHECK(box.authorizedKeys().find("hand-written") != std::string::npos);  // outside lines kept

@@ -28,7 +28,6 @@ namespace {
 
 using TempDir = pim::test::TempDir;
 
-
 std::string readText(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;

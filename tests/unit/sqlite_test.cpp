@@ -53,7 +53,7 @@ TEST_CASE("sqlite: prepared statements are cached and reused", "[state]") {
   {
     auto stmt = Statement::prepare(db, insert, "insert");
     REQUIRE(stmt.isOk());
-    CHECK(db.cachedStatements() == 0);  // taken out while in use
+    CHECK(db.cachedStatements() == 0);                     // taken out while in use
     CHECK(sqlite3_next_stmt(db.get(), nullptr) == first);  // the same prepared statement
     // A nested use of the same text gets a statement of its own.
     auto nested = Statement::prepare(db, insert, "insert");

@@ -28,7 +28,6 @@ namespace {
 
 using TempDir = pim::test::TempDir;
 
-
 std::unique_ptr<StateStore> openStore(const std::string& path, int64_t keep = 500) {
   auto store = StateStore::open(path, nullptr, keep);
   INFO(store.status().toString());
@@ -36,8 +35,7 @@ std::unique_ptr<StateStore> openStore(const std::string& path, int64_t keep = 50
   return std::move(store.value());
 }
 
-GenerationInput makeInput(std::optional<int64_t> revision, GenerationOutcome outcome,
-                          int changes = 0) {
+GenerationInput makeInput(std::optional<int64_t> revision, GenerationOutcome outcome, int changes = 0) {
   GenerationInput in;
   in.time = 1700000000 + (revision ? *revision : 0);
   in.source = "https://portal.example/v1/instances/p/access";
@@ -124,8 +122,7 @@ TEST_CASE("state: a fresh database gets the whole schema", "[state]") {
   CHECK(store->databasePath() == path);
   CHECK(rawInt(path, "PRAGMA user_version") == StateStore::schemaVersion());
   CHECK(StateStore::schemaVersion() >= 1);
-  for (const char* table :
-       {"generations", "changes", "skipped", "backups", "owned", "meta", "pending_cycle"}) {
+  for (const char* table : {"generations", "changes", "skipped", "backups", "owned", "meta", "pending_cycle"}) {
     INFO(table);
     CHECK(rawInt(path, std::string("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' "
                                    "AND name = '") +
@@ -161,8 +158,7 @@ TEST_CASE("state: reopening keeps every table's data", "[state]") {
     auto store = openStore(path);
     auto in = makeInput(42, GenerationOutcome::kApplied, 3);
     in.skipped = {{"key-7", "expired"}};
-    in.backups = {
-        {"/etc/ssh/sshd_config.d/50-pim-access-agent.conf", true, "Match User x\n", 0644, 0, 0}};
+    in.backups = {{"/etc/ssh/sshd_config.d/50-pim-access-agent.conf", true, "Match User x\n", 0644, 0, 0}};
     g = record(*store, in);
     REQUIRE(store->setPin(g).isOk());
     REQUIRE(store->addOwned(OwnedKind::kUser, "sftp-acme", g).isOk());
@@ -293,8 +289,8 @@ TEST_CASE("state: a busy database is not mistaken for a corrupt one", "[state]")
   // Another process holds the write lock with an uncommitted write.
   sqlite3* other = nullptr;
   REQUIRE(sqlite3_open(path.c_str(), &other) == SQLITE_OK);
-  REQUIRE(sqlite3_exec(other, "BEGIN IMMEDIATE; INSERT INTO meta (key, value) VALUES ('x', 1);",
-                       nullptr, nullptr, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(other, "BEGIN IMMEDIATE; INSERT INTO meta (key, value) VALUES ('x', 1);", nullptr, nullptr,
+                       nullptr) == SQLITE_OK);
   auto store = openStore(path);
   CHECK_FALSE(store->rebuilt());
   CHECK(store->history()->size() == 1);  // readers are not blocked in WAL mode
@@ -338,8 +334,7 @@ TEST_CASE("state: retention keeps the newest generations and protected ones", "[
     const int64_t pending = record(*store, in);
     for (int i = 3; i <= 6; ++i) record(*store, makeInput(i, GenerationOutcome::kRejected));
     const auto numbers = historyNumbers(*store);
-    CHECK(std::set<int64_t>(numbers.begin(), numbers.end()) ==
-          std::set<int64_t>{6, 5, pending, first});
+    CHECK(std::set<int64_t>(numbers.begin(), numbers.end()) == std::set<int64_t>{6, 5, pending, first});
   }
 }
 
@@ -358,8 +353,7 @@ TEST_CASE("state: recordGeneration is all or nothing", "[state]") {
   REQUIRE_FALSE(g.isOk());
   CHECK(g.status().code() == ErrorCode::kInvalid);
   CHECK(g.status().message().find(path) != std::string::npos);
-  for (const char* table :
-       {"generations", "changes", "skipped", "backups", "meta", "pending_cycle"}) {
+  for (const char* table : {"generations", "changes", "skipped", "backups", "meta", "pending_cycle"}) {
     INFO(table);
     CHECK(rawInt(path, std::string("SELECT COUNT(*) FROM ") + table) == 0);
   }
@@ -492,8 +486,7 @@ TEST_CASE("state: owned objects", "[state]") {
   CHECK(*store->isOwned(OwnedKind::kUser, "sftp-a"));
   CHECK_FALSE(*store->isOwned(OwnedKind::kGroup, "sftp-a"));  // kinds are separate
   CHECK(*store->owned(OwnedKind::kUser) == std::vector<std::string>{"sftp-a", "sftp-b"});
-  CHECK(*store->owned(OwnedKind::kMount) ==
-        std::vector<std::string>{"/srv/pim-sftp/sftp-a/transfer"});
+  CHECK(*store->owned(OwnedKind::kMount) == std::vector<std::string>{"/srv/pim-sftp/sftp-a/transfer"});
   CHECK(store->owned(OwnedKind::kKey)->empty());
   CHECK(rawInt(path, "SELECT created_generation FROM owned WHERE name = 'sftp-a'") == 2);
   REQUIRE(store->removeOwned(OwnedKind::kUser, "sftp-a").isOk());
@@ -598,9 +591,7 @@ TEST_CASE("state: two handles on one file interleave writes", "[state]") {
       auto store = StateStore::open(path, nullptr);
       *ok = store.isOk();
       for (int i = 0; i < 50 && *ok; ++i) {
-        *ok = (*store)
-                  ->recordGeneration(makeInput(base + i, GenerationOutcome::kRecorded, 3))
-                  .isOk() &&
+        *ok = (*store)->recordGeneration(makeInput(base + i, GenerationOutcome::kRecorded, 3)).isOk() &&
               (*store)->addOwned(OwnedKind::kKey, std::to_string(base + i), std::nullopt).isOk();
       }
     };
@@ -630,12 +621,8 @@ TEST_CASE("state: a forked process writes while this one does", "[state]") {
     auto store = StateStore::open(path, nullptr);
     if (!store.isOk()) rc = 2;
     for (int i = 0; rc == 0 && i < kEach; ++i) {
-      if (!(*store)
-               ->recordGeneration(makeInput(10000 + i, GenerationOutcome::kRecorded, 5))
-               .isOk() ||
-          !(*store)
-               ->addOwned(OwnedKind::kUser, "child-" + std::to_string(i), std::nullopt)
-               .isOk()) {
+      if (!(*store)->recordGeneration(makeInput(10000 + i, GenerationOutcome::kRecorded, 5)).isOk() ||
+          !(*store)->addOwned(OwnedKind::kUser, "child-" + std::to_string(i), std::nullopt).isOk()) {
         rc = 3;
       }
     }
