@@ -2,7 +2,7 @@
 
 #include <sstream>
 
-#include "providers/text_fields.h"
+#include "providers/core/text_fields.h"
 
 namespace pim {
 

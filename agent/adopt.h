@@ -4,10 +4,10 @@
 // clean up their mounts. This re-adopts, from the host as observed, the objects that only the
 // agent makes; nothing on the host is changed or removed because of the rebuild.
 
-#include "providers/host.h"
-#include "providers/ledger.h"
-#include "providers/log.h"
-#include "providers/settings.h"
+#include "providers/core/ledger.h"
+#include "providers/core/log.h"
+#include "providers/core/settings.h"
+#include "providers/host/host.h"
 
 namespace pim {
 

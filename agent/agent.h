@@ -21,12 +21,12 @@
 
 #include "agent/config.h"
 #include "agent/failpoint.h"
-#include "agent/state_ledger.h"
 #include "agent/store_client.h"
-#include "providers/clock.h"
-#include "providers/host.h"
-#include "providers/log.h"
+#include "providers/core/clock.h"
+#include "providers/core/log.h"
+#include "providers/host/host.h"
 #include "providers/provider.h"
+#include "state/state_ledger.h"
 #include "state/state_store.h"
 
 namespace pim {

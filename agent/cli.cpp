@@ -24,13 +24,13 @@
 #include "agent/failpoint.h"
 #include "agent/file_lock.h"
 #include "agent/metrics.h"
-#include "agent/provider_set.h"
 #include "agent/reconciler.h"
 #include "agent/sandbox.h"
 #include "agent/store_client.h"
-#include "providers/clock.h"
-#include "providers/log.h"
-#include "providers/real_host.h"
+#include "providers/core/clock.h"
+#include "providers/core/log.h"
+#include "providers/host/real_host.h"
+#include "providers/provider_set.h"
 #include "state/state_store.h"
 
 namespace pim {

@@ -10,8 +10,8 @@
 #include "agent/adopt.h"
 #include "agent/cli.h"
 #include "agent/sandbox.h"
-#include "agent/state_ledger.h"
-#include "providers/log.h"
+#include "providers/core/log.h"
+#include "state/state_ledger.h"
 
 namespace pim {
 

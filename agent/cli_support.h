@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "agent/config.h"
-#include "providers/host.h"
-#include "providers/model.h"
+#include "providers/core/model.h"
+#include "providers/host/host.h"
 #include "state/state_store.h"
 
 namespace pim {

@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <string>
 
-#include "providers/result.h"
-#include "providers/settings.h"
+#include "providers/core/result.h"
+#include "providers/core/settings.h"
 
 namespace pim {
 

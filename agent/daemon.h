@@ -35,9 +35,9 @@
 #include "agent/failpoint.h"
 #include "agent/file_lock.h"
 #include "agent/metrics.h"
-#include "providers/clock.h"
-#include "providers/log.h"
-#include "providers/real_host.h"
+#include "providers/core/clock.h"
+#include "providers/core/log.h"
+#include "providers/host/real_host.h"
 
 namespace pim {
 

@@ -5,9 +5,9 @@
 #include "agent/cli_support.h"
 #include "agent/commands.h"
 #include "agent/daemon.h"
-#include "providers/log.h"
-#include "providers/real_host.h"
-#include "providers/transfer_perms.h"
+#include "providers/core/log.h"
+#include "providers/host/real_host.h"
+#include "providers/host/transfer_perms.h"
 
 namespace pim {
 

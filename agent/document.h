@@ -7,8 +7,8 @@
 #include <string>
 #include <string_view>
 
-#include "providers/model.h"
-#include "providers/result.h"
+#include "providers/core/model.h"
+#include "providers/core/result.h"
 
 namespace pim {
 

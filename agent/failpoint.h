@@ -14,14 +14,14 @@
 //                               is recorded (the pending-cycle journal is still open)
 // Actions are counted per apply, from 1. Only forward applies trigger failpoints: the restore of
 // the previous generation, crash recovery and drift re-applies of a cycle never do, so a failure is
-// injected once per cycle and its repair is real. NAME is a provider name (login_user, ssh_keys,
-// transfer_tree, sftp_accounts, sftp_chroots, sshd); it is not checked against the list.
+// injected once per cycle and its repair is real. NAME is a provider name (Provider::name(), the
+// providers of providers/provider_set.h); it is not checked against the list.
 
 #include <functional>
 #include <optional>
 #include <string>
 
-#include "providers/result.h"
+#include "providers/core/result.h"
 
 namespace pim {
 

@@ -6,7 +6,7 @@
 #include <atomic>
 #include <string>
 
-#include "providers/result.h"
+#include "providers/core/result.h"
 
 namespace pim {
 

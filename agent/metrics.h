@@ -11,8 +11,8 @@
 
 #include "agent/agent.h"
 #include "agent/config.h"
-#include "providers/host.h"
-#include "providers/result.h"
+#include "providers/core/result.h"
+#include "providers/host/host.h"
 #include "state/state_store.h"
 
 namespace pim {

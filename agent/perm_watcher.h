@@ -1,6 +1,6 @@
 #pragma once
 // Continuous enforcement of the transfer-tree permissions (spec agent.md, "Transfer tree"):
-// inotify tells which entries to look at, PermEnforcer (providers/transfer_perms.h) looks and
+// inotify tells which entries to look at, PermEnforcer (providers/host/transfer_perms.h) looks and
 // fixes. An event is a hint; the file system is the truth.
 //
 // Threads: the inotify fd is read on the libuv loop (uv_poll_t on a raw inotify fd: uv_fs_event
@@ -25,9 +25,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "providers/log.h"
-#include "providers/result.h"
-#include "providers/transfer_perms.h"
+#include "providers/core/log.h"
+#include "providers/core/result.h"
+#include "providers/host/transfer_perms.h"
 
 namespace pim {
 

@@ -7,16 +7,16 @@
 #include <vector>
 
 #include "agent/failpoint.h"
-#include "providers/log.h"
+#include "providers/core/log.h"
 #include "providers/provider.h"
 
 namespace pim {
 
 class Reconciler {
  public:
-  /// Providers run in the order given (login_user, ssh_keys, transfer_tree, sftp_accounts,
-  /// sftp_chroots, sshd). `failpoints` (tests only, see agent/failpoint.h) are honoured by
-  /// apply(); the Agent passes them to forward applies only, never to restores.
+  /// Providers run in the order given (makeProviders(), providers/provider_set.h). `failpoints`
+  /// (tests only, see agent/failpoint.h) are honoured by apply(); the Agent passes them to forward
+  /// applies only, never to restores.
   Reconciler(std::vector<std::unique_ptr<Provider>> providers, Logger log, FailPoints failpoints = {});
 
   /// Plans every provider against the host as it is; changes nothing. A provider's plan does

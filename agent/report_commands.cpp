@@ -10,9 +10,9 @@
 #include "agent/cli_support.h"
 #include "agent/commands.h"
 #include "agent/document.h"
-#include "providers/clock.h"
-#include "providers/log.h"
-#include "providers/real_host.h"
+#include "providers/core/clock.h"
+#include "providers/core/log.h"
+#include "providers/host/real_host.h"
 
 namespace pim {
 namespace {

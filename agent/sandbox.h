@@ -2,7 +2,7 @@
 // A bare --root sandbox (tests, demos) has no account files; the shadow tools need them. This
 // creates minimal ones (root only) below the root prefix, never on the real system.
 
-#include "providers/host.h"
+#include "providers/host/host.h"
 
 namespace pim {
 

@@ -7,7 +7,7 @@
 #include <optional>
 #include <string>
 
-#include "providers/result.h"
+#include "providers/core/result.h"
 
 namespace pim {
 

@@ -9,8 +9,8 @@
 #include <string>
 
 #include "agent/config.h"
-#include "providers/log.h"
-#include "providers/result.h"
+#include "providers/core/log.h"
+#include "providers/core/result.h"
 
 namespace pim {
 

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include "providers/accounts_tool.h"
-#include "providers/paths.h"
+#include "providers/core/paths.h"
+#include "providers/host/accounts_tool.h"
 
 namespace pim {
 namespace {

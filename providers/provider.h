@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
-#include "providers/host.h"
-#include "providers/model.h"
-#include "providers/result.h"
-#include "providers/settings.h"
+#include "providers/core/model.h"
+#include "providers/core/result.h"
+#include "providers/core/settings.h"
+#include "providers/host/host.h"
 
 namespace pim {
 

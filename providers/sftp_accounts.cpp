@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
-#include "providers/text_fields.h"
+#include "providers/core/text_fields.h"
 
 namespace pim {
 namespace {

@@ -23,11 +23,11 @@
 #include <string>
 #include <vector>
 
-#include "providers/host.h"
-#include "providers/log.h"
-#include "providers/model.h"
+#include "providers/core/log.h"
+#include "providers/core/model.h"
+#include "providers/core/result.h"
+#include "providers/host/host.h"
 #include "providers/provider.h"
-#include "providers/result.h"
 
 namespace pim {
 

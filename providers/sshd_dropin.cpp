@@ -12,7 +12,7 @@
 #include <set>
 #include <sstream>
 
-#include "providers/scratch_dir.h"
+#include "providers/host/scratch_dir.h"
 
 namespace pim {
 namespace {

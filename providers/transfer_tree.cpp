@@ -5,7 +5,7 @@
 #include <set>
 #include <sstream>
 
-#include "providers/accounts_tool.h"
+#include "providers/host/accounts_tool.h"
 
 namespace pim {
 namespace {

@@ -46,7 +46,7 @@ struct ChangeInput {
   std::string after;
 };
 
-/// An entry of the document that was skipped, and why. (state/ does not see providers/model.h;
+/// An entry of the document that was skipped, and why. (state/ does not see providers/core/model.h;
 /// use toSkippedRecords()/fromSkippedRecords() to convert from/to the document's SkippedEntry.)
 struct SkippedRecord {
   std::string id;

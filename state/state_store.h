@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "providers/log.h"
-#include "providers/result.h"
+#include "providers/core/log.h"
+#include "providers/core/result.h"
 #include "state/state_records.h"
 
 namespace pim {

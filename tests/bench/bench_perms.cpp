@@ -31,7 +31,7 @@
 #include <vector>
 
 #include "agent/perm_watcher.h"
-#include "providers/transfer_perms.h"
+#include "providers/host/transfer_perms.h"
 
 namespace {
 

@@ -4,7 +4,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "providers/real_host.h"
+#include "providers/host/real_host.h"
 
 namespace fs = std::filesystem;
 

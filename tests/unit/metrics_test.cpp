@@ -15,8 +15,8 @@
 
 #include "agent/config.h"
 #include "agent/document.h"
-#include "providers/log.h"
-#include "providers/real_host.h"
+#include "providers/core/log.h"
+#include "providers/host/real_host.h"
 #include "state/state_store.h"
 #include "tests/support/temp_dir.h"
 

@@ -7,8 +7,8 @@
 #include <filesystem>
 #include <sstream>
 
-#include "providers/accounts_tool.h"
-#include "providers/real_host.h"
+#include "providers/host/accounts_tool.h"
+#include "providers/host/real_host.h"
 #include "tests/support/etc_sandbox.h"
 #include "tests/support/skip.h"
 

@@ -13,8 +13,8 @@
 #include <filesystem>
 #include <functional>
 
-#include "providers/accounts_tool.h"
-#include "providers/real_host.h"
+#include "providers/host/accounts_tool.h"
+#include "providers/host/real_host.h"
 #include "providers/sftp_accounts.h"
 #include "providers/transfer_tree.h"
 #include "tests/support/etc_sandbox.h"

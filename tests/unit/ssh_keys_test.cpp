@@ -8,7 +8,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "providers/real_host.h"
+#include "providers/host/real_host.h"
 #include "tests/support/etc_sandbox.h"
 #include "tests/support/skip.h"
 

@@ -15,8 +15,8 @@
 #include <map>
 #include <sstream>
 
-#include "providers/real_host.h"
-#include "providers/scratch_dir.h"
+#include "providers/host/real_host.h"
+#include "providers/host/scratch_dir.h"
 #include "tests/support/skip.h"
 
 namespace {

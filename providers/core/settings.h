@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "providers/model.h"
+#include "providers/core/model.h"
 
 namespace pim {
 

@@ -1,4 +1,4 @@
-#include "providers/scratch_dir.h"
+#include "providers/host/scratch_dir.h"
 
 #include <fcntl.h>
 #include <ftw.h>

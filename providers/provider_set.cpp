@@ -1,6 +1,6 @@
-#include "agent/provider_set.h"
+#include "providers/provider_set.h"
 
-#include "providers/log.h"
+#include "providers/core/log.h"
 #include "providers/login_user.h"
 #include "providers/sftp_accounts.h"
 #include "providers/sftp_chroots.h"

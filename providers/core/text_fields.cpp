@@ -1,4 +1,4 @@
-#include "providers/text_fields.h"
+#include "providers/core/text_fields.h"
 
 namespace pim {
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "providers/result.h"
+#include "providers/core/result.h"
 
 namespace pim {
 

@@ -1,11 +1,12 @@
 #pragma once
-// The providers in their order: login_user, ssh_keys, transfer_tree, sftp_accounts,
-// sftp_chroots, sshd. main wiring lives here so the order is written down once.
+// The providers and the order they run in. makeProviders() in provider_set.cpp is the one place
+// where that order is written down; everything else (the reconciler, the cycle, failpoints, the
+// README) refers here.
 
 #include <memory>
 #include <vector>
 
-#include "providers/ledger.h"
+#include "providers/core/ledger.h"
 #include "providers/provider.h"
 
 namespace pim {

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "providers/host.h"
-#include "providers/result.h"
+#include "providers/core/result.h"
+#include "providers/host/host.h"
 
 namespace pim {
 

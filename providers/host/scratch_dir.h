@@ -6,7 +6,7 @@
 #include <string>
 #include <string_view>
 
-#include "providers/result.h"
+#include "providers/core/result.h"
 
 namespace pim {
 

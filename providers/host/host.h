@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-#include "providers/result.h"
+#include "providers/core/result.h"
 
 namespace pim {
 

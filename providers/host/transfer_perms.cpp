@@ -1,4 +1,4 @@
-#include "providers/transfer_perms.h"
+#include "providers/host/transfer_perms.h"
 
 #include <dirent.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-#include "providers/log.h"
+#include "providers/core/log.h"
 
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>

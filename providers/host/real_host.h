@@ -8,8 +8,8 @@
 #include <set>
 #include <string>
 
-#include "providers/host.h"
-#include "providers/log.h"
+#include "providers/core/log.h"
+#include "providers/host/host.h"
 
 namespace pim {
 

@@ -1,4 +1,4 @@
-#include "agent/state_ledger.h"
+#include "state/state_ledger.h"
 
 namespace pim {
 

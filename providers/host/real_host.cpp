@@ -1,4 +1,4 @@
-#include "providers/real_host.h"
+#include "providers/host/real_host.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -19,8 +19,8 @@
 #include <cstring>
 #include <random>
 #include <sstream>
-#include "providers/paths.h"
-#include "providers/text_fields.h"
+#include "providers/core/paths.h"
+#include "providers/core/text_fields.h"
 
 namespace pim {
 namespace {

@@ -1,8 +1,8 @@
-#include "providers/accounts_tool.h"
+#include "providers/host/accounts_tool.h"
 
 #include <cstdlib>
 #include <sstream>
-#include "providers/text_fields.h"
+#include "providers/core/text_fields.h"
 
 namespace pim {
 namespace {

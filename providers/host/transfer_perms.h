@@ -31,7 +31,7 @@
 #include <utility>
 #include <vector>
 
-#include "providers/log.h"
+#include "providers/core/log.h"
 
 namespace pim {
 

@@ -1,8 +1,8 @@
 #pragma once
-// The Ledger of providers/ledger.h backed by the state database: what the agent created survives
+// The Ledger of providers/core/ledger.h backed by the state database: what the agent created survives
 // restarts, and only those objects are ever removed.
 
-#include "providers/ledger.h"
+#include "providers/core/ledger.h"
 #include "state/state_store.h"
 
 namespace pim {
