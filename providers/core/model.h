@@ -1,6 +1,6 @@
 #pragma once
 // The validated access document: what the store wants on this host. Produced by the document
-// parser (agent/document.h) and consumed by the providers; every value here already passed its
+// parser (agent/document/document.h) and consumed by the providers; every value here already passed its
 // parser, and the entries that did not are listed in `skipped`.
 
 #include <cstdint>

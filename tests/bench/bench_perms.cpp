@@ -30,7 +30,7 @@
 #include <thread>
 #include <vector>
 
-#include "agent/perm_watcher.h"
+#include "agent/daemon/perm_watcher.h"
 #include "providers/host/transfer_perms.h"
 
 namespace {

@@ -1,4 +1,4 @@
-#include "agent/adopt.h"
+#include "agent/cycle/adopt.h"
 
 #include <catch2/catch.hpp>
 #include <filesystem>

@@ -20,10 +20,10 @@
 #include <string>
 #include <vector>
 
-#include "agent/agent.h"
-#include "agent/failpoint.h"
-#include "agent/reconciler.h"
-#include "agent/signature.h"
+#include "agent/cycle/cycle.h"
+#include "agent/cycle/failpoint.h"
+#include "agent/cycle/reconciler.h"
+#include "agent/store/signature.h"
 #include "providers/core/log.h"
 #include "providers/host/real_host.h"
 #include "state/state_store.h"

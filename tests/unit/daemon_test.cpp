@@ -22,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-#include "agent/file_lock.h"
+#include "agent/cycle/file_lock.h"
 #include "tests/unit/agent_process.h"
 #include "tests/unit/store_test_server.h"
 

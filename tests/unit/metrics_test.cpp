@@ -1,6 +1,6 @@
 // Metrics for node_exporter's textfile collector: the rendering (golden file), the counters, the
 // snapshot read from a real state database, the atomic 0644 write, and the config key.
-#include "agent/metrics.h"
+#include "agent/daemon/metrics.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,8 +13,8 @@
 #include <sstream>
 #include <string>
 
-#include "agent/config.h"
-#include "agent/document.h"
+#include "agent/config/config.h"
+#include "agent/document/document.h"
 #include "providers/core/log.h"
 #include "providers/host/real_host.h"
 #include "state/state_store.h"
