@@ -348,7 +348,40 @@ std::vector<Action> planSshKeys(const SshKeysDesired& desired, const SshKeysCurr
     }
   }
   parts.push_back(std::to_string(want.size()) + (want.size() == 1 ? " key" : " keys"));
+  // Keys that go away are revoked with the other revocations; new keys are a grant, written once
+  // the configuration confining the login user is live. A change with both is two writes.
+  const bool adds = std::any_of(want.begin(), want.end(), [&](const auto& w) {
+    auto it = have.find(w.first);
+    return it == have.end() || it->second != w.second;
+  });
+  const bool removes = std::any_of(have.begin(), have.end(), [&](const auto& h) {
+    auto it = want.find(h.first);
+    return it == want.end() || it->second != h.second;
+  });
+  if (adds && removes && current.content) {
+    std::vector<SshKey> kept;
+    for (const auto& k : desired.keys) {
+      auto it = have.find(k.id);
+      auto w = want.find(k.id);
+      if (it != have.end() && w != want.end() && it->second == w->second) kept.push_back(k);
+    }
+    auto parsed = parseAuthorizedKeys(*current.content);
+    if (parsed) {
+      Action r;
+      r.stage = Stage::kRevoke;
+      r.provider = "ssh_keys";
+      r.verb = "write";
+      r.object = file;
+      r.detail = "keys revoked before new ones are granted";
+      r.payload = renderKeyBlock(kept, desired.now);
+      r.before = idSummary(have);
+      r.after = "fewer keys";
+      actions.push_back(std::move(r));
+    }
+  }
   Action a;
+  // A file that does not exist yet needs the user (made in the preparation stage) first.
+  a.stage = adds ? Stage::kGrant : (current.content ? Stage::kRevoke : Stage::kPrepare);
   a.provider = "ssh_keys";
   a.verb = "write";
   a.object = file;

@@ -396,6 +396,7 @@ Result<std::vector<Action>> SshdDropinProvider::plan(const Desired& desired, Hos
     return actions;
   }
   Action a;
+  a.stage = Stage::kConfine;
   a.provider = name();
   a.verb = "write";
   a.object = path;

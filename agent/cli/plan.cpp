@@ -60,9 +60,14 @@ int cmdPlan(const Config& config, const CliOptions& o) {
   Reconciler reconciler(makeProviders(*ledger), makeLogger("reconciler"));
   SystemClock clock;
   Desired desired{*doc, config.host, config.sshd, clock.nowSeconds()};
-  auto actions = reconciler.plan(desired, host);
-  if (!actions) return fail(actions.status());
-  for (auto& e : reconciler.refused()) doc->skipped.push_back(std::move(e));
+  auto planned = reconciler.plan(desired, host);
+  if (!planned.failures.empty()) {
+    std::string why;
+    for (const auto& f : planned.failures) why += (why.empty() ? "" : "; ") + f.describe();
+    return fail(Status::error(ErrorCode::kIo, why));
+  }
+  const std::vector<Action>* actions = &planned.actions;
+  for (auto& e : planned.refused) doc->skipped.push_back(std::move(e));
   if (o.json) {
     Poco::JSON::Object::Ptr root = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
     root->set("revision", doc->revision);
@@ -70,6 +75,7 @@ int cmdPlan(const Config& config, const CliOptions& o) {
     Poco::JSON::Array::Ptr arr = new Poco::JSON::Array;
     for (const auto& a : *actions) {
       Poco::JSON::Object::Ptr j = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
+      j->set("stage", stageName(a.stage));
       j->set("provider", a.provider);
       j->set("action", a.verb);
       j->set("object", a.object);
@@ -85,7 +91,7 @@ int cmdPlan(const Config& config, const CliOptions& o) {
   std::cout << "plan for revision " << doc->revision << " (instance " << doc->instance << ") from "
             << (*store)->describe() << "\n";
   std::cout << "actions: " << actions->size() << "\n";
-  for (const auto& a : *actions) std::cout << "  " << a.describe() << "\n";
+  for (const auto& a : *actions) std::cout << "  [" << stageName(a.stage) << "] " << a.describe() << "\n";
   printSkipped(std::cout, doc->skipped);
   return kExitOk;
 }

@@ -43,8 +43,10 @@ int cmdStatus(const Config& config, bool json) {
   auto storeRevision = state.storeRevision();
   auto poll = state.pollStatus();
   auto latest = state.latest();
-  if (!applied || !pin || !storeRevision || !poll || !latest) {
-    for (const Status& s : {applied.status(), pin.status(), storeRevision.status(), poll.status(), latest.status()}) {
+  auto reloadPending = state.reloadPending();
+  if (!applied || !pin || !storeRevision || !poll || !latest || !reloadPending) {
+    for (const Status& s : {applied.status(), pin.status(), storeRevision.status(), poll.status(), latest.status(),
+                            reloadPending.status()}) {
       if (!s) return fail(s);
     }
   }
@@ -58,7 +60,8 @@ int cmdStatus(const Config& config, bool json) {
   }
   std::string lastError = poll->error;
   if (lastError.empty() && *latest &&
-      ((*latest)->outcome == GenerationOutcome::kFailed || (*latest)->outcome == GenerationOutcome::kRejected)) {
+      ((*latest)->outcome == GenerationOutcome::kFailed || (*latest)->outcome == GenerationOutcome::kPartial ||
+       (*latest)->outcome == GenerationOutcome::kRejected)) {
     lastError = (*latest)->error;
   }
   const int64_t now = SystemClock().nowSeconds();
@@ -80,6 +83,9 @@ int cmdStatus(const Config& config, bool json) {
     root->set("last_poll", lastPoll);
     root->set("skipped", skippedJson(skipped));
     root->set("last_error", lastError.empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(lastError));
+    root->set("outcome", inForce ? Poco::Dynamic::Var(outcomeName(inForce->outcome)) : Poco::Dynamic::Var());
+    root->set("sshd_reload_pending",
+              reloadPending->empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(*reloadPending));
     Poco::JSON::Array::Ptr keys = new Poco::JSON::Array;
     Poco::JSON::Array::Ptr accounts = new Poco::JSON::Array;
     if (doc) {
@@ -122,6 +128,10 @@ int cmdStatus(const Config& config, bool json) {
   std::cout << "\nstore revision: " << optionalText(*storeRevision) << "\n";
   std::cout << "last poll:      " << (poll->time ? isoTime(*poll->time) + " " + poll->outcome : "never") << "\n";
   std::cout << "last error:     " << (lastError.empty() ? "none" : lastError) << "\n";
+  if (!reloadPending->empty()) {
+    std::cout << "sshd reload:    PENDING (" << *reloadPending
+              << "): sshd runs its previous configuration, nothing is granted until it reloads\n";
+  }
   printSkipped(std::cout, skipped);
   if (doc) {
     std::cout << "keys of " << config.host.loginUser << ":\n";

@@ -46,9 +46,12 @@ Result<AdoptionCounts> adoptFromHost(Host& host, const HostSettings& settings, L
       }
     }
   }
-  log->warn(
-      "state database rebuilt: re-adopted {} SFTP account(s), {} mount(s), {} path(s) and the group {} from the host",
-      counts.users, counts.mounts, counts.files, settings.transferGroup);
+  if (counts.users > 0 || counts.mounts > 0 || counts.files > 0) {
+    log->warn(
+        "state database new or rebuilt: re-adopted {} SFTP account(s), {} mount(s), {} path(s) and the group {} from "
+        "the host",
+        counts.users, counts.mounts, counts.files, settings.transferGroup);
+  }
   return counts;
 }
 

@@ -1,7 +1,7 @@
 #pragma once
-// When the state database had to be rebuilt (corrupt or unreadable), the record of what the agent
-// created is gone. Without it the agent would refuse its own SFTP accounts as foreign and never
-// clean up their mounts. This re-adopts, from the host as observed, the objects that only the
+// When the state database is new (a lost or emptied state directory) or had to be rebuilt (corrupt
+// or unreadable), the record of what the agent created is gone. Without it the agent would refuse its own SFTP accounts
+// as foreign and never clean up their mounts. This re-adopts, from the host as observed, the objects that only the
 // agent makes; nothing on the host is changed or removed because of the rebuild.
 
 #include "providers/core/ledger.h"

@@ -49,52 +49,43 @@ Agent::Agent(Config config, Host& host, StateStore& state, const Clock& clock, P
   if (!failpoints_.empty()) log_->warn("failpoints armed: {}", failpoints_.describe());
 }
 
-std::vector<SkippedEntry> Agent::refusedEntries(const AccessDocument& doc) {
-  StateLedger ledger(state_);
-  Reconciler reconciler(factory_(ledger), log_);
-  Desired desired{doc, config_.host, config_.sshd, clock_.nowSeconds()};
-  if (!reconciler.plan(desired, host_)) return {};  // the apply that follows reports the error
-  return reconciler.refused();
-}
-
-Agent::Applied Agent::applyDocument(const AccessDocument& doc, bool forward) {
+Agent::Applied Agent::applyDocument(const AccessDocument& doc, bool forward, bool revokeOnly) {
   StateLedger ledger(state_);
   Reconciler reconciler(factory_(ledger), log_, forward ? failpoints_ : FailPoints{});
   Desired desired{doc, config_.host, config_.sshd, clock_.nowSeconds()};
-  auto outcome = reconciler.apply(desired, host_);
-  Applied applied{outcome.status, std::move(outcome.applied), std::move(outcome.warnings), outcome.dropinWritten,
-                  outcome.sshdReloaded};
-  noteReload(applied);
+  auto pending = state_.reloadPending();
+  if (!pending) return Applied{pending.status(), {}, {}, {}, false};
+  auto outcome = reconciler.converge(desired, host_, !pending->empty(), revokeOnly);
+  Applied applied{outcome.status(), std::move(outcome.applied), std::move(outcome.warnings), std::move(outcome.refused),
+                  outcome.confined};
+  // A drop-in in place that sshd did not load is owed a reload, by every later cycle, a SIGHUP
+  // or a restart, until one succeeds.
+  Status noted = Status::ok();
+  if (!outcome.reloadFailure.empty()) {
+    noted = state_.setReloadPending(outcome.reloadFailure);
+    log_->warn("{}; sshd keeps its previous configuration and nothing is granted until it reloads",
+               outcome.reloadFailure);
+  } else if (outcome.sshdReloaded && !pending->empty()) {
+    noted = state_.setReloadPending("");
+  }
+  if (!noted) {
+    log_->error("record the sshd reload: {}", noted.message());
+    if (applied.status) applied.status = noted;
+  }
   return applied;
 }
 
-void Agent::noteReload(const Applied& applied) {
-  if (applied.sshdReloaded) reloadWarning_.clear();
-  if (!applied.warnings.empty()) reloadWarning_ = applied.warnings.back();
-}
-
-void Agent::retryPendingReload() {
-  if (reloadWarning_.empty()) return;
-  SshdDropinProvider sshd(log_);
-  Status s = sshd.reload(config_.sshd, host_);
-  if (s) {
-    log_->info("reloaded sshd after an earlier failure ({})", config_.sshd.reloadCommand);
-    reloadWarning_.clear();
-  } else {
-    reloadWarning_ = s.message();
-    log_->warn("{}; sshd keeps its previous configuration until reloaded", s.message());
-  }
-}
-
 std::string Agent::pollError(const std::string& error) const {
-  if (!error.empty() || reloadWarning_.empty()) return error;
-  return "warning: " + reloadWarning_ + " (the drop-in is installed; sshd still runs its previous configuration)";
+  if (!error.empty()) return error;
+  auto pending = state_.reloadPending();
+  if (!pending || pending->empty()) return error;
+  return "warning: " + *pending + " (the drop-in is installed; sshd still runs its previous configuration)";
 }
 
 Result<AccessDocument> Agent::parseStored(const GenerationRecord& record) const {
   DocumentOptions options = documentOptions(config_);
   // A stored document was accepted when it arrived; the instance name may have been renamed in
-  // the config since, which must not block a restore or a rollback.
+  // the config since, which must not block a recovery or a rollback.
   options.expectedInstance.clear();
   options.maxBytes = std::max<int64_t>(options.maxBytes, int64_t(record.body.size()));
   return parseDocument(record.body, options);
@@ -113,78 +104,24 @@ Result<std::optional<AccessDocument>> Agent::inForceDocument(std::optional<Gener
   return std::optional<AccessDocument>(std::move(*doc));
 }
 
-std::vector<BackupInput> Agent::backupFiles() {
-  std::vector<std::string> paths = {config_.sshd.dropin};
-  // Before the first cycle the login user may not exist yet: its home will be the default one,
-  // and the backup then says "did not exist" so that a restore removes the file again.
-  auto user = host_.findUser(config_.host.loginUser);
-  if (user.isOk()) {
-    const std::string home = user->has_value() ? (*user)->home : "/home/" + config_.host.loginUser;
-    paths.push_back(home + "/.ssh/authorized_keys");
-  }
-  std::vector<BackupInput> backups;
-  for (const auto& path : paths) {
-    auto info = host_.lstat(path);
-    if (!info || info->type == FileType::kSymlink || info->type == FileType::kOther) continue;
-    BackupInput b;
-    b.path = path;
-    b.existed = info->exists();
-    if (b.existed) {
-      auto content = host_.readFile(path, 64u << 20);
-      if (!content) continue;
-      b.content = *content;
-      b.mode = info->mode;
-      b.uid = info->uid;
-      b.gid = info->gid;
-    }
-    backups.push_back(std::move(b));
-  }
-  return backups;
+GenerationOutcome Agent::outcomeOf(const Applied& applied, GenerationOutcome success) {
+  if (applied.status) return success;
+  return applied.confined ? GenerationOutcome::kPartial : GenerationOutcome::kFailed;
 }
 
-bool Agent::restoreBackups(const std::vector<BackupInput>& backups) {
-  bool dropinChanged = false;
-  for (const auto& b : backups) {
-    auto info = host_.lstat(b.path);
-    const bool existsNow = info && info->exists();
-    if (!b.existed && !existsNow) continue;
-    if (b.existed && existsNow && info->type == FileType::kRegular && info->mode == b.mode && info->uid == b.uid &&
-        info->gid == b.gid) {
-      auto now = host_.readFile(b.path, 64u << 20);
-      if (now && *now == b.content) continue;  // already as it was: no write, no reload
-    }
-    Status s = b.existed
-                   ? host_.writeFileAtomic(b.path, b.content, Ownership{mode_t(b.mode), uid_t(b.uid), gid_t(b.gid)})
-                   : host_.removeFile(b.path);
-    if (!s) {
-      log_->error("restore {}: {}", b.path, s.message());
-      continue;
-    }
-    log_->info("restored {} as it was before the cycle", b.path);
-    if (b.path == config_.sshd.dropin) dropinChanged = true;
-  }
-  return dropinChanged;
-}
-
-Agent::Applied Agent::restore(const std::optional<AccessDocument>& previous, const std::vector<BackupInput>& backups) {
-  // Nothing was in force: an empty document removes what the cycle created (users, mounts,
-  // keys), then the files are put back byte for byte.
-  Applied restored = applyDocument(previous ? *previous : AccessDocument{}, false);
-  if (!previous && restoreBackups(backups)) {
-    // sshd may have loaded the drop-in that was just put back or removed.
-    SshdDropinProvider sshd(log_);
-    Status s = sshd.reload(config_.sshd, host_);
-    if (s) {
-      restored.sshdReloaded = true;
-      reloadWarning_.clear();
-    } else {
-      restored.warnings.push_back(s.message());
-      reloadWarning_ = s.message();
-      log_->warn("{}; sshd keeps its previous configuration until reloaded", s.message());
-    }
-  }
-  if (!restored.status) log_->error("restore: {}", restored.status.message());
-  return restored;
+CycleReport Agent::reportOf(const Applied& applied, GenerationOutcome successOutcome, int64_t generation,
+                            const AccessDocument& doc, std::vector<SkippedEntry> skipped) const {
+  CycleReport report;
+  report.generation = generation;
+  report.revision = doc.revision;
+  report.skipped = std::move(skipped);
+  report.changes = applied.changes;
+  report.warnings = applied.warnings;
+  const GenerationOutcome outcome = outcomeOf(applied, successOutcome);
+  report.outcome = outcomeName(outcome);
+  report.exitCode = applied.status ? 0 : 5;
+  if (!applied.status) report.error = applied.status.message();
+  return report;
 }
 
 Status Agent::recoverInterruptedCycle() {
@@ -192,42 +129,41 @@ Status Agent::recoverInterruptedCycle() {
   if (!pending) return pending.status();
   if (!pending->has_value()) return Status::ok();
   const PendingCycle cycle = **pending;
-  log_->warn("generation {} was interrupted (the agent stopped during its cycle); restoring {}", cycle.generation,
-             cycle.previousGeneration ? "generation " + std::to_string(*cycle.previousGeneration)
-                                      : std::string("the host as it was before the first generation"));
-  std::optional<AccessDocument> previous;
-  if (cycle.previousGeneration) {
-    auto record = state_.generation(*cycle.previousGeneration);
-    if (!record) return record.status();
-    if (!record->has_value()) {
-      return Status::error(ErrorCode::kNotFound, "recover generation " + std::to_string(cycle.generation) +
-                                                     ": previous generation " +
-                                                     std::to_string(*cycle.previousGeneration) + " is gone");
-    }
-    auto doc = parseStored(**record);
-    if (!doc) return doc.status();
-    previous = std::move(*doc);
+  auto record = state_.generation(cycle.generation);
+  if (!record) return record.status();
+  if (!record->has_value()) {
+    log_->error("generation {} was interrupted and is gone; nothing to finish", cycle.generation);
+    return state_.endCycle();
   }
-  std::vector<BackupInput> inputs;
-  if (!previous) {
-    auto backups = state_.backups(cycle.generation);
-    if (!backups) return backups.status();
-    for (const auto& b : *backups) inputs.push_back(BackupInput{b.path, b.existed, b.content, b.mode, b.uid, b.gid});
+  auto doc = parseStored(**record);
+  if (!doc) return doc.status();
+  auto attempts = state_.noteRecoveryAttempt();
+  if (!attempts) return attempts.status();
+  // A document whose cycle keeps crashing the agent must not crash every start: after two
+  // interrupted recoveries, only its revocations are applied.
+  const bool revokeOnly = *attempts > 2;
+  log_->warn("generation {} was interrupted (the agent stopped during its cycle); {} its document", cycle.generation,
+             revokeOnly ? "applying only the revocations of" : "finishing the cycle of");
+  Applied applied = applyDocument(*doc, false, revokeOnly);
+  if (revokeOnly) {
+    applied.status = Status::error(ErrorCode::kInternal,
+                                   "its recovery was interrupted twice: revocations only, the grants wait for the "
+                                   "next cycle");
+    applied.confined = false;
   }
-  Applied restored = restore(previous, inputs);
-  (void)state_.appendChanges(cycle.generation, toChangeInputs(restored.changes));
-  std::string error = "interrupted (the agent stopped during the cycle); previous generation restored";
-  if (!restored.status) error += "; restore incomplete: " + restored.status.message();
-  return state_.finishCycle(GenerationOutcome::kFailed, error);
+  const GenerationOutcome success =
+      (*record)->rollbackOf ? GenerationOutcome::kRolledBack : GenerationOutcome::kApplied;
+  std::string error = "interrupted (the agent stopped during the cycle); finished at the next start";
+  if (!applied.status) error = "interrupted; at the next start: " + applied.status.message();
+  std::vector<SkippedEntry> skipped = doc->skipped;
+  for (const auto& e : applied.refused) skipped.push_back(e);
+  return state_.finishCycle(outcomeOf(applied, success), error, toChangeInputs(applied.changes),
+                            toSkippedRecords(skipped));
 }
 
 CycleReport Agent::applyNew(const std::string& source, const std::string& etag, const std::string& body,
                             const AccessDocument& doc, GenerationOutcome successOutcome,
                             std::optional<int64_t> rollbackOf) {
-  std::optional<GenerationRecord> previousRecord;
-  auto previous = inForceDocument(&previousRecord);
-  if (!previous) return failure(1, "failed", previous.status().message());
-
   GenerationInput input;
   input.time = clock_.nowSeconds();
   input.source = source;
@@ -237,51 +173,54 @@ CycleReport Agent::applyNew(const std::string& source, const std::string& etag, 
   input.body = body;
   input.outcome = GenerationOutcome::kPending;
   input.rollbackOf = rollbackOf;
-  // Entries the providers will refuse (a host account the agent did not create, an unsafe
-  // folder) are reported with the document's own skipped entries.
-  std::vector<SkippedEntry> skipped = doc.skipped;
-  for (auto& e : refusedEntries(doc)) skipped.push_back(std::move(e));
-  input.skipped = toSkippedRecords(skipped);
-  input.backups = backupFiles();
+  input.skipped = toSkippedRecords(doc.skipped);
   input.beginCycle = true;
-  // From here on the journal is open: a crash is undone at the next start.
+  // From here on the journal is open and this document is in force: a crash is finished at the
+  // next start.
   auto generation = state_.recordGeneration(input);
   if (!generation) return failure(1, "failed", generation.status().message());
 
   Applied applied = applyDocument(doc, true);
-  CycleReport report;
-  report.generation = *generation;
-  report.revision = doc.revision;
-  report.skipped = skipped;
-  report.changes = applied.changes;
-  report.warnings = applied.warnings;
-  (void)state_.appendChanges(*generation, toChangeInputs(applied.changes));
-  if (applied.status) {
-    if (failpoints_.crashBeforeFinish) failpoints_.crash("crash-before-finish");
-    Status s = state_.finishCycle(successOutcome);
-    if (!s) {
-      log_->error("record outcome of generation {}: {}", *generation, s.message());
-      report.outcome = "failed";
-      report.exitCode = 1;
-      report.error = s.message();
-      return report;
-    }
-    report.outcome = outcomeName(successOutcome);
-    report.exitCode = 0;
-    return report;
+  // Entries the providers refused (a host account the agent did not create, an unsafe folder)
+  // are reported with the document's own skipped entries.
+  std::vector<SkippedEntry> skipped = doc.skipped;
+  for (const auto& e : applied.refused) skipped.push_back(e);
+  CycleReport report = reportOf(applied, successOutcome, *generation, doc, skipped);
+  if (!applied.status) log_->error("generation {}: {}", *generation, applied.status.message());
+  if (failpoints_.crashBeforeFinish) failpoints_.crash("crash-before-finish");
+  Status s = state_.finishCycle(outcomeOf(applied, successOutcome), report.error, toChangeInputs(applied.changes),
+                                toSkippedRecords(skipped));
+  if (!s) {
+    log_->error("record outcome of generation {}: {}", *generation, s.message());
+    report.outcome = "failed";
+    report.exitCode = 1;
+    report.error = s.message();
   }
-  // All or nothing: bring the host back to the generation in force before this one.
-  log_->error("generation {} failed: {}; restoring the previous generation", *generation, applied.status.message());
-  Applied restored = restore(*previous, input.backups);
-  (void)state_.appendChanges(*generation, toChangeInputs(restored.changes));
-  std::string error = applied.status.message();
-  if (!restored.status) error += "; restore incomplete: " + restored.status.message();
-  Status s = state_.finishCycle(GenerationOutcome::kFailed, error);
-  if (!s) log_->error("record failure of generation {}: {}", *generation, s.message());
-  report.outcome = "failed";
-  report.exitCode = 5;
-  report.error = error;
-  report.warnings.insert(report.warnings.end(), restored.warnings.begin(), restored.warnings.end());
+  return report;
+}
+
+CycleReport Agent::retry(const GenerationRecord& record, const AccessDocument& doc) {
+  if (Status s = state_.beginCycle(record.generation, std::nullopt); !s) return failure(1, "failed", s.message());
+  if (Status s = state_.noteRetry(record.generation, clock_.nowSeconds()); !s) {
+    (void)state_.endCycle();
+    return failure(1, "failed", s.message());
+  }
+  Applied applied = applyDocument(doc, true);
+  const GenerationOutcome success = record.outcome == GenerationOutcome::kRolledBack || record.rollbackOf
+                                        ? GenerationOutcome::kRolledBack
+                                        : GenerationOutcome::kApplied;
+  std::vector<SkippedEntry> skipped = doc.skipped;
+  for (const auto& e : applied.refused) skipped.push_back(e);
+  CycleReport report = reportOf(applied, success, record.generation, doc, skipped);
+  if (!applied.status) log_->error("generation {} (retried): {}", record.generation, applied.status.message());
+  Status s = state_.finishCycle(outcomeOf(applied, success), report.error, toChangeInputs(applied.changes),
+                                toSkippedRecords(skipped));
+  if (!s) {
+    log_->error("record outcome of generation {}: {}", record.generation, s.message());
+    report.outcome = "failed";
+    report.exitCode = 1;
+    report.error = s.message();
+  }
   return report;
 }
 
@@ -426,14 +365,12 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
     return r;
   }
 
-  retryPendingReload();
   CycleReport report = applyNew(fetched.source, etag, body, *doc, GenerationOutcome::kApplied, std::nullopt);
   (void)state_.recordPoll(now, report.outcome, pollError(report.error));
   return report;
 }
 
 CycleReport Agent::reapplyInForce() {
-  retryPendingReload();
   std::optional<GenerationRecord> record;
   auto current = inForceDocument(&record);
   if (!current) return failure(1, "failed", current.status().message());
@@ -442,6 +379,12 @@ CycleReport Agent::reapplyInForce() {
     r.outcome = "unchanged";
     return r;
   }
+  // A generation whose cycle did not apply everything is retried as itself.
+  if (record->outcome == GenerationOutcome::kPartial || record->outcome == GenerationOutcome::kFailed) {
+    return retry(*record, **current);
+  }
+  auto pending = state_.reloadPending();
+  if (!pending) return failure(1, "failed", pending.status().message());
   StateLedger ledger(state_);
   Reconciler reconciler(factory_(ledger), log_);
   Desired desired{**current, config_.host, config_.sshd, clock_.nowSeconds()};
@@ -450,12 +393,12 @@ CycleReport Agent::reapplyInForce() {
   r.revision = record->revision;
   r.generation = record->generation;
   r.skipped = fromSkippedRecords<SkippedEntry>(record->skipped);
-  if (planned && planned->empty()) {
+  if (planned.actions.empty() && planned.failures.empty() && pending->empty()) {
     r.outcome = "unchanged";
     return r;
   }
-  // Drift or expiry: apply the document in force again as a generation of its own, so the
-  // change log says what was corrected.
+  // Drift, expiry or a reload still owed: apply the document in force again as a generation of
+  // its own, so the change log says what was corrected.
   return applyNew(
       record->source, record->etag, record->body, **current,
       record->outcome == GenerationOutcome::kRolledBack ? GenerationOutcome::kRolledBack : GenerationOutcome::kApplied,
@@ -463,9 +406,15 @@ CycleReport Agent::reapplyInForce() {
 }
 
 CycleReport Agent::inForceReport() {
-  retryPendingReload();
+  auto pending = state_.reloadPending();
+  if (!pending) return failure(1, "failed", pending.status().message());
   auto last = state_.lastApplied();
   if (!last) return failure(1, "failed", last.status().message());
+  // What the host needs without looking at it: a reload still owed, or a generation to retry.
+  if (!pending->empty() || (last->has_value() && ((*last)->outcome == GenerationOutcome::kPartial ||
+                                                  (*last)->outcome == GenerationOutcome::kFailed))) {
+    return reapplyInForce();
+  }
   CycleReport r;
   r.outcome = "unchanged";
   if (last->has_value()) {
@@ -488,13 +437,13 @@ CycleReport Agent::rollback(int64_t generation) {
   auto doc = parseStored(target);
   if (!doc)
     return failure(2, "failed", "rollback: generation " + std::to_string(generation) + ": " + doc.status().message());
-  retryPendingReload();
   CycleReport report = applyNew("rollback of generation " + std::to_string(generation), target.etag, target.body, *doc,
                                 GenerationOutcome::kRolledBack, generation);
-  if (report.exitCode == 0 && report.generation) {
+  // The rolled-back document is in force even when a part of it failed (that part is contained
+  // and retried): the pin keeps the store's newer documents from replacing it.
+  if ((report.exitCode == 0 || report.exitCode == 5) && report.generation) {
     Status s = state_.setPin(*report.generation);
     if (!s) return failure(1, "failed", s.message());
-    report.outcome = "rolled_back";
   }
   return report;
 }

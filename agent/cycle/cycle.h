@@ -1,13 +1,19 @@
 #pragma once
-// One agent cycle and the operator commands built on it: fetch, check, apply all-or-nothing,
-// record; rollback and resume; recovery of a cycle interrupted by a crash. Used by `once`,
-// `rollback`, `resume` and by each turn of the daemon.
+// One agent cycle and the operator commands built on it: fetch, check, converge, record; rollback
+// and resume; recovery of a cycle interrupted by a crash. Used by `once`, `rollback`, `resume`
+// and by each turn of the daemon.
 //
-// All or nothing: before touching the host, a cycle records its generation and opens the
-// pending-cycle journal (with backups of the files it may replace) in one transaction. A failure
-// part-way re-applies the previous generation's document (an empty one when there was none, plus
-// the file backups), records `failed` and closes the journal. A crash leaves the journal open:
-// recoverInterruptedCycle() does the same restore at the next start.
+// Never more access than the document in force: a cycle converges the host stage by stage
+// (agent/reconciler.h): revocations first, then the confining sshd configuration, then grants,
+// which wait for it. Before touching the host, a cycle records its generation and opens the
+// pending-cycle journal in one transaction; from then on that document is the one in force: a
+// part that fails is contained (an SFTP account locked) and recorded (`partial`, exit 5), a
+// configuration that cannot be made live holds every grant back (`failed`, exit 5, revocations
+// done), and either is retried by later cycles on the same generation. Nothing ever goes back to
+// the previous document, which would grant again what this one revoked. A crash leaves the
+// journal open: recoverInterruptedCycle() finishes that document's cycle at the next start (only
+// its revocations when its recovery itself crashed twice). A reload of sshd that failed is
+// persisted and retried before anything is granted.
 //
 // Every method that changes the host or the state database expects the caller to hold the
 // cycle lock (agent/cycle/file_lock.h); fetch() does not need it.
@@ -40,14 +46,14 @@ using ProviderFactory = std::function<std::vector<std::unique_ptr<Provider>>(Led
 /// What a cycle did, for the summary on stdout and the exit code.
 struct CycleReport {
   int exitCode = 0;     // the contract's exit code for `once`
-  std::string outcome;  // applied, unchanged, rejected, failed, recorded, rolled_back,
+  std::string outcome;  // applied, unchanged, rejected, partial, failed, recorded, rolled_back,
                         // unreachable (daemon only: interrupted)
   std::optional<int64_t> generation;
   std::optional<int64_t> revision;
   std::vector<SkippedEntry> skipped;
   std::vector<Action> changes;
   std::string error;                  // empty when the cycle succeeded
-  std::vector<std::string> warnings;  // did not fail the cycle (a failed sshd reload)
+  std::vector<std::string> warnings;  // worth an operator's eye (a pending sshd reload)
 };
 
 class Agent {
@@ -57,13 +63,13 @@ class Agent {
   Agent(Config config, Host& host, StateStore& state, const Clock& clock, ProviderFactory factory, Logger log,
         FailPoints failpoints = {});
 
-  /// Finishes a cycle that a crash interrupted (the pending-cycle journal is open): the host is
-  /// brought back to the generation in force before it (its document re-applied; with none, an
-  /// empty document removes what the cycle created and the backed-up files are put back), sshd
-  /// is reloaded when its drop-in changed, and the generation is recorded `failed`
-  /// ("interrupted"). Nothing to do without a journal. Call once at start, under the cycle lock.
-  /// Errors: the state database could not be read or written (the host may be partly restored;
-  /// the journal then stays open for the next start).
+  /// Finishes a cycle that a crash interrupted (the pending-cycle journal is open): the
+  /// interrupted generation's document is converged again (it is the document in force: its
+  /// revocations may already be on the host, and are never undone) and its outcome recorded,
+  /// with "interrupted" in the error. When its recovery was itself interrupted twice, only its
+  /// revocations are applied and it is recorded `failed`. Nothing to do without a journal. Call
+  /// once at start, under the cycle lock. Errors: the state database could not be read or written
+  /// (the journal then stays open for the next start).
   Status recoverInterruptedCycle();
 
   /// The fetch half of a cycle, as it came from the store.
@@ -80,9 +86,9 @@ class Agent {
 
   /// The reconcile half: records the poll and acts on what fetch() brought. A new document is
   /// checked (rejected whole: exit 3), refused if it is a replay (exit 3), recorded only while
-  /// pinned (the pin is read now, not at fetch time), and otherwise applied all-or-nothing (a
-  /// failure restores the previous generation: exit 5). An unchanged store re-applies the document
-  /// in force, so drift and expired keys are corrected. Store errors: exit 4, host untouched.
+  /// pinned (the pin is read now, not at fetch time), and otherwise converged (a part that fails
+  /// or grants held back: exit 5). An unchanged store re-applies the document in force, so drift,
+  /// expired keys and earlier failures are corrected. Store errors: exit 4, host untouched.
   /// `checkHost` false (the daemon, when nothing the last check read has changed since): an
   /// unchanged store does not plan against the host again.
   CycleReport reconcile(const Fetched& fetched, bool checkHost = true);
@@ -90,8 +96,9 @@ class Agent {
   /// fetch() then reconcile(): one `once`.
   CycleReport cycle(StoreClient& store, int64_t waitSeconds);
 
-  /// Re-applies the document in force without fetching (key expiry, drift). Records a generation
-  /// only when something changed. Retries a failed sshd reload.
+  /// Re-applies the document in force without fetching (key expiry, drift, a pending sshd
+  /// reload). A drift repair or expiry is a generation of its own; the retry of a partial or
+  /// failed generation updates that generation. Nothing is recorded when nothing changed.
   CycleReport reapplyInForce();
 
   /// What reapplyInForce() reports when the host needs nothing, without looking at the host.
@@ -99,7 +106,8 @@ class Agent {
 
   /// Applies generation `generation`'s document as a new generation (rolled_back) and pins it.
   /// Errors: exit 2 when the generation does not exist or never held a valid document; exit 5
-  /// (host restored, not pinned) when applying failed.
+  /// when part of it could not be applied (it is pinned and in force all the same, the failed
+  /// parts contained, and retried).
   CycleReport rollback(int64_t generation);
 
   /// Lifts the pin; the next cycle applies the store's current document.
@@ -113,26 +121,25 @@ class Agent {
     Status status;
     std::vector<Action> changes;
     std::vector<std::string> warnings;
-    bool dropinWritten = false;
-    bool sshdReloaded = false;
+    std::vector<SkippedEntry> refused;
+    bool confined = true;
   };
-  Applied applyDocument(const AccessDocument& doc, bool forward);
-  /// What the providers would refuse for `doc` on the host as it is (plan only).
-  std::vector<SkippedEntry> refusedEntries(const AccessDocument& doc);
+  /// Converges the host to `doc` (agent/reconciler.h), with the failpoints when `forward`, and
+  /// records what became of the pending sshd reload.
+  Applied applyDocument(const AccessDocument& doc, bool forward, bool revokeOnly = false);
   Result<AccessDocument> parseStored(const GenerationRecord& record) const;
   Result<std::optional<AccessDocument>> inForceDocument(std::optional<GenerationRecord>* record) const;
-  std::vector<BackupInput> backupFiles();
-  /// Puts the backed-up files back; returns whether the sshd drop-in changed.
-  bool restoreBackups(const std::vector<BackupInput>& backups);
-  /// Brings the host back to `previous` (nullopt: nothing was in force) after a failed or
-  /// interrupted forward apply; returns the restore's outcome.
-  Applied restore(const std::optional<AccessDocument>& previous, const std::vector<BackupInput>& backups);
+  /// Records `doc` as a new generation, converges to it and records the outcome.
   CycleReport applyNew(const std::string& source, const std::string& etag, const std::string& body,
                        const AccessDocument& doc, GenerationOutcome successOutcome, std::optional<int64_t> rollbackOf);
-  /// Remembers the sshd reload problems of an apply (or that sshd reloaded) for status.
-  void noteReload(const Applied& applied);
-  /// Retries a reload that failed earlier when nothing reloaded sshd since.
-  void retryPendingReload();
+  /// Converges to the document of `record` (a partial or failed generation) again, as another
+  /// attempt of that same generation.
+  CycleReport retry(const GenerationRecord& record, const AccessDocument& doc);
+  /// The outcome, exit code, error and changes of one convergence, as a report.
+  CycleReport reportOf(const Applied& applied, GenerationOutcome successOutcome, int64_t generation,
+                       const AccessDocument& doc, std::vector<SkippedEntry> skipped) const;
+  /// The outcome to record for `applied`: `success`, partial, or failed.
+  static GenerationOutcome outcomeOf(const Applied& applied, GenerationOutcome success);
   /// The error to record with a poll: `error`, or the pending sshd reload warning.
   std::string pollError(const std::string& error) const;
 
@@ -143,7 +150,6 @@ class Agent {
   ProviderFactory factory_;
   Logger log_;
   FailPoints failpoints_;
-  std::string reloadWarning_;  // the last sshd reload failure, until sshd reloads
   // The parsed document in force, by generation and hash: a daemon re-plans it at every poll.
   mutable std::optional<std::pair<std::pair<int64_t, std::string>, AccessDocument>> inForceCache_;
 };

@@ -1,21 +1,23 @@
 #pragma once
-// Failure injection for the tests of the all-or-nothing cycle and of crash recovery. The value of
+// Failure injection for the tests of the cycle's failure isolation and of crash recovery. The value of
 // the environment variable PIM_FAILPOINT is read once, at start-up (agent/cli/cli.cpp), parsed into a
 // FailPoints and handed to the Agent, which hands it to the Reconciler of each forward apply.
 // Nothing else reads the environment, and nothing is global.
 //
 // Grammar: a comma-separated list of
-//   after-action:N              the cycle fails right after its N-th applied action (N >= 1)
+//   after-action:N              the cycle fails right after its N-th applied action (N >= 1): the
+//                               revocations still apply, nothing more is confined or granted
 //   crash-after-action:N        the process is killed (SIGKILL) right after its N-th applied action
-//   before-provider:NAME        the cycle fails just before provider NAME plans
-//   crash-before-provider:NAME  the process is killed just before provider NAME plans
+//   before-provider:NAME        provider NAME cannot plan (as if it could not observe the host)
+//   crash-before-provider:NAME  the process is killed just before provider NAME plans (the
+//                               cycle plans every provider before it applies anything)
 //   fail-provider:NAME          provider NAME's first action fails instead of being applied
 //   crash-before-finish         the process is killed after the last action, before the outcome
 //                               is recorded (the pending-cycle journal is still open)
-// Actions are counted per apply, from 1. Only forward applies trigger failpoints: the restore of
-// the previous generation, crash recovery and drift re-applies of a cycle never do, so a failure is
-// injected once per cycle and its repair is real. NAME is a provider name (Provider::name(), the
-// providers of providers/provider_set.h); it is not checked against the list.
+// Actions are counted per cycle, from 1, in the order they are applied (by stage: revocations,
+// the sshd drop-in, preparation, grants). Only forward cycles trigger failpoints: crash recovery
+// never does, so a failure is injected once and its repair is real. NAME is a provider name
+// (Provider::name(), the providers of providers/provider_set.h); it is not checked against the list.
 
 #include <functional>
 #include <optional>

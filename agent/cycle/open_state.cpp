@@ -29,7 +29,7 @@ Result<std::unique_ptr<StateStore>> openStateForCycles(const Config& config, Hos
   if (Status s = prepareSandbox(host); !s) return s;
   auto state = openState(config, host);
   if (!state) return state.status();
-  if ((*state)->rebuilt()) {
+  if ((*state)->created()) {
     StateLedger ledger(**state);
     auto adopted = adoptFromHost(host, config.host, ledger, makeLogger("state"));
     if (!adopted) return adopted.status();

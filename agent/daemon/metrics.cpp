@@ -57,6 +57,9 @@ std::string renderMetrics(const MetricsSnapshot& s) {
   sample(out, "generation", s.generation.value_or(0));
   header(out, "pinned", "gauge", "1 when a rollback pinned a generation (the store's documents are only recorded).");
   sample(out, "pinned", s.pinned ? 1 : 0);
+  header(out, "sshd_reload_pending", "gauge",
+         "1 while a drop-in is in place that sshd did not load (grants are held back until it does).");
+  sample(out, "sshd_reload_pending", s.reloadPending ? 1 : 0);
   header(out, "keys_installed", "gauge", "Active, unexpired SSH keys of the document in force.");
   sample(out, "keys_installed", s.keysInstalled);
   header(out, "sftp_accounts", "gauge", "SFTP accounts of the document in force, by state (inactive ones are locked).");
@@ -130,6 +133,9 @@ Result<MetricsSnapshot> snapshotFrom(const StateStore& state, const Config& conf
   auto pin = state.pin();
   if (!pin) return pin.status();
   s.pinned = pin->has_value();
+  auto reload = state.reloadPending();
+  if (!reload) return reload.status();
+  s.reloadPending = !reload->empty();
 
   auto inForce = state.lastApplied();
   if (!inForce) return inForce.status();

@@ -34,6 +34,7 @@ struct MetricsSnapshot {
   std::optional<int64_t> appliedRevision;  // store revision of the document in force
   std::optional<int64_t> generation;       // generation in force
   bool pinned = false;
+  bool reloadPending = false;              // a drop-in is in place that sshd did not load
   int64_t keysInstalled = 0;               // active, unexpired keys of the document in force
   int64_t sftpAccountsActive = 0;          // accounts of the document in force, active
   int64_t sftpAccountsInactive = 0;        // ... and inactive (locked)

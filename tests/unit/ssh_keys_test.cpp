@@ -189,11 +189,15 @@ TEST_CASE("planSshKeys table", "[ssh_keys]") {
   SECTION("a key added and one removed") {
     SshKeysDesired changed{"akeneo", {key("k-alice", kAlice), key("k-carol", kErin)}, kNow};
     auto actions = planSshKeys(changed, existing(installed));
-    REQUIRE(actions.size() == 1);
-    CHECK(actions[0].verb == "write");
-    CHECK(actions[0].object == "/home/akeneo/.ssh/authorized_keys");
-    CHECK(actions[0].describe() == "ssh_keys: write /home/akeneo/.ssh/authorized_keys (+k-carol -k-bob; 2 keys)");
-    CHECK(actions[0].payload == block({line("k-alice", kAlice), line("k-carol", kErin)}));
+    // k-bob is revoked with the revocations, k-carol granted once sshd confines the login user.
+    REQUIRE(actions.size() == 2);
+    CHECK(actions[0].stage == Stage::kRevoke);
+    CHECK(actions[0].payload == block({line("k-alice", kAlice)}));
+    CHECK(actions[1].stage == Stage::kGrant);
+    CHECK(actions[1].verb == "write");
+    CHECK(actions[1].object == "/home/akeneo/.ssh/authorized_keys");
+    CHECK(actions[1].describe() == "ssh_keys: write /home/akeneo/.ssh/authorized_keys (+k-carol -k-bob; 2 keys)");
+    CHECK(actions[1].payload == block({line("k-alice", kAlice), line("k-carol", kErin)}));
   }
   SECTION("a key that expires at now is removed") {
     SshKeysDesired expiring{"akeneo", {key("k-alice", kAlice), key("k-bob", kBob, true, kNow)}, kNow};
@@ -204,8 +208,8 @@ TEST_CASE("planSshKeys table", "[ssh_keys]") {
   SECTION("a key whose blob changed under the same id") {
     SshKeysDesired rotated{"akeneo", {key("k-alice", kAlice), key("k-bob", kErin)}, kNow};
     auto actions = planSshKeys(rotated, existing(installed));
-    REQUIRE(actions.size() == 1);
-    CHECK_THAT(actions[0].detail, Catch::StartsWith("~k-bob"));
+    REQUIRE(actions.size() == 2);
+    CHECK_THAT(actions[1].detail, Catch::StartsWith("~k-bob"));
   }
   SECTION("no .ssh and no file: create the directory, then write") {
     SshKeysCurrent c = existing(std::nullopt);
@@ -240,8 +244,8 @@ TEST_CASE("planSshKeys table", "[ssh_keys]") {
     SshKeysDesired many{"akeneo", {}, kNow};
     for (int i = 0; i < 10000; ++i) many.keys.push_back(key("k-" + std::to_string(i), kAlice));
     auto actions = planSshKeys(many, existing(installed));
-    REQUIRE(actions.size() == 1);
-    CHECK(actions[0].detail == "+10000 -2 ~0 keys; 10000 keys");
+    REQUIRE(actions.size() == 2);
+    CHECK(actions[1].detail == "+10000 -2 ~0 keys; 10000 keys");
   }
 }
 
@@ -375,7 +379,9 @@ TEST_CASE("ssh_keys refuses a symlinked .ssh and leaves its target untouched", "
   CHECK(plan.status().code() == ErrorCode::kUnsafe);
   CHECK_THAT(plan.status().message(), Catch::Contains(".ssh"));
   // apply() of a write planned before the swap refuses too.
-  Action write{"ssh_keys", "write", "/home/akeneo/.ssh/authorized_keys", "", renderKeyBlock(k.doc.keys, kNow), "", ""};
+  Action write{
+      "ssh_keys",    "write", "/home/akeneo/.ssh/authorized_keys", "", renderKeyBlock(k.doc.keys, kNow), "", "",
+      Stage::kGrant, ""};
   CHECK(k.provider.apply(write, d, k.host).code() == ErrorCode::kUnsafe);
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(k.sb.path("/etc/target"))) names.push_back(e.path().filename());
@@ -391,7 +397,9 @@ TEST_CASE("ssh_keys refuses unsafe authorized_keys files and writes nothing", "[
   ::chown(k.sb.path("/home/akeneo/.ssh").c_str(), kUid, kGid);
   ::chmod(k.sb.path("/home/akeneo/.ssh").c_str(), 0700);
   auto d = k.desired();
-  Action write{"ssh_keys", "write", "/home/akeneo/.ssh/authorized_keys", "", renderKeyBlock(k.doc.keys, kNow), "", ""};
+  Action write{
+      "ssh_keys",    "write", "/home/akeneo/.ssh/authorized_keys", "", renderKeyBlock(k.doc.keys, kNow), "", "",
+      Stage::kGrant, ""};
 
   SECTION("a hard link to another file") {
     k.sb.write("/etc/precious", "root:secret\n", 0600);
