@@ -96,7 +96,7 @@ CREATE TABLE generations_v2 (
   error       TEXT NOT NULL DEFAULT '',
   rollback_of INTEGER,
   cause       TEXT NOT NULL DEFAULT 'store' CHECK (cause IN
-                ('store', 'rollback', 'drift', 'boot', 'expiry', 'resume', 'recovery')),
+                ('store', 'rollback', 'drift', 'boot', 'expiry', 'resume')),
   attempts    INTEGER NOT NULL DEFAULT 1,
   last_time   INTEGER
 );
@@ -146,7 +146,7 @@ const char* const kRollback = "ROLLBACK";
 
 const char* const kInsertGeneration =
     "INSERT INTO generations (time, source, revision, etag, doc_hash, body, outcome, error, "
-    "rollback_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+    "rollback_of, cause) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 const char* const kInsertChange =
     "INSERT INTO changes (generation, seq, provider, object, action, before, after) "
     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
@@ -165,11 +165,11 @@ const char* const kUpdateOutcome = "UPDATE generations SET outcome = ?2, error =
 
 // Column order shared by every generation read (see readGenerationRow() in state_store.cpp).
 // clang-format off
-#define PIM_GENERATION_COLUMNS(body)                                          \
-  "SELECT g.generation, g.time, g.source, g.revision, g.etag, g.doc_hash, "   \
-  body ", g.outcome, g.error, g.rollback_of, "                                \
-  "(SELECT COUNT(*) FROM changes c WHERE c.generation = g.generation), "      \
-  "(SELECT COUNT(*) FROM skipped s WHERE s.generation = g.generation) "       \
+#define PIM_GENERATION_COLUMNS(body)                                              \
+  "SELECT g.generation, g.time, g.source, g.revision, g.etag, g.doc_hash, "       \
+  body ", g.outcome, g.error, g.rollback_of, g.cause, g.attempts, g.last_time, " \
+  "(SELECT COUNT(*) FROM changes c WHERE c.generation = g.generation), "          \
+  "(SELECT COUNT(*) FROM skipped s WHERE s.generation = g.generation) "           \
   "FROM generations g "
 // clang-format on
 

@@ -18,6 +18,16 @@ constexpr std::array<std::pair<GenerationOutcome, const char*>, 8> kOutcomeNames
     {GenerationOutcome::kRecorded, "recorded"},
 }};
 
+// Also written in state/schema.cpp's CHECK constraint (schema 2).
+constexpr std::array<std::pair<GenerationCause, const char*>, 6> kCauseNames = {{
+    {GenerationCause::kStore, "store"},
+    {GenerationCause::kRollback, "rollback"},
+    {GenerationCause::kDrift, "drift"},
+    {GenerationCause::kBoot, "boot"},
+    {GenerationCause::kExpiry, "expiry"},
+    {GenerationCause::kResume, "resume"},
+}};
+
 constexpr std::array<std::pair<OwnedKind, const char*>, 5> kKindNames = {{
     {OwnedKind::kUser, "user"},
     {OwnedKind::kGroup, "group"},
@@ -37,6 +47,20 @@ const char* outcomeName(GenerationOutcome outcome) {
 
 std::optional<GenerationOutcome> parseOutcome(const std::string& name) {
   for (const auto& [value, text] : kOutcomeNames) {
+    if (name == text) return value;
+  }
+  return std::nullopt;
+}
+
+const char* causeName(GenerationCause cause) {
+  for (const auto& [value, name] : kCauseNames) {
+    if (value == cause) return name;
+  }
+  return "unknown";
+}
+
+std::optional<GenerationCause> parseCause(const std::string& name) {
+  for (const auto& [value, text] : kCauseNames) {
     if (name == text) return value;
   }
   return std::nullopt;

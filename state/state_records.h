@@ -26,6 +26,20 @@ enum class GenerationOutcome {
 const char* outcomeName(GenerationOutcome outcome);
 /// The outcome named `name` (as outcomeName writes it), or nullopt.
 std::optional<GenerationOutcome> parseOutcome(const std::string& name);
+/// Why a generation exists. The names are those of `history --json`'s "cause".
+enum class GenerationCause {
+  kStore,     // a document from the store
+  kRollback,  // `rollback N`
+  kDrift,     // the host drifted from the document in force, which was applied again
+  kBoot,      // the daemon started while the store was unreachable and applied the document in force
+  kExpiry,    // a key of the document in force expired
+  kResume,    // the store's document applied after `resume` lifted a rollback's pin
+};
+/// "store", "rollback", "drift", "boot", "expiry" or "resume".
+const char* causeName(GenerationCause cause);
+/// The cause named `name`, or nullopt.
+std::optional<GenerationCause> parseCause(const std::string& name);
+
 /// True for the outcomes whose document is in force on the host: applied, unchanged, rolled_back,
 /// partial and failed (a document whose cycle began is in force: its revocations were applied, and
 /// what it grants and the host does not yet is retried, never the previous document's grants).
@@ -94,6 +108,7 @@ struct GenerationInput {
   GenerationOutcome outcome = GenerationOutcome::kPending;
   std::string error;                  // why rejected/failed; empty otherwise
   std::optional<int64_t> rollbackOf;  // for kRolledBack: the generation whose document this is
+  GenerationCause cause = GenerationCause::kStore;
   std::vector<SkippedRecord> skipped;
   std::vector<ChangeInput> changes;  // numbered 1, 2, ... in this order
   std::vector<BackupInput> backups;  // at most one per path
@@ -114,6 +129,9 @@ struct GenerationRecord {
   GenerationOutcome outcome = GenerationOutcome::kPending;
   std::string error;
   std::optional<int64_t> rollbackOf;
+  GenerationCause cause = GenerationCause::kStore;
+  int64_t attempts = 1;             // cycles that applied this document: retries update the generation
+  std::optional<int64_t> lastTime;  // the last attempt's time (Unix seconds), when retried
   int64_t changeCount = 0;
   int64_t skippedCount = 0;
   std::vector<SkippedRecord> skipped;  // filled by generation(), latest() and lastApplied() only

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <thread>
@@ -327,8 +328,11 @@ GenerationRecord readGenerationRow(const Statement& stmt, bool* badOutcome) {
   }
   r.error = stmt.columnText(8);
   r.rollbackOf = stmt.columnOptionalInt(9);
-  r.changeCount = stmt.columnInt(10);
-  r.skippedCount = stmt.columnInt(11);
+  r.cause = parseCause(stmt.columnText(10)).value_or(GenerationCause::kStore);
+  r.attempts = stmt.columnInt(11);
+  r.lastTime = stmt.columnOptionalInt(12);
+  r.changeCount = stmt.columnInt(13);
+  r.skippedCount = stmt.columnInt(14);
   return r;
 }
 
@@ -409,6 +413,74 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& realPath
   store->created_ = attempt.fromVersion == 0;
   store->movedAsidePath_ = movedAside;
   return store;
+}
+
+Result<std::unique_ptr<StateStore>> StateStore::openReadOnly(const std::string& realPath, Logger log) {
+  if (!log) log = std::make_shared<spdlog::logger>("state", spdlog::sinks_init_list{});
+  struct stat st {};
+  if (::lstat(realPath.c_str(), &st) != 0) {
+    return Status::error(errno == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIo,
+                         "open state database " + realPath + " for reading: " + std::strerror(errno), realPath);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return Status::error(ErrorCode::kUnsafe, "open state database " + realPath + ": not a regular file", realPath);
+  }
+  const std::string what = "read state database";
+  auto tryOpen = [&](bool immutable) -> Result<std::unique_ptr<Database>> {
+    int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_FULLMUTEX;
+    std::string name = realPath;
+    if (immutable) {
+      // A URI: characters with a meaning in URIs are escaped.
+      name = "file:";
+      for (char c : realPath) {
+        if (c == '%' || c == '?' || c == '#') {
+          char buf[4];
+          std::snprintf(buf, sizeof buf, "%%%02X", static_cast<unsigned char>(c));
+          name += buf;
+        } else {
+          name += c;
+        }
+      }
+      name += "?immutable=1";
+      flags |= SQLITE_OPEN_URI;
+    }
+    auto opened = Database::open(name, flags);
+    if (!opened) return opened.status();
+    auto db = std::make_unique<Database>(std::move(opened.value()));
+    sqlite3_busy_timeout(db->get(), StateStore::kBusyTimeoutMs);
+    int rc = SQLITE_OK;
+    auto version = pragmaText(*db, sql::kPragmaUserVersion, what, &rc);
+    if (!version) return version.status();
+    const int v = std::stoi("0" + *version);
+    if (v != sql::latestSchemaVersion()) {
+      return Status::error(ErrorCode::kInvalid,
+                           what + " " + realPath + ": schema version " + std::to_string(v) +
+                               (v < sql::latestSchemaVersion()
+                                    ? " is older than this agent's; a cycle (once, or the service) migrates it"
+                                    : " is newer than this agent's " + std::to_string(sql::latestSchemaVersion())),
+                           realPath);
+    }
+    // The first read of a WAL database maps its -shm: fails here, not later, when it cannot.
+    auto probe = pragmaText(*db, "SELECT COUNT(*) FROM meta", what, &rc);
+    if (!probe) return probe.status();
+    return db;
+  };
+  auto db = tryOpen(false);
+  if (!db && db.status().code() != ErrorCode::kInvalid) db = tryOpen(true);
+  if (!db) return db.status();
+  std::unique_ptr<StateStore> store(new StateStore(std::move(*db), realPath, std::move(log), 1));
+  return store;
+}
+
+Result<std::unique_ptr<StateStore>> StateStore::openInMemory(Logger log) {
+  if (!log) log = std::make_shared<spdlog::logger>("state", spdlog::sinks_init_list{});
+  auto opened = Database::open(":memory:", SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX);
+  if (!opened) return opened.status();
+  auto db = std::make_unique<Database>(std::move(opened.value()));
+  int rc = SQLITE_OK;
+  if (Status st = db->exec(sql::kPragmaForeignKeysOn, "open state database"); !st) return st;
+  if (Status st = applyMigrations(*db, 0, &rc); !st) return st;
+  return std::unique_ptr<StateStore>(new StateStore(std::move(db), ":memory:", std::move(log), 1));
 }
 
 // ---- private helpers (the mutex is held by the caller) ----
@@ -532,7 +604,8 @@ Result<int64_t> StateStore::recordGeneration(const GenerationInput& input) {
       .bind(6, input.body)
       .bind(7, outcomeName(input.outcome))
       .bind(8, input.error)
-      .bind(9, input.rollbackOf);
+      .bind(9, input.rollbackOf)
+      .bind(10, causeName(input.cause));
   Status st = insert->run();
   if (!st) return st;
   const int64_t generation = sqlite3_last_insert_rowid(db_->get());

@@ -43,6 +43,17 @@ class StateStore {
   /// busy or unreadable for another reason: such a database is left where it is).
   static Result<std::unique_ptr<StateStore>> open(const std::string& realPath, Logger log,
                                                   int64_t keepGenerations = kDefaultKeepGenerations);
+  /// Opens an existing database for reading only, for the diagnostics (`status`, `history`,
+  /// `show`, `plan`): creates, migrates, fixes and writes nothing, so it works on a read-only or
+  /// full disk. When SQLite cannot read a WAL database in place (its directory is read-only and
+  /// the -shm file is gone), it is opened as immutable (what the last checkpoint holds).
+  /// Every write on the result fails. Errors: kNotFound (no database there), kUnsafe (not a
+  /// regular file), kInvalid (a schema older or newer than this build: run a cycle first, or
+  /// upgrade), kIo.
+  static Result<std::unique_ptr<StateStore>> openReadOnly(const std::string& realPath, Logger log);
+  /// An empty database in memory with the whole schema (what the diagnostics read when no
+  /// database exists yet). Errors: kIo.
+  static Result<std::unique_ptr<StateStore>> openInMemory(Logger log);
   ~StateStore();
   StateStore(const StateStore&) = delete;
   StateStore& operator=(const StateStore&) = delete;

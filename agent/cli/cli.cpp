@@ -127,6 +127,16 @@ int usageError(const std::string& message) {
   return kExitUsage;
 }
 
+namespace {
+
+/// A usage error: as JSON too when the command line asked for --json.
+int jsonOr(const CliOptions& o, const std::string& message) {
+  if (o.json) return fail(Status::error(ErrorCode::kInvalid, message), true);
+  return usageError(message);
+}
+
+}  // namespace
+
 int runCli(int argc, char** argv) {
   try {
     auto parsed = parseArgs(argc, argv);
@@ -142,7 +152,7 @@ int runCli(int argc, char** argv) {
     setLogLevel(*level);
     if (o.command == "version") return cmdVersion();
     auto config = loadConfig(o);
-    if (!config) return fail(config.status());
+    if (!config) return fail(config.status(), o.json);
     // Test-only failure injection, read once here and passed down (agent/cycle/failpoint.h).
     auto failpoints = FailPoints::fromEnvironment();
     if (!failpoints) return fail(failpoints.status());
@@ -155,16 +165,16 @@ int runCli(int argc, char** argv) {
     if (c == "status" && noArgs()) return cmdStatus(*config, o.json);
     if (c == "history" && noArgs()) return cmdHistory(*config, o.json);
     if (c == "show") {
-      if (o.args.size() != 1) return usageError("show needs one generation number");
+      if (o.args.size() != 1) return jsonOr(o, "show needs one generation number");
       return cmdShow(*config, o.args[0], o.json);
     }
     if (c == "enforce-perms" && noArgs()) return cmdEnforcePerms(*config);
     if (c == "run" && noArgs()) return cmdRun([o]() { return loadConfig(o); }, *failpoints);
     if (c == "plan" || c == "once" || c == "resume" || c == "status" || c == "history" || c == "enforce-perms" ||
         c == "run") {
-      return usageError(c + " takes no arguments");
+      return jsonOr(o, c + " takes no arguments");
     }
-    return usageError("unknown command " + c);
+    return jsonOr(o, "unknown command " + c);
   } catch (const Poco::Exception& e) {
     std::cerr << "pim-access-agent: internal error: " << e.displayText() << "\n";
     return kExitInternal;

@@ -16,6 +16,7 @@ enum ExitCode : int {
   kExitRejected = 3,
   kExitUnreachable = 4,
   kExitApplyFailed = 5,
+  kExitBusy = 6,
 };
 
 /// The parsed command line; options may stand before or after the command.

@@ -70,6 +70,8 @@ int exitFor(const Status& s) {
       return kExitUsage;
     case ErrorCode::kRejected:
       return kExitRejected;
+    case ErrorCode::kBusy:
+      return kExitBusy;
     case ErrorCode::kUnreachable:
       return kExitUnreachable;
     default:
@@ -80,6 +82,17 @@ int exitFor(const Status& s) {
 int fail(const Status& s) {
   std::cerr << "pim-access-agent: " << s.message() << "\n";
   return exitFor(s);
+}
+
+int fail(const Status& s, bool json) {
+  const int code = fail(s);
+  if (json) {
+    Poco::JSON::Object::Ptr root = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
+    root->set("error", s.message());
+    root->set("exit", code);
+    std::cout << toJson(root) << "\n";
+  }
+  return code;
 }
 
 }  // namespace pim

@@ -35,5 +35,8 @@ std::string optionalText(const std::optional<int64_t>& v);
 int exitFor(const Status& s);
 /// Prints the error on stderr and returns exitFor(s).
 int fail(const Status& s);
+/// fail(s), and with `json` also `{"error": "<message>", "exit": N}` on stdout, so that a `--json`
+/// command prints JSON in every case.
+int fail(const Status& s, bool json);
 
 }  // namespace pim

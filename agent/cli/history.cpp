@@ -17,10 +17,10 @@ namespace pim {
 
 int cmdHistory(const Config& config, bool json) {
   RealHost host(config.root, makeLogger("host"));
-  auto opened = openState(config, host);
-  if (!opened) return fail(opened.status());
+  auto opened = openStateForReading(config, host);
+  if (!opened) return fail(opened.status(), json);
   auto history = (*opened)->history(0);
-  if (!history) return fail(history.status());
+  if (!history) return fail(history.status(), json);
   if (json) {
     Poco::JSON::Array::Ptr arr = new Poco::JSON::Array;
     for (const auto& g : *history) {
@@ -29,6 +29,9 @@ int cmdHistory(const Config& config, bool json) {
       o->set("time", isoTime(g.time));
       o->set("revision", optionalInt(g.revision));
       o->set("outcome", std::string(outcomeName(g.outcome)));
+      o->set("cause", std::string(causeName(g.cause)));
+      o->set("attempts", g.attempts);
+      o->set("last_attempt", g.lastTime ? Poco::Dynamic::Var(isoTime(*g.lastTime)) : Poco::Dynamic::Var());
       o->set("changes", g.changeCount);
       o->set("skipped", g.skippedCount);
       o->set("rollback_of", optionalInt(g.rollbackOf));
@@ -38,14 +41,17 @@ int cmdHistory(const Config& config, bool json) {
     std::cout << toJson(arr) << "\n";
     return kExitOk;
   }
-  std::cout << "generation  time                  revision  outcome      changes\n";
+  std::cout << "generation  time                  revision  outcome      cause     changes\n";
   for (const auto& g : *history) {
     char line[160];
-    std::snprintf(line, sizeof line, "%10lld  %-20s  %8s  %-11s  %7lld", static_cast<long long>(g.generation),
-                  isoTime(g.time).c_str(), optionalText(g.revision).c_str(), outcomeName(g.outcome),
+    std::snprintf(line, sizeof line, "%10lld  %-20s  %8s  %-11s  %-8s  %7lld", static_cast<long long>(g.generation),
+                  isoTime(g.time).c_str(), optionalText(g.revision).c_str(), outcomeName(g.outcome), causeName(g.cause),
                   static_cast<long long>(g.changeCount));
     std::cout << line;
     if (g.rollbackOf) std::cout << "  (rollback of " << *g.rollbackOf << ")";
+    if (g.attempts > 1) {
+      std::cout << "  (" << g.attempts << " attempts, last " << (g.lastTime ? isoTime(*g.lastTime) : "?") << ")";
+    }
     if (!g.error.empty()) std::cout << "  " << g.error;
     std::cout << "\n";
   }

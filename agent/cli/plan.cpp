@@ -4,14 +4,18 @@
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 
+#include <algorithm>
 #include <iostream>
 #include <memory>
 
 #include "agent/cli/cli.h"
 #include "agent/cli/cli_support.h"
 #include "agent/cli/runtime.h"
+#include "agent/cycle/decision.h"
+#include "agent/cycle/open_state.h"
 #include "agent/cycle/reconciler.h"
 #include "agent/document/document.h"
+#include "agent/store/signature.h"
 #include "providers/core/clock.h"
 #include "providers/core/log.h"
 #include "providers/host/real_host.h"
@@ -23,57 +27,62 @@ namespace pim {
 
 int cmdPlan(const Config& config, const CliOptions& o) {
   auto store = storeFor(config);
-  if (!store) return fail(store.status());
+  if (!store) return fail(store.status(), o.json);
   auto fetched = (*store)->fetch("", 0);
-  if (!fetched) return fail(fetched.status());
+  if (!fetched) return fail(fetched.status(), o.json);
   DocumentOptions options;
   options.expectedInstance = config.store.instance;
   options.loginUser = config.host.loginUser;
   options.maxBytes = config.store.maxDocumentBytes;
   auto doc = parseDocument(fetched->body, options);
   if (!doc) {
-    std::cerr << "pim-access-agent: document rejected: " << doc.status().message() << "\n";
-    std::cout << "document rejected: " << doc.status().message() << "\nnothing would change\n";
-    return kExitRejected;
+    return fail(
+        Status::error(ErrorCode::kRejected, "document rejected: " + doc.status().message() + "; nothing would change"),
+        o.json);
   }
   RealHost host(config.root, makeLogger("host"));
-  // plan never writes: ownership comes from the database when it exists, else nothing is owned.
-  std::unique_ptr<StateStore> state;
-  MemoryLedger memory;
-  std::unique_ptr<StateLedger> stateLedger;
-  Ledger* ledger = &memory;
-  auto dbInfo = host.lstat(config.state.db);
-  if (dbInfo && dbInfo->type == FileType::kRegular) {
-    auto opened = StateStore::open(host.realPath(config.state.db), makeLogger("state"), config.state.keepGenerations);
-    if (opened) {
-      state = std::move(*opened);
-      stateLedger = std::make_unique<StateLedger>(*state);
-      ledger = stateLedger.get();
-      auto highest = state->highestAppliedStoreRevision();
-      if (highest && doc->revision < *highest) {
-        std::cout << "document rejected: revision " << doc->revision << " is lower than revision " << *highest
-                  << " already applied (replay)\nnothing would change\n";
-        return kExitRejected;
-      }
-    }
+  // plan never writes, not even to the state database (read-only, or empty in memory).
+  auto state = openStateForReading(config, host);
+  if (!state) return fail(state.status(), o.json);
+  // What a cycle would do with this document: the decision `once` and the daemon take.
+  auto decision = decideDocument(**state, doc->revision, sha256Hex(fetched->body));
+  if (!decision) return fail(decision.status(), o.json);
+  if (decision->verdict == Verdict::kReplay) {
+    return fail(
+        Status::error(ErrorCode::kRejected, "document rejected: " + decision->reason + "; nothing would change"),
+        o.json);
   }
-  Reconciler reconciler(makeProviders(*ledger), makeLogger("reconciler"));
+  // A recorded or unchanged document leaves the document in force on the host: the plan is
+  // that one's (drift, expired keys).
+  AccessDocument target = *doc;
+  if (decision->verdict != Verdict::kApply && decision->inForce) {
+    DocumentOptions stored = options;
+    stored.expectedInstance.clear();
+    stored.maxBytes = std::max<int64_t>(stored.maxBytes, int64_t(decision->inForce->body.size()));
+    auto inForce = parseDocument(decision->inForce->body, stored);
+    if (!inForce) return fail(inForce.status(), o.json);
+    target = *inForce;
+  }
+  StateLedger ledger(**state);
+  Reconciler reconciler(makeProviders(ledger), makeLogger("reconciler"));
   SystemClock clock;
-  Desired desired{*doc, config.host, config.sshd, clock.nowSeconds()};
+  Desired desired{target, config.host, config.sshd, clock.nowSeconds()};
   auto planned = reconciler.plan(desired, host);
   if (!planned.failures.empty()) {
     std::string why;
     for (const auto& f : planned.failures) why += (why.empty() ? "" : "; ") + f.describe();
-    return fail(Status::error(ErrorCode::kIo, why));
+    return fail(Status::error(ErrorCode::kIo, why), o.json);
   }
-  const std::vector<Action>* actions = &planned.actions;
+  const std::vector<Action>& actions = planned.actions;
   for (auto& e : planned.refused) doc->skipped.push_back(std::move(e));
   if (o.json) {
     Poco::JSON::Object::Ptr root = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
     root->set("revision", doc->revision);
     root->set("instance", doc->instance);
+    root->set("verdict", std::string(verdictName(decision->verdict)));
+    root->set("reason", decision->reason.empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(decision->reason));
     Poco::JSON::Array::Ptr arr = new Poco::JSON::Array;
-    for (const auto& a : *actions) {
+    for (const auto& a : actions) {
       Poco::JSON::Object::Ptr j = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
       j->set("stage", stageName(a.stage));
       j->set("provider", a.provider);
@@ -90,8 +99,11 @@ int cmdPlan(const Config& config, const CliOptions& o) {
   }
   std::cout << "plan for revision " << doc->revision << " (instance " << doc->instance << ") from "
             << (*store)->describe() << "\n";
-  std::cout << "actions: " << actions->size() << "\n";
-  for (const auto& a : *actions) std::cout << "  [" << stageName(a.stage) << "] " << a.describe() << "\n";
+  if (decision->verdict != Verdict::kApply) {
+    std::cout << verdictName(decision->verdict) << ": " << decision->reason << "; the document in force is checked\n";
+  }
+  std::cout << "actions: " << actions.size() << "\n";
+  for (const auto& a : actions) std::cout << "  [" << stageName(a.stage) << "] " << a.describe() << "\n";
   printSkipped(std::cout, doc->skipped);
   return kExitOk;
 }

@@ -19,9 +19,14 @@ int cmdRollback(const Config& config, const CliOptions& o, const FailPoints& fai
   auto rt = openRuntime(config, true, failpoints);
   if (!rt) return fail(rt.status());
   CycleReport r = (*rt)->agent->rollback(n);
+  // Nothing applied (no such generation, no valid document in it): an error, not an outcome.
+  if (!r.generation)
+    return fail(Status::error(r.exitCode == kExitUsage ? ErrorCode::kInvalid : ErrorCode::kInternal, r.error));
   printCycle(std::cout, r);
-  if (r.exitCode == 0)
-    std::cout << "pinned to generation " << (r.generation ? *r.generation : 0) << " (resume lifts the pin)\n";
+  if (r.exitCode == 0 || r.exitCode == kExitApplyFailed) {
+    std::cout << "pinned to generation " << *r.generation << " (rollback of generation " << n
+              << "; resume lifts the pin)\n";
+  }
   if (!r.error.empty()) std::cerr << "pim-access-agent: " << r.error << "\n";
   return r.exitCode;
 }

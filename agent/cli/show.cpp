@@ -21,20 +21,18 @@ int cmdShow(const Config& config, const std::string& arg, bool json) {
   char* end = nullptr;
   long long n = std::strtoll(arg.c_str(), &end, 10);
   if (end == arg.c_str() || *end != '\0' || n < 1) {
-    std::cerr << "pim-access-agent: show: not a generation number: " << arg << "\n";
-    return kExitUsage;
+    return fail(Status::error(ErrorCode::kInvalid, "show: not a generation number: " + arg), json);
   }
   RealHost host(config.root, makeLogger("host"));
-  auto opened = openState(config, host);
-  if (!opened) return fail(opened.status());
+  auto opened = openStateForReading(config, host);
+  if (!opened) return fail(opened.status(), json);
   auto record = (*opened)->generation(n);
-  if (!record) return fail(record.status());
+  if (!record) return fail(record.status(), json);
   if (!record->has_value()) {
-    std::cerr << "pim-access-agent: show: generation " << n << " does not exist\n";
-    return kExitUsage;
+    return fail(Status::error(ErrorCode::kInvalid, "show: generation " + std::to_string(n) + " does not exist"), json);
   }
   auto changes = (*opened)->changes(n);
-  if (!changes) return fail(changes.status());
+  if (!changes) return fail(changes.status(), json);
   const GenerationRecord& g = **record;
   const std::string masked = g.body.empty() ? std::string("null") : maskSecrets(g.body);
   if (json) {

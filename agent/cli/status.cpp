@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <set>
 
 #include "agent/cli/cli.h"
 #include "agent/cli/cli_support.h"
@@ -35,19 +36,18 @@ std::optional<AccessDocument> inForceDocument(const Config& config, const std::o
 
 int cmdStatus(const Config& config, bool json) {
   RealHost host(config.root, makeLogger("host"));
-  auto opened = openState(config, host);
-  if (!opened) return fail(opened.status());
+  auto opened = openStateForReading(config, host);
+  if (!opened) return fail(opened.status(), json);
   StateStore& state = **opened;
   auto applied = state.lastApplied();
   auto pin = state.pin();
   auto storeRevision = state.storeRevision();
   auto poll = state.pollStatus();
-  auto latest = state.latest();
   auto reloadPending = state.reloadPending();
-  if (!applied || !pin || !storeRevision || !poll || !latest || !reloadPending) {
-    for (const Status& s : {applied.status(), pin.status(), storeRevision.status(), poll.status(), latest.status(),
-                            reloadPending.status()}) {
-      if (!s) return fail(s);
+  if (!applied || !pin || !storeRevision || !poll || !reloadPending) {
+    for (const Status& s :
+         {applied.status(), pin.status(), storeRevision.status(), poll.status(), reloadPending.status()}) {
+      if (!s) return fail(s, json);
     }
   }
   const std::optional<GenerationRecord>& inForce = *applied;
@@ -58,16 +58,28 @@ int cmdStatus(const Config& config, bool json) {
     revision = inForce->revision;
     skipped = fromSkippedRecords<SkippedEntry>(inForce->skipped);
   }
+  // The last poll's error (cleared by a poll without one), else what the generation in force
+  // still owes (a partial or failed cycle, retried): never a rejected document's error that a
+  // later poll has superseded.
   std::string lastError = poll->error;
-  if (lastError.empty() && *latest &&
-      ((*latest)->outcome == GenerationOutcome::kFailed || (*latest)->outcome == GenerationOutcome::kPartial ||
-       (*latest)->outcome == GenerationOutcome::kRejected)) {
-    lastError = (*latest)->error;
+  if (lastError.empty() && inForce &&
+      (inForce->outcome == GenerationOutcome::kFailed || inForce->outcome == GenerationOutcome::kPartial)) {
+    lastError = inForce->error;
   }
   const int64_t now = SystemClock().nowSeconds();
   auto doc = inForceDocument(config, inForce);
+  // How many documents the store published that the pin keeps from the host: the distinct
+  // documents recorded after the pinned generation (not a difference of revision numbers).
   std::optional<int64_t> ahead;
-  if (pin->has_value() && *storeRevision && revision) ahead = **storeRevision - *revision;
+  if (pin->has_value()) {
+    auto all = state.history(0);
+    if (!all) return fail(all.status(), json);
+    std::set<std::string> documents;
+    for (const auto& g : *all) {
+      if (g.generation > **pin && g.outcome == GenerationOutcome::kRecorded) documents.insert(g.docHash);
+    }
+    ahead = int64_t(documents.size());
+  }
 
   if (json) {
     Poco::JSON::Object::Ptr root = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
@@ -84,6 +96,7 @@ int cmdStatus(const Config& config, bool json) {
     root->set("skipped", skippedJson(skipped));
     root->set("last_error", lastError.empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(lastError));
     root->set("outcome", inForce ? Poco::Dynamic::Var(outcomeName(inForce->outcome)) : Poco::Dynamic::Var());
+    root->set("rollback_of", inForce ? optionalInt(inForce->rollbackOf) : Poco::Dynamic::Var());
     root->set("sshd_reload_pending",
               reloadPending->empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(*reloadPending));
     Poco::JSON::Array::Ptr keys = new Poco::JSON::Array;
@@ -121,10 +134,14 @@ int cmdStatus(const Config& config, bool json) {
     return kExitOk;
   }
   std::cout << "generation:     " << optionalText(generation);
-  if (inForce) std::cout << " (" << outcomeName(inForce->outcome) << ", " << isoTime(inForce->time) << ")";
+  if (inForce) {
+    std::cout << " (" << outcomeName(inForce->outcome);
+    if (inForce->rollbackOf) std::cout << ": rollback of generation " << *inForce->rollbackOf;
+    std::cout << ", " << isoTime(inForce->time) << ")";
+  }
   std::cout << "\nrevision:       " << optionalText(revision) << "\n";
   std::cout << "pinned:         " << (pin->has_value() ? "yes, generation " + std::to_string(**pin) : "no");
-  if (ahead) std::cout << " (the store is " << *ahead << " revision(s) ahead)";
+  if (ahead) std::cout << " (the store has " << *ahead << " newer document(s), recorded, not applied)";
   std::cout << "\nstore revision: " << optionalText(*storeRevision) << "\n";
   std::cout << "last poll:      " << (poll->time ? isoTime(*poll->time) + " " + poll->outcome : "never") << "\n";
   std::cout << "last error:     " << (lastError.empty() ? "none" : lastError) << "\n";

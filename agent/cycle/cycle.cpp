@@ -1,5 +1,6 @@
 #include "agent/cycle/cycle.h"
 
+#include "agent/cycle/decision.h"
 #include "agent/cycle/reconciler.h"
 #include "agent/document/document.h"
 #include "agent/store/signature.h"
@@ -163,7 +164,7 @@ Status Agent::recoverInterruptedCycle() {
 
 CycleReport Agent::applyNew(const std::string& source, const std::string& etag, const std::string& body,
                             const AccessDocument& doc, GenerationOutcome successOutcome,
-                            std::optional<int64_t> rollbackOf) {
+                            std::optional<int64_t> rollbackOf, GenerationCause cause) {
   GenerationInput input;
   input.time = clock_.nowSeconds();
   input.source = source;
@@ -173,6 +174,7 @@ CycleReport Agent::applyNew(const std::string& source, const std::string& etag, 
   input.body = body;
   input.outcome = GenerationOutcome::kPending;
   input.rollbackOf = rollbackOf;
+  input.cause = cause;
   input.skipped = toSkippedRecords(doc.skipped);
   input.beginCycle = true;
   // From here on the journal is open and this document is in force: a crash is finished at the
@@ -282,10 +284,8 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
     return r;
   }
 
-  // A document: the pin and the newest generation as they are now, under the cycle lock (a
-  // rollback may have pinned while the fetch was held).
-  auto pin = state_.pin();
-  if (!pin) return failure(1, "failed", pin.status().message());
+  // A document: the newest generation (and, in decideDocument(), the pin) as they are now, under
+  // the cycle lock (a rollback may have pinned while the fetch was held).
   auto newest = state_.history(1);
   if (!newest) return failure(1, "failed", newest.status().message());
   const std::optional<GenerationRecord> latest =
@@ -322,15 +322,12 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
   for (const auto& field : doc->unknownFields) log_->info("document: unknown field {} ignored", field);
   for (const auto& s : doc->skipped) log_->warn("skipped {}: {}", s.id, s.reason);
 
-  auto highest = state_.highestAppliedStoreRevision();
-  if (!highest) return failure(1, "failed", highest.status().message());
-  if (doc->revision < *highest) {
-    return rejectWhole("revision " + std::to_string(doc->revision) + " is lower than revision " +
-                           std::to_string(*highest) + " already applied (replay refused; use rollback to go back)",
-                       doc->revision, doc->skipped);
-  }
+  // One decision for once, the daemon, plan and status (agent/cycle/decision.h).
+  auto decision = decideDocument(state_, doc->revision, hash);
+  if (!decision) return failure(1, "failed", decision.status().message());
+  if (decision->verdict == Verdict::kReplay) return rejectWhole(decision->reason, doc->revision, doc->skipped);
 
-  if (pin->has_value()) {
+  if (decision->verdict == Verdict::kRecord) {
     if (!(latest && latest->docHash == hash)) {
       GenerationInput input;
       input.time = now;
@@ -342,7 +339,7 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
       input.outcome = GenerationOutcome::kRecorded;
       input.skipped = toSkippedRecords(doc->skipped);
       (void)state_.recordGeneration(input);
-      log_->info("pinned to generation {}: revision {} recorded, not applied", **pin, doc->revision);
+      log_->info("{}: revision {} recorded, not applied", decision->reason, doc->revision);
     }
     CycleReport r = reapplyInForce();
     if (r.exitCode == 0 && r.outcome != "applied" && r.outcome != "rolled_back") r.outcome = "recorded";
@@ -351,26 +348,26 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
     return r;
   }
 
-  std::optional<GenerationRecord> inForce;
-  auto current = inForceDocument(&inForce);
-  if (!current) return failure(1, "failed", current.status().message());
-  if (inForce && inForce->revision && *inForce->revision == doc->revision &&
-      inForce->outcome != GenerationOutcome::kRolledBack) {
-    // The same revision again is a no-op; the document in force still gets its drift check.
+  if (decision->verdict == Verdict::kUnchanged) {
+    // A no-op for the store; the document in force still gets its drift check.
     CycleReport r = reapplyInForce();
-    if (r.exitCode == 0 && r.outcome != "applied") r.outcome = "unchanged";
+    if (r.exitCode == 0 && r.outcome != "applied" && r.outcome != "rolled_back") r.outcome = "unchanged";
     r.skipped = doc->skipped;
     r.revision = doc->revision;
     (void)state_.recordPoll(now, r.exitCode == 0 ? "unchanged" : r.outcome, pollError(r.error));
     return r;
   }
 
-  CycleReport report = applyNew(fetched.source, etag, body, *doc, GenerationOutcome::kApplied, std::nullopt);
+  const std::optional<GenerationRecord>& inForce = decision->inForce;
+  // Leaving a rollback (the pin was lifted): the store's document comes back through `resume`.
+  const GenerationCause cause = inForce && inForce->outcome == GenerationOutcome::kRolledBack ? GenerationCause::kResume
+                                                                                              : GenerationCause::kStore;
+  CycleReport report = applyNew(fetched.source, etag, body, *doc, GenerationOutcome::kApplied, std::nullopt, cause);
   (void)state_.recordPoll(now, report.outcome, pollError(report.error));
   return report;
 }
 
-CycleReport Agent::reapplyInForce() {
+CycleReport Agent::reapplyInForce(GenerationCause cause) {
   std::optional<GenerationRecord> record;
   auto current = inForceDocument(&record);
   if (!current) return failure(1, "failed", current.status().message());
@@ -402,7 +399,7 @@ CycleReport Agent::reapplyInForce() {
   return applyNew(
       record->source, record->etag, record->body, **current,
       record->outcome == GenerationOutcome::kRolledBack ? GenerationOutcome::kRolledBack : GenerationOutcome::kApplied,
-      record->rollbackOf);
+      record->rollbackOf, cause);
 }
 
 CycleReport Agent::inForceReport() {
@@ -438,7 +435,7 @@ CycleReport Agent::rollback(int64_t generation) {
   if (!doc)
     return failure(2, "failed", "rollback: generation " + std::to_string(generation) + ": " + doc.status().message());
   CycleReport report = applyNew("rollback of generation " + std::to_string(generation), target.etag, target.body, *doc,
-                                GenerationOutcome::kRolledBack, generation);
+                                GenerationOutcome::kRolledBack, generation, GenerationCause::kRollback);
   // The rolled-back document is in force even when a part of it failed (that part is contained
   // and retried): the pin keeps the store's newer documents from replacing it.
   if ((report.exitCode == 0 || report.exitCode == 5) && report.generation) {

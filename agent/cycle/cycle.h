@@ -99,7 +99,8 @@ class Agent {
   /// Re-applies the document in force without fetching (key expiry, drift, a pending sshd
   /// reload). A drift repair or expiry is a generation of its own; the retry of a partial or
   /// failed generation updates that generation. Nothing is recorded when nothing changed.
-  CycleReport reapplyInForce();
+  /// `cause` says why (drift, expiry, boot) when it becomes a generation of its own.
+  CycleReport reapplyInForce(GenerationCause cause = GenerationCause::kDrift);
 
   /// What reapplyInForce() reports when the host needs nothing, without looking at the host.
   CycleReport inForceReport();
@@ -131,7 +132,8 @@ class Agent {
   Result<std::optional<AccessDocument>> inForceDocument(std::optional<GenerationRecord>* record) const;
   /// Records `doc` as a new generation, converges to it and records the outcome.
   CycleReport applyNew(const std::string& source, const std::string& etag, const std::string& body,
-                       const AccessDocument& doc, GenerationOutcome successOutcome, std::optional<int64_t> rollbackOf);
+                       const AccessDocument& doc, GenerationOutcome successOutcome, std::optional<int64_t> rollbackOf,
+                       GenerationCause cause);
   /// Converges to the document of `record` (a partial or failed generation) again, as another
   /// attempt of that same generation.
   CycleReport retry(const GenerationRecord& record, const AccessDocument& doc);

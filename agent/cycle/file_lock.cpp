@@ -44,7 +44,7 @@ Result<FileLock> FileLock::acquire(const std::string& realPath, int waitMs, cons
     }
     if (std::chrono::steady_clock::now() >= deadline || (abandon != nullptr && abandon->load())) {
       ::close(fd);
-      return Status::error(ErrorCode::kInvalid, "lock " + realPath + ": held by another process", realPath);
+      return Status::error(ErrorCode::kBusy, "lock " + realPath + ": held by another process", realPath);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }

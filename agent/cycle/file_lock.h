@@ -22,7 +22,7 @@ class FileLock {
   /// Takes an exclusive lock on `realPath` (created 0600 if missing, never through a symlink),
   /// waiting up to `waitMs` milliseconds (0: do not wait), checking every 20 ms. `abandon`
   /// (optional) ends the wait early when it becomes true (a daemon that stops).
-  /// Errors: kUnsafe (symlink), kIo, and kInvalid "held by another process" when the wait ran
+  /// Errors: kUnsafe (symlink), kIo, and kBusy "held by another process" when the wait ran
   /// out or was abandoned.
   static Result<FileLock> acquire(const std::string& realPath, int waitMs, const std::atomic<bool>* abandon = nullptr);
   /// Whether this object holds a lock.

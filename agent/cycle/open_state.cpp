@@ -37,6 +37,12 @@ Result<std::unique_ptr<StateStore>> openStateForCycles(const Config& config, Hos
   return state;
 }
 
+Result<std::unique_ptr<StateStore>> openStateForReading(const Config& config, Host& host) {
+  auto state = StateStore::openReadOnly(host.realPath(config.state.db), makeLogger("state"));
+  if (!state && state.status().code() == ErrorCode::kNotFound) return StateStore::openInMemory(makeLogger("state"));
+  return state;
+}
+
 std::string lockPath(const Config& config, Host& host) { return host.realPath(config.state.db) + ".lock"; }
 
 }  // namespace pim

@@ -20,6 +20,10 @@ Result<std::unique_ptr<StateStore>> openState(const Config& config, Host& host);
 /// sandbox, the state database, and, when the database had to be rebuilt, the agent's own objects
 /// re-adopted from the host (agent/cycle/adopt.h) before any cycle runs.
 Result<std::unique_ptr<StateStore>> openStateForCycles(const Config& config, Host& host);
+/// Opens the state database for the diagnostics (`status`, `history`, `show`, `plan`): read-only,
+/// creating nothing (StateStore::openReadOnly), so it works on a read-only or full disk; an empty
+/// database in memory when none exists yet.
+Result<std::unique_ptr<StateStore>> openStateForReading(const Config& config, Host& host);
 /// The cycle lock file next to the database (real path).
 std::string lockPath(const Config& config, Host& host);
 

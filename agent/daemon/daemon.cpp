@@ -61,6 +61,9 @@ constexpr auto kDriftSpacing = std::chrono::milliseconds(2000);
 constexpr auto kDriftSettle = std::chrono::milliseconds(200);
 constexpr auto kMinRetry = std::chrono::milliseconds(200);
 constexpr auto kMaxBackoffBase = std::chrono::milliseconds(2000);
+// SIGTERM while a cycle runs: how long it may go on before what it runs is killed (the daemon
+// must stop within 2 s).
+constexpr auto kStopGrace = std::chrono::milliseconds(1200);
 // A CLI command holding the cycle lock longer than this is stuck; the cycle fails and retries.
 constexpr int kCycleLockWaitMs = 10 * 60 * 1000;
 
@@ -164,7 +167,7 @@ int Daemon::run() {
     auto lock = FileLock::acquire(host.realPath(db) + ".daemon.lock", 0);
     if (!lock) {
       log_->error("another pim-access-agent daemon is running ({})", lock.status().message());
-      return 1;
+      return lock.status().code() == ErrorCode::kBusy ? 6 : 1;
     }
     daemonLock_ = std::move(*lock);
   }
@@ -183,7 +186,7 @@ int Daemon::run() {
   uv_signal_start(&sigterm_, onSignal, SIGTERM);
   uv_signal_start(&sigint_, onSignal, SIGINT);
   uv_signal_start(&sighup_, onSignal, SIGHUP);
-  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_}) {
+  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_, &stopDeadline_}) {
     uv_timer_init(&loop_, t);
     t->data = this;
   }
@@ -214,10 +217,14 @@ int Daemon::run() {
   return 0;
 }
 
-void Daemon::requestWork(Work work) {
+void Daemon::requestWork(Work work, GenerationCause cause) {
   if (stopping_) return;
   if (work == Work::kCycle) cycleRequested_ = true;
-  if (work == Work::kReapply) reapplyRequested_ = true;
+  if (work == Work::kReapply) {
+    // A drift noticed while an expiry or the boot re-apply waits does not change why it runs.
+    if (!reapplyRequested_) reapplyCause_ = cause;
+    reapplyRequested_ = true;
+  }
   if (busy_) {
     interruptFetch(work == Work::kCycle ? "a new cycle is due" : "a re-apply is due (key expiry or drift)");
     return;
@@ -259,7 +266,7 @@ void Daemon::startWorkIfIdle() {
     hostDirty_ = false;
     lastHostCheck_ = now;
   }
-  input_ = WorkInput{seenMark_, nextExpiry_, wait, checkHost};
+  input_ = WorkInput{seenMark_, nextExpiry_, wait, checkHost, reapplyCause_};
   uv_queue_work(&loop_, &workReq_, onWork, onWorkDone);
 }
 
@@ -268,7 +275,7 @@ void Daemon::onWork(uv_work_t* req) { static_cast<Daemon*>(req->data)->work(); }
 Result<FileLock> Daemon::lockCycle() {
   const std::string path = lockPath(rt_->config, *rt_->host);
   auto lock = FileLock::acquire(path, 0);
-  if (lock || lock.status().code() != ErrorCode::kInvalid) return lock;
+  if (lock || lock.status().code() != ErrorCode::kBusy) return lock;
   log_->info("waiting for the cycle lock: another pim-access-agent command is changing the host");
   return FileLock::acquire(path, kCycleLockWaitMs, &abandon_);
 }
@@ -347,7 +354,8 @@ void Daemon::work() {
     result_ = std::move(out);
     return;
   }
-  out.report = fetched ? rt.agent->reconcile(*fetched, input_.checkHost) : rt.agent->reapplyInForce();
+  out.report =
+      fetched ? rt.agent->reconcile(*fetched, input_.checkHost) : rt.agent->reapplyInForce(input_.reapplyCause);
   snapshotState(out);
   result_ = std::move(out);
 }
@@ -410,6 +418,7 @@ void Daemon::workDone() {
     // The store is down at start (after a reboot, say): keep the last good generation in force
     // on the host anyway, so the SFTP bind mounts, which do not survive a reboot, come back.
     inForceReapplied_ = true;
+    if (!reapplyRequested_) reapplyCause_ = GenerationCause::kBoot;
     reapplyRequested_ = true;
   }
   if (finished == Work::kCycle) {
@@ -678,6 +687,9 @@ void Daemon::checkOperatorCommands() {
   if (sig == stateSignature_) return;
   auto mark = readMark();
   if (!mark) return;
+  // Another command is in the middle of its cycle (a rollback, say): look again when it is done,
+  // rather than report a half-made state (its pin is not set yet).
+  if (mark->outcome == "pending") return;
   if (!busy_) stateSignature_ = sig;
   if (seenMark_ && *mark == *seenMark_) return;
   // Another process (rollback, resume, once) changed the state: a cycle now picks up the pin,
@@ -718,7 +730,26 @@ void Daemon::stop() {
   sdNotify("STOPPING=1");
   log_->info("stopping");
   if (rt_ && rt_->store) rt_->store->cancel();
-  if (!busy_) closeHandles();
+  if (!busy_) {
+    closeHandles();
+    return;
+  }
+  // A cycle under way is given a moment to end; then whatever it runs is killed and it is left
+  // to the crash recovery of the next start (its journal is open), so that the daemon stops
+  // within its 2 s whatever runs (a slow sshd -t, useradd).
+  uv_timer_start(&stopDeadline_, onStopDeadline, uint64_t(kStopGrace.count()), 0);
+}
+
+void Daemon::onStopDeadline(uv_timer_t* handle) {
+  auto* self = static_cast<Daemon*>(handle->data);
+  if (!self->busy_) return;
+  self->log_->warn(
+      "stopping: the cycle under way did not end within {} ms; killing what it runs, the next start "
+      "finishes it (crash recovery)",
+      kStopGrace.count());
+  if (self->rt_ && self->rt_->host) self->rt_->host->abortCommands();
+  spdlog::apply_all([](const std::shared_ptr<spdlog::logger>& l) { l->flush(); });
+  ::_exit(0);
 }
 
 void Daemon::closeHandles() {
@@ -727,7 +758,7 @@ void Daemon::closeHandles() {
   if (rt_ && rt_->watcher) rt_->watcher->stop();
   for (uv_signal_t* h : {&sigterm_, &sigint_, &sighup_}) uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
   closeHostWatches();
-  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_})
+  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_, &stopDeadline_})
     uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
   for (uv_fs_event_t* e : {&stateEvents_, &sourceEvents_}) uv_close(reinterpret_cast<uv_handle_t*>(e), nullptr);
 }
@@ -746,7 +777,9 @@ void Daemon::onSignal(uv_signal_t* handle, int signum) {
 
 void Daemon::onPollTimer(uv_timer_t* handle) { static_cast<Daemon*>(handle->data)->requestWork(Work::kCycle); }
 
-void Daemon::onExpiryTimer(uv_timer_t* handle) { static_cast<Daemon*>(handle->data)->requestWork(Work::kReapply); }
+void Daemon::onExpiryTimer(uv_timer_t* handle) {
+  static_cast<Daemon*>(handle->data)->requestWork(Work::kReapply, GenerationCause::kExpiry);
+}
 
 void Daemon::onTickTimer(uv_timer_t* handle) { static_cast<Daemon*>(handle->data)->tick(); }
 

@@ -79,10 +79,11 @@ class Daemon {
   };
   /// What the loop thread hands to the worker (written before queueing).
   struct WorkInput {
-    std::optional<StateMark> mark;      // as the last work left it
-    std::optional<int64_t> nextExpiry;  // valid when mark is set
-    int64_t waitSeconds = 0;            // long poll of a cycle (0: answer at once)
-    bool checkHost = true;              // plan against the host even if the store is unchanged
+    std::optional<StateMark> mark;                           // as the last work left it
+    std::optional<int64_t> nextExpiry;                       // valid when mark is set
+    int64_t waitSeconds = 0;                                 // long poll of a cycle (0: answer at once)
+    bool checkHost = true;                                   // plan against the host even if the store is unchanged
+    GenerationCause reapplyCause = GenerationCause::kDrift;  // why a re-apply runs
   };
   /// What the worker leaves for the loop thread (written on the pool, read in workDone()).
   struct WorkResult {
@@ -94,7 +95,8 @@ class Daemon {
   };
 
   Status buildRuntime(const Config& config);
-  void requestWork(Work work);
+  /// Asks for a cycle or a re-apply of the document in force (`cause`: why, for its generation).
+  void requestWork(Work work, GenerationCause cause = GenerationCause::kDrift);
   void startWorkIfIdle();
   void work();  // on the thread pool
   Result<FileLock> lockCycle();
@@ -125,6 +127,7 @@ class Daemon {
   static void onHostEvent(uv_fs_event_t* handle, const char* filename, int events, int status);
   static void onMountsChanged(uv_poll_t* handle, int status, int events);
   static void onHostSettle(uv_timer_t* handle);
+  static void onStopDeadline(uv_timer_t* handle);
   void watchHost();
   void hostChanged();
   void closeHostWatches();
@@ -159,6 +162,7 @@ class Daemon {
   uv_poll_t mountsPoll_{};
   int mountsFd_ = -1;
   uv_timer_t hostSettle_{};
+  uv_timer_t stopDeadline_{};                      // SIGTERM during a cycle: what still runs then is killed
   bool hostWatched_ = false;                       // every directory of the last check is watched
   bool hostDirty_ = true;                          // something changed since the last check began
   bool hostEvent_ = false;                         // ... as reported by a watch (logged), not after our own changes
@@ -177,6 +181,7 @@ class Daemon {
   bool reloadPending_ = false;
   bool cycleRequested_ = false;
   bool reapplyRequested_ = false;
+  GenerationCause reapplyCause_ = GenerationCause::kDrift;  // of the re-apply requested
   bool readyNotified_ = false;
   bool inForceReapplied_ = false;  // the generation in force was re-applied while the store was down
   bool recovered_ = false;         // the pending-cycle journal was dealt with

@@ -18,6 +18,7 @@ enum class ErrorCode {
   kCommand,      // an external command failed
   kRejected,     // document rejected as a whole
   kUnreachable,  // store unreachable or refused the request
+  kBusy,         // another process holds what is needed (the cycle lock): try again later
   kInternal,
 };
 

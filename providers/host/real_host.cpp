@@ -663,9 +663,16 @@ Status RealHost::unmount(const std::string& target, bool lazy) {
   return Status::ok();
 }
 
+void RealHost::abortCommands() {
+  aborted_.store(true);
+  const pid_t pid = runningChild_.load();
+  if (pid > 0) ::kill(-pid, SIGKILL);
+}
+
 Result<CommandResult> RealHost::run(const std::vector<std::string>& argv, std::string_view input) {
   forgetReads();
   if (argv.empty()) return Status::error(ErrorCode::kInvalid, "run: empty command");
+  if (aborted_.load()) return Status::error(ErrorCode::kCommand, "run " + argv[0] + ": the agent is stopping");
   int inPipe[2], outPipe[2], errPipe[2];
   if (::pipe2(inPipe, O_CLOEXEC) != 0) return ioError("pipe for", argv[0], errno);
   if (::pipe2(outPipe, O_CLOEXEC) != 0) {
@@ -689,12 +696,16 @@ Result<CommandResult> RealHost::run(const std::vector<std::string>& argv, std::s
     return ioError("fork for", argv[0], errno);
   }
   if (pid == 0) {
+    ::setpgid(0, 0);  // its own process group: abortCommands() kills it with what it started
     ::dup2(inPipe[0], 0);
     ::dup2(outPipe[1], 1);
     ::dup2(errPipe[1], 2);
     ::execve(args[0], args.data(), env);
     ::_exit(127);
   }
+  ::setpgid(pid, pid);  // (also here: no race with a kill before the child ran setpgid)
+  runningChild_.store(pid);
+  if (aborted_.load()) ::kill(-pid, SIGKILL);
   ::close(inPipe[0]);
   ::close(outPipe[1]);
   ::close(errPipe[1]);
@@ -739,6 +750,7 @@ Result<CommandResult> RealHost::run(const std::vector<std::string>& argv, std::s
   int wstatus = 0;
   while (::waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
   }
+  runningChild_.store(-1);
   if (WIFEXITED(wstatus)) {
     result.exitCode = WEXITSTATUS(wstatus);
   } else if (WIFSIGNALED(wstatus)) {

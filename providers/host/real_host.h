@@ -3,6 +3,7 @@
 // below the root prefix one component at a time with O_NOFOLLOW, so a symbolic link planted by a
 // user anywhere on the way (a home directory, ~/.ssh) is refused, never followed.
 
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <set>
@@ -53,6 +54,11 @@ class RealHost : public Host {
   };
   ReadSet readSet() const;
 
+  /// Kills (SIGKILL, the whole process group) the command that run() waits for, if any, and makes
+  /// every later run() fail at once: for a daemon that must stop within its deadline whatever runs
+  /// (a slow `sshd -t`, `useradd`). Thread-safe.
+  void abortCommands();
+
   /// Parses /proc/self/mountinfo text; mount points outside `root` are dropped and the prefix is
   /// removed from the others. Exposed for tests.
   static std::vector<MountInfo> parseMountInfo(const std::string& text, const std::string& root);
@@ -64,6 +70,8 @@ class RealHost : public Host {
 
   std::string root_;
   Logger log_;
+  std::atomic<pid_t> runningChild_{-1};  // the command run() waits for, or -1
+  std::atomic<bool> aborted_{false};
   std::mutex rootMutex_;
   int rootFd_ = -1;  // the root prefix, opened on first use
   mutable std::mutex readsMutex_;

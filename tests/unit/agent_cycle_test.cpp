@@ -665,3 +665,119 @@ TEST_CASE("a failed sshd reload holds every grant back, is remembered, and is re
   CHECK(jsonText(box.statusJson(), "last_error").empty());
   CHECK(box.history().size() == 2);
 }
+
+// ---- operations: one decision, JSON in every case, read-only diagnostics ----
+
+TEST_CASE("once, plan and status agree on every document, also one republished after a rollback", "[cycle][root]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box;
+  const std::string good = documentA();
+  box.setDocument(good);
+  REQUIRE(box.run({"once"}).exit == 0);
+  box.setDocument(documentB());
+  REQUIRE(box.run({"once"}).exit == 0);
+  // The last good document republished as it was: below the highest revision applied, refused
+  // by all three as a replay.
+  box.setDocument(good);
+  Outcome replay = box.run({"once"});
+  CHECK(replay.exit == 3);
+  Outcome planReplay = box.run({"plan", "--json"});
+  CHECK(planReplay.exit == 3);
+  CHECK(jsonInt(planReplay.out, "exit") == 3);
+  CHECK_THAT(jsonText(planReplay.out, "error"), Catch::Contains("replay"));
+
+  // Rolled back to it, then resumed: the store's document is the document in force, unchanged
+  // for all three, and status carries no stale error.
+  REQUIRE(box.run({"rollback", "1"}).exit == 0);
+  REQUIRE(box.run({"resume"}).exit == 0);
+  const size_t generations = box.history().size();
+  Outcome once = box.run({"once"});
+  INFO(once.out << once.err);
+  CHECK(once.exit == 0);
+  // No store generation: at most the drift of the bind mounts (each command here has its own
+  // mount namespace) applied again with the document in force.
+  auto history = box.history();
+  CHECK(history.size() <= generations + 1);
+  CHECK(history.front().outcome == "rolled_back");
+  Outcome plan = box.run({"plan", "--json"});
+  CHECK(plan.exit == 0);
+  CHECK(jsonText(plan.out, "verdict") == "unchanged");
+  CHECK(jsonText(box.statusJson(), "last_error").empty());
+  Outcome planText = box.run({"plan"});
+  CHECK_THAT(planText.out, Catch::Contains("unchanged: the document in force"));
+}
+
+TEST_CASE("every --json command prints JSON, errors included", "[cycle][root]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box;
+  box.setDocument(documentA());
+  REQUIRE(box.run({"once"}).exit == 0);
+  struct Case {
+    std::vector<std::string> args;
+    int exit;
+  };
+  for (const Case& c : {Case{{"show", "999", "--json"}, 2}, Case{{"show", "x", "--json"}, 2},
+                        Case{{"status", "extra", "--json"}, 2}, Case{{"history", "--json"}, 0}}) {
+    INFO(c.args[0] << " " << c.args.back());
+    Outcome o = box.run(c.args);
+    CHECK(o.exit == c.exit);
+    Poco::JSON::Parser parser;
+    CHECK_NOTHROW(parser.parse(o.out));
+    if (c.exit != 0) CHECK(jsonInt(o.out, "exit") == c.exit);
+  }
+  // A document rejected as a whole: plan says so in JSON, with exit 3.
+  writeTextAtomic(box.documentPath(), "{\"version\": 2}");
+  Outcome rejected = box.run({"plan", "--json"});
+  CHECK(rejected.exit == 3);
+  CHECK(jsonInt(rejected.out, "exit") == 3);
+  CHECK_THAT(jsonText(rejected.out, "error"), Catch::Contains("version"));
+}
+
+TEST_CASE("status, history and show work on a read-only state directory and create nothing", "[cycle][root]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box;
+  box.setDocument(documentA());
+  REQUIRE(box.run({"once"}).exit == 0);
+  const std::string stateDir = box.real("/var/lib/pim-access-agent");
+  auto listing = [&] {
+    std::set<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(stateDir)) names.insert(e.path().filename());
+    return names;
+  };
+  const auto before = listing();
+  for (const std::vector<std::string>& args : {std::vector<std::string>{"status", "--json"},
+                                               {"history", "--json"},
+                                               {"show", "1", "--json"},
+                                               {"plan", "--json"}}) {
+    INFO(args[0]);
+    std::vector<std::string> argv{
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount --bind \"$1\" \"$1\" && mount -o remount,bind,ro \"$1\" && shift && exec \"$@\"",
+        "sh",
+        stateDir,
+        agentBinary(),
+        "--config",
+        box.configPath(),
+        "--root",
+        box.root()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    Outcome o = runProgram(argv);
+    INFO(o.out << o.err);
+    CHECK(o.exit == 0);
+    Poco::JSON::Parser parser;
+    CHECK_NOTHROW(parser.parse(o.out));
+  }
+  CHECK(listing() == before);
+  // With no state database at all, they report an empty state and create nothing either.
+  AgentBox fresh;
+  fresh.setDocument(documentA());
+  Outcome status = fresh.run({"status", "--json"});
+  CHECK(status.exit == 0);
+  CHECK(jsonInt(status.out, "generation") == -1);
+  CHECK_FALSE(std::filesystem::exists(fresh.real("/var/lib/pim-access-agent/state.db")));
+}

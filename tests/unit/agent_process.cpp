@@ -297,6 +297,8 @@ std::unique_ptr<ChildProcess> AgentBox::startDaemon(const std::vector<std::strin
                                         dir_ + "/daemon-" + std::to_string(n) + ".err");
 }
 
+std::string AgentBox::authorizedKeysPath() const { return real("/home/akeneo/.ssh/authorized_keys"); }
+
 std::string AgentBox::authorizedKeys() const { return readText(real("/home/akeneo/.ssh/authorized_keys")); }
 
 std::string AgentBox::snapshot() const {

@@ -255,7 +255,7 @@ TEST_CASE("daemon: a second run on the same state is refused", "[daemon]") {
   auto daemon = box.startDaemon();
   requireKey(box, *daemon, "k-one");
   Outcome second = box.run({"run"});
-  CHECK(second.exit != 0);
+  CHECK(second.exit == 6);  // busy: the unit restarts on it (unlike a configuration error, 2)
   CHECK_THAT(second.err, Catch::Contains("another pim-access-agent daemon is running"));
   CHECK(daemon->running());
   stopWith(*daemon, SIGTERM);
@@ -416,4 +416,98 @@ TEST_CASE("daemon: drift on the host is repaired at once, without waiting for a 
   writeTextAtomic(box.real("/etc/group"), readText(box.real("/etc/group")));
   REQUIRE(waitUntil([&] { return occurrences(daemon->err(), "the host changed") > checks; }, seconds(5)));
   stopWith(*daemon, SIGTERM);
+}
+
+TEST_CASE("daemon: SIGTERM while sshd -t hangs: exits 0 within 2 s, the next start finishes the cycle", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box;
+  const std::string slow = box.dir() + "/slow-sshd";
+  writeTextAtomic(
+      slow, "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -t ] && exec sleep 31.4159; done\nexec /usr/sbin/sshd \"$@\"\n");
+  ::chmod(slow.c_str(), 0755);
+  box.configure({{"sshd.binary", slow}});
+  box.setDocument(keysDocument(1, {"k-one"}));
+  auto daemon = box.startDaemon();
+  // Wait until the cycle sits in the slow `sshd -t`.
+  // (matched by its unusual duration: other programs on the machine may sleep too)
+  auto slowCheckRuns = [] { return runProgram({"/usr/bin/pgrep", "-f", "^sleep 31.4159$"}).exit == 0; };
+  const bool inCheck = waitUntil(slowCheckRuns, seconds(20));
+  INFO(daemon->err());
+  REQUIRE(inCheck);
+  const milliseconds took = stopWith(*daemon, SIGTERM);
+  CHECK(took < milliseconds(2000));
+  CHECK_FALSE(slowCheckRuns());  // what it ran was killed
+  CHECK_THAT(daemon->err(), Catch::Contains("crash recovery"));
+  auto history = box.history();
+  REQUIRE(history.size() == 1);
+  CHECK(history.front().outcome == "pending");  // left to the next start
+
+  // The next start (sshd -t quick again) finishes it.
+  box.configure({{"sshd.binary", "/usr/sbin/sshd"}});
+  Outcome once = box.run({"once"});
+  INFO(once.out << once.err);
+  CHECK(once.exit == 0);
+  CHECK(hasKey(box, "k-one"));
+  history = box.history();
+  REQUIRE(history.size() == 1);
+  CHECK(history.front().outcome == "applied");
+}
+
+TEST_CASE("daemon: history says why each generation exists: drift, boot, and one line for 20 failed retries",
+          "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box(Settings{{"store.poll_interval_s", "1"}});
+  box.setDocument(
+      makeDocument(1, {docKey("k-one", "cause-one")}, {{"sftp-main", "akeneosftp", ".", true, true}}, {"127.0.0.0/8"}));
+  REQUIRE(box.run({"once"}).exit == 0);
+  auto causes = [&] {
+    Outcome h = box.run({"history", "--json"});
+    REQUIRE(h.exit == 0);
+    Poco::JSON::Parser parser;
+    auto arr = parser.parse(h.out).extract<Poco::JSON::Array::Ptr>();
+    std::vector<std::string> out;
+    for (size_t i = 0; i < arr->size(); ++i) out.push_back(arr->getObject(unsigned(i))->getValue<std::string>("cause"));
+    return out;
+  };
+  REQUIRE(causes() == std::vector<std::string>{"store"});
+
+  {
+    // Drift: the key file is removed by hand; the daemon puts it back as a drift generation.
+    auto daemon = box.startDaemon();
+    REQUIRE(waitUntil([&] { return box.history().size() >= 2 || hasKey(box, "k-one"); }, seconds(10)));
+    ::unlink(box.authorizedKeysPath().c_str());
+    requireKey(box, *daemon, "k-one");
+    REQUIRE(waitUntil([&] { return causes().front() == "drift"; }, seconds(10)));
+    stopWith(*daemon, SIGTERM);
+  }
+  const size_t afterDrift = causes().size();
+  {
+    // A reboot while the store is down: the bind mounts are gone (each daemon here runs in its own
+    // mount namespace), and the daemon applies the document in force again, cause boot.
+    box.configure({{"store.source", "file://" + box.dir() + "/no-such-document.json"}});
+    auto daemon = box.startDaemon();
+    REQUIRE(waitUntil([&] { return causes().size() > afterDrift; }, seconds(10)));
+    stopWith(*daemon, SIGTERM);
+  }
+  CHECK(causes().front() == "boot");
+  const size_t afterBoot = causes().size();
+
+  // A new document that fails, retried 20 times: one generation, 20 attempts.
+  box.configure({{"store.source", "file://" + box.documentPath()}});
+  box.setDocument(makeDocument(2, {docKey("k-one", "cause-one"), docKey("k-two", "cause-two")},
+                               {{"sftp-main", "akeneosftp", ".", true, true}}, {"127.0.0.0/8"}));
+  for (int i = 0; i < 20; ++i) CHECK(box.run({"once"}, {"PIM_FAILPOINT=fail-provider:ssh_keys"}).exit == 5);
+  const auto all = causes();
+  CHECK(all.size() == afterBoot + 1);
+  CHECK(all.front() == "store");
+  Outcome h = box.run({"history", "--json"});
+  Poco::JSON::Parser parser;
+  auto newest = parser.parse(h.out).extract<Poco::JSON::Array::Ptr>()->getObject(0);
+  CHECK(newest->getValue<std::string>("outcome") == "partial");
+  CHECK(newest->getValue<int64_t>("attempts") == 20);
+  // Each line of the text listing names its cause.
+  Outcome text = box.run({"history"});
+  CHECK(occurrences(text.out, " drift ") == 1);
+  CHECK(occurrences(text.out, " boot ") == 1);
+  CHECK_THAT(text.out, Catch::Contains("20 attempts"));
 }
