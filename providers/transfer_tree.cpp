@@ -157,12 +157,6 @@ Result<TransferTreeCurrent> observeTransferTree(const TransferTreeDesired& desir
 std::vector<Action> planTransferTree(const TransferTreeDesired& desired, const TransferTreeCurrent& current,
                                      std::vector<SkippedEntry>* skipped) {
   std::vector<Action> actions;
-  if (!current.groupGid) {
-    Action a = makeAction("create-group", desired.transferGroup, "system group owning the transfer tree");
-    a.before = "missing";
-    a.after = "system group";
-    actions.push_back(a);
-  }
   const std::string root = *transferFolderPath(desired.transferRoot, ".");
   auto infoOf = [&](const std::string& path) {
     auto it = current.paths.find(path);
@@ -201,7 +195,7 @@ std::vector<Action> planTransferTree(const TransferTreeDesired& desired, const T
   return actions;
 }
 
-TransferTreeProvider::TransferTreeProvider(Logger log, Ledger& ledger) : ledger_(ledger), log_(std::move(log)) {}
+TransferTreeProvider::TransferTreeProvider(Logger log) : log_(std::move(log)) {}
 
 std::string TransferTreeProvider::name() const { return kProvider; }
 
@@ -218,17 +212,6 @@ Result<std::vector<Action>> TransferTreeProvider::plan(const Desired& desired, H
 
 Status TransferTreeProvider::apply(const Action& action, const Desired& desired, Host& host) {
   const std::string& group = desired.host.transferGroup;
-  if (action.verb == "create-group") {
-    auto existing = host.findGroup(action.object);
-    if (!existing) return existing.status();
-    if (*existing) return Status::ok();  // made meanwhile (by login_user): nothing to do
-    AccountsTool tool(host);
-    if (Status s = tool.addGroup(action.object, true); !s) return s;
-    if (Status s = ledger_.recordCreated("group", action.object); !s) return s;
-    log_->info("created group {}", action.object);
-    return Status::ok();
-  }
-
   auto gidOf = [&]() -> Result<gid_t> {
     auto g = host.findGroup(group);
     if (!g) return g.status();

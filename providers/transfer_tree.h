@@ -1,8 +1,8 @@
 #pragma once
 // The transfer_tree provider: the transfer root and every SFTP account's folder exist.
 //
-//   - the transfer group exists (created as a system group when missing, recorded in the Ledger
-//     as "group"; the login_user provider normally made it already);
+//   - the transfer group is the login_user provider's: it makes it (before this provider's
+//     directories, in the same stage), so that a plan lists its creation once;
 //   - missing parents of the transfer root are created root:root 0755;
 //   - the transfer root and every component of an account's folder are directories of mode 02770
 //     and group transfer_group (created root:transfer_group; for existing ones, a wrong mode or
@@ -80,25 +80,22 @@ std::vector<Action> planTransferTree(const TransferTreeDesired& desired, const T
 
 class TransferTreeProvider : public Provider {
  public:
-  /// `ledger` records the group when this provider creates it; it must outlive the provider.
-  TransferTreeProvider(Logger log, Ledger& ledger);
+  explicit TransferTreeProvider(Logger log);
 
   /// "transfer_tree".
   std::string name() const override;
   /// Observes and plans; changes nothing. Refused folders are available from skipped() until
   /// the next plan(). Errors: see observeTransferTree().
   Result<std::vector<Action>> plan(const Desired& desired, Host& host) override;
-  /// Applies one action of plan(): groupadd --system (recorded as "group"), mkdir with the
-  /// mode and owner of the action (never through a symbolic link), or chmod/chgrp of an existing
-  /// directory (owner kept). Errors: kNotFound (the transfer group vanished), kUnsafe (a symbolic
-  /// link appeared), kIo, kCommand. Never throws.
+  /// Applies one action of plan(): mkdir with the mode and owner of the action (never through a symbolic link), or
+  /// chmod/chgrp of an existing directory (owner kept). Errors: kNotFound (the transfer group vanished), kUnsafe (a
+  /// symbolic link appeared), kIo, kCommand. Never throws.
   Status apply(const Action& action, const Desired& desired, Host& host) override;
 
   /// Accounts whose folder was refused by the last plan(), by account id, with the reason.
   std::vector<SkippedEntry> skipped() const override { return skipped_; }
 
  private:
-  Ledger& ledger_;
   Logger log_;
   std::vector<SkippedEntry> skipped_;
 };

@@ -130,6 +130,10 @@ int cmdStatus(const Config& config, bool json) {
       for (const auto& s : doc->allowedSources) sources->add(s.text);
       root->set("allowed_sources", sources);
     }
+    // The operator's ranges from the config, never locked out, next to the document's.
+    Poco::JSON::Array::Ptr always = new Poco::JSON::Array;
+    for (const auto& s : config.host.alwaysAllow) always->add(s.text);
+    root->set("always_allow", always);
     std::cout << toJson(root) << "\n";
     return kExitOk;
   }
@@ -167,6 +171,9 @@ int cmdStatus(const Config& config, bool json) {
     for (const auto& s : doc->allowedSources) std::cout << " " << s.text;
     std::cout << "\n";
   }
+  std::cout << "always allowed (config):";
+  for (const auto& s : config.host.alwaysAllow) std::cout << " " << s.text;
+  std::cout << "\n";
   return kExitOk;
 }
 

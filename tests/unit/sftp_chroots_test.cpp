@@ -275,8 +275,9 @@ TEST_CASE("sftp_chroots: bind mounts in a private mount namespace", "[sftp_chroo
   const std::string failures = runInPrivateNamespace(
       [&](ChildChecks& t) {
         RealHost host(sb.dir(), nullLogger());
+        t.check(AccountsTool(host).addGroup("pimtransfer", true).isOk(), "groupadd (login_user's in a cycle)");
         MemoryLedger ledger;
-        TransferTreeProvider tree(nullLogger(), ledger);
+        TransferTreeProvider tree(nullLogger());
         SftpAccountsProvider accounts(nullLogger(), ledger);
         SftpChrootsProvider chroots(nullLogger(), ledger);
         std::vector<Provider*> providers{&tree, &accounts, &chroots};

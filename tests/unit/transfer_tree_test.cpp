@@ -65,16 +65,16 @@ TEST_CASE("transferFolderPath keeps folders below the root", "[transfer_tree]") 
 }
 
 TEST_CASE("planTransferTree table", "[transfer_tree]") {
-  SECTION("nothing there: group, parents 0755, root and folders 2770, shared parents once") {
+  SECTION("nothing there: parents 0755, root and folders 2770, shared parents once (the group is login_user's)") {
     TransferTreeCurrent c;
     auto actions = planTransferTree(desiredOf({{"a", "."}, {"b", "imports/erp"}, {"c", "imports/pim"}}), c);
     CHECK(verbsAndObjects(actions) ==
-          std::vector<std::string>{"create-group pimtransfer", "mkdir /data", "mkdir /data/transfer",
-                                   "mkdir /data/transfer/pim", "mkdir /data/transfer/pim/imports",
-                                   "mkdir /data/transfer/pim/imports/erp", "mkdir /data/transfer/pim/imports/pim"});
-    CHECK(actions[1].detail == "0755 root:root");
-    CHECK(actions[3].detail == "2770 root:pimtransfer");
-    CHECK(actions[3].describe() == "transfer_tree: mkdir /data/transfer/pim (2770 root:pimtransfer)");
+          std::vector<std::string>{"mkdir /data", "mkdir /data/transfer", "mkdir /data/transfer/pim",
+                                   "mkdir /data/transfer/pim/imports", "mkdir /data/transfer/pim/imports/erp",
+                                   "mkdir /data/transfer/pim/imports/pim"});
+    CHECK(actions[0].detail == "0755 root:root");
+    CHECK(actions[2].detail == "2770 root:pimtransfer");
+    CHECK(actions[2].describe() == "transfer_tree: mkdir /data/transfer/pim (2770 root:pimtransfer)");
   }
   SECTION("everything in place: nothing to do") {
     auto c = settledRoot();
@@ -118,8 +118,7 @@ TEST_CASE("transfer_tree against RealHost in a sandbox", "[transfer_tree][root]"
   if (!isRoot()) return;
   test::EtcSandbox sb;
   RealHost host(sb.dir(), nullLogger());
-  MemoryLedger ledger;
-  TransferTreeProvider provider(nullLogger(), ledger);
+  TransferTreeProvider provider(nullLogger());
   HostSettings hs;
   SshdSettings ss;
   AccessDocument doc;
@@ -143,12 +142,13 @@ TEST_CASE("transfer_tree against RealHost in a sandbox", "[transfer_tree][root]"
     return Status::ok();
   };
 
+  // The group is the login user's to make (providers/login_user.h).
+  REQUIRE(AccountsTool(host).addGroup("pimtransfer", true).isOk());
   REQUIRE(reconcile().isOk());
   auto group = host.findGroup("pimtransfer");
   REQUIRE(group.isOk());
   REQUIRE(group->has_value());
   const gid_t gid = (*group)->gid;
-  CHECK(ledger.owns("group", "pimtransfer"));
 
   auto st = statOf(sb.path("/data"));
   CHECK((st.st_mode & 07777) == 0755);
