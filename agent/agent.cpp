@@ -114,14 +114,11 @@ Result<std::optional<AccessDocument>> Agent::inForceDocument(std::optional<Gener
 }
 
 std::vector<BackupInput> Agent::backupFiles() {
-  std::vector<std::string> paths = {config_.sshd.dropin};
-  // Before the first cycle the login user may not exist yet: its home will be the default one,
-  // and the backup then says "did not exist" so that a restore removes the file again.
-  auto user = host_.findUser(config_.host.loginUser);
-  if (user.isOk()) {
-    const std::string home = user->has_value() ? (*user)->home : "/home/" + config_.host.loginUser;
-    paths.push_back(home + "/.ssh/authorized_keys");
-  }
+  // The login user's keys file is the agent's own (never the one in the user's home, which the
+  // agent does not write and must not put back over the user's edits); a missing one is backed
+  // up as "did not exist" so that a restore removes it again.
+  std::vector<std::string> paths = {config_.sshd.dropin,
+                                    loginKeysPath(config_.host.authorizedKeysDir, config_.host.loginUser)};
   std::vector<BackupInput> backups;
   for (const auto& path : paths) {
     auto info = host_.lstat(path);

@@ -408,7 +408,7 @@ int changeCount(const std::string& onceOutput) {
 /// A reload command that appends the drop-in sshd would load (or "(no drop-in)") and
 /// "--- reload" to dir/reloads.log; returns the script's path.
 std::string reloadRecorder(const AgentBox& box) {
-  const std::string dropin = box.real("/etc/ssh/sshd_config.d/50-pim-access-agent.conf");
+  const std::string dropin = box.real("/etc/ssh/sshd_config.d/10-pim-access-agent.conf");
   const std::string script = box.dir() + "/reload.sh";
   writeTextAtomic(script, "#!/bin/sh\n{ cat '" + dropin +
                               "' 2>/dev/null || echo '(no drop-in)'; echo '--- reload'; } >> '" + box.dir() +
@@ -524,8 +524,8 @@ TEST_CASE("kill -9 during the first cycle: the next start removes what it create
     CHECK(passwd.find(user) == std::string::npos);
   }
   CHECK(box.authorizedKeys().empty());  // did not exist before: removed again
-  CHECK_FALSE(std::filesystem::exists(box.real("/home/akeneo/.ssh/authorized_keys")));
-  CHECK_FALSE(std::filesystem::exists(box.real("/etc/ssh/sshd_config.d/50-pim-access-agent.conf")));
+  CHECK_FALSE(std::filesystem::exists(box.real("/etc/pim-access-agent/authorized_keys/akeneo")));
+  CHECK_FALSE(std::filesystem::exists(box.real("/etc/ssh/sshd_config.d/10-pim-access-agent.conf")));
   std::error_code ec;
   CHECK(std::filesystem::is_empty(box.real("/srv/pim-sftp"), ec));
 
@@ -594,8 +594,8 @@ TEST_CASE("a failing first cycle leaves no account, key file or drop-in behind",
   const std::string passwd = readText(box.real("/etc/passwd"));
   CHECK(passwd.find("partnersftp:") == std::string::npos);
   CHECK(passwd.find("exportsftp:") == std::string::npos);
-  CHECK_FALSE(std::filesystem::exists(box.real("/home/akeneo/.ssh/authorized_keys")));
-  CHECK_FALSE(std::filesystem::exists(box.real("/etc/ssh/sshd_config.d/50-pim-access-agent.conf")));
+  CHECK_FALSE(std::filesystem::exists(box.real("/etc/pim-access-agent/authorized_keys/akeneo")));
+  CHECK_FALSE(std::filesystem::exists(box.real("/etc/ssh/sshd_config.d/10-pim-access-agent.conf")));
 }
 
 TEST_CASE("sshd is reloaded with the restored drop-in after a failed cycle", "[cycle][root]") {
@@ -603,7 +603,7 @@ TEST_CASE("sshd is reloaded with the restored drop-in after a failed cycle", "[c
   const Reference& ref = reference();
   AgentBox box;
   // The reload command records the drop-in sshd would load at each reload.
-  const std::string dropin = box.real("/etc/ssh/sshd_config.d/50-pim-access-agent.conf");
+  const std::string dropin = box.real("/etc/ssh/sshd_config.d/10-pim-access-agent.conf");
   const std::string log = box.dir() + "/reloads.log";
   box.configure({{"sshd.reload_command", reloadRecorder(box)}});
   box.setDocument(documentA());
@@ -633,7 +633,7 @@ TEST_CASE("a failed sshd reload is a warning in status, not a failed cycle", "[c
   Outcome once = box.run({"once"});
   INFO(once.out << once.err);
   CHECK(once.exit == 0);
-  CHECK(std::filesystem::exists(box.real("/etc/ssh/sshd_config.d/50-pim-access-agent.conf")));
+  CHECK(std::filesystem::exists(box.real("/etc/ssh/sshd_config.d/10-pim-access-agent.conf")));
   auto history = box.history();
   REQUIRE(history.size() == 1);
   CHECK(history.front().outcome == "applied");
