@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include "providers/accounts_tool.h"
-#include "providers/paths.h"
+#include "providers/core/paths.h"
+#include "providers/host/accounts_tool.h"
 
 namespace pim {
 namespace {
@@ -20,6 +20,9 @@ constexpr const char* kOpHome = "create-home";
 
 Action makeAction(std::string verb, std::string object, std::string detail, std::string op) {
   Action a;
+  // A password on the key-only login user is taken away with the revocations; the rest makes
+  // the user (locked) that keys are later granted to.
+  a.stage = op == kOpLock ? Stage::kRevoke : Stage::kPrepare;
   a.provider = "login_user";
   a.verb = std::move(verb);
   a.object = std::move(object);

@@ -9,11 +9,11 @@
 #include <string>
 #include <vector>
 
-#include "providers/host.h"
-#include "providers/ledger.h"
-#include "providers/log.h"
+#include "providers/core/ledger.h"
+#include "providers/core/log.h"
+#include "providers/core/result.h"
+#include "providers/host/host.h"
 #include "providers/provider.h"
-#include "providers/result.h"
 
 namespace pim {
 

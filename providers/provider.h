@@ -7,24 +7,52 @@
 #include <string>
 #include <vector>
 
-#include "providers/host.h"
-#include "providers/model.h"
-#include "providers/result.h"
-#include "providers/settings.h"
+#include "providers/core/model.h"
+#include "providers/core/result.h"
+#include "providers/core/settings.h"
+#include "providers/host/host.h"
 
 namespace pim {
+
+/// When, within a cycle, an action may run. A cycle applies every provider's actions stage by
+/// stage, so that the host never grants more than the document in force: revocations first,
+/// then the confining sshd configuration, then what prepares a grant, and credentials last,
+/// only once the configuration that confines them is live (agent/agent.h).
+enum class Stage {
+  kRevoke,   // takes access away or changes nothing anyone can use (remove, lock, unmount, adopt)
+  kConfine,  // the sshd drop-in: installed, reloaded and verified
+  kPrepare,  // makes what a grant needs without granting (a locked account, a directory, a mount)
+  kGrant,    // gives access: a password, a key, an unlock; only after confinement is live
+};
+
+/// "revoke", "confine", "prepare" or "grant".
+inline const char* stageName(Stage stage) {
+  switch (stage) {
+    case Stage::kRevoke:
+      return "revoke";
+    case Stage::kConfine:
+      return "confine";
+    case Stage::kPrepare:
+      return "prepare";
+    case Stage::kGrant:
+      return "grant";
+  }
+  return "?";
+}
 
 /// One change to make. A small value: describe() feeds logs and `plan` output and never
 /// contains secrets; `payload` carries what apply() needs (file contents, hashes) and is never
 /// logged.
 struct Action {
-  std::string provider;  // "ssh_keys", "sftp_accounts", ...
-  std::string verb;      // "create", "update", "remove", "lock", "write", "mount", ...
-  std::string object;    // a path, user name or mount point
-  std::string detail;    // human-readable detail, no secrets
-  std::string payload;   // data for apply(); may hold secrets; never printed
-  std::string before;    // short summary of the old state for the change log (no secrets)
-  std::string after;     // short summary of the new state for the change log (no secrets)
+  std::string provider;           // "ssh_keys", "sftp_accounts", ...
+  std::string verb;               // "create", "update", "remove", "lock", "write", "mount", ...
+  std::string object;             // a path, user name or mount point
+  std::string detail;             // human-readable detail, no secrets
+  std::string payload;            // data for apply(); may hold secrets; never printed
+  std::string before;             // short summary of the old state for the change log (no secrets)
+  std::string after;              // short summary of the new state for the change log (no secrets)
+  Stage stage = Stage::kPrepare;  // when the cycle applies it
+  std::string subject;            // the SFTP account (username) the action is for; empty: none in particular
 
   std::string describe() const {
     std::string s = provider + ": " + verb + " " + object;
@@ -56,6 +84,15 @@ class Provider {
   virtual std::vector<SkippedEntry> skipped() const { return {}; }
   /// Notes from the last apply() that an operator should see (a mount detached lazily, ...).
   virtual std::vector<std::string> reports() const { return {}; }
+  /// The actions that take every access away from `subject` (an SFTP account's username) after
+  /// a failure left it half-made: an existing account the agent owns is locked. Empty when this
+  /// provider grants nothing to subjects. Reads the host; changes nothing.
+  virtual std::vector<Action> containActions(const std::string& subject, const Desired& desired, Host& host) {
+    (void)subject;
+    (void)desired;
+    (void)host;
+    return {};
+  }
 };
 
 }  // namespace pim

@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
-#include "providers/text_fields.h"
+#include "providers/core/text_fields.h"
 
 namespace pim {
 namespace {
@@ -26,9 +26,21 @@ Result<std::string> readOptional(Host& host, const std::string& path) {
   return text;
 }
 
+// The stage of each verb within a cycle (providers/provider.h): what takes access away runs
+// first, credentials last. "write-keys" is decided by planKeysFile().
+Stage stageOf(const std::string& verb) {
+  if (verb == "create" || verb == "set-group") return Stage::kPrepare;
+  if (verb == "set-password" || verb == "unlock" || verb == "write-keys") return Stage::kGrant;
+  // adopt, set-shell, lock-password, lock, remove, forget, remove-keys, fix-keys-dir (a keys
+  // directory others can write lets them plant keys)
+  return Stage::kRevoke;
+}
+
 Action makeAction(const std::string& verb, const std::string& object, const std::string& detail,
                   const std::string& before = {}, const std::string& after = {}) {
   Action a;
+  a.stage = stageOf(verb);
+  a.subject = object;
   a.provider = kProvider;
   a.verb = verb;
   a.object = object;
@@ -71,6 +83,12 @@ void planCredentials(const SftpAccount& account, const ShadowEntry& shadow, std:
   }
   if (account.passwordHash) {
     if (shadow.password != *account.passwordHash) {
+      // The old password is revoked with the other revocations; the new one is a grant, set
+      // once the configuration confining the account is live.
+      if (!shadow.passwordLocked()) {
+        actions.push_back(makeAction("lock-password", name, "the store changed the password: the old one revoked first",
+                                     "another hash", "locked"));
+      }
       Action a = makeAction("set-password", name, "password hash from the store",
                             shadow.passwordLocked() ? "locked" : "another hash", "password from the store");
       a.payload = *account.passwordHash;
@@ -81,27 +99,77 @@ void planCredentials(const SftpAccount& account, const ShadowEntry& shadow, std:
   }
 }
 
+/// The key lines of a keys file (comments and blank lines left out).
+std::set<std::string> keyLines(const std::string& content) {
+  std::set<std::string> lines;
+  std::stringstream ss(content);
+  for (std::string line; std::getline(ss, line);) {
+    if (!line.empty() && line[0] != '#') lines.insert(line);
+  }
+  return lines;
+}
+
+/// `content` without the key lines that `kept` does not have.
+std::string onlyLinesIn(const std::string& content, const std::set<std::string>& kept) {
+  std::string out;
+  std::stringstream ss(content);
+  for (std::string line; std::getline(ss, line);) {
+    if (line.empty() || line[0] == '#' || kept.count(line)) out += line + "\n";
+  }
+  return out;
+}
+
 /// The keys file of one managed name: written when `content` is not empty, removed otherwise.
+/// A change that both removes and adds keys is two writes: the removal with the revocations,
+/// the new keys as a grant.
 void planKeysFile(const SftpAccountsDesired& desired, const SftpAccountsCurrent& current, const std::string& name,
                   const std::string& content, size_t keyCount, std::vector<Action>& actions) {
   const std::string path = sftpKeysPath(desired.sftpKeysDir, name);
   auto it = current.keysFiles.find(name);
+  auto withSubject = [&](Action a) {
+    a.subject = name;
+    return a;
+  };
   if (content.empty()) {
     if (it != current.keysFiles.end()) {
-      actions.push_back(makeAction("remove-keys", path, "no key allowed for " + name, "keys file", "none"));
+      actions.push_back(
+          withSubject(makeAction("remove-keys", path, "no key allowed for " + name, "keys file", "none")));
     }
     return;
   }
   const std::string detail = std::to_string(keyCount) + (keyCount == 1 ? " key" : " keys") + " for " + name;
+  Stage stage = Stage::kGrant;
   if (it != current.keysFiles.end()) {
     const auto& f = it->second;
-    if (f.info.type == FileType::kRegular && f.info.mode == kSftpKeysFileMode && f.info.uid == 0 && f.info.gid == 0 &&
-        f.content == content) {
-      return;
+    const bool sameMeta =
+        f.info.type == FileType::kRegular && f.info.mode == kSftpKeysFileMode && f.info.uid == 0 && f.info.gid == 0;
+    if (sameMeta && f.content == content) return;
+    const std::set<std::string> before =
+        f.info.type == FileType::kRegular ? keyLines(f.content) : std::set<std::string>{};
+    const std::set<std::string> after = keyLines(content);
+    const bool adds = std::any_of(after.begin(), after.end(), [&](const std::string& l) { return !before.count(l); });
+    const bool removes =
+        std::any_of(before.begin(), before.end(), [&](const std::string& l) { return !after.count(l); });
+    if (!adds) {
+      stage = Stage::kRevoke;  // fewer keys, or the same keys with the right mode and owner
+    } else if (removes || !sameMeta) {
+      const std::string kept = onlyLinesIn(content, before);
+      if (keyLines(kept).empty()) {
+        actions.push_back(withSubject(
+            makeAction("remove-keys", path, "keys revoked before new ones for " + name, "keys file", "none")));
+      } else {
+        Action r = withSubject(
+            makeAction("write-keys", path, "keys revoked before new ones for " + name, "other content", "fewer keys"));
+        r.stage = Stage::kRevoke;
+        r.payload = kept;
+        actions.push_back(r);
+      }
     }
   }
-  Action a = makeAction("write-keys", path, detail, it == current.keysFiles.end() ? "none" : "other content",
-                        std::to_string(keyCount) + " keys");
+  Action a =
+      withSubject(makeAction("write-keys", path, detail, it == current.keysFiles.end() ? "none" : "other content",
+                             std::to_string(keyCount) + " keys"));
+  a.stage = stage;
   a.payload = content;
   actions.push_back(a);
 }
@@ -133,6 +201,10 @@ std::map<std::string, UserInfo> parsePasswd(const std::string& text) {
     users.emplace(u.name, u);
   }
   return users;
+}
+
+bool carriesSftpSignature(const UserInfo& user, std::optional<gid_t> transferGid) {
+  return user.home == kSftpHome && user.shell == kSftpShell && transferGid && user.gid == *transferGid;
 }
 
 std::string sftpKeysPath(const std::string& keysDir, const std::string& username) {
@@ -247,10 +319,17 @@ std::vector<Action> planSftpAccounts(const SftpAccountsDesired& desired, const S
     const bool exists = current.users.count(name) > 0;
     const bool owned = current.ownedUsers.count(name) > 0;
     if (exists && !owned) {
-      if (skipped) {
-        skipped->push_back({account.id, "user " + name + " exists and was not created by pim-access-agent"});
+      if (!carriesSftpSignature(current.users.at(name), current.groupGid)) {
+        if (skipped) {
+          skipped->push_back({account.id, "user " + name + " exists and was not created by pim-access-agent"});
+        }
+        continue;
       }
-      continue;
+      // The state database lost it (new, rebuilt or restored from elsewhere): the host proves it.
+      actions.push_back(makeAction("adopt", name,
+                                   std::string("carries the agent's signature: home ") + kSftpHome + ", shell " +
+                                       kSftpShell + ", group " + desired.transferGroup,
+                                   "not recorded", "recorded as the agent's"));
     }
     managed.insert(name);
     ShadowEntry shadow = freshShadow(name);
@@ -272,7 +351,15 @@ std::vector<Action> planSftpAccounts(const SftpAccountsDesired& desired, const S
       auto it = current.shadow.find(name);
       shadow = it != current.shadow.end() ? it->second : ShadowEntry{name, "", std::nullopt};
     }
+    const size_t firstCredential = actions.size();
     planCredentials(account, shadow, actions);
+    // A new account is created first: what locks it (inactive) comes after, not with the
+    // revocations that run before anything is created.
+    if (!exists) {
+      for (size_t i = firstCredential; i < actions.size(); ++i) {
+        if (actions[i].stage == Stage::kRevoke) actions[i].stage = Stage::kPrepare;
+      }
+    }
     planKeysFile(desired, current, name, renderSftpKeys(account), distinctKeyCount(account), keyActions);
   }
 
@@ -306,15 +393,16 @@ std::vector<Action> planSftpAccounts(const SftpAccountsDesired& desired, const S
     }
   }
 
-  // The keys directory must satisfy sshd's StrictModes before any file in it is useful.
-  bool writesKeys =
-      std::any_of(keyActions.begin(), keyActions.end(), [](const Action& a) { return a.verb == "write-keys"; });
+  // The keys directory must satisfy sshd's StrictModes before any file in it is useful, and a
+  // directory others can write lets them plant keys.
   const FileInfo& dir = current.keysDir;
-  if (writesKeys && dir.exists() && (dir.mode != kSftpKeysDirMode || dir.uid != 0 || dir.gid != 0)) {
-    actions.push_back(makeAction(
+  if (dir.exists() && (dir.mode != kSftpKeysDirMode || dir.uid != 0 || dir.gid != 0)) {
+    Action fix = makeAction(
         "fix-keys-dir", desired.sftpKeysDir,
         octal(dir.mode) + " " + std::to_string(dir.uid) + ":" + std::to_string(dir.gid) + " -> 0755 root:root",
-        octal(dir.mode), "0755 root:root"));
+        octal(dir.mode), "0755 root:root");
+    fix.subject.clear();
+    actions.push_back(fix);
   }
   // Keys go after the accounts exist; removed accounts lose their keys before the account goes.
   actions.insert(actions.end(), keyActions.begin(), keyActions.end());
@@ -323,6 +411,18 @@ std::vector<Action> planSftpAccounts(const SftpAccountsDesired& desired, const S
 }
 
 SftpAccountsProvider::SftpAccountsProvider(Logger log, Ledger& ledger) : ledger_(ledger), log_(std::move(log)) {}
+
+std::vector<Action> SftpAccountsProvider::containActions(const std::string& subject, const Desired& desired,
+                                                         Host& host) {
+  (void)desired;
+  if (subject.empty() || !ledger_.owns("user", subject)) return {};
+  auto user = host.findUser(subject);
+  if (!user || !user->has_value()) return {};
+  AccountsTool tool(host);
+  auto shadow = tool.shadow(subject);
+  if (shadow && shadow->has_value() && fullyLocked(**shadow)) return {};
+  return {makeAction("lock", subject, "contained: an earlier step for this account failed", "usable", "locked")};
+}
 
 std::string SftpAccountsProvider::name() const { return kProvider; }
 
@@ -357,9 +457,31 @@ Status SftpAccountsProvider::apply(const Action& action, const Desired& desired,
     user.shell = kSftpShell;
     user.primaryGroup = desired.host.transferGroup;
     user.system = true;
-    if (Status s = tool.addUser(user); !s) return s;
+    // Intent first: the account is recorded before useradd runs, so that a crash between the two
+    // can never leave an account that nobody knows about (the next plan removes or keeps it, or
+    // forgets the record when useradd never ran).
     if (Status s = ledger_.recordCreated("user", name); !s) return s;
-    log_->info("created SFTP account {}", name);
+    if (Status s = tool.addUser(user); !s) {
+      auto now = host.findUser(name);
+      if (now && !now->has_value()) (void)ledger_.recordRemoved("user", name);
+      return s;
+    }
+    log_->info("created SFTP account {} (locked until its password or keys are granted)", name);
+    return Status::ok();
+  }
+
+  if (action.verb == "adopt") {
+    auto existing = host.findUser(name);
+    if (!existing) return existing.status();
+    if (!existing->has_value()) return Status::error(ErrorCode::kNotFound, "adopt user " + name + ": no such user");
+    const UserInfo& u = **existing;
+    auto group = host.findGroup(desired.host.transferGroup);
+    if (!group) return group.status();
+    if (u.home != kSftpHome || u.shell != kSftpShell || !group->has_value() || u.gid != (*group)->gid) {
+      return Status::error(ErrorCode::kUnsafe, "adopt user " + name + ": no longer carries the agent's signature");
+    }
+    if (Status s = ledger_.recordCreated("user", name); !s) return s;
+    log_->warn("adopted SFTP account {}: not in the state database, but it carries the agent's signature", name);
     return Status::ok();
   }
 

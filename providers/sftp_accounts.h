@@ -23,10 +23,19 @@
 // cleared and the hash set again. Usernames in AccessDocument::lockedUsernames (entries that
 // became invalid) are locked the same way and never removed for it.
 //
-// Ownership: only accounts recorded in the Ledger ("user") are ever modified or removed. An
-// entry whose username already exists on the host and is not in the Ledger is refused: never
-// taken over, never modified; it is listed in skipped() ("user exists and was not created by
-// pim-access-agent") and the rest of the document still applies. Owned accounts absent from the
+// Ownership: only accounts recorded in the Ledger ("user") are ever modified or removed. The
+// record is written before useradd runs (intent first), so a crash never leaves an account the
+// agent does not know. An entry whose username exists on the host and is not in the Ledger is
+// adopted ("adopt") when it carries the agent's signature (home /transfer, shell nologin, primary
+// group transfer_group: nothing else makes such accounts), which survives the loss of the state
+// database; otherwise it is refused: never taken over, never modified; it is listed in skipped()
+// ("user exists and was not created by pim-access-agent"), the sshd drop-in denies it, and the
+// rest of the document still applies.
+//
+// Stages (providers/provider.h): removals, locks, a changed password's old value and keys that
+// go away are revocations; creating the (locked) account is preparation; a password, keys that
+// are added and an unlock are grants, applied only once the sshd configuration naming the account
+// is live. A keys file that loses some keys and gains others is written twice. Owned accounts absent from the
 // document (and not locked) are removed with userdel, never -r: their files under the transfer
 // root stay. The Ledger's "user" kind is shared with login_user, so only owned users that are
 // SFTP accounts (home /transfer) and not the login user are ever removed by this provider. A
@@ -47,13 +56,13 @@
 #include <string>
 #include <vector>
 
-#include "providers/accounts_tool.h"
-#include "providers/host.h"
-#include "providers/ledger.h"
-#include "providers/log.h"
-#include "providers/model.h"
+#include "providers/core/ledger.h"
+#include "providers/core/log.h"
+#include "providers/core/model.h"
+#include "providers/core/result.h"
+#include "providers/host/accounts_tool.h"
+#include "providers/host/host.h"
 #include "providers/provider.h"
-#include "providers/result.h"
 
 namespace pim {
 
@@ -64,6 +73,11 @@ inline constexpr mode_t kSftpKeysFileMode = 0644;
 
 /// Parses passwd(5) text into entries by name (malformed lines are ignored). Pure.
 std::map<std::string, UserInfo> parsePasswd(const std::string& text);
+
+/// True when `user` is an account the agent made as an SFTP account: home "/transfer" (which
+/// nothing else uses), shell nologin and the transfer group (gid `transferGid`) as primary group.
+/// The agent recognises its own accounts by it when the state database lacks them. Pure.
+bool carriesSftpSignature(const UserInfo& user, std::optional<gid_t> transferGid);
 
 /// <keysDir>/<username>.
 std::string sftpKeysPath(const std::string& keysDir, const std::string& username);
@@ -107,8 +121,9 @@ SftpAccountsDesired sftpAccountsDesired(const Desired& desired);
 Result<SftpAccountsCurrent> observeSftpAccounts(const SftpAccountsDesired& desired, const Ledger& ledger, Host& host);
 
 /// Pure: the actions that bring `current` to `desired`, in the order they must run. Verbs (object
-/// is the username unless said): "create", "set-shell", "set-group", "set-password" (payload:
-/// the hash), "lock-password" (key-only), "lock" (inactive or invalid entry), "unlock"
+/// is the username unless said): "create", "adopt" (an unrecorded account with the agent's
+/// signature), "set-shell", "set-group", "set-password" (payload: the hash), "lock-password"
+/// (key-only, or a changed password's old value), "lock" (inactive or invalid entry), "unlock"
 /// (reactivated; payload: the hash, empty for key-only), "remove" (userdel), "forget" (owned but
 /// gone from the host: dropped from the Ledger), "fix-keys-dir", "write-keys" (object: the keys
 /// file; payload: its content), "remove-keys" (object: the keys file). Refused entries (foreign
@@ -138,6 +153,8 @@ class SftpAccountsProvider : public Provider {
   /// Things apply() did that a person should know (a removal deferred because the user still
   /// runs processes). Cleared by plan().
   std::vector<std::string> reports() const override { return reports_; }
+  /// A "lock" of `subject` when it is an owned, existing account not yet locked for every method.
+  std::vector<Action> containActions(const std::string& subject, const Desired& desired, Host& host) override;
 
  private:
   Ledger& ledger_;

@@ -57,6 +57,7 @@ std::string describeOwner(const FileInfo& info) {
 Action makeAction(const std::string& verb, const std::string& object, const std::string& detail,
                   const std::string& before = {}, const std::string& after = {}) {
   Action a;
+  a.stage = (verb == "mkdir" || verb == "fix" || verb == "mount") ? Stage::kPrepare : Stage::kRevoke;
   a.provider = kProvider;
   a.verb = verb;
   a.object = object;
@@ -94,6 +95,7 @@ SftpChrootsDesired sftpChrootsDesired(const Desired& desired) {
     d.accounts.push_back({a.id, a.username, a.folder});
   }
   d.keepUsernames = desired.document.lockedUsernames;
+  d.transferGroup = desired.host.transferGroup;
   return d;
 }
 
@@ -115,8 +117,17 @@ Result<SftpChrootsCurrent> observeSftpChroots(const SftpChrootsDesired& desired,
   auto text = host.readFile("/etc/passwd", kMaxPasswdBytes);
   if (!text && text.status().code() != ErrorCode::kNotFound) return text.status();
   const auto users = text ? parsePasswd(*text) : std::map<std::string, UserInfo>();
+  std::optional<gid_t> transferGid;
+  if (!desired.transferGroup.empty()) {
+    auto group = host.findGroup(desired.transferGroup);
+    if (!group) return group.status();
+    if (group->has_value()) transferGid = (*group)->gid;
+  }
   for (const auto& a : desired.accounts) {
-    if (users.count(a.username) && !ledger.owns("user", a.username)) current.foreignUsers.insert(a.username);
+    auto user = users.find(a.username);
+    if (user != users.end() && !ledger.owns("user", a.username) && !carriesSftpSignature(user->second, transferGid)) {
+      current.foreignUsers.insert(a.username);
+    }
   }
 
   // lstat that records unsafe paths instead of failing: a symbolic link is found, not followed.
@@ -240,9 +251,11 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
 
     const int stacked = mountCount(tdir);
     const auto src = transferFolderPath(desired.transferRoot, acc.folder);
+    // Only the one mount the agent made there is ever replaced or taken away.
+    const bool ownMount = stacked == 1 && current.ownedMounts.count(tdir) > 0;
     if (!src || current.unsafe.count(*src)) {
       // The folder is refused (transfer_tree reports it): whatever is mounted no longer matches.
-      if (stacked > 0)
+      if (ownMount)
         actions.push_back(makeAction("unmount", tdir, "folder '" + acc.folder + "' refused", "mounted", "none"));
       continue;
     }
@@ -251,6 +264,12 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
       const FileInfo sinfo = infoOf(*src);
       const bool same = stacked == 1 && sinfo.exists() && tinfo.exists() && tinfo.device == sinfo.device &&
                         tinfo.inode == sinfo.inode;
+      if (!same && !ownMount) {
+        skip(acc.id, "mount point " + tdir + " holds " +
+                         (stacked > 1 ? std::to_string(stacked) + " mounts" : std::string("a mount")) +
+                         " that pim-access-agent did not make; left alone, the account is not bound there");
+        continue;
+      }
       if (!same) {
         Action a = makeAction("remount", tdir,
                               stacked > 1 ? std::to_string(stacked) + " mounts stacked; bind " + *src
@@ -287,10 +306,13 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
     return !user || !wanted.count(*user);
   };
   std::set<std::string> unmounted;
+  std::set<std::string> leftMounted;  // a mount someone else stacked there: left, with its chroot
   for (const auto& m : current.ownedMounts) {
     if (!stale(m)) continue;
     unmounted.insert(m);
-    if (mountCount(m) > 0) {
+    if (mountCount(m) > 1) {
+      leftMounted.insert(m);
+    } else if (mountCount(m) == 1) {
       actions.push_back(makeAction("unmount", m, "account removed", "mounted", "none"));
     } else {
       Action a = makeAction("forget", m, "mount no longer present", "recorded", "absent");
@@ -302,12 +324,17 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
   for (const auto& [target, count] : current.mounts) {
     auto user = chrootUserOf(base, target);
     if (!user || wanted.count(*user) || unmounted.count(target) || count == 0) continue;
+    if (count > 1) {
+      leftMounted.insert(target);
+      continue;
+    }
     if (target != chrootTransferPath(base, *user) || !current.ownedDirs.count(chrootPath(base, *user))) continue;
     actions.push_back(makeAction("unmount", target, "account removed", "mounted", "none"));
   }
   std::vector<std::string> dirs;
   for (const auto& d : current.ownedDirs) {
-    if (chrootUserOf(base, d) && stale(d)) dirs.push_back(d);
+    auto user = chrootUserOf(base, d);
+    if (user && stale(d) && !leftMounted.count(chrootTransferPath(base, *user))) dirs.push_back(d);
   }
   // Deeper first: transfer/ before its chroot.
   std::sort(dirs.begin(), dirs.end(), [](const std::string& a, const std::string& b) {
@@ -322,6 +349,9 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
       a.payload = "file";
       actions.push_back(a);
     }
+  }
+  for (auto& a : actions) {
+    if (auto user = chrootUserOf(base, a.object)) a.subject = *user;
   }
   return actions;
 }

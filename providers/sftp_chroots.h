@@ -22,6 +22,13 @@
 // transfer root. Accounts in AccessDocument::lockedUsernames keep their chroot and mount as they
 // are. An entry whose username exists on the host and is not owned (refused by sftp_accounts)
 // gets no chroot.
+//
+// A mount the agent did not make (not recorded, and not in a chroot directory the agent made) on
+// an account's mount point is never unmounted or replaced: the account is reported in skipped()
+// and not bound there (the cycle keeps it locked).
+//
+// Stages (providers/provider.h): unmounts, removals of directories and replacing a wrong mount
+// are revocations; directories and new mounts prepare a grant.
 
 #include <map>
 #include <optional>
@@ -29,12 +36,12 @@
 #include <string>
 #include <vector>
 
-#include "providers/host.h"
-#include "providers/ledger.h"
-#include "providers/log.h"
-#include "providers/model.h"
+#include "providers/core/ledger.h"
+#include "providers/core/log.h"
+#include "providers/core/model.h"
+#include "providers/core/result.h"
+#include "providers/host/host.h"
 #include "providers/provider.h"
-#include "providers/result.h"
 
 namespace pim {
 
@@ -51,11 +58,13 @@ struct SftpChrootsDesired {
   std::string transferRoot;  // host path
   std::vector<ChrootAccount> accounts;
   std::vector<std::string> keepUsernames;  // their chroot and mount are left as they are
+  std::string transferGroup;               // for the agent's signature on accounts it made
 };
 
 /// What observeSftpChroots() found.
 struct SftpChrootsCurrent {
-  std::set<std::string> foreignUsers;  // usernames of the document that exist and are not owned
+  /// Usernames of the document that exist, are not owned and do not carry the agent's signature.
+  std::set<std::string> foreignUsers;
   /// lstat of "/", the chroot base's ancestors, the base, each chroot, each chroot/transfer (seen
   /// through a mount when mounted), each folder, and each owned directory (kNone: missing).
   std::map<std::string, FileInfo> paths;

@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <map>
 
-#include "providers/settings.h"
+#include "providers/core/settings.h"
 
 namespace pim {
 namespace {
@@ -112,8 +112,9 @@ Status unsafe(const std::string& path, const std::string& why) {
 }
 
 Action makeAction(const std::string& verb, const std::string& object, const std::string& detail,
-                  const std::string& before, const std::string& after) {
+                  const std::string& before, const std::string& after, Stage stage = Stage::kRevoke) {
   Action a;
+  a.stage = stage;
   a.provider = kProvider;
   a.verb = verb;
   a.object = object;
@@ -257,7 +258,31 @@ std::vector<Action> planSshKeys(const SshKeysDesired& desired, const SshKeysCurr
       if (f.uid != 0 || f.gid != 0) parts.push_back("owner " + ownerText(f.uid, f.gid) + " -> 0:0");
     }
     parts.push_back(std::to_string(want.size()) + (want.size() == 1 ? " key" : " keys"));
-    Action a = makeAction("write", file, "", current.content ? idSummary(have) : "missing", idSummary(want));
+    // Keys that go away are revoked with the other revocations; new keys are a grant, written once
+    // the configuration confining the login user is live. A change with both is two writes.
+    const bool adds = std::any_of(want.begin(), want.end(), [&](const auto& w) {
+      auto it = have.find(w.first);
+      return it == have.end() || it->second != w.second;
+    });
+    if (adds && current.content) {
+      // What stays: the keys the file already grants and the document still wants, unchanged;
+      // anything else in the file (a removed key, a line someone added) goes first.
+      std::vector<SshKey> kept;
+      for (const auto& k : desired.keys) {
+        auto it = have.find(k.id);
+        auto w = want.find(k.id);
+        if (it != have.end() && w != want.end() && it->second == w->second) kept.push_back(k);
+      }
+      const std::string narrowed = renderKeysFile(desired.user, kept, desired.now);
+      if (narrowed != *current.content || ownDiffers) {
+        Action r = makeAction("write", file, "keys revoked before new ones are granted", idSummary(have), "fewer keys",
+                              Stage::kRevoke);
+        r.payload = narrowed;
+        actions.push_back(std::move(r));
+      }
+    }
+    const Stage stage = adds ? Stage::kGrant : (current.content ? Stage::kRevoke : Stage::kPrepare);
+    Action a = makeAction("write", file, "", current.content ? idSummary(have) : "missing", idSummary(want), stage);
     for (const auto& p : parts) a.detail += (a.detail.empty() ? "" : "; ") + p;
     a.payload = content;
     actions.push_back(std::move(a));

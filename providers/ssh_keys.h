@@ -26,12 +26,12 @@
 #include <string>
 #include <vector>
 
-#include "providers/host.h"
-#include "providers/ledger.h"
-#include "providers/log.h"
-#include "providers/model.h"
+#include "providers/core/ledger.h"
+#include "providers/core/log.h"
+#include "providers/core/model.h"
+#include "providers/core/result.h"
+#include "providers/host/host.h"
 #include "providers/provider.h"
-#include "providers/result.h"
 
 namespace pim {
 
@@ -85,7 +85,11 @@ Result<SshKeysCurrent> observeSshKeys(Host& host, const std::string& keysDir, co
 /// for a mode or owner other than 0644 root:root: the file is written afresh, never chmod-ed in
 /// place), "remove-legacy" (object: a 0.1 SFTP key file the Ledger owns; a missing one is only
 /// dropped from the Ledger), "remove-legacy-dir" (object: kLegacySftpKeysDir, once nothing else
-/// is in it).
+/// is in it). Stages: keys that go away are revoked with the revocations (a change that also adds
+/// keys is two writes: first the file without the removed keys, Stage::kRevoke, then the whole
+/// file, Stage::kGrant, once the drop-in confining the login user is live); a write that only adds
+/// is a grant, one that only removes (or fixes modes) a revocation, a first file without keys a
+/// preparation; the directory fix and the legacy clean-up take access away: revocations.
 std::vector<Action> planSshKeys(const SshKeysDesired& desired, const SshKeysCurrent& current);
 
 /// What the login user's own ~/.ssh/authorized_keys holds, for `status`: sshd ignores it.

@@ -15,7 +15,7 @@
 #include <sstream>
 #include <thread>
 
-#include "providers/scratch_dir.h"
+#include "providers/host/scratch_dir.h"
 
 namespace pim {
 namespace {
@@ -711,6 +711,7 @@ Result<std::vector<Action>> SshdDropinProvider::plan(const Desired& desired, Hos
     return actions;
   }
   Action a;
+  a.stage = Stage::kConfine;
   a.provider = name();
   a.verb = "write";
   a.object = path;

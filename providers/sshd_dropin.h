@@ -30,12 +30,12 @@
 #include <string>
 #include <vector>
 
-#include "providers/host.h"
-#include "providers/ledger.h"
-#include "providers/log.h"
+#include "providers/core/ledger.h"
+#include "providers/core/log.h"
+#include "providers/core/result.h"
+#include "providers/core/settings.h"
+#include "providers/host/host.h"
 #include "providers/provider.h"
-#include "providers/result.h"
-#include "providers/settings.h"
 #include "providers/sshd_probes.h"
 
 namespace pim {

@@ -31,7 +31,7 @@
 #include <string>
 #include <vector>
 
-#include "providers/settings.h"
+#include "providers/core/settings.h"
 
 namespace pim {
 

@@ -5,7 +5,7 @@
 #include <set>
 #include <sstream>
 
-#include "providers/accounts_tool.h"
+#include "providers/host/accounts_tool.h"
 
 namespace pim {
 namespace {
@@ -41,6 +41,9 @@ std::vector<std::string> folderComponents(const std::string& root, const std::st
 
 Action makeAction(const std::string& verb, const std::string& object, const std::string& detail) {
   Action a;
+  // Correcting a folder's mode or group can only narrow who may use it; creating one grants
+  // nothing by itself.
+  a.stage = verb == "fix" ? Stage::kRevoke : Stage::kPrepare;
   a.provider = kProvider;
   a.verb = verb;
   a.object = object;

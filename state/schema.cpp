@@ -76,11 +76,52 @@ CREATE TABLE pending_cycle (
 );
 )sql";
 
+// Version 2: a generation can be `partial` (applied but for the parts named in its error, which
+// were contained); `cause` says why the generation exists, `attempts` and `last_time` count the
+// retries of one document instead of a generation per retry. CHECK constraints cannot be altered:
+// the table is rebuilt (SQLite's "other kinds of table schema changes": new table, copy, drop,
+// rename), with foreign keys off while it runs (see applyMigrations).
+const char* const kSchemaV2 = R"sql(
+CREATE TABLE generations_v2 (
+  generation  INTEGER PRIMARY KEY AUTOINCREMENT,
+  time        INTEGER NOT NULL,
+  source      TEXT NOT NULL DEFAULT '',
+  revision    INTEGER,
+  etag        TEXT NOT NULL DEFAULT '',
+  doc_hash    TEXT NOT NULL DEFAULT '',
+  body        TEXT NOT NULL DEFAULT '',
+  outcome     TEXT NOT NULL CHECK (outcome IN
+                ('pending', 'applied', 'unchanged', 'rejected', 'partial', 'failed', 'rolled_back',
+                 'recorded')),
+  error       TEXT NOT NULL DEFAULT '',
+  rollback_of INTEGER,
+  cause       TEXT NOT NULL DEFAULT 'store' CHECK (cause IN
+                ('store', 'rollback', 'drift', 'boot', 'expiry', 'resume', 'recovery')),
+  attempts    INTEGER NOT NULL DEFAULT 1,
+  last_time   INTEGER
+);
+INSERT INTO generations_v2 (generation, time, source, revision, etag, doc_hash, body, outcome, error,
+                            rollback_of, cause)
+  SELECT generation, time, source, revision, etag, doc_hash, body, outcome, error, rollback_of,
+         CASE WHEN rollback_of IS NULL THEN 'store' ELSE 'rollback' END
+  FROM generations;
+-- Generation numbers are never reused: the new table's counter starts where the old one was.
+INSERT INTO sqlite_sequence (name, seq)
+  SELECT 'generations_v2', seq FROM sqlite_sequence WHERE name = 'generations'
+  AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'generations_v2');
+UPDATE sqlite_sequence SET seq = MAX(seq, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'generations'), 0))
+  WHERE name = 'generations_v2';
+DROP TABLE generations;
+ALTER TABLE generations_v2 RENAME TO generations;
+CREATE INDEX generations_by_outcome ON generations (outcome, generation);
+)sql";
+
 }  // namespace
 
 const std::vector<Migration>& migrations() {
   static const std::vector<Migration> kMigrations = {
       {1, kSchemaV1},
+      {2, kSchemaV2, true},
   };
   return kMigrations;
 }
@@ -91,6 +132,8 @@ const char* const kPragmaJournalModeWal = "PRAGMA journal_mode = WAL";
 const char* const kPragmaSynchronousFull = "PRAGMA synchronous = FULL";
 const char* const kPragmaSynchronousNormal = "PRAGMA synchronous = NORMAL";
 const char* const kPragmaForeignKeysOn = "PRAGMA foreign_keys = ON";
+const char* const kPragmaForeignKeysOff = "PRAGMA foreign_keys = OFF";
+const char* const kPragmaForeignKeyCheck = "PRAGMA foreign_key_check";
 const char* const kPragmaUserVersion = "PRAGMA user_version";
 const char* const kPragmaIntegrityCheck = "PRAGMA integrity_check";
 
@@ -108,6 +151,8 @@ const char* const kInsertChange =
     "INSERT INTO changes (generation, seq, provider, object, action, before, after) "
     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 const char* const kInsertSkipped = "INSERT INTO skipped (generation, seq, id, reason) VALUES (?1, ?2, ?3, ?4)";
+const char* const kDeleteSkipped = "DELETE FROM skipped WHERE generation = ?1";
+const char* const kNoteRetry = "UPDATE generations SET attempts = attempts + 1, last_time = ?2 WHERE generation = ?1";
 const char* const kInsertBackup =
     "INSERT INTO backups (generation, path, existed, content, mode, uid, gid) "
     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
@@ -134,7 +179,7 @@ const char* const kSelectHistory = PIM_GENERATION_COLUMNS("''") "ORDER BY g.gene
 const char* const kSelectLatest = PIM_GENERATION_COLUMNS("g.body") "ORDER BY g.generation DESC LIMIT 1";
 const char* const kSelectLastApplied =
     PIM_GENERATION_COLUMNS("g.body")
-    "WHERE g.outcome IN ('applied', 'unchanged', 'rolled_back') "
+    "WHERE g.outcome IN ('applied', 'unchanged', 'rolled_back', 'partial', 'failed') "
     "ORDER BY g.generation DESC LIMIT 1";
 
 #undef PIM_GENERATION_COLUMNS
@@ -148,7 +193,8 @@ const char* const kSelectBackups =
     "WHERE generation = ?1 ORDER BY path";
 
 // Deletes every generation older than the newest ?1, except the one in force (newest applied,
-// unchanged or rolled back), the pinned one and those of an interrupted cycle. Children cascade.
+// unchanged, rolled back, partial or failed), the pinned one and those of an interrupted cycle.
+// Children cascade.
 const char* const kPruneGenerations =
     "DELETE FROM generations WHERE generation < "
     "  (SELECT MIN(generation) FROM "
@@ -157,7 +203,7 @@ const char* const kPruneGenerations =
     "  (SELECT value FROM meta WHERE key = 'pinned_generation') "
     "AND generation IS NOT "
     "  (SELECT generation FROM generations "
-    "   WHERE outcome IN ('applied', 'unchanged', 'rolled_back') "
+    "   WHERE outcome IN ('applied', 'unchanged', 'rolled_back', 'partial', 'failed') "
     "   ORDER BY generation DESC LIMIT 1) "
     "AND generation NOT IN "
     "  (SELECT generation FROM pending_cycle UNION ALL "
@@ -180,6 +226,8 @@ const char* const kMetaLastPollOutcome = "last_poll_outcome";
 const char* const kMetaLastError = "last_error";
 const char* const kMetaHighestStoreRevision = "highest_store_revision";
 const char* const kMetaStoreRevision = "store_revision";
+const char* const kMetaReloadPending = "sshd_reload_pending";
+const char* const kMetaRecoveryAttempts = "recovery_attempts";
 
 // ---- owned objects ----
 

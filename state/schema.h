@@ -9,9 +9,13 @@
 namespace pim::sql {
 
 /// One schema step: running `sql` on a database at version `version - 1` brings it to `version`.
+/// A step that rebuilds a table referenced by foreign keys runs with foreign key enforcement off
+/// (SQLite's procedure for schema changes ALTER TABLE cannot make), and checks them before it
+/// commits.
 struct Migration {
   int version;
   const char* sql;
+  bool rebuildsTables = false;
 };
 
 /// The ordered migrations, versions 1, 2, ... without gaps. Append only: never edit a released one.
@@ -24,8 +28,10 @@ extern const char* const kPragmaJournalModeWal;  // returns the mode now in forc
 extern const char* const kPragmaSynchronousFull;
 extern const char* const kPragmaSynchronousNormal;
 extern const char* const kPragmaForeignKeysOn;
-extern const char* const kPragmaUserVersion;     // returns the schema version
-extern const char* const kPragmaIntegrityCheck;  // returns "ok" or the problems found
+extern const char* const kPragmaForeignKeysOff;
+extern const char* const kPragmaForeignKeyCheck;  // returns one row per violation
+extern const char* const kPragmaUserVersion;      // returns the schema version
+extern const char* const kPragmaIntegrityCheck;   // returns "ok" or the problems found
 
 // Transactions.
 extern const char* const kBeginRead;
@@ -37,6 +43,8 @@ extern const char* const kRollback;
 extern const char* const kInsertGeneration;
 extern const char* const kInsertChange;
 extern const char* const kInsertSkipped;
+extern const char* const kDeleteSkipped;
+extern const char* const kNoteRetry;
 extern const char* const kInsertBackup;
 extern const char* const kInsertBackupKeepFirst;
 extern const char* const kGenerationExists;
@@ -64,6 +72,8 @@ extern const char* const kMetaLastPollOutcome;
 extern const char* const kMetaLastError;
 extern const char* const kMetaHighestStoreRevision;
 extern const char* const kMetaStoreRevision;
+extern const char* const kMetaReloadPending;
+extern const char* const kMetaRecoveryAttempts;
 
 // Owned objects.
 extern const char* const kInsertOwned;

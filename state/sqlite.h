@@ -11,7 +11,7 @@
 #include <string>
 #include <unordered_map>
 
-#include "providers/result.h"
+#include "providers/core/result.h"
 
 namespace pim::sqlite {
 

@@ -7,11 +7,12 @@ namespace pim {
 namespace {
 
 // These spellings are also written in state/schema.cpp's CHECK constraints and queries.
-constexpr std::array<std::pair<GenerationOutcome, const char*>, 7> kOutcomeNames = {{
+constexpr std::array<std::pair<GenerationOutcome, const char*>, 8> kOutcomeNames = {{
     {GenerationOutcome::kPending, "pending"},
     {GenerationOutcome::kApplied, "applied"},
     {GenerationOutcome::kUnchanged, "unchanged"},
     {GenerationOutcome::kRejected, "rejected"},
+    {GenerationOutcome::kPartial, "partial"},
     {GenerationOutcome::kFailed, "failed"},
     {GenerationOutcome::kRolledBack, "rolled_back"},
     {GenerationOutcome::kRecorded, "recorded"},
@@ -43,7 +44,8 @@ std::optional<GenerationOutcome> parseOutcome(const std::string& name) {
 
 bool outcomeIsInForce(GenerationOutcome outcome) {
   return outcome == GenerationOutcome::kApplied || outcome == GenerationOutcome::kUnchanged ||
-         outcome == GenerationOutcome::kRolledBack;
+         outcome == GenerationOutcome::kRolledBack || outcome == GenerationOutcome::kPartial ||
+         outcome == GenerationOutcome::kFailed;
 }
 
 const char* ownedKindName(OwnedKind kind) {

@@ -15,16 +15,20 @@ enum class GenerationOutcome {
   kApplied,     // applied from the store
   kUnchanged,   // fetched, already in force: nothing to change
   kRejected,    // refused as a whole (invalid, replay, bad signature); the host did not change
-  kFailed,      // applying failed part-way; the host was restored to the previous generation
+  kPartial,     // applied except the parts named in the error, which were contained (locked or left out)
+  kFailed,      // the confining sshd configuration could not be made live (or the cycle was stopped):
+                // the revocations were applied, nothing was granted; retried
   kRolledBack,  // made by `rollback N`: generation N's document applied again (and pinned)
   kRecorded,    // fetched while pinned, not applied
 };
 
-/// "pending", "applied", "unchanged", "rejected", "failed", "rolled_back" or "recorded".
+/// "pending", "applied", "unchanged", "rejected", "partial", "failed", "rolled_back" or "recorded".
 const char* outcomeName(GenerationOutcome outcome);
 /// The outcome named `name` (as outcomeName writes it), or nullopt.
 std::optional<GenerationOutcome> parseOutcome(const std::string& name);
-/// True for the outcomes whose document is in force on the host: applied, unchanged, rolled_back.
+/// True for the outcomes whose document is in force on the host: applied, unchanged, rolled_back,
+/// partial and failed (a document whose cycle began is in force: its revocations were applied, and
+/// what it grants and the host does not yet is retried, never the previous document's grants).
 bool outcomeIsInForce(GenerationOutcome outcome);
 
 /// Kinds of host objects the agent records as its own, so that it only ever removes those.
@@ -46,7 +50,7 @@ struct ChangeInput {
   std::string after;
 };
 
-/// An entry of the document that was skipped, and why. (state/ does not see providers/model.h;
+/// An entry of the document that was skipped, and why. (state/ does not see providers/core/model.h;
 /// use toSkippedRecords()/fromSkippedRecords() to convert from/to the document's SkippedEntry.)
 struct SkippedRecord {
   std::string id;

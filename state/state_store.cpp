@@ -154,6 +154,20 @@ Status applyMigrations(Database& db, int fromVersion, int* rcOut) {
   for (const auto& migration : sql::migrations()) {
     if (migration.version <= fromVersion) continue;
     const std::string what = "migrate state database to schema " + std::to_string(migration.version) + ":";
+    // PRAGMA foreign_keys is a no-op inside a transaction: switched around it, and always back on.
+    struct ForeignKeysOff {
+      Database& db;
+      bool on;
+      ~ForeignKeysOff() {
+        if (on) (void)db.exec(sql::kPragmaForeignKeysOn, "enable foreign keys");
+      }
+    } fkOff{db, migration.rebuildsTables};
+    if (migration.rebuildsTables) {
+      if (Status st = db.exec(sql::kPragmaForeignKeysOff, what); !st) {
+        *rcOut = db.lastErrorCode();
+        return st;
+      }
+    }
     auto txn = Transaction::begin(db, Transaction::Mode::kWrite, what);
     if (!txn) {
       *rcOut = db.lastErrorCode();
@@ -167,6 +181,13 @@ Status applyMigrations(Database& db, int fromVersion, int* rcOut) {
     if (!st) {
       *rcOut = db.lastErrorCode();
       return st;
+    }
+    if (migration.rebuildsTables) {
+      auto violation = pragmaText(db, sql::kPragmaForeignKeyCheck, what, rcOut);
+      if (!violation) return violation.status();
+      if (!violation->empty()) {
+        return Status::error(ErrorCode::kIo, what + " a foreign key no longer holds (table " + *violation + ")");
+      }
     }
     // PRAGMA takes no bound parameters; the value is the migration's own integer constant.
     const std::string setVersion = "PRAGMA user_version = " + std::to_string(migration.version);
@@ -385,6 +406,7 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& realPath
   }
   std::unique_ptr<StateStore> store(new StateStore(std::move(attempt.db), realPath, std::move(log), keepGenerations));
   store->rebuilt_ = !movedAside.empty();
+  store->created_ = attempt.fromVersion == 0;
   store->movedAsidePath_ = movedAside;
   return store;
 }
@@ -421,9 +443,11 @@ Status StateStore::setMetaValue(const char* key, std::optional<int64_t> intValue
 
 Status StateStore::raiseHighestRevision(int64_t /*generation*/, GenerationOutcome outcome,
                                         std::optional<int64_t> revision, const std::string& what) {
-  // Rollbacks re-apply an old document on purpose: they must not move the replay bar.
+  // Rollbacks re-apply an old document on purpose: they must not move the replay bar. A document
+  // that was partly applied, or whose grants wait, is in force all the same.
   if (!revision) return Status::ok();
-  if (outcome != GenerationOutcome::kApplied && outcome != GenerationOutcome::kUnchanged) {
+  if (outcome != GenerationOutcome::kApplied && outcome != GenerationOutcome::kUnchanged &&
+      outcome != GenerationOutcome::kPartial && outcome != GenerationOutcome::kFailed) {
     return Status::ok();
   }
   auto stmt = Statement::prepare(*db_, sql::kRaiseMetaMax, what);
@@ -601,12 +625,20 @@ Status StateStore::appendChanges(int64_t generation, const std::vector<ChangeInp
     return Status::error(ErrorCode::kNotFound, what + " " + path_ + ": no generation " + std::to_string(generation),
                          path_);
   }
+  if (Status st = insertChangesLocked(generation, changes, what); !st) return st;
+  return (*txn)->commit();
+}
+
+Status StateStore::insertChangesLocked(int64_t generation, const std::vector<ChangeInput>& changes,
+                                       const std::string& what) {
+  if (changes.empty()) return Status::ok();
   auto maxSeq = Statement::prepare(*db_, sql::kMaxChangeSeq, what);
   if (!maxSeq) return maxSeq.status();
   maxSeq->bind(1, generation);
   auto row = maxSeq->step();
   if (!row) return row.status();
   int64_t seq = *row ? maxSeq->columnInt(0) : 0;
+  maxSeq->reset();
 
   auto stmt = Statement::prepare(*db_, sql::kInsertChange, what);
   if (!stmt) return stmt.status();
@@ -621,6 +653,41 @@ Status StateStore::appendChanges(int64_t generation, const std::vector<ChangeInp
     Status st = stmt->run();
     if (!st) return st;
   }
+  return Status::ok();
+}
+
+Status StateStore::replaceSkippedLocked(int64_t generation, const std::vector<SkippedRecord>& skipped,
+                                        const std::string& what) {
+  auto clear = Statement::prepare(*db_, sql::kDeleteSkipped, what);
+  if (!clear) return clear.status();
+  clear->bind(1, generation);
+  if (Status st = clear->run(); !st) return st;
+  auto stmt = Statement::prepare(*db_, sql::kInsertSkipped, what);
+  if (!stmt) return stmt.status();
+  int64_t seq = 0;
+  for (const auto& s : skipped) {
+    stmt->bind(1, generation).bind(2, ++seq).bind(3, s.id).bind(4, s.reason);
+    Status st = stmt->run();
+    if (!st) return st;
+  }
+  return Status::ok();
+}
+
+Status StateStore::noteRetry(int64_t generation, int64_t time) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const std::string what = "note a retry of generation " + std::to_string(generation) + " in";
+  auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
+  if (!txn) return txn.status();
+  auto found = exists(generation, what);
+  if (!found) return found.status();
+  if (!*found) {
+    return Status::error(ErrorCode::kNotFound, what + " " + path_ + ": no generation " + std::to_string(generation),
+                         path_);
+  }
+  auto stmt = Statement::prepare(*db_, sql::kNoteRetry, what);
+  if (!stmt) return stmt.status();
+  stmt->bind(1, generation).bind(2, time);
+  if (Status st = stmt->run(); !st) return st;
   return (*txn)->commit();
 }
 
@@ -908,7 +975,9 @@ Status StateStore::beginCycle(int64_t generation, std::optional<int64_t> previou
   return (*txn)->commit();
 }
 
-Status StateStore::finishCycle(GenerationOutcome outcome, const std::string& error) {
+Status StateStore::finishCycle(GenerationOutcome outcome, const std::string& error,
+                               const std::vector<ChangeInput>& changes,
+                               const std::optional<std::vector<SkippedRecord>>& skipped) {
   std::lock_guard<std::mutex> lock(mutex_);
   const std::string what = "finish cycle in";
   auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
@@ -922,20 +991,63 @@ Status StateStore::finishCycle(GenerationOutcome outcome, const std::string& err
   }
   const int64_t generation = pending->columnInt(0);
   pending->reset();
-  Status st = setOutcomeLocked(generation, outcome, error, what);
+  Status st = insertChangesLocked(generation, changes, what);
+  if (!st) return st;
+  if (skipped) {
+    st = replaceSkippedLocked(generation, *skipped, what);
+    if (!st) return st;
+  }
+  st = setOutcomeLocked(generation, outcome, error, what);
   if (!st) return st;
   auto clear = Statement::prepare(*db_, sql::kDeletePendingCycle, what);
   if (!clear) return clear.status();
   st = clear->run();
+  if (!st) return st;
+  st = setMetaValue(sql::kMetaRecoveryAttempts, std::nullopt, std::nullopt, what);
   if (!st) return st;
   return (*txn)->commit();
 }
 
 Status StateStore::endCycle() {
   std::lock_guard<std::mutex> lock(mutex_);
-  auto stmt = Statement::prepare(*db_, sql::kDeletePendingCycle, "end cycle in");
+  const std::string what = "end cycle in";
+  auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
+  if (!txn) return txn.status();
+  auto stmt = Statement::prepare(*db_, sql::kDeletePendingCycle, what);
   if (!stmt) return stmt.status();
-  return stmt->run();
+  if (Status st = stmt->run(); !st) return st;
+  if (Status st = setMetaValue(sql::kMetaRecoveryAttempts, std::nullopt, std::nullopt, what); !st) return st;
+  return (*txn)->commit();
+}
+
+Result<int64_t> StateStore::noteRecoveryAttempt() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const std::string what = "count recovery attempts in";
+  auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
+  if (!txn) return txn.status();
+  auto count = metaInt(sql::kMetaRecoveryAttempts, what);
+  if (!count) return count.status();
+  const int64_t attempts = count->value_or(0) + 1;
+  if (Status st = setMetaValue(sql::kMetaRecoveryAttempts, attempts, std::nullopt, what); !st) return st;
+  if (Status st = (*txn)->commit(); !st) return st;
+  return attempts;
+}
+
+Status StateStore::setReloadPending(const std::string& error) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const std::string what = error.empty() ? "clear the pending sshd reload in" : "record a pending sshd reload in";
+  return setMetaValue(sql::kMetaReloadPending, std::nullopt,
+                      error.empty() ? std::nullopt : std::optional<std::string>(error), what);
+}
+
+Result<std::string> StateStore::reloadPending() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto stmt = Statement::prepare(*db_, sql::kSelectMeta, "read the pending sshd reload from");
+  if (!stmt) return stmt.status();
+  stmt->bind(1, sql::kMetaReloadPending);
+  auto row = stmt->step();
+  if (!row) return row.status();
+  return *row ? stmt->columnText(0) : std::string();
 }
 
 Result<std::optional<PendingCycle>> StateStore::pendingCycle() const {

@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "providers/log.h"
-#include "providers/result.h"
+#include "providers/core/log.h"
+#include "providers/core/result.h"
 #include "state/state_records.h"
 
 namespace pim {
@@ -50,6 +50,10 @@ class StateStore {
   /// True when open() found an unusable database, moved it aside and started afresh: ownership
   /// and history were lost and the agent should rebuild ownership from the host.
   bool rebuilt() const { return rebuilt_; }
+  /// True when open() found no database (schema version 0: a new or emptied state directory, a
+  /// lost /var/lib) and created it, or rebuilt(): what the agent made on the host is not recorded
+  /// and must be recognised from the host again.
+  bool created() const { return created_; }
   /// Where open() moved an unusable database ("" when rebuilt() is false).
   const std::string& movedAsidePath() const { return movedAsidePath_; }
   /// The database file's path as given to open().
@@ -138,13 +142,32 @@ class StateStore {
   /// Errors: kNotFound (either generation missing), kInvalid (a cycle is already pending: finish
   /// or end it first), kIo.
   Status beginCycle(int64_t generation, std::optional<int64_t> previousGeneration);
-  /// Sets the pending cycle's generation's outcome (as updateOutcome) and clears the journal, in
-  /// one transaction. Errors: kNotFound (no cycle pending), kIo.
-  Status finishCycle(GenerationOutcome outcome, const std::string& error = {});
+  /// Sets the pending cycle's generation's outcome (as updateOutcome), appends `changes` after the
+  /// ones recorded, replaces its skipped entries with `skipped` unless nullopt, and clears the
+  /// journal, in one transaction. Errors: kNotFound (no cycle pending), kIo.
+  Status finishCycle(GenerationOutcome outcome, const std::string& error = {},
+                     const std::vector<ChangeInput>& changes = {},
+                     const std::optional<std::vector<SkippedRecord>>& skipped = std::nullopt);
+  /// Notes one more attempt at applying generation `generation`'s document (a retry of a partial
+  /// or failed generation), at `time`. Errors: kNotFound, kIo.
+  Status noteRetry(int64_t generation, int64_t time);
   /// Clears the journal without touching outcomes. Idempotent.
   Status endCycle();
   /// The cycle that began and did not end (after a crash), or nullopt.
   Result<std::optional<PendingCycle>> pendingCycle() const;
+  /// Counts one more attempt to recover the pending cycle and returns the count (1 the first
+  /// time); finishCycle() and endCycle() reset it. A cycle whose recovery keeps crashing is then
+  /// recovered with its revocations only. Errors: kIo.
+  Result<int64_t> noteRecoveryAttempt();
+
+  // ---- sshd reload owed ----
+
+  /// Records that a drop-in is in place that sshd did not load (`error`: why the reload failed),
+  /// or with "" that sshd loaded it. Until then every cycle retries the reload before granting
+  /// anything. Errors: kIo.
+  Status setReloadPending(const std::string& error);
+  /// The failure of the reload still owed, or "" when none.
+  Result<std::string> reloadPending() const;
 
  private:
   StateStore(std::unique_ptr<sqlite::Database> db, std::string path, Logger log, int64_t keepGenerations);
@@ -159,12 +182,15 @@ class StateStore {
                               const std::string& what);
   Status setOutcomeLocked(int64_t generation, GenerationOutcome outcome, const std::string& error,
                           const std::string& what);
+  Status insertChangesLocked(int64_t generation, const std::vector<ChangeInput>& changes, const std::string& what);
+  Status replaceSkippedLocked(int64_t generation, const std::vector<SkippedRecord>& skipped, const std::string& what);
 
   std::unique_ptr<sqlite::Database> db_;
   std::string path_;
   Logger log_;
   int64_t keepGenerations_;
   bool rebuilt_ = false;
+  bool created_ = false;
   std::string movedAsidePath_;
   mutable std::mutex mutex_;
 };

@@ -30,8 +30,8 @@
 #include <thread>
 #include <vector>
 
-#include "agent/perm_watcher.h"
-#include "providers/transfer_perms.h"
+#include "agent/daemon/perm_watcher.h"
+#include "providers/host/transfer_perms.h"
 
 namespace {
 

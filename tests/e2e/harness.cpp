@@ -23,7 +23,7 @@
 
 #include <Poco/JSON/Parser.h>
 
-#include "providers/scratch_dir.h"
+#include "providers/host/scratch_dir.h"
 
 extern char** environ;
 

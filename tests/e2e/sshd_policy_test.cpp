@@ -242,16 +242,18 @@ TEST_CASE("e2e sshd policy: an earlier drop-in turning passwords back on is name
   CHECK(contains(r.err, "passwordauthentication yes for akeneo from "));
   CHECK(contains(r.err, "(want no): set by /etc/ssh/sshd_config.d/05-evil.conf (Match all, line 2)"));
   CHECK(contains(r.out, "outcome: failed"));
-  // Nothing installed, sshd not reloaded, the document in force is still revision 1.
+  // Nothing installed, sshd not reloaded; revision 2 is in force but failed: its revocations
+  // apply, its grants (k-b) wait.
   CHECK(readFile(ManagedHost::kDropin) == dropin);
   CHECK(host.sshd().starts() == starts);
   CHECK(occurrencesOf(host.sshd().log(), "Received SIGHUP") == hups);
   auto status = host.status();
-  CHECK(status->getValue<int64_t>("revision") == 1);
+  CHECK(status->getValue<int64_t>("revision") == 2);
+  CHECK(status->getValue<std::string>("outcome") == "failed");
   REQUIRE_FALSE(status->isNull("last_error"));
   CHECK(contains(status->getValue<std::string>("last_error"), "05-evil.conf"));
-  requireLogsIn(host, kLogin, a, "k-a (revision 1 in force)");
-  requireRefused(host, kLogin, b, "k-b (revision 2 not applied)");
+  requireLogsIn(host, kLogin, a, "k-a (kept by revision 2)");
+  requireRefused(host, kLogin, b, "k-b (granted by revision 2, held back)");
 
   // Once the file is gone, the same document applies.
   REQUIRE(::unlink("/etc/ssh/sshd_config.d/05-evil.conf") == 0);
@@ -290,7 +292,9 @@ TEST_CASE("e2e sshd policy: a reload that leaves sshd not answering fails once; 
   CHECK(contains(r.err, "sshd stopped answering on 127.0.0.1:" + std::to_string(host.sshd().port()) +
                             " after the reload: previous drop-in restored"));
   CHECK(readFile(ManagedHost::kDropin) == dropin);
-  CHECK(host.status()->getValue<int64_t>("revision") == 1);
+  auto status = host.status();
+  CHECK(status->getValue<int64_t>("revision") == 2);
+  CHECK(status->getValue<std::string>("outcome") == "failed");
   requireLogsIn(host, kLogin, a, "k-a, sshd running again with revision 1's drop-in");
 }
 

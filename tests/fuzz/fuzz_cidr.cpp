@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "agent/validators.h"
+#include "agent/document/validators.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto cidr = pim::parseCidr(std::string_view(reinterpret_cast<const char*>(data), size));

@@ -7,8 +7,8 @@
 #include <string>
 #include <string_view>
 
-#include "agent/document.h"
-#include "agent/validators.h"
+#include "agent/document/document.h"
+#include "agent/document/validators.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view body(reinterpret_cast<const char*>(data), size);

@@ -8,7 +8,7 @@
 #include <string>
 #include <string_view>
 
-#include "agent/validators.h"
+#include "agent/document/validators.h"
 
 namespace {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-#include "agent/validators.h"
+#include "agent/document/validators.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);

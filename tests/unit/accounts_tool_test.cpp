@@ -1,4 +1,4 @@
-#include "providers/accounts_tool.h"
+#include "providers/host/accounts_tool.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -6,7 +6,7 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 
-#include "providers/real_host.h"
+#include "providers/host/real_host.h"
 #include "tests/support/etc_sandbox.h"
 #include "tests/support/skip.h"
 

@@ -1,10 +1,10 @@
-#include "agent/adopt.h"
+#include "agent/cycle/adopt.h"
 
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
 
-#include "providers/real_host.h"
+#include "providers/host/real_host.h"
 
 namespace fs = std::filesystem;
 

@@ -20,7 +20,7 @@
 #include <stdexcept>
 #include <thread>
 
-#include "agent/cli_support.h"
+#include "agent/cli/cli_support.h"
 
 namespace pim {
 namespace agenttest {

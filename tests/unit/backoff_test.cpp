@@ -1,4 +1,4 @@
-#include "agent/backoff.h"
+#include "agent/daemon/backoff.h"
 
 #include <catch2/catch.hpp>
 

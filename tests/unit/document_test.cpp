@@ -1,4 +1,4 @@
-#include "agent/document.h"
+#include "agent/document/document.h"
 
 #include <catch2/catch.hpp>
 #include <fstream>

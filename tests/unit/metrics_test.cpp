@@ -1,6 +1,6 @@
 // Metrics for node_exporter's textfile collector: the rendering (golden file), the counters, the
 // snapshot read from a real state database, the atomic 0644 write, and the config key.
-#include "agent/metrics.h"
+#include "agent/daemon/metrics.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,10 +13,10 @@
 #include <sstream>
 #include <string>
 
-#include "agent/config.h"
-#include "agent/document.h"
-#include "providers/log.h"
-#include "providers/real_host.h"
+#include "agent/config/config.h"
+#include "agent/document/document.h"
+#include "providers/core/log.h"
+#include "providers/host/real_host.h"
 #include "state/state_store.h"
 #include "tests/support/temp_dir.h"
 
@@ -53,6 +53,7 @@ MetricsSnapshot fullSnapshot() {
   s.appliedRevision = 42;
   s.generation = 7;
   s.pinned = true;
+  s.reloadPending = true;
   s.keysInstalled = 3;
   s.sftpAccountsActive = 2;
   s.sftpAccountsInactive = 1;
@@ -157,6 +158,7 @@ TEST_CASE("metrics: every metric has HELP and TYPE before its samples", "[metric
                                           "pim_access_agent_applied_revision",
                                           "pim_access_agent_generation",
                                           "pim_access_agent_pinned",
+                                          "pim_access_agent_sshd_reload_pending",
                                           "pim_access_agent_keys_installed",
                                           "pim_access_agent_sftp_accounts",
                                           "pim_access_agent_skipped_entries",
@@ -171,6 +173,7 @@ TEST_CASE("metrics: an empty snapshot writes zeros and every error kind", "[metr
   CHECK(text.find("pim_access_agent_last_success_timestamp_seconds 0\n") != std::string::npos);
   CHECK(text.find("pim_access_agent_applied_revision 0\n") != std::string::npos);
   CHECK(text.find("pim_access_agent_pinned 0\n") != std::string::npos);
+  CHECK(text.find("pim_access_agent_sshd_reload_pending 0\n") != std::string::npos);
   for (const char* kind : pim::kMetricErrorKinds) {
     CHECK(text.find("pim_access_agent_errors_total{kind=\"" + std::string(kind) + "\"} 0\n") != std::string::npos);
   }
@@ -262,6 +265,13 @@ TEST_CASE("metrics: snapshot counts the document in force", "[metrics]") {
   auto pinned = pim::snapshotFrom(*store, config, counters, kNow);
   REQUIRE(pinned.isOk());
   CHECK(pinned->pinned);
+  CHECK_FALSE(pinned->reloadPending);
+
+  // A reload of sshd owed since a failed one shows until sshd reloads.
+  REQUIRE(store->setReloadPending("reload sshd (systemctl reload ssh): exit code 1").isOk());
+  auto owed = pim::snapshotFrom(*store, config, counters, kNow);
+  REQUIRE(owed.isOk());
+  CHECK(owed->reloadPending);
 }
 
 TEST_CASE("metrics: without counters the last success comes from the database", "[metrics]") {

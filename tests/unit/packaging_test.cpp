@@ -7,7 +7,7 @@
 #include <sstream>
 #include <string>
 
-#include "agent/config.h"
+#include "agent/config/config.h"
 
 namespace {
 

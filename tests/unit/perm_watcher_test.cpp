@@ -1,4 +1,4 @@
-#include "agent/perm_watcher.h"
+#include "agent/daemon/perm_watcher.h"
 
 #include <fcntl.h>
 #include <ftw.h>

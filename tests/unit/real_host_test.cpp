@@ -1,4 +1,4 @@
-#include "providers/real_host.h"
+#include "providers/host/real_host.h"
 
 #include <sys/stat.h>
 #include <unistd.h>

@@ -7,8 +7,8 @@
 #include <filesystem>
 #include <sstream>
 
-#include "providers/accounts_tool.h"
-#include "providers/real_host.h"
+#include "providers/host/accounts_tool.h"
+#include "providers/host/real_host.h"
 #include "tests/support/etc_sandbox.h"
 #include "tests/support/skip.h"
 
@@ -143,9 +143,12 @@ TEST_CASE("planSftpAccounts table", "[sftp_accounts]") {
     auto c = emptyHost();
     addOwned(c, "alpha", kHashA);
     auto actions = planSftpAccounts(desiredOf({account("a", "alpha", kHashB)}), c);
-    REQUIRE(verbsAndObjects(actions) == std::vector<std::string>{"set-password alpha"});
-    CHECK(actions[0].payload == kHashB);
-    CHECK(actions[0].before == "another hash");
+    // The old password is revoked with the revocations; the new one is a grant.
+    REQUIRE(verbsAndObjects(actions) == std::vector<std::string>{"lock-password alpha", "set-password alpha"});
+    CHECK(actions[0].stage == Stage::kRevoke);
+    CHECK(actions[1].stage == Stage::kGrant);
+    CHECK(actions[1].payload == kHashB);
+    CHECK(actions[1].before == "another hash");
     checkNoSecrets(actions);
   }
   SECTION("a key-only entry with a usable password gets it locked") {
@@ -189,6 +192,69 @@ TEST_CASE("planSftpAccounts table", "[sftp_accounts]") {
     REQUIRE(skipped.size() == 1);
     CHECK(skipped[0].id == "sftp-a");
     CHECK(skipped[0].reason == "user alpha exists and was not created by pim-access-agent");
+  }
+  SECTION("an unrecorded account with the agent's signature is adopted, not refused (a lost state database)") {
+    auto c = emptyHost();
+    addOwned(c, "alpha", kHashA);
+    c.ownedUsers.clear();
+    std::vector<SkippedEntry> skipped;
+    auto actions = planSftpAccounts(desiredOf({account("a", "alpha", kHashB)}), c, &skipped);
+    CHECK(skipped.empty());
+    CHECK(verbsAndObjects(actions) ==
+          std::vector<std::string>{"adopt alpha", "lock-password alpha", "set-password alpha"});
+    CHECK(actions[0].stage == Stage::kRevoke);
+    // Without the signature (another home, shell or group) it is someone else's.
+    for (auto change : {+[](UserInfo& u) { u.home = "/home/alpha"; }, +[](UserInfo& u) { u.shell = "/bin/sh"; },
+                        +[](UserInfo& u) { u.gid = 100; }}) {
+      auto other = c;
+      change(other.users["alpha"]);
+      skipped.clear();
+      CHECK(planSftpAccounts(desiredOf({account("a", "alpha", kHashB)}), other, &skipped).empty());
+      CHECK(skipped.size() == 1);
+    }
+  }
+  SECTION("stages: a new account is prepared (created and, inactive, locked) before its password is granted") {
+    auto actions = planSftpAccounts(
+        desiredOf({account("a", "alpha", kHashA), account("b", "bravo", kHashA, false, {kBobKey})}), emptyHost());
+    REQUIRE(verbsAndObjects(actions) ==
+            std::vector<std::string>{"create alpha", "set-password alpha", "create bravo", "lock bravo"});
+    CHECK(actions[0].stage == Stage::kPrepare);
+    CHECK(actions[1].stage == Stage::kGrant);
+    CHECK(actions[2].stage == Stage::kPrepare);
+    CHECK(actions[3].stage == Stage::kPrepare);  // after its creation, not with the revocations
+    for (const auto& a : actions) CHECK(a.subject == a.object);
+  }
+  SECTION("a keys file that loses a key and gains one is written twice: the loss first") {
+    auto c = emptyHost();
+    addOwned(c, "alpha", kHashA);
+    c.keysDir = FileInfo{FileType::kDirectory, 0755};
+    c.keysFiles["alpha"] = SftpKeysFileState{FileInfo{FileType::kRegular, 0644},
+                                             renderSftpKeys(account("a", "alpha", kHashA, true, {kBobKey}))};
+    const auto wanted = account("a", "alpha", kHashA, true, {kCarolKey});
+    auto actions = planSftpAccounts(desiredOf({wanted}), c);
+    REQUIRE(verbsAndObjects(actions) ==
+            std::vector<std::string>{"remove-keys " + kKeysDir + "/alpha", "write-keys " + kKeysDir + "/alpha"});
+    CHECK(actions[0].stage == Stage::kRevoke);
+    CHECK(actions[1].stage == Stage::kGrant);
+    CHECK(actions[1].payload == renderSftpKeys(wanted));
+    // Only losing keys is one revocation; only gaining them one grant.
+    auto both = account("a", "alpha", kHashA, true, {kBobKey, kCarolKey});
+    c.keysFiles["alpha"].content = renderSftpKeys(both);
+    actions = planSftpAccounts(desiredOf({wanted}), c);
+    REQUIRE(actions.size() == 1);
+    CHECK(actions[0].stage == Stage::kRevoke);
+    c.keysFiles["alpha"].content = renderSftpKeys(wanted);
+    actions = planSftpAccounts(desiredOf({both}), c);
+    REQUIRE(actions.size() == 1);
+    CHECK(actions[0].stage == Stage::kGrant);
+  }
+  SECTION("a keys directory others can write is fixed with the revocations, keys or not") {
+    auto c = emptyHost();
+    c.keysDir = FileInfo{FileType::kDirectory, 0777};
+    auto actions = planSftpAccounts(desiredOf({}), c);
+    REQUIRE(verbsAndObjects(actions) == std::vector<std::string>{"fix-keys-dir " + kKeysDir});
+    CHECK(actions[0].stage == Stage::kRevoke);
+    CHECK(actions[0].subject.empty());
   }
   SECTION("reserved names are refused") {
     std::vector<SkippedEntry> skipped;

@@ -13,8 +13,8 @@
 #include <filesystem>
 #include <functional>
 
-#include "providers/accounts_tool.h"
-#include "providers/real_host.h"
+#include "providers/host/accounts_tool.h"
+#include "providers/host/real_host.h"
 #include "providers/sftp_accounts.h"
 #include "providers/transfer_tree.h"
 #include "tests/support/etc_sandbox.h"
@@ -42,7 +42,7 @@ FileInfo dir(mode_t mode, uid_t uid = 0, uint64_t inode = 0) {
 }
 
 SftpChrootsDesired desiredOf(std::vector<ChrootAccount> accounts, std::vector<std::string> keep = {}) {
-  return SftpChrootsDesired{"/srv/pim-sftp", "/data/transfer/pim", std::move(accounts), std::move(keep)};
+  return SftpChrootsDesired{"/srv/pim-sftp", "/data/transfer/pim", std::move(accounts), std::move(keep), ""};
 }
 
 /// The chain and the transfer tree in place; no chroot yet.
@@ -175,13 +175,29 @@ TEST_CASE("planSftpChroots table", "[sftp_chroots]") {
     REQUIRE(verbsAndObjects(actions) == std::vector<std::string>{"remount /srv/pim-sftp/akeneosftp2/transfer"});
     CHECK(actions[0].payload == "/data/transfer/pim");
   }
-  SECTION("stacked mounts are replaced by one") {
+  SECTION("a mount someone stacked on the agent's is left alone: the account is refused, not bound") {
     auto c = settledBase();
     addChroot(c, "akeneosftp2", 101);
     c.mounts["/srv/pim-sftp/akeneosftp2/transfer"] = 2;
-    auto actions = planSftpChroots(desiredOf({{"b", "akeneosftp2", "imports"}}), c);
-    REQUIRE(verbsAndObjects(actions) == std::vector<std::string>{"remount /srv/pim-sftp/akeneosftp2/transfer"});
-    CHECK_THAT(actions[0].detail, Catch::Contains("2 mounts stacked"));
+    std::vector<SkippedEntry> skipped;
+    auto actions = planSftpChroots(desiredOf({{"b", "akeneosftp2", "imports"}}), c, &skipped);
+    CHECK(actions.empty());
+    REQUIRE(skipped.size() == 1);
+    CHECK(skipped[0].id == "b");
+    CHECK_THAT(skipped[0].reason, Catch::Contains("2 mounts that pim-access-agent did not make"));
+    // Nor is it unmounted when the account goes away: the chroot stays with it.
+    CHECK(planSftpChroots(desiredOf({}), c).empty());
+  }
+  SECTION("a mount the agent did not make on an account's mount point is never replaced") {
+    auto c = settledBase();
+    addChroot(c, "akeneosftp2", 101);
+    c.ownedMounts.clear();
+    std::vector<SkippedEntry> skipped;
+    // (Not the folder the agent would bind there: that one it would leave as it is anyway.)
+    auto actions = planSftpChroots(desiredOf({{"b", "akeneosftp2", "."}}), c, &skipped);
+    CHECK(actions.empty());
+    REQUIRE(skipped.size() == 1);
+    CHECK_THAT(skipped[0].reason, Catch::Contains("a mount that pim-access-agent did not make"));
   }
   SECTION("a chroot with a wrong mode: fixed when the agent made it, refused otherwise") {
     auto c = settledBase();

@@ -11,7 +11,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "providers/real_host.h"
+#include "providers/host/real_host.h"
 #include "tests/support/etc_sandbox.h"
 #include "tests/support/skip.h"
 
@@ -137,38 +137,59 @@ TEST_CASE("planSshKeys table", "[ssh_keys]") {
     CHECK(planSshKeys(desiredKeys({key("k-bob", kBob), key("k-alice", kAlice)}), existing(installed)).empty());
     CHECK(planSshKeys(want, existing(installed)).empty());
   }
-  SECTION("a key added and one removed") {
+  SECTION("a key added and one removed: k-bob is revoked first, k-carol granted once sshd confines") {
     auto actions = planSshKeys(desiredKeys({key("k-alice", kAlice), key("k-carol", kErin)}), existing(installed));
-    REQUIRE(actions.size() == 1);
-    CHECK(actions[0].verb == "write");
-    CHECK(actions[0].object == kFile);
-    CHECK(actions[0].describe() == "ssh_keys: write " + kFile + " (+k-carol -k-bob; 2 keys)");
-    CHECK(actions[0].payload == file({line("k-alice", kAlice), line("k-carol", kErin)}));
+    REQUIRE(actions.size() == 2);
+    CHECK(actions[0].stage == Stage::kRevoke);
+    CHECK(actions[0].payload == file({line("k-alice", kAlice)}));
+    CHECK(actions[1].stage == Stage::kGrant);
+    CHECK(actions[1].verb == "write");
+    CHECK(actions[1].object == kFile);
+    CHECK(actions[1].describe() == "ssh_keys: write " + kFile + " (+k-carol -k-bob; 2 keys)");
+    CHECK(actions[1].payload == file({line("k-alice", kAlice), line("k-carol", kErin)}));
   }
-  SECTION("a key that expires at now is removed") {
+  SECTION("a key only added: one grant") {
+    auto actions = planSshKeys(desiredKeys({key("k-alice", kAlice), key("k-bob", kBob), key("k-carol", kErin)}),
+                               existing(installed));
+    REQUIRE(actions.size() == 1);
+    CHECK(actions[0].stage == Stage::kGrant);
+  }
+  SECTION("a key that expires at now is removed: one revocation") {
     auto actions =
         planSshKeys(desiredKeys({key("k-alice", kAlice), key("k-bob", kBob, true, kNow)}), existing(installed));
     REQUIRE(actions.size() == 1);
+    CHECK(actions[0].stage == Stage::kRevoke);
     CHECK_THAT(actions[0].detail, Catch::StartsWith("-k-bob; 1 key"));
   }
-  SECTION("a key whose blob changed under the same id") {
+  SECTION("a key whose blob changed under the same id: the old one goes first") {
     auto actions = planSshKeys(desiredKeys({key("k-alice", kAlice), key("k-bob", kErin)}), existing(installed));
-    REQUIRE(actions.size() == 1);
-    CHECK_THAT(actions[0].detail, Catch::StartsWith("~k-bob"));
+    REQUIRE(actions.size() == 2);
+    CHECK(actions[0].payload == file({line("k-alice", kAlice)}));
+    CHECK_THAT(actions[1].detail, Catch::StartsWith("~k-bob"));
   }
   SECTION("no directory and no file: one write (the directory comes with it)") {
     SshKeysCurrent c;
     auto actions = planSshKeys(want, c);
     REQUIRE(actions.size() == 1);
     CHECK(actions[0].verb == "write");
+    CHECK(actions[0].stage == Stage::kGrant);
     CHECK_THAT(actions[0].detail, Catch::Contains("new file"));
     CHECK(actions[0].before == "missing");
+    CHECK(planSshKeys(desiredKeys({}), c)[0].stage == Stage::kPrepare);  // the header alone grants nothing
   }
-  SECTION("lines someone added by hand are taken out") {
+  SECTION("lines someone added by hand are taken out, with the revocations") {
     auto actions = planSshKeys(want, existing(installed + "ssh-ed25519 " + kErin + " added-by-hand\n"));
     REQUIRE(actions.size() == 1);
+    CHECK(actions[0].stage == Stage::kRevoke);
     CHECK(actions[0].payload == installed);
     CHECK_THAT(actions[0].detail, Catch::StartsWith("rewrite"));
+    // With a key added at the same time, the hand-made line still goes first.
+    auto both = planSshKeys(desiredKeys({key("k-alice", kAlice), key("k-bob", kBob), key("k-carol", kErin)}),
+                            existing(installed + "ssh-ed25519 " + kErin + " added-by-hand\n"));
+    REQUIRE(both.size() == 2);
+    CHECK(both[0].stage == Stage::kRevoke);
+    CHECK(both[0].payload == installed);
+    CHECK(both[1].stage == Stage::kGrant);
   }
   SECTION("mode and owner drift: fix the directory, write the file afresh") {
     SshKeysCurrent c = existing(installed);
@@ -178,6 +199,8 @@ TEST_CASE("planSshKeys table", "[ssh_keys]") {
     auto actions = planSshKeys(want, c);
     REQUIRE(actions.size() == 2);
     CHECK(actions[0].verb == "fix-dir");
+    CHECK(actions[0].stage == Stage::kRevoke);
+    CHECK(actions[1].stage == Stage::kRevoke);
     CHECK_THAT(actions[0].detail, Catch::Contains("mode 0775 owner 0:0 -> 0755 root:root"));
     CHECK(actions[1].verb == "write");
     CHECK_THAT(actions[1].detail, Catch::Contains("mode 0666 -> 0644") && Catch::Contains("owner 1000:0 -> 0:0"));
@@ -186,8 +209,8 @@ TEST_CASE("planSshKeys table", "[ssh_keys]") {
     auto many = desiredKeys({});
     for (int i = 0; i < 10000; ++i) many.keys.push_back(key("k-" + std::to_string(i), kAlice));
     auto actions = planSshKeys(many, existing(installed));
-    REQUIRE(actions.size() == 1);
-    CHECK(actions[0].detail == "+10000 -2 ~0 keys; 10000 keys");
+    REQUIRE(actions.size() == 2);
+    CHECK(actions[1].detail == "+10000 -2 ~0 keys; 10000 keys");
   }
   SECTION("0.1's SFTP key files the agent owns go, then their directory when nothing else is in it") {
     SshKeysCurrent c = existing(installed);
@@ -196,6 +219,7 @@ TEST_CASE("planSshKeys table", "[ssh_keys]") {
     auto actions = planSshKeys(want, c);
     REQUIRE(actions.size() == 3);
     CHECK(actions[0].verb == "remove-legacy");
+    CHECK(actions[0].stage == Stage::kRevoke);
     CHECK(actions[0].object == "/etc/pim-access-agent/sftp-keys/a");
     CHECK(actions[1].object == "/etc/pim-access-agent/sftp-keys/b");
     CHECK(actions[2].verb == "remove-legacy-dir");
@@ -390,7 +414,7 @@ TEST_CASE("ssh_keys refuses a keys file or directory that is not what it should 
     auto plan = k.provider.plan(d, k.host);
     REQUIRE_FALSE(plan.isOk());
     CHECK(plan.status().code() == ErrorCode::kUnsafe);
-    Action write{"ssh_keys", "write", kFile, "", renderKeysFile("akeneo", k.doc.keys, kNow), "", ""};
+    Action write{"ssh_keys", "write", kFile, "", renderKeysFile("akeneo", k.doc.keys, kNow), "", "", Stage::kGrant, ""};
     CHECK_FALSE(k.provider.apply(write, d, k.host).isOk());
     CHECK(k.dirNames("/etc/elsewhere").empty());
   }

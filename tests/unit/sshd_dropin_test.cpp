@@ -17,8 +17,8 @@
 #include <map>
 #include <sstream>
 
-#include "providers/real_host.h"
-#include "providers/scratch_dir.h"
+#include "providers/host/real_host.h"
+#include "providers/host/scratch_dir.h"
 #include "tests/support/banner_listener.h"
 #include "tests/support/skip.h"
 

@@ -1,5 +1,7 @@
 #include "state/state_store.h"
 
+#include "state/schema.h"
+
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -85,7 +87,7 @@ std::string rawText(const std::string& path, const std::string& sql) {
 
 void rawExec(const std::string& path, const std::string& sql) {
   sqlite3* db = nullptr;
-  REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) == SQLITE_OK);
   REQUIRE(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
   sqlite3_close(db);
 }
@@ -449,7 +451,7 @@ TEST_CASE("state: the generation in force and the replay bar", "[state]") {
   auto rollback = makeInput(10, GenerationOutcome::kRolledBack);
   rollback.rollbackOf = g1;
   const int64_t g3 = record(*store, rollback);
-  const int64_t g4 = record(*store, makeInput(12, GenerationOutcome::kFailed));
+  const int64_t g4 = record(*store, makeInput(12, GenerationOutcome::kPending));
 
   auto applied = store->lastApplied();
   REQUIRE(applied->has_value());
@@ -459,9 +461,14 @@ TEST_CASE("state: the generation in force and the replay bar", "[state]") {
   CHECK(*store->storeRevision() == std::optional<int64_t>(12));
   CHECK((*store->latest())->generation == g4);
 
-  REQUIRE(store->updateOutcome(g4, GenerationOutcome::kApplied).isOk());
-  CHECK((*store->lastApplied())->generation == g4);
-  CHECK(*store->highestAppliedStoreRevision() == 12);
+  // A document whose cycle did not grant everything is in force all the same (its revocations
+  // are on the host), and raises the bar.
+  for (auto outcome : {GenerationOutcome::kFailed, GenerationOutcome::kPartial, GenerationOutcome::kApplied}) {
+    INFO(outcomeName(outcome));
+    REQUIRE(store->updateOutcome(g4, outcome).isOk());
+    CHECK((*store->lastApplied())->generation == g4);
+    CHECK(*store->highestAppliedStoreRevision() == 12);
+  }
   CHECK(store->updateOutcome(99, GenerationOutcome::kApplied).code() == ErrorCode::kNotFound);
 
   // A rollback never raises the bar, and the bar never goes down.
@@ -543,10 +550,10 @@ TEST_CASE("state: the pending-cycle journal survives a crash", "[state]") {
   // The pending generation is not in force.
   CHECK((*store->lastApplied())->generation == g1);
 
-  REQUIRE(store->finishCycle(GenerationOutcome::kFailed, "restored after a crash").isOk());
+  REQUIRE(store->finishCycle(GenerationOutcome::kRejected, "refused after a crash").isOk());
   CHECK_FALSE(store->pendingCycle()->has_value());
-  CHECK((*store->generation(g2))->outcome == GenerationOutcome::kFailed);
-  CHECK((*store->generation(g2))->error == "restored after a crash");
+  CHECK((*store->generation(g2))->outcome == GenerationOutcome::kRejected);
+  CHECK((*store->generation(g2))->error == "refused after a crash");
   CHECK(store->finishCycle(GenerationOutcome::kApplied).code() == ErrorCode::kNotFound);
 
   // recordGeneration can open the journal atomically, naming the generation in force.
@@ -649,4 +656,82 @@ TEST_CASE("state: a forked process writes while this one does", "[state]") {
   CHECK(store->owned(OwnedKind::kUser)->size() == 2 * kEach);
   CHECK(rawInt(path, "SELECT COUNT(*) FROM changes") == 2 * kEach * 5);
   CHECK(rawText(path, "PRAGMA integrity_check") == "ok");
+}
+
+TEST_CASE("state: a schema 1 database is migrated with its history, numbering and children", "[state]") {
+  TempDir dir;
+  const std::string path = dir.file("state.db");
+  // A database as a released agent of schema 1 left it: two generations (the third was pruned),
+  // changes and skipped entries of the second, the pin and the journal.
+  rawExec(path, std::string(pim::sql::migrations().at(0).sql) +
+                    "PRAGMA user_version = 1;"
+                    "INSERT INTO generations (generation, time, revision, etag, doc_hash, body, outcome, rollback_of) "
+                    "VALUES (2, 100, 7, '\"e7\"', 'h7', '{}', 'applied', NULL),"
+                    "       (3, 200, 7, '\"e7\"', 'h7', '{}', 'rolled_back', 2);"
+                    "UPDATE sqlite_sequence SET seq = 4 WHERE name = 'generations';"
+                    "INSERT INTO changes VALUES (3, 1, 'sshd', '/x', 'write', 'a', 'b');"
+                    "INSERT INTO skipped VALUES (3, 1, 'k-bad', 'not base64');"
+                    "INSERT INTO meta VALUES ('pinned_generation', 3);");
+  auto store = openStore(path);
+  CHECK(rawInt(path, "PRAGMA user_version") == StateStore::schemaVersion());
+  auto g3 = store->generation(3);
+  REQUIRE(g3->has_value());
+  CHECK((*g3)->outcome == GenerationOutcome::kRolledBack);
+  CHECK((*g3)->rollbackOf == std::optional<int64_t>(2));
+  CHECK((*g3)->skipped.size() == 1);
+  CHECK(store->changes(3)->size() == 1);
+  CHECK(rawText(path, "SELECT cause FROM generations WHERE generation = 3") == "rollback");
+  CHECK(rawText(path, "SELECT cause FROM generations WHERE generation = 2") == "store");
+  CHECK(*store->pin() == std::optional<int64_t>(3));
+  // Numbers are never reused: the next one is 5, not 4 (4 existed and was pruned) nor 3.
+  CHECK(record(*store, makeInput(8, GenerationOutcome::kPartial)) == 5);
+  CHECK((*store->lastApplied())->outcome == GenerationOutcome::kPartial);
+  // Foreign keys hold again after the rebuild: a change for a missing generation is refused,
+  // and removing a generation takes its children along.
+  CHECK(store->appendChanges(99, {{"p", "o", "a", "", ""}}).code() == ErrorCode::kNotFound);
+  CHECK(rawInt(path, "PRAGMA foreign_keys") == 0);  // (a new connection's default: per connection)
+  rawExec(path, "PRAGMA foreign_keys = ON; DELETE FROM generations WHERE generation = 3;");
+  CHECK(rawInt(path, "SELECT COUNT(*) FROM changes") == 0);
+}
+
+TEST_CASE("state: a pending sshd reload, recovery attempts and retries are remembered", "[state]") {
+  TempDir dir;
+  const std::string path = dir.file("state.db");
+  int64_t g1 = 0;
+  {
+    auto store = openStore(path);
+    CHECK(store->created());
+    CHECK(*store->reloadPending() == "");
+    REQUIRE(store->setReloadPending("reload sshd (systemctl reload ssh): exit code 1").isOk());
+    auto in = makeInput(4, GenerationOutcome::kPending);
+    in.beginCycle = true;
+    g1 = record(*store, in);
+    CHECK(*store->noteRecoveryAttempt() == 1);
+    CHECK(*store->noteRecoveryAttempt() == 2);
+  }
+  auto store = openStore(path);
+  CHECK_FALSE(store->created());
+  CHECK(*store->reloadPending() == "reload sshd (systemctl reload ssh): exit code 1");
+  CHECK(*store->noteRecoveryAttempt() == 3);
+  // Finishing the cycle records its changes and skipped entries with the outcome, and resets the
+  // count of recovery attempts.
+  REQUIRE(store
+              ->finishCycle(GenerationOutcome::kPartial, "sftp_chroots: mount x: busy",
+                            {{"sshd", "/d", "write", "", ""}},
+                            std::vector<pim::SkippedRecord>{{"sftp-x", "folder refused"}})
+              .isOk());
+  CHECK((*store->generation(g1))->outcome == GenerationOutcome::kPartial);
+  CHECK((*store->generation(g1))->skipped.size() == 1);
+  CHECK(store->changes(g1)->size() == 1);
+  REQUIRE(store->beginCycle(g1, std::nullopt).isOk());
+  CHECK(*store->noteRecoveryAttempt() == 1);
+  REQUIRE(store->noteRetry(g1, 500).isOk());
+  CHECK(rawInt(path, "SELECT attempts FROM generations WHERE generation = " + std::to_string(g1)) == 2);
+  CHECK(rawInt(path, "SELECT last_time FROM generations WHERE generation = " + std::to_string(g1)) == 500);
+  CHECK(store->noteRetry(99, 1).code() == ErrorCode::kNotFound);
+  REQUIRE(store->finishCycle(GenerationOutcome::kApplied, "", {{"sshd", "/d", "reload", "", ""}}, std::nullopt).isOk());
+  CHECK(store->changes(g1)->size() == 2);                // appended
+  CHECK((*store->generation(g1))->skipped.size() == 1);  // kept when not given
+  REQUIRE(store->setReloadPending("").isOk());
+  CHECK(*store->reloadPending() == "");
 }

@@ -1,7 +1,7 @@
 // The store client against a real Poco HTTP(S) server on 127.0.0.1 (ephemeral port, one per test)
 // and against real files for file:// sources.
 
-#include "agent/store_client.h"
+#include "agent/store/store_client.h"
 
 #include <Poco/Net/HTTPServerRequestImpl.h>
 #include <Poco/Net/ServerSocket.h>
@@ -22,8 +22,8 @@
 #include <sstream>
 #include <thread>
 
-#include "agent/file_store_client.h"
-#include "agent/signature.h"
+#include "agent/store/file_store_client.h"
+#include "agent/store/signature.h"
 #include "tests/unit/store_test_server.h"
 
 using Catch::Matchers::Contains;

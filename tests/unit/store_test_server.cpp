@@ -29,7 +29,7 @@
 #include <stdexcept>
 #include <thread>
 
-#include "agent/signature.h"
+#include "agent/store/signature.h"
 
 namespace pim {
 namespace storetest {

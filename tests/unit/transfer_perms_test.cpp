@@ -1,4 +1,4 @@
-#include "providers/transfer_perms.h"
+#include "providers/host/transfer_perms.h"
 
 #include <fcntl.h>
 #include <ftw.h>

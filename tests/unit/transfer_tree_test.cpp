@@ -6,8 +6,8 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 
-#include "providers/accounts_tool.h"
-#include "providers/real_host.h"
+#include "providers/host/accounts_tool.h"
+#include "providers/host/real_host.h"
 #include "tests/support/etc_sandbox.h"
 #include "tests/support/skip.h"
 

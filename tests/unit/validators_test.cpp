@@ -1,4 +1,4 @@
-#include "agent/validators.h"
+#include "agent/document/validators.h"
 
 #include <dlfcn.h>
 #include <stdlib.h>

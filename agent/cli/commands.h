@@ -1,0 +1,38 @@
+#pragma once
+// Every command of the command line, one file each in agent/cli/ (run.cpp, once.cpp, plan.cpp,
+// ...); each returns the exit code. agent/cli/cli.cpp parses the arguments and dispatches here.
+
+#include <functional>
+#include <string>
+
+#include "agent/cli/cli.h"
+#include "agent/config/config.h"
+#include "agent/cycle/failpoint.h"
+
+namespace pim {
+
+/// `run`: the resident daemon; returns when stopped by SIGTERM/SIGINT. `loadConfig` is called
+/// at start and on SIGHUP; `failpoints` (tests) go to the daemon's cycles.
+int cmdRun(const std::function<Result<Config>()>& loadConfig, const FailPoints& failpoints);
+/// `once`: one fetch and one reconcile under the cycle lock; prints the cycle's summary and
+/// rewrites the metrics file.
+int cmdOnce(const Config& config, const FailPoints& failpoints);
+/// `plan`: fetches the document and prints the actions a reconcile would take; changes nothing.
+int cmdPlan(const Config& config, const CliOptions& o);
+/// `enforce-perms`: one full permission pass over the transfer root; prints the counts.
+int cmdEnforcePerms(const Config& config);
+/// `status`: generation in force, pin, store revision, last poll, skipped entries, last error,
+/// keys and accounts in force.
+int cmdStatus(const Config& config, bool json);
+/// `history`: generations newest first.
+int cmdHistory(const Config& config, bool json);
+/// `show N`: one generation's document (secrets masked) and changes.
+int cmdShow(const Config& config, const std::string& generation, bool json);
+/// `rollback N` (N in o.args): re-applies generation N's document and pins it.
+int cmdRollback(const Config& config, const CliOptions& o, const FailPoints& failpoints);
+/// `resume`: lifts the pin.
+int cmdResume(const Config& config);
+/// `version`: prints the version.
+int cmdVersion();
+
+}  // namespace pim

@@ -1,0 +1,14 @@
+// run: the resident daemon (agent/daemon/daemon.h) until SIGTERM/SIGINT.
+#include "agent/cli/commands.h"
+
+#include "agent/daemon/daemon.h"
+#include "providers/core/log.h"
+
+namespace pim {
+
+int cmdRun(const std::function<Result<Config>()>& loadConfig, const FailPoints& failpoints) {
+  Daemon daemon(loadConfig, makeLogger("daemon"), failpoints);
+  return daemon.run();
+}
+
+}  // namespace pim

@@ -1,0 +1,178 @@
+// status: generation in force, pin, store revision, last poll, skipped entries, last error, keys
+// and accounts in force (a read-only view of the state database).
+#include "agent/cli/commands.h"
+
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+
+#include <cstdlib>
+#include <iostream>
+
+#include "agent/cli/cli.h"
+#include "agent/cli/cli_support.h"
+#include "agent/cycle/cycle.h"
+#include "agent/cycle/open_state.h"
+#include "agent/document/document.h"
+#include "providers/core/clock.h"
+#include "providers/core/log.h"
+#include "providers/host/real_host.h"
+#include "providers/ssh_keys.h"
+
+namespace pim {
+namespace {
+
+/// The document in force, parsed without the instance check (it was accepted when it came).
+std::optional<AccessDocument> inForceDocument(const Config& config, const std::optional<GenerationRecord>& record) {
+  if (!record || record->body.empty()) return std::nullopt;
+  DocumentOptions options;
+  options.loginUser = config.host.loginUser;
+  options.maxBytes = 0;
+  auto doc = parseDocument(record->body, options);
+  if (!doc) return std::nullopt;
+  return *doc;
+}
+
+}  // namespace
+
+int cmdStatus(const Config& config, bool json) {
+  RealHost host(config.root, makeLogger("host"));
+  auto opened = openState(config, host);
+  if (!opened) return fail(opened.status());
+  StateStore& state = **opened;
+  auto applied = state.lastApplied();
+  auto pin = state.pin();
+  auto storeRevision = state.storeRevision();
+  auto poll = state.pollStatus();
+  auto latest = state.latest();
+  auto reloadPending = state.reloadPending();
+  if (!applied || !pin || !storeRevision || !poll || !latest || !reloadPending) {
+    for (const Status& s : {applied.status(), pin.status(), storeRevision.status(), poll.status(), latest.status(),
+                            reloadPending.status()}) {
+      if (!s) return fail(s);
+    }
+  }
+  const std::optional<GenerationRecord>& inForce = *applied;
+  std::optional<int64_t> generation, revision;
+  std::vector<SkippedEntry> skipped;
+  if (inForce) {
+    generation = inForce->generation;
+    revision = inForce->revision;
+    skipped = fromSkippedRecords<SkippedEntry>(inForce->skipped);
+  }
+  std::string lastError = poll->error;
+  if (lastError.empty() && *latest &&
+      ((*latest)->outcome == GenerationOutcome::kFailed || (*latest)->outcome == GenerationOutcome::kPartial ||
+       (*latest)->outcome == GenerationOutcome::kRejected)) {
+    lastError = (*latest)->error;
+  }
+  const int64_t now = SystemClock().nowSeconds();
+  auto doc = inForceDocument(config, inForce);
+  // Lines the login user keeps in its own authorized_keys: sshd reads only the agent's file.
+  const HomeKeysReport home = inspectHomeKeys(host, config.host.loginUser);
+  const std::string keysFile = loginKeysPath(config.host.authorizedKeysDir, config.host.loginUser);
+  std::optional<int64_t> ahead;
+  if (pin->has_value() && *storeRevision && revision) ahead = **storeRevision - *revision;
+
+  if (json) {
+    Poco::JSON::Object::Ptr root = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
+    root->set("generation", optionalInt(generation));
+    root->set("revision", optionalInt(revision));
+    root->set("pinned", pin->has_value());
+    root->set("pinned_generation", optionalInt(*pin));
+    root->set("store_revision", optionalInt(*storeRevision));
+    root->set("store_ahead_by", optionalInt(ahead));
+    Poco::JSON::Object::Ptr lastPoll = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
+    lastPoll->set("time", poll->time ? Poco::Dynamic::Var(isoTime(*poll->time)) : Poco::Dynamic::Var());
+    lastPoll->set("outcome", poll->time ? Poco::Dynamic::Var(poll->outcome) : Poco::Dynamic::Var());
+    root->set("last_poll", lastPoll);
+    root->set("skipped", skippedJson(skipped));
+    root->set("last_error", lastError.empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(lastError));
+    root->set("outcome", inForce ? Poco::Dynamic::Var(outcomeName(inForce->outcome)) : Poco::Dynamic::Var());
+    root->set("sshd_reload_pending",
+              reloadPending->empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(*reloadPending));
+    Poco::JSON::Array::Ptr keys = new Poco::JSON::Array;
+    Poco::JSON::Array::Ptr accounts = new Poco::JSON::Array;
+    if (doc) {
+      for (const auto& k : doc->keys) {
+        Poco::JSON::Object::Ptr o = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
+        o->set("id", k.id);
+        o->set("owner", k.owner);
+        o->set("type", k.key.type);
+        o->set("active", k.active);
+        o->set("expires_at", k.expiresAt ? Poco::Dynamic::Var(isoTime(*k.expiresAt)) : Poco::Dynamic::Var());
+        o->set("installed", k.installableAt(now));
+        keys->add(o);
+      }
+      for (const auto& a : doc->accounts) {
+        Poco::JSON::Object::Ptr o = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
+        o->set("id", a.id);
+        o->set("username", a.username);
+        o->set("folder", a.folder);
+        o->set("active", a.active);
+        o->set("password", a.passwordHash.has_value());
+        o->set("keys", int64_t(a.publicKeys.size()));
+        accounts->add(o);
+      }
+    }
+    root->set("keys", keys);
+    root->set("accounts", accounts);
+    Poco::JSON::Object::Ptr homeKeys = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
+    homeKeys->set("path", home.path);
+    homeKeys->set("exists", home.exists);
+    homeKeys->set("key_lines",
+                  home.unreadable.empty() ? Poco::Dynamic::Var(int64_t(home.keyLines)) : Poco::Dynamic::Var());
+    homeKeys->set("unreadable", home.unreadable.empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(home.unreadable));
+    homeKeys->set("ignored_by_sshd", true);
+    homeKeys->set("keys_file", keysFile);
+    root->set("home_authorized_keys", homeKeys);
+    if (doc) {
+      Poco::JSON::Array::Ptr sources = new Poco::JSON::Array;
+      for (const auto& s : doc->allowedSources) sources->add(s.text);
+      root->set("allowed_sources", sources);
+    }
+    std::cout << toJson(root) << "\n";
+    return kExitOk;
+  }
+  std::cout << "generation:     " << optionalText(generation);
+  if (inForce) std::cout << " (" << outcomeName(inForce->outcome) << ", " << isoTime(inForce->time) << ")";
+  std::cout << "\nrevision:       " << optionalText(revision) << "\n";
+  std::cout << "pinned:         " << (pin->has_value() ? "yes, generation " + std::to_string(**pin) : "no");
+  if (ahead) std::cout << " (the store is " << *ahead << " revision(s) ahead)";
+  std::cout << "\nstore revision: " << optionalText(*storeRevision) << "\n";
+  std::cout << "last poll:      " << (poll->time ? isoTime(*poll->time) + " " + poll->outcome : "never") << "\n";
+  std::cout << "last error:     " << (lastError.empty() ? "none" : lastError) << "\n";
+  if (!reloadPending->empty()) {
+    std::cout << "sshd reload:    PENDING (" << *reloadPending
+              << "): sshd runs its previous configuration, nothing is granted until it reloads\n";
+  }
+  printSkipped(std::cout, skipped);
+  std::cout << "own keys:       " << home.path << ": ";
+  if (!home.unreadable.empty()) {
+    std::cout << "unreadable: " << home.unreadable;
+  } else if (!home.exists) {
+    std::cout << "none";
+  } else {
+    std::cout << home.keyLines << " key line(s)";
+  }
+  std::cout << "; sshd ignores them (" << config.host.loginUser << "'s keys come from " << keysFile << ")\n";
+  if (doc) {
+    std::cout << "keys of " << config.host.loginUser << ":\n";
+    for (const auto& k : doc->keys) {
+      std::cout << "  " << k.id << "  " << k.owner << "  "
+                << (k.expiresAt ? "expires " + isoTime(*k.expiresAt) : std::string("no expiry")) << "  "
+                << (k.installableAt(now) ? "installed" : (!k.active ? "inactive" : "expired")) << "\n";
+    }
+    std::cout << "sftp accounts:\n";
+    for (const auto& a : doc->accounts) {
+      std::cout << "  " << a.username << " (" << a.id << ")  folder " << a.folder << "  "
+                << (a.active ? "active" : "locked") << "  " << (a.passwordHash ? "password" : "no password") << ", "
+                << a.publicKeys.size() << " key(s)\n";
+    }
+    std::cout << "allowed sources:";
+    for (const auto& s : doc->allowedSources) std::cout << " " << s.text;
+    std::cout << "\n";
+  }
+  return kExitOk;
+}
+
+}  // namespace pim

@@ -1,0 +1,192 @@
+#include "agent/config/config.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include "agent/document/validators.h"
+
+namespace pim {
+namespace {
+
+std::string trim(const std::string& s) {
+  const char* ws = " \t\r\n";
+  auto b = s.find_first_not_of(ws);
+  if (b == std::string::npos) return {};
+  auto e = s.find_last_not_of(ws);
+  return s.substr(b, e - b + 1);
+}
+
+// A comment starts at ';' or '#' at the start of the line or after white space, so that
+// "source = https://x/a;b" keeps its ';' while "poll_interval_s = 30 ; seconds" drops the note.
+std::string stripComment(const std::string& line) {
+  for (size_t i = 0; i < line.size(); ++i) {
+    if ((line[i] == ';' || line[i] == '#') && (i == 0 || line[i - 1] == ' ' || line[i - 1] == '\t')) {
+      return line.substr(0, i);
+    }
+  }
+  return line;
+}
+
+Status invalid(const std::string& key, const std::string& why) {
+  return Status::error(ErrorCode::kInvalid, "config " + key + ": " + why);
+}
+
+Status setInt(int64_t& out, const std::string& key, const std::string& v, int64_t min, int64_t max) {
+  if (v.empty()) return invalid(key, "empty value, expected an integer");
+  errno = 0;
+  char* end = nullptr;
+  long long n = std::strtoll(v.c_str(), &end, 10);
+  if (errno != 0 || end == v.c_str() || *end != '\0') return invalid(key, "not an integer: " + v);
+  if (n < min || n > max) {
+    return invalid(key, "out of range [" + std::to_string(min) + ", " + std::to_string(max) + "]: " + v);
+  }
+  out = n;
+  return Status::ok();
+}
+
+Status setPath(std::string& out, const std::string& key, const std::string& v, bool allowEmpty) {
+  if (v.empty()) {
+    if (!allowEmpty) return invalid(key, "must not be empty");
+    out.clear();
+    return Status::ok();
+  }
+  if (v[0] != '/') return invalid(key, "must be an absolute path: " + v);
+  for (unsigned char c : v) {
+    if (c < 0x20 || c == 0x7f) return invalid(key, "control character in path");
+  }
+  out = v;
+  return Status::ok();
+}
+
+Status setName(std::string& out, const std::string& key, const std::string& v) {
+  Status s = checkUsername(v);
+  if (!s) return invalid(key, s.message());
+  out = v;
+  return Status::ok();
+}
+
+Status setCidrs(std::vector<Cidr>& out, const std::string& key, const std::string& v) {
+  std::vector<Cidr> result;
+  std::stringstream ss(v);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    item = trim(item);
+    if (item.empty()) continue;
+    auto c = parseCidr(item);
+    if (!c) return invalid(key, c.status().message());
+    result.push_back(*c);
+  }
+  out = std::move(result);
+  return Status::ok();
+}
+
+using Setter = std::function<Status(Config&, const std::string& key, const std::string& value)>;
+
+const std::map<std::string, Setter>& setters() {
+  static const std::map<std::string, Setter> table = {
+      {"store.source",
+       [](Config& c, const std::string&, const std::string& v) {
+         c.store.source = v;
+         return Status::ok();
+       }},
+      {"store.instance",
+       [](Config& c, const std::string&, const std::string& v) {
+         c.store.instance = v;
+         return Status::ok();
+       }},
+      {"store.token_file",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.store.tokenFile, k, v, true); }},
+      {"store.ca_file",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.store.caFile, k, v, true); }},
+      {"store.signing_key",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.store.signingKey, k, v, true); }},
+      {"store.poll_interval_s", [](Config& c, const std::string& k,
+                                   const std::string& v) { return setInt(c.store.pollIntervalS, k, v, 1, 86400); }},
+      {"store.long_poll_s",
+       [](Config& c, const std::string& k, const std::string& v) { return setInt(c.store.longPollS, k, v, 0, 3600); }},
+      {"store.max_document_bytes",
+       [](Config& c, const std::string& k, const std::string& v) {
+         return setInt(c.store.maxDocumentBytes, k, v, 1024, int64_t(1) << 30);
+       }},
+      {"host.login_user",
+       [](Config& c, const std::string& k, const std::string& v) { return setName(c.host.loginUser, k, v); }},
+      {"host.transfer_root",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.host.transferRoot, k, v, false); }},
+      {"host.transfer_group",
+       [](Config& c, const std::string& k, const std::string& v) { return setName(c.host.transferGroup, k, v); }},
+      {"host.chroot_base",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.host.chrootBase, k, v, false); }},
+      {"host.always_allow",
+       [](Config& c, const std::string& k, const std::string& v) { return setCidrs(c.host.alwaysAllow, k, v); }},
+      {"sshd.main_config",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.sshd.mainConfig, k, v, false); }},
+      {"sshd.dropin",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.sshd.dropin, k, v, false); }},
+      {"sshd.binary",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.sshd.binary, k, v, false); }},
+      {"sshd.reload_command",
+       [](Config& c, const std::string&, const std::string& v) {
+         c.sshd.reloadCommand = v;
+         return Status::ok();
+       }},
+      {"sshd.permit_root_login",
+       [](Config& c, const std::string& k, const std::string& v) {
+         if (v == "no") {
+           c.sshd.permitRootLogin = RootLogin::kNo;
+         } else if (v == "prohibit-password") {
+           c.sshd.permitRootLogin = RootLogin::kProhibitPassword;
+         } else {
+           return invalid(k, "must be no or prohibit-password, not '" + v + "'");
+         }
+         return Status::ok();
+       }},
+      {"state.db",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.state.db, k, v, false); }},
+      {"state.metrics_file",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.state.metricsFile, k, v, true); }},
+  };
+  return table;
+}
+
+}  // namespace
+
+Result<Config> parseConfig(const std::string& iniText) {
+  Config config;
+  std::string section;
+  std::stringstream in(iniText);
+  std::string raw;
+  int lineNo = 0;
+  while (std::getline(in, raw)) {
+    ++lineNo;
+    std::string line = trim(stripComment(raw));
+    if (line.empty()) continue;
+    const std::string where = "line " + std::to_string(lineNo);
+    if (line.front() == '[') {
+      if (line.back() != ']')
+        return Status::error(ErrorCode::kInvalid, "config " + where + ": unterminated section header");
+      section = trim(line.substr(1, line.size() - 2));
+      if (section != "store" && section != "host" && section != "sshd" && section != "state") {
+        return Status::error(ErrorCode::kInvalid, "config " + where + ": unknown section [" + section + "]");
+      }
+      continue;
+    }
+    auto eq = line.find('=');
+    if (eq == std::string::npos)
+      return Status::error(ErrorCode::kInvalid, "config " + where + ": expected key = value");
+    std::string key = trim(line.substr(0, eq));
+    std::string value = trim(line.substr(eq + 1));
+    if (section.empty())
+      return Status::error(ErrorCode::kInvalid, "config " + where + ": key '" + key + "' outside a section");
+    std::string full = section + "." + key;
+    auto it = setters().find(full);
+    if (it == setters().end()) return Status::error(ErrorCode::kInvalid, "config " + where + ": unknown key " + full);
+    Status s = it->second(config, full, value);
+    if (!s) return s;
+  }
+  return config;
+}
+
+}  // namespace pim

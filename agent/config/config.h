@@ -1,0 +1,47 @@
+#pragma once
+// The agent's configuration: the INI file of docs/agent.md with every default, plus the
+// command-line overrides. Paths in HostSettings/SshdSettings/StateSettings are host paths (the
+// Host adds --root); `store.*` file paths are resolved by resolveFile().
+
+#include <cstdint>
+#include <string>
+
+#include "providers/core/result.h"
+#include "providers/core/settings.h"
+
+namespace pim {
+
+struct StoreSettings {
+  std::string source;      // https://..., http://... or file:///path
+  std::string instance;    // when set, must equal the document's "instance"
+  std::string tokenFile;   // host path (prefixed by --root); read at each request
+  std::string caFile;      // host path (prefixed by --root)
+  std::string signingKey;  // host path (prefixed by --root), Ed25519 public key PEM
+  int64_t pollIntervalS = 30;
+  int64_t longPollS = 0;
+  int64_t maxDocumentBytes = 4194304;
+};
+
+struct StateSettings {
+  std::string db = "/var/lib/pim-access-agent/state.db";
+  int64_t keepGenerations = 500;
+  std::string metricsFile;  // host path of the Prometheus text file; "" : no metrics written
+};
+
+struct Config {
+  StoreSettings store;
+  HostSettings host;
+  SshdSettings sshd;
+  StateSettings state;
+  std::string root;  // --root prefix ("" for the real system)
+
+  /// Prefixes a host path with the root (for the store.* files read directly).
+  std::string resolveFile(const std::string& hostPath) const { return hostPath.empty() ? hostPath : root + hostPath; }
+};
+
+/// Parses INI text into a Config with defaults for every absent key. Errors (kInvalid) name the
+/// section.key and the reason: unknown section or key, bad number, bad CIDR in always_allow, a
+/// permit_root_login other than no or prohibit-password.
+Result<Config> parseConfig(const std::string& iniText);
+
+}  // namespace pim

@@ -1,0 +1,460 @@
+#include "agent/cycle/cycle.h"
+
+#include "agent/cycle/reconciler.h"
+#include "agent/document/document.h"
+#include "agent/store/signature.h"
+#include "providers/ssh_keys.h"
+#include "providers/sshd_dropin.h"
+
+namespace pim {
+
+std::vector<ChangeInput> toChangeInputs(const std::vector<Action>& actions) {
+  std::vector<ChangeInput> out;
+  out.reserve(actions.size());
+  for (const auto& a : actions) {
+    out.push_back(ChangeInput{a.provider, a.object, a.verb, a.before, a.after.empty() ? a.detail : a.after});
+  }
+  return out;
+}
+
+namespace {
+
+DocumentOptions documentOptions(const Config& config) {
+  DocumentOptions o;
+  o.expectedInstance = config.store.instance;
+  o.loginUser = config.host.loginUser;
+  o.maxBytes = config.store.maxDocumentBytes;
+  return o;
+}
+
+CycleReport failure(int exitCode, const std::string& outcome, const std::string& error) {
+  CycleReport r;
+  r.exitCode = exitCode;
+  r.outcome = outcome;
+  r.error = error;
+  return r;
+}
+
+}  // namespace
+
+Agent::Agent(Config config, Host& host, StateStore& state, const Clock& clock, ProviderFactory factory, Logger log,
+             FailPoints failpoints)
+    : config_(std::move(config)),
+      host_(host),
+      state_(state),
+      clock_(clock),
+      factory_(std::move(factory)),
+      log_(std::move(log)),
+      failpoints_(std::move(failpoints)) {
+  if (!failpoints_.empty()) log_->warn("failpoints armed: {}", failpoints_.describe());
+}
+
+Agent::Applied Agent::applyDocument(const AccessDocument& doc, bool forward, bool revokeOnly) {
+  StateLedger ledger(state_);
+  Reconciler reconciler(factory_(ledger), log_, forward ? failpoints_ : FailPoints{});
+  Desired desired{doc, config_.host, config_.sshd, clock_.nowSeconds()};
+  auto pending = state_.reloadPending();
+  if (!pending) return Applied{pending.status(), {}, {}, {}, false};
+  auto outcome = reconciler.converge(desired, host_, !pending->empty(), revokeOnly);
+  Applied applied{outcome.status(), std::move(outcome.applied), std::move(outcome.warnings), std::move(outcome.refused),
+                  outcome.confined};
+  // A drop-in in place that sshd did not load is owed a reload, by every later cycle, a SIGHUP
+  // or a restart, until one succeeds.
+  Status noted = Status::ok();
+  if (!outcome.reloadFailure.empty()) {
+    noted = state_.setReloadPending(outcome.reloadFailure);
+    log_->warn("{}; sshd keeps its previous configuration and nothing is granted until it reloads",
+               outcome.reloadFailure);
+  } else if (outcome.sshdReloaded && !pending->empty()) {
+    noted = state_.setReloadPending("");
+  }
+  if (!noted) {
+    log_->error("record the sshd reload: {}", noted.message());
+    if (applied.status) applied.status = noted;
+  }
+  return applied;
+}
+
+std::string Agent::pollError(const std::string& error) const {
+  if (!error.empty()) return error;
+  auto pending = state_.reloadPending();
+  if (!pending || pending->empty()) return error;
+  return "warning: " + *pending + " (the drop-in is installed; sshd still runs its previous configuration)";
+}
+
+Result<AccessDocument> Agent::parseStored(const GenerationRecord& record) const {
+  DocumentOptions options = documentOptions(config_);
+  // A stored document was accepted when it arrived; the instance name may have been renamed in
+  // the config since, which must not block a recovery or a rollback.
+  options.expectedInstance.clear();
+  options.maxBytes = std::max<int64_t>(options.maxBytes, int64_t(record.body.size()));
+  return parseDocument(record.body, options);
+}
+
+Result<std::optional<AccessDocument>> Agent::inForceDocument(std::optional<GenerationRecord>* out) const {
+  auto last = state_.lastApplied();
+  if (!last) return last.status();
+  if (out != nullptr) *out = *last;
+  if (!last->has_value()) return std::optional<AccessDocument>();
+  const auto key = std::make_pair((*last)->generation, (*last)->docHash);
+  if (inForceCache_ && inForceCache_->first == key) return std::optional<AccessDocument>(inForceCache_->second);
+  auto doc = parseStored(**last);
+  if (!doc) return doc.status();
+  inForceCache_.emplace(key, *doc);
+  return std::optional<AccessDocument>(std::move(*doc));
+}
+
+GenerationOutcome Agent::outcomeOf(const Applied& applied, GenerationOutcome success) {
+  if (applied.status) return success;
+  return applied.confined ? GenerationOutcome::kPartial : GenerationOutcome::kFailed;
+}
+
+CycleReport Agent::reportOf(const Applied& applied, GenerationOutcome successOutcome, int64_t generation,
+                            const AccessDocument& doc, std::vector<SkippedEntry> skipped) const {
+  CycleReport report;
+  report.generation = generation;
+  report.revision = doc.revision;
+  report.skipped = std::move(skipped);
+  report.changes = applied.changes;
+  report.warnings = applied.warnings;
+  const GenerationOutcome outcome = outcomeOf(applied, successOutcome);
+  report.outcome = outcomeName(outcome);
+  report.exitCode = applied.status ? 0 : 5;
+  if (!applied.status) report.error = applied.status.message();
+  return report;
+}
+
+Status Agent::recoverInterruptedCycle() {
+  auto pending = state_.pendingCycle();
+  if (!pending) return pending.status();
+  if (!pending->has_value()) return Status::ok();
+  const PendingCycle cycle = **pending;
+  auto record = state_.generation(cycle.generation);
+  if (!record) return record.status();
+  if (!record->has_value()) {
+    log_->error("generation {} was interrupted and is gone; nothing to finish", cycle.generation);
+    return state_.endCycle();
+  }
+  auto doc = parseStored(**record);
+  if (!doc) return doc.status();
+  auto attempts = state_.noteRecoveryAttempt();
+  if (!attempts) return attempts.status();
+  // A document whose cycle keeps crashing the agent must not crash every start: after two
+  // interrupted recoveries, only its revocations are applied.
+  const bool revokeOnly = *attempts > 2;
+  log_->warn("generation {} was interrupted (the agent stopped during its cycle); {} its document", cycle.generation,
+             revokeOnly ? "applying only the revocations of" : "finishing the cycle of");
+  Applied applied = applyDocument(*doc, false, revokeOnly);
+  if (revokeOnly) {
+    applied.status = Status::error(ErrorCode::kInternal,
+                                   "its recovery was interrupted twice: revocations only, the grants wait for the "
+                                   "next cycle");
+    applied.confined = false;
+  }
+  const GenerationOutcome success =
+      (*record)->rollbackOf ? GenerationOutcome::kRolledBack : GenerationOutcome::kApplied;
+  std::string error = "interrupted (the agent stopped during the cycle); finished at the next start";
+  if (!applied.status) error = "interrupted; at the next start: " + applied.status.message();
+  std::vector<SkippedEntry> skipped = doc->skipped;
+  for (const auto& e : applied.refused) skipped.push_back(e);
+  return state_.finishCycle(outcomeOf(applied, success), error, toChangeInputs(applied.changes),
+                            toSkippedRecords(skipped));
+}
+
+CycleReport Agent::applyNew(const std::string& source, const std::string& etag, const std::string& body,
+                            const AccessDocument& doc, GenerationOutcome successOutcome,
+                            std::optional<int64_t> rollbackOf) {
+  GenerationInput input;
+  input.time = clock_.nowSeconds();
+  input.source = source;
+  input.revision = doc.revision;
+  input.etag = etag;
+  input.docHash = sha256Hex(body);
+  input.body = body;
+  input.outcome = GenerationOutcome::kPending;
+  input.rollbackOf = rollbackOf;
+  input.skipped = toSkippedRecords(doc.skipped);
+  input.beginCycle = true;
+  // From here on the journal is open and this document is in force: a crash is finished at the
+  // next start.
+  auto generation = state_.recordGeneration(input);
+  if (!generation) return failure(1, "failed", generation.status().message());
+
+  Applied applied = applyDocument(doc, true);
+  // Entries the providers refused (a host account the agent did not create, an unsafe folder)
+  // are reported with the document's own skipped entries.
+  std::vector<SkippedEntry> skipped = doc.skipped;
+  for (const auto& e : applied.refused) skipped.push_back(e);
+  CycleReport report = reportOf(applied, successOutcome, *generation, doc, skipped);
+  if (!applied.status) log_->error("generation {}: {}", *generation, applied.status.message());
+  if (failpoints_.crashBeforeFinish) failpoints_.crash("crash-before-finish");
+  Status s = state_.finishCycle(outcomeOf(applied, successOutcome), report.error, toChangeInputs(applied.changes),
+                                toSkippedRecords(skipped));
+  if (!s) {
+    log_->error("record outcome of generation {}: {}", *generation, s.message());
+    report.outcome = "failed";
+    report.exitCode = 1;
+    report.error = s.message();
+  }
+  return report;
+}
+
+CycleReport Agent::retry(const GenerationRecord& record, const AccessDocument& doc) {
+  if (Status s = state_.beginCycle(record.generation, std::nullopt); !s) return failure(1, "failed", s.message());
+  if (Status s = state_.noteRetry(record.generation, clock_.nowSeconds()); !s) {
+    (void)state_.endCycle();
+    return failure(1, "failed", s.message());
+  }
+  Applied applied = applyDocument(doc, true);
+  const GenerationOutcome success = record.outcome == GenerationOutcome::kRolledBack || record.rollbackOf
+                                        ? GenerationOutcome::kRolledBack
+                                        : GenerationOutcome::kApplied;
+  std::vector<SkippedEntry> skipped = doc.skipped;
+  for (const auto& e : applied.refused) skipped.push_back(e);
+  CycleReport report = reportOf(applied, success, record.generation, doc, skipped);
+  if (!applied.status) log_->error("generation {} (retried): {}", record.generation, applied.status.message());
+  Status s = state_.finishCycle(outcomeOf(applied, success), report.error, toChangeInputs(applied.changes),
+                                toSkippedRecords(skipped));
+  if (!s) {
+    log_->error("record outcome of generation {}: {}", record.generation, s.message());
+    report.outcome = "failed";
+    report.exitCode = 1;
+    report.error = s.message();
+  }
+  return report;
+}
+
+Agent::Fetched Agent::fetch(StoreClient& store, int64_t waitSeconds) const {
+  Fetched f;
+  f.time = clock_.nowSeconds();
+  f.source = store.describe();
+  auto pin = state_.pin();
+  if (!pin) {
+    f.outcome = pin.status();
+    return f;
+  }
+  // The newest generation without its body: a daemon asks at every poll.
+  auto latest = state_.history(1);
+  if (!latest) {
+    f.outcome = latest.status();
+    return f;
+  }
+  // Send the ETag only when the document it names needs no further work: after a failure, or
+  // once unpinned with a recorded document waiting, the store must send the body again.
+  std::string etag;
+  if (!latest->empty()) {
+    const auto outcome = latest->front().outcome;
+    const bool needBody =
+        outcome == GenerationOutcome::kFailed || outcome == GenerationOutcome::kPending ||
+        (!pin->has_value() && (outcome == GenerationOutcome::kRecorded || outcome == GenerationOutcome::kRolledBack));
+    if (!needBody) etag = latest->front().etag;
+  }
+  f.reachedStore = true;
+  f.outcome = store.fetch(etag, waitSeconds);
+  return f;
+}
+
+CycleReport Agent::cycle(StoreClient& store, int64_t waitSeconds) { return reconcile(fetch(store, waitSeconds)); }
+
+CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
+  const int64_t now = fetched.time;
+  if (!fetched.outcome) {
+    const Status& st = fetched.outcome.status();
+    if (!fetched.reachedStore) return failure(1, "failed", st.message());
+    const bool rejected = st.code() == ErrorCode::kRejected;
+    (void)state_.recordPoll(now, rejected ? "rejected" : "error", st.message());
+    if (rejected) {
+      GenerationInput input;
+      input.time = now;
+      input.source = fetched.source;
+      input.outcome = GenerationOutcome::kRejected;
+      input.error = st.message();
+      (void)state_.recordGeneration(input);
+      return failure(3, "rejected", st.message());
+    }
+    return failure(4, "unreachable", st.message());
+  }
+
+  if (fetched.outcome->kind == FetchOutcome::Kind::kUnchanged) {
+    CycleReport r = checkHost ? reapplyInForce() : inForceReport();
+    if (r.outcome != "applied" && r.outcome != "rolled_back" && r.exitCode == 0) r.outcome = "unchanged";
+    (void)state_.recordPoll(now, r.exitCode == 0 ? "not_modified" : r.outcome, pollError(r.error));
+    return r;
+  }
+
+  // A document: the pin and the newest generation as they are now, under the cycle lock (a
+  // rollback may have pinned while the fetch was held).
+  auto pin = state_.pin();
+  if (!pin) return failure(1, "failed", pin.status().message());
+  auto newest = state_.history(1);
+  if (!newest) return failure(1, "failed", newest.status().message());
+  const std::optional<GenerationRecord> latest =
+      newest->empty() ? std::nullopt : std::optional<GenerationRecord>(newest->front());
+
+  const std::string& body = fetched.outcome->body;
+  const std::string& etag = fetched.outcome->etag;
+  const std::string hash = sha256Hex(body);
+  auto rejectWhole = [&](const std::string& error, std::optional<int64_t> revision,
+                         const std::vector<SkippedEntry>& skipped) {
+    log_->error("document rejected: {}", error);
+    (void)state_.recordPoll(now, "rejected", error);
+    // The same bad document polled again is not a new generation.
+    if (!(latest && latest->docHash == hash && latest->outcome == GenerationOutcome::kRejected)) {
+      GenerationInput input;
+      input.time = now;
+      input.source = fetched.source;
+      input.revision = revision;
+      input.etag = etag;
+      input.docHash = hash;
+      input.body = body;
+      input.outcome = GenerationOutcome::kRejected;
+      input.error = error;
+      input.skipped = toSkippedRecords(skipped);
+      (void)state_.recordGeneration(input);
+    }
+    auto r = failure(3, "rejected", error);
+    r.revision = revision;
+    return r;
+  };
+
+  auto doc = parseDocument(body, documentOptions(config_));
+  if (!doc) return rejectWhole(doc.status().message(), std::nullopt, {});
+  for (const auto& field : doc->unknownFields) log_->info("document: unknown field {} ignored", field);
+  for (const auto& s : doc->skipped) log_->warn("skipped {}: {}", s.id, s.reason);
+
+  auto highest = state_.highestAppliedStoreRevision();
+  if (!highest) return failure(1, "failed", highest.status().message());
+  if (doc->revision < *highest) {
+    return rejectWhole("revision " + std::to_string(doc->revision) + " is lower than revision " +
+                           std::to_string(*highest) + " already applied (replay refused; use rollback to go back)",
+                       doc->revision, doc->skipped);
+  }
+
+  if (pin->has_value()) {
+    if (!(latest && latest->docHash == hash)) {
+      GenerationInput input;
+      input.time = now;
+      input.source = fetched.source;
+      input.revision = doc->revision;
+      input.etag = etag;
+      input.docHash = hash;
+      input.body = body;
+      input.outcome = GenerationOutcome::kRecorded;
+      input.skipped = toSkippedRecords(doc->skipped);
+      (void)state_.recordGeneration(input);
+      log_->info("pinned to generation {}: revision {} recorded, not applied", **pin, doc->revision);
+    }
+    CycleReport r = reapplyInForce();
+    if (r.exitCode == 0 && r.outcome != "applied" && r.outcome != "rolled_back") r.outcome = "recorded";
+    r.skipped = doc->skipped;
+    (void)state_.recordPoll(now, r.exitCode == 0 ? "recorded" : r.outcome, pollError(r.error));
+    return r;
+  }
+
+  std::optional<GenerationRecord> inForce;
+  auto current = inForceDocument(&inForce);
+  if (!current) return failure(1, "failed", current.status().message());
+  if (inForce && inForce->revision && *inForce->revision == doc->revision &&
+      inForce->outcome != GenerationOutcome::kRolledBack) {
+    // The same revision again is a no-op; the document in force still gets its drift check.
+    CycleReport r = reapplyInForce();
+    if (r.exitCode == 0 && r.outcome != "applied") r.outcome = "unchanged";
+    r.skipped = doc->skipped;
+    r.revision = doc->revision;
+    (void)state_.recordPoll(now, r.exitCode == 0 ? "unchanged" : r.outcome, pollError(r.error));
+    return r;
+  }
+
+  CycleReport report = applyNew(fetched.source, etag, body, *doc, GenerationOutcome::kApplied, std::nullopt);
+  (void)state_.recordPoll(now, report.outcome, pollError(report.error));
+  return report;
+}
+
+CycleReport Agent::reapplyInForce() {
+  std::optional<GenerationRecord> record;
+  auto current = inForceDocument(&record);
+  if (!current) return failure(1, "failed", current.status().message());
+  if (!current->has_value()) {
+    CycleReport r;
+    r.outcome = "unchanged";
+    return r;
+  }
+  // A generation whose cycle did not apply everything is retried as itself.
+  if (record->outcome == GenerationOutcome::kPartial || record->outcome == GenerationOutcome::kFailed) {
+    return retry(*record, **current);
+  }
+  auto pending = state_.reloadPending();
+  if (!pending) return failure(1, "failed", pending.status().message());
+  StateLedger ledger(state_);
+  Reconciler reconciler(factory_(ledger), log_);
+  Desired desired{**current, config_.host, config_.sshd, clock_.nowSeconds()};
+  auto planned = reconciler.plan(desired, host_);
+  CycleReport r;
+  r.revision = record->revision;
+  r.generation = record->generation;
+  r.skipped = fromSkippedRecords<SkippedEntry>(record->skipped);
+  if (planned.actions.empty() && planned.failures.empty() && pending->empty()) {
+    r.outcome = "unchanged";
+    return r;
+  }
+  // Drift, expiry or a reload still owed: apply the document in force again as a generation of
+  // its own, so the change log says what was corrected.
+  return applyNew(
+      record->source, record->etag, record->body, **current,
+      record->outcome == GenerationOutcome::kRolledBack ? GenerationOutcome::kRolledBack : GenerationOutcome::kApplied,
+      record->rollbackOf);
+}
+
+CycleReport Agent::inForceReport() {
+  auto pending = state_.reloadPending();
+  if (!pending) return failure(1, "failed", pending.status().message());
+  auto last = state_.lastApplied();
+  if (!last) return failure(1, "failed", last.status().message());
+  // What the host needs without looking at it: a reload still owed, or a generation to retry.
+  if (!pending->empty() || (last->has_value() && ((*last)->outcome == GenerationOutcome::kPartial ||
+                                                  (*last)->outcome == GenerationOutcome::kFailed))) {
+    return reapplyInForce();
+  }
+  CycleReport r;
+  r.outcome = "unchanged";
+  if (last->has_value()) {
+    r.revision = (*last)->revision;
+    r.generation = (*last)->generation;
+    r.skipped = fromSkippedRecords<SkippedEntry>((*last)->skipped);
+  }
+  return r;
+}
+
+CycleReport Agent::rollback(int64_t generation) {
+  auto record = state_.generation(generation);
+  if (!record) return failure(1, "failed", record.status().message());
+  if (!record->has_value())
+    return failure(2, "failed", "rollback: generation " + std::to_string(generation) + " does not exist");
+  const GenerationRecord& target = **record;
+  if (target.body.empty() || target.outcome == GenerationOutcome::kRejected) {
+    return failure(2, "failed", "rollback: generation " + std::to_string(generation) + " holds no valid document");
+  }
+  auto doc = parseStored(target);
+  if (!doc)
+    return failure(2, "failed", "rollback: generation " + std::to_string(generation) + ": " + doc.status().message());
+  CycleReport report = applyNew("rollback of generation " + std::to_string(generation), target.etag, target.body, *doc,
+                                GenerationOutcome::kRolledBack, generation);
+  // The rolled-back document is in force even when a part of it failed (that part is contained
+  // and retried): the pin keeps the store's newer documents from replacing it.
+  if ((report.exitCode == 0 || report.exitCode == 5) && report.generation) {
+    Status s = state_.setPin(*report.generation);
+    if (!s) return failure(1, "failed", s.message());
+  }
+  return report;
+}
+
+Result<std::optional<int64_t>> Agent::nextKeyExpiry() const {
+  auto doc = inForceDocument(nullptr);
+  if (!doc) return doc.status();
+  if (!doc->has_value()) return std::optional<int64_t>();
+  return nextExpiry(**doc, clock_.nowSeconds());
+}
+
+Status Agent::resume() { return state_.setPin(std::nullopt); }
+
+}  // namespace pim

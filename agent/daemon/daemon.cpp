@@ -1,0 +1,753 @@
+#include "agent/daemon/daemon.h"
+
+#include <malloc.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <memory>
+#include <set>
+
+#include "agent/cycle/adopt.h"
+#include "agent/cycle/open_state.h"
+#include "agent/cycle/sandbox.h"
+#include "agent/daemon/metrics.h"
+#include "agent/daemon/perm_watcher.h"
+#include "agent/daemon/sd_notify.h"
+#include "agent/store/file_store_client.h"
+#include "agent/store/store_client.h"
+#include "providers/core/paths.h"
+#include "providers/host/real_host.h"
+#include "providers/host/transfer_perms.h"
+#include "providers/provider_set.h"
+#include "state/state_ledger.h"
+#include "state/state_store.h"
+
+namespace pim {
+
+// One inotify watch on a directory the last check of the host read from, and the names in it
+// that matter ("" in `names`: any entry).
+struct Daemon::HostWatch {
+  uv_fs_event_t handle{};
+  Daemon* daemon = nullptr;
+  std::set<std::string> names;
+};
+
+struct Daemon::Runtime {
+  Config config;
+  std::unique_ptr<RealHost> host;
+  std::unique_ptr<StateStore> state;
+  std::unique_ptr<StoreClient> store;
+  std::unique_ptr<Agent> agent;
+  std::unique_ptr<PermEnforcer> enforcer;
+  std::unique_ptr<PermWatcher> watcher;
+};
+
+namespace {
+
+// How often the loop looks at the file:// source and at the state database (operator commands).
+// Two or three stat() calls: the idle cost is negligible (see scripts/bench-poll).
+constexpr auto kTick = std::chrono::milliseconds(500);
+// With inotify on the watched files, the tick is only a safety net (and the watchdog's clock).
+constexpr auto kSlowTick = std::chrono::milliseconds(10000);
+// Drift: the host is checked again at least this often even when no watched directory changed,
+// and re-applies for drift are at least this far apart (a busy /etc must not make a storm).
+constexpr auto kHostRecheck = std::chrono::minutes(10);
+constexpr auto kDriftSpacing = std::chrono::milliseconds(2000);
+constexpr auto kDriftSettle = std::chrono::milliseconds(200);
+constexpr auto kMinRetry = std::chrono::milliseconds(200);
+constexpr auto kMaxBackoffBase = std::chrono::milliseconds(2000);
+// A CLI command holding the cycle lock longer than this is stuck; the cycle fails and retries.
+constexpr int kCycleLockWaitMs = 10 * 60 * 1000;
+
+std::string statSignature(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return "missing";
+  return std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" +
+         std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec);
+}
+
+CycleReport internalFailure(const std::string& error) {
+  CycleReport r;
+  r.exitCode = 1;
+  r.outcome = "failed";
+  r.error = error;
+  return r;
+}
+
+void noopSignalHandler(int) {}
+
+}  // namespace
+
+void guardAgainstSigpipe() {
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_handler = noopSignalHandler;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGPIPE, &sa, nullptr);
+}
+
+std::chrono::milliseconds backoffBase(int64_t pollIntervalS) {
+  const int64_t pollMs = pollIntervalS > 0 ? pollIntervalS * 1000 : 1;
+  return std::chrono::milliseconds(std::min<int64_t>(pollMs, kMaxBackoffBase.count()));
+}
+
+Daemon::Daemon(std::function<Result<Config>()> loadConfig, Logger log, FailPoints failpoints)
+    : loadConfig_(std::move(loadConfig)), log_(std::move(log)), failpoints_(std::move(failpoints)) {}
+
+Daemon::~Daemon() = default;
+
+Status Daemon::buildRuntime(const Config& config) {
+  auto rt = std::make_unique<Runtime>();
+  rt->config = config;
+  rt->host = std::make_unique<RealHost>(config.root, makeLogger("host"));
+  auto state = openStateForCycles(config, *rt->host);
+  if (!state) return state.status();
+  rt->state = std::move(*state);
+  auto store = makeStoreClient(config.store, config.root, makeLogger("store"));
+  if (!store) return store.status();
+  rt->store = std::move(*store);
+  rt->agent = std::make_unique<Agent>(
+      config, *rt->host, *rt->state, clock_, [](Ledger& ledger) { return makeProviders(ledger); }, makeLogger("agent"),
+      failpoints_);
+  std::string sourcePath;
+  if (config.store.source.rfind("file:", 0) == 0) {
+    auto path = FileStoreClient::parseFileUrl(config.store.source);
+    if (!path) return path.status();
+    sourcePath = *path;
+  }
+  // Keep the watcher of the old runtime if the transfer tree did not move.
+  if (rt_ && rt_->watcher && rt_->config.host.transferRoot == config.host.transferRoot &&
+      rt_->config.host.transferGroup == config.host.transferGroup && rt_->config.root == config.root) {
+    rt->enforcer = std::move(rt_->enforcer);
+    rt->watcher = std::move(rt_->watcher);
+  } else if (rt_ && rt_->watcher) {
+    rt_->watcher->stop();
+  }
+  rt_ = std::move(rt);
+  sourcePath_ = sourcePath;
+  sourceSignature_ = sourcePath_.empty() ? "" : statSignature(sourcePath_);
+  backoff_ = std::make_unique<Backoff>(backoffBase(config.store.pollIntervalS), Backoff::kDefaultCap);
+  return Status::ok();
+}
+
+int Daemon::run() {
+  guardAgainstSigpipe();
+  // One piece of work runs at a time (a cycle or a re-apply), so one pool thread is enough: the
+  // same thread, warm, at every poll, instead of libuv's four each with a malloc arena of its
+  // own. Arenas are capped too (the loop, the worker, the permission watcher share two).
+  // UV_THREADPOOL_SIZE is read when the pool starts, at the first uv_queue_work below.
+  setenv("UV_THREADPOOL_SIZE", "1", 0);
+  mallopt(M_ARENA_MAX, 2);
+  auto config = loadConfig_();
+  if (!config) {
+    log_->error("{}", config.status().message());
+    return 2;
+  }
+  if (config->store.source.empty()) {
+    log_->error("store.source is not set (config [store] source, or --source URL)");
+    return 2;
+  }
+  {
+    // The daemon lock first: a second daemon must not even seed the sandbox or open the state.
+    RealHost host(config->root, makeLogger("host"));
+    const std::string db = config->state.db;
+    if (Status s = makeStateDirectory(*config, host); !s) {
+      log_->error("start: {}", s.message());
+      return 1;
+    }
+    auto lock = FileLock::acquire(host.realPath(db) + ".daemon.lock", 0);
+    if (!lock) {
+      log_->error("another pim-access-agent daemon is running ({})", lock.status().message());
+      return 1;
+    }
+    daemonLock_ = std::move(*lock);
+  }
+  Status s = buildRuntime(*config);
+  if (!s) {
+    log_->error("start: {}", s.message());
+    return s.code() == ErrorCode::kInvalid ? 2 : 1;
+  }
+
+  uv_loop_init(&loop_);
+  loop_.data = this;
+  for (uv_signal_t* h : {&sigterm_, &sigint_, &sighup_}) {
+    uv_signal_init(&loop_, h);
+    h->data = this;
+  }
+  uv_signal_start(&sigterm_, onSignal, SIGTERM);
+  uv_signal_start(&sigint_, onSignal, SIGINT);
+  uv_signal_start(&sighup_, onSignal, SIGHUP);
+  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_}) {
+    uv_timer_init(&loop_, t);
+    t->data = this;
+  }
+  for (uv_fs_event_t* e : {&stateEvents_, &sourceEvents_}) {
+    uv_fs_event_init(&loop_, e);
+    e->data = this;
+  }
+  handlesOpen_ = true;
+  watchdog_ = sdWatchdogInterval();
+  watchFiles();
+  lastWatchdog_ = std::chrono::steady_clock::now();
+  workReq_.data = this;
+  stateSignature_ = stateSignature();
+  if (auto mark = readMark()) seenMark_ = *mark;
+
+  log_->info("daemon started: source {}, poll every {} s{}", rt_->store->describe(), config->store.pollIntervalS,
+             config->store.longPollS > 0 ? ", long poll " + std::to_string(config->store.longPollS) + " s" : "");
+  requestWork(Work::kCycle);
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  if (rt_ && rt_->watcher) {
+    rt_->watcher->stop();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+  }
+  rt_.reset();
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  if (uv_loop_close(&loop_) != 0) log_->warn("event loop closed with handles still open");
+  log_->info("daemon stopped");
+  return 0;
+}
+
+void Daemon::requestWork(Work work) {
+  if (stopping_) return;
+  if (work == Work::kCycle) cycleRequested_ = true;
+  if (work == Work::kReapply) reapplyRequested_ = true;
+  if (busy_) {
+    interruptFetch(work == Work::kCycle ? "a new cycle is due" : "a re-apply is due (key expiry or drift)");
+    return;
+  }
+  startWorkIfIdle();
+}
+
+void Daemon::interruptFetch(const char* why) {
+  // Only a fetch can be held for long; everything else the worker does is short.
+  if (!busy_ || running_ != Work::kCycle || !fetching_.load() || interrupted_.load()) return;
+  log_->debug("cancelling the store request in flight: {}", why);
+  interrupted_.store(true);
+  rt_->store->cancel();
+}
+
+void Daemon::startWorkIfIdle() {
+  if (busy_ || stopping_) return;
+  if (reloadPending_) reload();
+  // A re-apply first: a cycle may be a long poll, and an expiring key must not wait for it.
+  if (reapplyRequested_) {
+    running_ = Work::kReapply;
+    reapplyRequested_ = false;
+  } else if (cycleRequested_) {
+    running_ = Work::kCycle;
+    cycleRequested_ = false;
+    uv_timer_stop(&pollTimer_);
+  } else {
+    return;
+  }
+  busy_ = true;
+  workStarted_ = std::chrono::steady_clock::now();
+  // The first cycle never long-polls: the host is checked and READY=1 sent without waiting
+  // for the store to have something new.
+  const int64_t wait = readyNotified_ && sourcePath_.empty() ? rt_->config.store.longPollS : 0;
+  const auto now = std::chrono::steady_clock::now();
+  const bool checkHost =
+      running_ == Work::kReapply || hostDirty_ || !hostWatched_ || now - lastHostCheck_ >= kHostRecheck;
+  if (checkHost) {
+    hostDirty_ = false;
+    lastHostCheck_ = now;
+  }
+  input_ = WorkInput{seenMark_, nextExpiry_, wait, checkHost};
+  uv_queue_work(&loop_, &workReq_, onWork, onWorkDone);
+}
+
+void Daemon::onWork(uv_work_t* req) { static_cast<Daemon*>(req->data)->work(); }
+
+Result<FileLock> Daemon::lockCycle() {
+  const std::string path = lockPath(rt_->config, *rt_->host);
+  auto lock = FileLock::acquire(path, 0);
+  if (lock || lock.status().code() != ErrorCode::kInvalid) return lock;
+  log_->info("waiting for the cycle lock: another pim-access-agent command is changing the host");
+  return FileLock::acquire(path, kCycleLockWaitMs, &abandon_);
+}
+
+Result<Daemon::StateMark> Daemon::readMark() const {
+  auto newest = rt_->state->history(1);
+  if (!newest) return newest.status();
+  auto pin = rt_->state->pin();
+  if (!pin) return pin.status();
+  StateMark mark;
+  if (!newest->empty()) {
+    mark.generation = newest->front().generation;
+    mark.outcome = outcomeName(newest->front().outcome);
+  }
+  mark.pin = *pin;
+  return mark;
+}
+
+void Daemon::snapshotState(WorkResult& out) const {
+  // The signature first: a change after it is seen again by the next tick.
+  const std::string signature = stateSignature();
+  auto mark = readMark();
+  if (!mark) return;
+  // The next expiry only changes with the document in force, hence with the state; an expiry
+  // already past must be looked at again (the timer would fire at once, forever).
+  const bool reuse =
+      input_.mark && *input_.mark == *mark && (!input_.nextExpiry || *input_.nextExpiry > clock_.nowSeconds());
+  if (reuse) {
+    out.nextExpiry = input_.nextExpiry;
+  } else {
+    auto expiry = rt_->agent->nextKeyExpiry();
+    if (!expiry) return;
+    out.nextExpiry = *expiry;
+  }
+  out.mark = *mark;
+  out.stateSignature = signature;
+}
+
+void Daemon::work() {
+  WorkResult out;
+  out.recovered = recovered_;
+  Runtime& rt = *rt_;
+  if (!out.recovered) {
+    auto lock = lockCycle();
+    if (!lock) {
+      out.report = internalFailure(lock.status().message());
+      result_ = std::move(out);
+      return;
+    }
+    Status s = rt.agent->recoverInterruptedCycle();
+    if (!s) {
+      log_->error("recovery of an interrupted cycle: {}", s.message());
+      out.report = internalFailure(s.message());
+      result_ = std::move(out);
+      return;
+    }
+    out.recovered = true;
+  }
+  std::optional<Agent::Fetched> fetched;
+  if (running_ == Work::kCycle) {
+    fetching_.store(true);
+    fetched = rt.agent->fetch(*rt.store, input_.waitSeconds);
+    fetching_.store(false);
+    if (!fetched->outcome && (interrupted_.load() || abandon_.load())) {
+      // Cancelled on purpose: not a store failure, nothing to record.
+      out.report.outcome = "interrupted";
+      snapshotState(out);
+      result_ = std::move(out);
+      return;
+    }
+  }
+  auto lock = lockCycle();
+  if (!lock) {
+    out.report = abandon_.load() ? CycleReport{} : internalFailure(lock.status().message());
+    if (abandon_.load()) out.report.outcome = "interrupted";
+    result_ = std::move(out);
+    return;
+  }
+  out.report = fetched ? rt.agent->reconcile(*fetched, input_.checkHost) : rt.agent->reapplyInForce();
+  snapshotState(out);
+  result_ = std::move(out);
+}
+
+void Daemon::onWorkDone(uv_work_t* req, int) { static_cast<Daemon*>(req->data)->workDone(); }
+
+void Daemon::workDone() {
+  busy_ = false;
+  const Work finished = running_;
+  running_ = Work::kNone;
+  WorkResult out = std::move(result_);
+  result_ = WorkResult{};
+  recovered_ = out.recovered;
+  const CycleReport& r = out.report;
+  const bool interrupted = r.outcome == "interrupted";
+  if (!r.changes.empty() || r.exitCode != 0) {
+    log_->info("cycle: {}{}{} ({} changes){}", r.outcome,
+               r.generation ? ", generation " + std::to_string(*r.generation) : "",
+               r.revision ? ", revision " + std::to_string(*r.revision) : "", r.changes.size(),
+               r.error.empty() ? "" : ": " + r.error);
+  }
+  for (const auto& w : r.warnings) log_->warn("cycle: {}", w);
+  if (!interrupted) {
+    const int64_t now = clock_.nowSeconds();
+    metrics_.countCycle(r, now);
+    if (rt_ && rt_->watcher) {
+      const PermStats totals = rt_->watcher->totals();
+      metrics_.setPermissionTotals(totals.changed, totals.errors);
+    }
+    // The metrics file is read between cycles; the state is not being written now.
+    if (Status m = publishMetrics(*rt_->host, *rt_->state, rt_->config, metrics_, now); !m) {
+      log_->warn("metrics: {}", m.message());
+    }
+  }
+  if (out.mark) {
+    stateSignature_ = out.stateSignature;
+    seenMark_ = out.mark;
+    nextExpiry_ = out.nextExpiry;
+  }
+  if (!readyNotified_ && !interrupted) {
+    sdNotify("READY=1\nSTATUS=first cycle done: " + r.outcome);
+    readyNotified_ = true;
+  }
+  if (stopping_) {
+    closeHandles();
+    return;
+  }
+  if (interrupted_.exchange(false)) {
+    // cancel() is for good: the next fetch needs a client of its own.
+    auto store = makeStoreClient(rt_->config.store, rt_->config.root, makeLogger("store"));
+    if (store) {
+      rt_->store = std::move(*store);
+    } else {
+      log_->error("store client: {}", store.status().message());
+    }
+  }
+  startWatcherIfReady();
+  scheduleExpiry();
+  if (finished == Work::kCycle && r.exitCode == 4 && !inForceReapplied_) {
+    // The store is down at start (after a reboot, say): keep the last good generation in force
+    // on the host anyway, so the SFTP bind mounts, which do not survive a reboot, come back.
+    inForceReapplied_ = true;
+    reapplyRequested_ = true;
+  }
+  if (finished == Work::kCycle) {
+    if (interrupted) {
+      cycleRequested_ = true;
+    } else {
+      const auto& store = rt_->config.store;
+      std::chrono::milliseconds delay;
+      if (r.exitCode == 1 || r.exitCode == 4 || r.exitCode == 5) {
+        delay = std::max(backoff_->nextDelay(), std::chrono::milliseconds(kMinRetry));
+        log_->warn("retrying in {} ms ({} consecutive failures)", delay.count(), backoff_->failures());
+      } else {
+        backoff_->reset();
+        const auto took = std::chrono::steady_clock::now() - workStarted_;
+        // Back-to-back long polls, unless the store answered a long poll at once without
+        // holding it (a store that does not long-poll must not be hammered). The first cycle
+        // did not ask to be held; a new document (applied, or recorded under a pin) is a good
+        // reason to answer at once.
+        const bool newDocument = !r.changes.empty() || r.outcome == "recorded";
+        const bool longPoll = store.longPollS > 0 && sourcePath_.empty() &&
+                              (input_.waitSeconds == 0 || took >= std::chrono::seconds(1) || newDocument);
+        delay = longPoll ? std::chrono::milliseconds(0) : std::chrono::milliseconds(store.pollIntervalS * 1000);
+      }
+      scheduleNextPoll(delay);
+    }
+  }
+  // What changed while the worker was busy (file events are not acted on then).
+  checkSource();
+  checkOperatorCommands();
+  if (!r.changes.empty()) {
+    // The last plan looked at the host before these changes (a new home, a new chroot): one more
+    // check soon records what the host looks like now, and the watches follow it.
+    hostDirty_ = true;
+    rewatchHost_ = true;
+    uv_timer_start(&hostSettle_, onHostSettle, uint64_t(kDriftSettle.count()), 0);
+  }
+  watchHost();
+  startWorkIfIdle();
+}
+
+void Daemon::watchHost() {
+  if (!handlesOpen_ || stopping_ || !rt_) return;
+  RealHost::ReadSet reads = rt_->host->readSet();
+  if (reads.directories.empty()) {  // no check of the host yet
+    hostWatched_ = false;
+    return;
+  }
+  // After a poll that did not look at the host, nor saw it change: the watches stand as they are.
+  if (hostWatched_ && !rewatchHost_ && watchedReads_ == reads) return;
+  rewatchHost_ = false;
+  // A directory that does not exist (yet) is watched through the nearest one that does, for the
+  // name of the missing component.
+  std::map<std::string, std::set<std::string>> wanted;
+  const std::string realRoot = rt_->host->realPath("/");
+  for (const auto& [dir, names] : reads.directories) {
+    std::string at = rt_->host->realPath(dir);
+    std::set<std::string> relevant = names;
+    struct stat st {};
+    while (at.size() > realRoot.size() && ::lstat(at.c_str(), &st) != 0) {
+      relevant = {baseName(at)};
+      at = parentOf(at);
+    }
+    wanted[at].insert(relevant.begin(), relevant.end());
+  }
+  for (auto it = hostWatches_.begin(); it != hostWatches_.end();) {
+    if (wanted.count(it->first) != 0) {
+      it->second->names = wanted[it->first];
+      ++it;
+      continue;
+    }
+    closeHostWatch(it->second);
+    it = hostWatches_.erase(it);
+  }
+  bool ok = true;
+  for (const auto& [dir, names] : wanted) {
+    if (hostWatches_.count(dir) != 0) continue;
+    auto* w = new HostWatch;
+    w->daemon = this;
+    w->names = names;
+    uv_fs_event_init(&loop_, &w->handle);
+    w->handle.data = w;
+    if (uv_fs_event_start(&w->handle, onHostEvent, dir.c_str(), 0) != 0) {
+      closeHostWatch(w);
+      ok = false;  // e.g. a directory that does not exist yet: check the host at every poll
+      continue;
+    }
+    hostWatches_.emplace(dir, w);
+  }
+  if (reads.mounts && mountsFd_ < 0) {
+    // The mount table: poll(2) reports POLLPRI on /proc/self/mountinfo after any change.
+    mountsFd_ = ::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (mountsFd_ < 0 || uv_poll_init(&loop_, &mountsPoll_, mountsFd_) != 0) {
+      if (mountsFd_ >= 0) ::close(mountsFd_);
+      mountsFd_ = -1;
+    } else {
+      mountsPoll_.data = this;
+      uv_poll_start(&mountsPoll_, UV_PRIORITIZED, onMountsChanged);
+    }
+  }
+  hostWatched_ = ok && (!reads.mounts || mountsFd_ >= 0);
+  watchedReads_ = std::move(reads);
+}
+
+void Daemon::closeHostWatch(HostWatch* watch) {
+  uv_close(reinterpret_cast<uv_handle_t*>(&watch->handle),
+           [](uv_handle_t* h) { delete static_cast<HostWatch*>(h->data); });
+}
+
+void Daemon::closeHostWatches() {
+  for (auto& [dir, w] : hostWatches_) closeHostWatch(w);
+  hostWatches_.clear();
+  if (mountsFd_ >= 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&mountsPoll_), [](uv_handle_t* h) {
+      auto* self = static_cast<Daemon*>(h->data);
+      ::close(self->mountsFd_);
+      self->mountsFd_ = -1;
+    });
+  }
+  hostWatched_ = false;
+}
+
+void Daemon::onHostEvent(uv_fs_event_t* handle, const char* filename, int /*events*/, int status) {
+  auto* w = static_cast<HostWatch*>(handle->data);
+  const bool relevant = status < 0 || filename == nullptr || w->names.count("") != 0 || w->names.count(filename) != 0;
+  if (relevant) w->daemon->hostChanged();
+}
+
+void Daemon::onMountsChanged(uv_poll_t* handle, int /*status*/, int /*events*/) {
+  static_cast<Daemon*>(handle->data)->hostChanged();
+}
+
+void Daemon::hostChanged() {
+  if (stopping_ || !rt_) return;
+  if (busy_ && !fetching_.load()) return;  // the worker's own changes; it checks the host itself
+  hostDirty_ = true;
+  hostEvent_ = true;
+  rewatchHost_ = true;
+  // Repaired soon, not at the next poll: a re-apply once the changes settle, spaced out.
+  const auto sinceCheck = std::chrono::steady_clock::now() - lastHostCheck_;
+  auto delay =
+      std::max(std::chrono::duration_cast<std::chrono::milliseconds>(kDriftSpacing - sinceCheck), kDriftSettle);
+  uv_timer_start(&hostSettle_, onHostSettle, uint64_t(delay.count()), 0);
+}
+
+void Daemon::onHostSettle(uv_timer_t* handle) {
+  auto* self = static_cast<Daemon*>(handle->data);
+  if (self->stopping_ || !self->hostDirty_) return;
+  if (self->hostEvent_) self->log_->info("the host changed: checking it against the generation in force");
+  self->hostEvent_ = false;
+  self->requestWork(Work::kReapply);
+}
+
+void Daemon::scheduleNextPoll(std::chrono::milliseconds delay) {
+  uv_timer_start(&pollTimer_, onPollTimer, uint64_t(delay.count()), 0);
+}
+
+void Daemon::scheduleExpiry() {
+  uv_timer_stop(&expiryTimer_);
+  if (!nextExpiry_) return;
+  const auto nowMs =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
+  // Fire just after the expiry second begins: installableAt() compares whole seconds.
+  int64_t delay = *nextExpiry_ * 1000 - nowMs + 5;
+  if (delay < 0) delay = 0;
+  uv_timer_start(&expiryTimer_, onExpiryTimer, uint64_t(delay), 0);
+}
+
+void Daemon::startWatcherIfReady() {
+  if (!rt_ || rt_->watcher) return;
+  const HostSettings& hs = rt_->config.host;
+  auto info = rt_->host->lstat(hs.transferRoot);
+  auto group = rt_->host->findGroup(hs.transferGroup);
+  if (!info || info->type != FileType::kDirectory || !group || !group->has_value()) return;
+  const std::string realRoot = rt_->host->realPath(hs.transferRoot);
+  rt_->enforcer = std::make_unique<PermEnforcer>(realRoot, (*group)->gid, makeLogger("perms"));
+  rt_->watcher = std::make_unique<PermWatcher>(&loop_, *rt_->enforcer, realRoot, makeLogger("perms.watch"));
+  Status s = rt_->watcher->start();
+  if (!s) {
+    log_->error("transfer permissions: {}", s.message());
+    rt_->watcher.reset();
+    rt_->enforcer.reset();
+    return;
+  }
+  log_->info("watching {} for permissions", realRoot);
+}
+
+// Starts (again) the inotify watches and sets the tick: 500 ms when a watch could not be set up
+// (stat polling as before), otherwise 10 s as a safety net; never longer than half the systemd
+// watchdog interval.
+void Daemon::watchFiles() {
+  if (!handlesOpen_ || !rt_) return;
+  if (!stateWatched_) {
+    const std::string dir = parentOf(rt_->host->realPath(rt_->config.state.db));
+    int rc = uv_fs_event_start(&stateEvents_, onFileEvent, dir.c_str(), 0);
+    stateWatched_ = rc == 0;
+    if (rc != 0) log_->warn("cannot watch {} ({}): checking it every {} ms", dir, uv_strerror(rc), kTick.count());
+  }
+  const std::string sourceDir = sourcePath_.empty() ? std::string() : parentOf(sourcePath_);
+  if (sourceWatched_ && sourceDir != sourceWatchedDir_) {
+    uv_fs_event_stop(&sourceEvents_);
+    sourceWatched_ = false;
+  }
+  bool sourceOk = true;
+  if (!sourceDir.empty() && !sourceWatched_) {
+    int rc = uv_fs_event_start(&sourceEvents_, onFileEvent, sourceDir.c_str(), 0);
+    sourceWatched_ = rc == 0;
+    sourceWatchedDir_ = sourceWatched_ ? sourceDir : std::string();
+    sourceOk = sourceWatched_;
+    if (rc != 0) log_->warn("cannot watch {} ({}): checking it every {} ms", sourceDir, uv_strerror(rc), kTick.count());
+  }
+  auto tick = stateWatched_ && sourceOk ? kSlowTick : kTick;
+  if (watchdog_) {
+    tick = std::min(tick, std::chrono::duration_cast<std::chrono::milliseconds>(*watchdog_ / 2));
+    tick = std::max(tick, std::chrono::milliseconds(100));
+  }
+  uv_timer_start(&tickTimer_, onTickTimer, tick.count(), tick.count());
+}
+
+void Daemon::onFileEvent(uv_fs_event_t* handle, const char* /*filename*/, int /*events*/, int /*status*/) {
+  auto* self = static_cast<Daemon*>(handle->data);
+  if (self->stopping_ || !self->rt_) return;
+  // The worker's own writes: what changed meanwhile is looked at when it is done.
+  if (self->busy_ && !self->fetching_.load()) return;
+  self->settleChecks_ = 2;
+  uv_timer_start(&self->settleTimer_, onSettleTimer, 50, 0);  // restarted by every event
+}
+
+void Daemon::onSettleTimer(uv_timer_t* handle) {
+  auto* self = static_cast<Daemon*>(handle->data);
+  if (self->stopping_ || !self->rt_) return;
+  self->checkSource();
+  self->checkOperatorCommands();
+  if (--self->settleChecks_ > 0) uv_timer_start(&self->settleTimer_, onSettleTimer, 500, 0);
+}
+
+std::string Daemon::stateSignature() const {
+  const std::string db = rt_->host->realPath(rt_->config.state.db);
+  return statSignature(db) + "|" + statSignature(db + "-wal");
+}
+
+void Daemon::tick() {
+  if (watchdog_ && std::chrono::steady_clock::now() - lastWatchdog_ >= *watchdog_ / 2) {
+    sdNotify("WATCHDOG=1");
+    lastWatchdog_ = std::chrono::steady_clock::now();
+  }
+  if (stopping_ || !rt_) return;
+  checkSource();
+  checkOperatorCommands();
+}
+
+void Daemon::checkSource() {
+  // A file:// source is re-read as soon as it changes (a fetch of it is never held, so a busy
+  // worker will be done soon and the change is still there to see: the tick looks again).
+  if (sourcePath_.empty() || busy_) return;
+  const std::string sig = statSignature(sourcePath_);
+  if (sig == sourceSignature_) return;
+  sourceSignature_ = sig;
+  requestWork(Work::kCycle);
+}
+
+void Daemon::checkOperatorCommands() {
+  // While the worker reconciles, the database changes under its own hand: look afterwards.
+  if (busy_ && !fetching_.load()) return;
+  const std::string sig = stateSignature();
+  if (sig == stateSignature_) return;
+  auto mark = readMark();
+  if (!mark) return;
+  if (!busy_) stateSignature_ = sig;
+  if (seenMark_ && *mark == *seenMark_) return;
+  // Another process (rollback, resume, once) changed the state: a cycle now picks up the pin,
+  // fetches what a lifted pin lets through, and re-arms the expiry timer.
+  log_->info("state changed by another command (generation {} {}, {}): running a cycle",
+             mark->generation ? std::to_string(*mark->generation) : "none", mark->outcome,
+             mark->pin ? "pinned to " + std::to_string(*mark->pin) : std::string("not pinned"));
+  seenMark_ = *mark;
+  requestWork(Work::kCycle);
+}
+
+void Daemon::reload() {
+  reloadPending_ = false;
+  auto config = loadConfig_();
+  if (!config) {
+    log_->error("SIGHUP: config not reloaded: {}", config.status().message());
+    return;
+  }
+  if (config->root != rt_->config.root || config->state.db != rt_->config.state.db) {
+    log_->error("SIGHUP: config not reloaded: state.db (or --root) changed; restart the daemon to move the state");
+    return;
+  }
+  Status s = buildRuntime(*config);
+  if (!s) {
+    log_->error("SIGHUP: config not reloaded: {}", s.message());
+    return;
+  }
+  watchFiles();
+  log_->info("SIGHUP: configuration reloaded: source {}, poll every {} s", rt_->store->describe(),
+             config->store.pollIntervalS);
+  cycleRequested_ = true;
+}
+
+void Daemon::stop() {
+  if (stopping_) return;
+  stopping_ = true;
+  abandon_.store(true);
+  sdNotify("STOPPING=1");
+  log_->info("stopping");
+  if (rt_ && rt_->store) rt_->store->cancel();
+  if (!busy_) closeHandles();
+}
+
+void Daemon::closeHandles() {
+  if (!handlesOpen_) return;
+  handlesOpen_ = false;
+  if (rt_ && rt_->watcher) rt_->watcher->stop();
+  for (uv_signal_t* h : {&sigterm_, &sigint_, &sighup_}) uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
+  closeHostWatches();
+  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_})
+    uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
+  for (uv_fs_event_t* e : {&stateEvents_, &sourceEvents_}) uv_close(reinterpret_cast<uv_handle_t*>(e), nullptr);
+}
+
+void Daemon::onSignal(uv_signal_t* handle, int signum) {
+  auto* self = static_cast<Daemon*>(handle->data);
+  if (signum == SIGHUP) {
+    // Reloaded between two pieces of work, never under a running one; a held fetch is cut short.
+    self->reloadPending_ = true;
+    self->interruptFetch("SIGHUP");
+    self->startWorkIfIdle();
+    return;
+  }
+  self->stop();
+}
+
+void Daemon::onPollTimer(uv_timer_t* handle) { static_cast<Daemon*>(handle->data)->requestWork(Work::kCycle); }
+
+void Daemon::onExpiryTimer(uv_timer_t* handle) { static_cast<Daemon*>(handle->data)->requestWork(Work::kReapply); }
+
+void Daemon::onTickTimer(uv_timer_t* handle) { static_cast<Daemon*>(handle->data)->tick(); }
+
+}  // namespace pim

@@ -1,0 +1,201 @@
+#pragma once
+// The resident daemon (`run`): a libuv loop that polls the store (back-to-back long polls or a
+// poll timer), backs off on failures, removes keys at their expiry, re-reads a file:// source
+// when it changes, notices operator commands (rollback, resume, once) within a second, keeps the
+// transfer tree's permissions right through inotify, re-reads the config on SIGHUP and stops
+// cleanly on SIGTERM/SIGINT.
+//
+// Threads: the loop thread owns every handle and flag; one piece of work at a time (a cycle or
+// a re-apply) runs on libuv's thread pool so that signals and timers are handled at once. A
+// cycle fetches WITHOUT the cycle lock (a long poll may be held for minutes while a CLI `once`
+// or `rollback` runs) and reconciles WITH it. Anything that needs the worker while it is held
+// in a fetch (a signal, an expiring key, an operator command, a new config) cancels that fetch;
+// the cycle then starts again at once with a fresh store client.
+//
+// Retries: after a failed cycle (store unreachable, apply failed, internal error) the next
+// attempt waits U[0, min(cap, base * 2^n)] ("full jitter": a fleet's retries spread over the
+// whole window), at least 200 ms, base = min(poll interval, 2 s), cap 10 minutes; a success
+// resets it. A short base
+// lets a host recover from a blip in seconds; the doubling reaches the poll interval after a few
+// failures and the 10-minute cap after ~9, so a fleet never hammers a store that is down.
+
+#include <uv.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "agent/config/config.h"
+#include "agent/cycle/cycle.h"
+#include "agent/cycle/failpoint.h"
+#include "agent/cycle/file_lock.h"
+#include "agent/daemon/backoff.h"
+#include "agent/daemon/metrics.h"
+#include "providers/core/clock.h"
+#include "providers/core/log.h"
+#include "providers/host/real_host.h"
+
+namespace pim {
+
+/// Makes a write to a closed socket or pipe fail with EPIPE instead of killing the process, with
+/// a handler that does nothing (not SIG_IGN, which the programs the agent runs would inherit
+/// through exec). Idempotent; call once at start.
+void guardAgainstSigpipe();
+
+/// The first retry ceiling after a failure: min(poll interval, 2 s) (at least 1 ms).
+std::chrono::milliseconds backoffBase(int64_t pollIntervalS);
+
+class Daemon {
+ public:
+  /// `loadConfig` is called at start and on each SIGHUP; `failpoints` (tests) go to every Agent
+  /// the daemon builds.
+  Daemon(std::function<Result<Config>()> loadConfig, Logger log, FailPoints failpoints = {});
+  ~Daemon();
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  /// Runs until SIGTERM or SIGINT; returns the exit code: 0 after a clean stop, 1 when another
+  /// daemon holds the daemon lock ("another pim-access-agent daemon is running") or start-up
+  /// failed, 2 for a bad config. Call once.
+  int run();
+
+ private:
+  enum class Work { kNone, kCycle, kReapply };
+  struct Runtime;
+  /// What the daemon knows of the state database: the newest generation, its outcome, the pin.
+  /// Another process changed the state when this changes.
+  struct StateMark {
+    std::optional<int64_t> generation;
+    std::string outcome;
+    std::optional<int64_t> pin;
+    bool operator==(const StateMark& o) const {
+      return generation == o.generation && outcome == o.outcome && pin == o.pin;
+    }
+    bool operator!=(const StateMark& o) const { return !(*this == o); }
+  };
+  /// What the loop thread hands to the worker (written before queueing).
+  struct WorkInput {
+    std::optional<StateMark> mark;      // as the last work left it
+    std::optional<int64_t> nextExpiry;  // valid when mark is set
+    int64_t waitSeconds = 0;            // long poll of a cycle (0: answer at once)
+    bool checkHost = true;              // plan against the host even if the store is unchanged
+  };
+  /// What the worker leaves for the loop thread (written on the pool, read in workDone()).
+  struct WorkResult {
+    CycleReport report;
+    std::optional<StateMark> mark;  // set with nextExpiry and stateSignature
+    std::optional<int64_t> nextExpiry;
+    std::string stateSignature;
+    bool recovered = false;
+  };
+
+  Status buildRuntime(const Config& config);
+  void requestWork(Work work);
+  void startWorkIfIdle();
+  void work();  // on the thread pool
+  Result<FileLock> lockCycle();
+  Result<StateMark> readMark() const;
+  void snapshotState(WorkResult& out) const;
+  void workDone();
+  void interruptFetch(const char* why);
+  void scheduleNextPoll(std::chrono::milliseconds delay);
+  void scheduleExpiry();
+  void startWatcherIfReady();
+  void tick();
+  void checkOperatorCommands();
+  void checkSource();
+  void watchFiles();
+  std::string stateSignature() const;
+  void reload();
+  void stop();
+  void closeHandles();
+
+  static void onWork(uv_work_t* req);
+  static void onWorkDone(uv_work_t* req, int status);
+  static void onSignal(uv_signal_t* handle, int signum);
+  static void onPollTimer(uv_timer_t* handle);
+  static void onExpiryTimer(uv_timer_t* handle);
+  static void onTickTimer(uv_timer_t* handle);
+  static void onFileEvent(uv_fs_event_t* handle, const char* filename, int events, int status);
+  static void onSettleTimer(uv_timer_t* handle);
+  static void onHostEvent(uv_fs_event_t* handle, const char* filename, int events, int status);
+  static void onMountsChanged(uv_poll_t* handle, int status, int events);
+  static void onHostSettle(uv_timer_t* handle);
+  void watchHost();
+  void hostChanged();
+  void closeHostWatches();
+  struct HostWatch;
+  static void closeHostWatch(HostWatch* watch);
+
+  std::function<Result<Config>()> loadConfig_;
+  Logger log_;
+  FailPoints failpoints_;
+  std::unique_ptr<Runtime> rt_;
+  FileLock daemonLock_;
+  SystemClock clock_;
+  std::unique_ptr<Backoff> backoff_;
+  MetricsCounters metrics_;  // cycles and permission fixes, for the Prometheus text file
+
+  uv_loop_t loop_{};
+  uv_signal_t sigterm_{}, sigint_{}, sighup_{};
+  uv_timer_t pollTimer_{}, expiryTimer_{}, tickTimer_{};
+  // inotify (through libuv) on the state database's directory and on the file:// source's
+  // directory: an idle daemon sleeps until something changes instead of stat'ing every tick.
+  uv_fs_event_t stateEvents_{}, sourceEvents_{};
+  // An event is looked at 50 ms later and once more 500 ms after that: SQLite's last write to the
+  // WAL comes before the commit is visible (the wal-index is shared memory, which raises no
+  // event), and a writer may still be writing.
+  uv_timer_t settleTimer_{};
+  int settleChecks_ = 0;
+  // Drift: inotify on every directory the last check of the host read from (and the mount table,
+  // polled for POLLPRI). While none of them changed, an unchanged store needs no new plan; a
+  // change is repaired at once (a re-apply 200 ms after the last event) instead of at the next
+  // poll. Without the watches (a directory missing, no inotify), every poll checks the host.
+  std::map<std::string, HostWatch*> hostWatches_;  // real path -> watch
+  uv_poll_t mountsPoll_{};
+  int mountsFd_ = -1;
+  uv_timer_t hostSettle_{};
+  bool hostWatched_ = false;                       // every directory of the last check is watched
+  bool hostDirty_ = true;                          // something changed since the last check began
+  bool hostEvent_ = false;                         // ... as reported by a watch (logged), not after our own changes
+  bool rewatchHost_ = false;                       // directories may have come or gone: set the watches up again
+  std::optional<RealHost::ReadSet> watchedReads_;  // what the watches were set up for
+  std::chrono::steady_clock::time_point lastHostCheck_{};
+  bool stateWatched_ = false;
+  bool sourceWatched_ = false;
+  std::string sourceWatchedDir_;
+  uv_work_t workReq_{};
+  bool handlesOpen_ = false;
+
+  // Loop thread only.
+  bool busy_ = false;
+  bool stopping_ = false;
+  bool reloadPending_ = false;
+  bool cycleRequested_ = false;
+  bool reapplyRequested_ = false;
+  bool readyNotified_ = false;
+  bool inForceReapplied_ = false;  // the generation in force was re-applied while the store was down
+  bool recovered_ = false;         // the pending-cycle journal was dealt with
+  Work running_ = Work::kNone;
+  std::optional<int64_t> nextExpiry_;
+  std::optional<StateMark> seenMark_;  // the state as the daemon last knew it
+  std::string stateSignature_;         // database files (stat) when the daemon last looked
+  std::string sourcePath_;             // file:// source path, "" for http(s)
+  std::string sourceSignature_;        // its inode/size/mtime seen last
+  std::chrono::steady_clock::time_point workStarted_;
+  std::optional<std::chrono::microseconds> watchdog_;
+  std::chrono::steady_clock::time_point lastWatchdog_;
+
+  // Shared with the worker.
+  WorkInput input_;                       // written before queueing, read by the worker
+  WorkResult result_;                     // written by the worker, read after it finished
+  std::atomic<bool> fetching_{false};     // the worker is inside the store fetch
+  std::atomic<bool> interrupted_{false};  // the loop cancelled the fetch in flight
+  std::atomic<bool> abandon_{false};      // stopping: give up lock waits and fetches
+};
+
+}  // namespace pim

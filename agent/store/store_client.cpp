@@ -1,0 +1,59 @@
+#include "agent/store/store_client.h"
+
+#include <strings.h>
+
+#include "agent/store/file_store_client.h"
+#include "agent/store/http_store_client.h"
+#include "agent/store/signature.h"
+
+namespace pim {
+namespace {
+
+bool startsWithNoCase(const std::string& s, const std::string& prefix) {
+  return s.size() >= prefix.size() && strncasecmp(s.c_str(), prefix.c_str(), prefix.size()) == 0;
+}
+
+std::string rooted(const std::string& root, const std::string& path) { return path.empty() ? path : root + path; }
+
+}  // namespace
+
+Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settings, const std::string& root, Logger log,
+                                                     const StoreClientOptions& options) {
+  if (settings.source.empty()) return Status::error(ErrorCode::kInvalid, "store.source: not set");
+  if (settings.maxDocumentBytes <= 0) {
+    return Status::error(ErrorCode::kInvalid, "store.max_document_bytes: must be positive");
+  }
+  std::shared_ptr<const SignatureVerifier> verifier;
+  if (!settings.signingKey.empty()) {
+    auto v = SignatureVerifier::fromPemFile(rooted(root, settings.signingKey));
+    if (!v) return Status::error(ErrorCode::kInvalid, "store.signing_key: " + v.status().message(), v.status().path());
+    verifier = *v;
+  }
+
+  if (startsWithNoCase(settings.source, "file:")) {
+    auto path = FileStoreClient::parseFileUrl(settings.source);
+    if (!path) return path.status();
+    if (!settings.tokenFile.empty()) log->debug("store.token_file is not used for a file:// source");
+    return std::unique_ptr<StoreClient>(
+        std::make_unique<FileStoreClient>(*path, verifier, settings.maxDocumentBytes, std::move(log)));
+  }
+  if (startsWithNoCase(settings.source, "http://") || startsWithNoCase(settings.source, "https://")) {
+    HttpStoreClient::Params params;
+    params.url = settings.source;
+    params.tokenPath = rooted(root, settings.tokenFile);
+    params.caPath = rooted(root, settings.caFile);
+    params.verifier = verifier;
+    params.maxBytes = settings.maxDocumentBytes;
+    params.options = options;
+    auto client = HttpStoreClient::create(std::move(params), std::move(log));
+    if (!client) return client.status();
+    return std::unique_ptr<StoreClient>(std::move(*client));
+  }
+  auto colon = settings.source.find(':');
+  std::string scheme = colon == std::string::npos ? settings.source : settings.source.substr(0, colon);
+  if (scheme.size() > 16) scheme = scheme.substr(0, 16) + "...";
+  return Status::error(ErrorCode::kInvalid,
+                       "store.source: unsupported scheme '" + scheme + "' (expected https://, http:// or file://)");
+}
+
+}  // namespace pim

@@ -1,0 +1,53 @@
+#pragma once
+// What the agent created on the host (users, groups, mounts, files), so that it only ever changes
+// or removes its own objects. Backed by the state database in the agent; an in-memory ledger
+// serves `plan` and tests.
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "providers/core/result.h"
+
+namespace pim {
+
+class Ledger {
+ public:
+  virtual ~Ledger() = default;
+  /// True when the agent recorded creating (kind, name): kind is "user", "group", "mount", "file".
+  virtual bool owns(const std::string& kind, const std::string& name) const = 0;
+  /// Every name of a kind the agent owns, sorted.
+  virtual std::vector<std::string> owned(const std::string& kind) const = 0;
+  /// Records that the agent created (kind, name). Errors: the record could not be stored.
+  virtual Status recordCreated(const std::string& kind, const std::string& name) = 0;
+  /// Records that the agent removed (kind, name).
+  virtual Status recordRemoved(const std::string& kind, const std::string& name) = 0;
+};
+
+/// A Ledger in memory (for `plan`, tests, and as the write-back cache of the database ledger).
+class MemoryLedger : public Ledger {
+ public:
+  bool owns(const std::string& kind, const std::string& name) const override {
+    auto it = owned_.find(kind);
+    return it != owned_.end() && it->second.count(name) > 0;
+  }
+  std::vector<std::string> owned(const std::string& kind) const override {
+    auto it = owned_.find(kind);
+    if (it == owned_.end()) return {};
+    return {it->second.begin(), it->second.end()};
+  }
+  Status recordCreated(const std::string& kind, const std::string& name) override {
+    owned_[kind].insert(name);
+    return Status::ok();
+  }
+  Status recordRemoved(const std::string& kind, const std::string& name) override {
+    owned_[kind].erase(name);
+    return Status::ok();
+  }
+
+ private:
+  std::map<std::string, std::set<std::string>> owned_;
+};
+
+}  // namespace pim

@@ -1,0 +1,92 @@
+#pragma once
+// AccountsTool: a thin wrapper over the shadow tools (useradd, usermod, userdel, groupadd,
+// groupdel, chpasswd) for the providers that create users and groups. Every command runs through
+// Host::run with an absolute path and no shell; when the host has a root prefix, the tools get
+// `--prefix <root>` so they act on <root>/etc/{passwd,shadow,group,gshadow} (chpasswd has no
+// --prefix in shadow 4.13: it gets `--root <root>`, which chroots into the sandbox).
+//
+// Errors are kCommand and name the command and the tool's stderr; password hashes never appear
+// in argv (they go to chpasswd on standard input), in messages or in logs.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "providers/core/result.h"
+#include "providers/host/host.h"
+
+namespace pim {
+
+/// A user to create with useradd.
+struct NewUser {
+  std::string name;
+  std::string home;         // host path ("/home/akeneo"); empty: useradd's default
+  bool createHome = false;  // useradd -m (the home is created below the root prefix)
+  std::string shell = "/usr/sbin/nologin";
+  std::string primaryGroup;                      // existing group; empty: a new group named after the user (-U)
+  std::vector<std::string> supplementaryGroups;  // existing groups
+  bool system = false;                           // useradd --system (uid below UID_MIN, no aging)
+};
+
+/// One line of <root>/etc/shadow. `password` may hold a hash: never log or print it.
+struct ShadowEntry {
+  std::string name;
+  std::string password;               // "!", "*", "!$y$...", "$y$..."
+  std::optional<int64_t> expireDays;  // field 8, days since 1970-01-01; nullopt when empty
+  /// True when no password can authenticate: the field is empty-locked ("!..." or "*...").
+  bool passwordLocked() const { return !password.empty() && (password[0] == '!' || password[0] == '*'); }
+  /// True when the account is expired on day `nowSeconds / 86400` (pam_unix's rule).
+  bool accountExpired(int64_t nowSeconds) const {
+    return expireDays && *expireDays >= 0 && nowSeconds / 86400 >= *expireDays;
+  }
+};
+
+/// Parses shadow(5) text and returns the entry of `user`, if any. Pure; exposed for tests.
+std::optional<ShadowEntry> parseShadowEntry(const std::string& shadowText, const std::string& user);
+
+class AccountsTool {
+ public:
+  /// Keeps a reference to `host`, which must outlive the tool.
+  explicit AccountsTool(Host& host);
+
+  /// groupadd [--system] NAME. Errors: kCommand (the group exists already: exit 9).
+  Status addGroup(const std::string& name, bool system = true);
+  /// groupdel NAME. Errors: kCommand (e.g. it is some user's primary group).
+  Status removeGroup(const std::string& name);
+  /// useradd with the fields of `user`; the new account's password is locked ("!") until
+  /// setPasswordHash(). Errors: kCommand (name taken, missing group, ...).
+  Status addUser(const NewUser& user);
+  /// Adds `user` to the supplementary group `group` (usermod -a -G); a no-op if already in it.
+  Status addToGroup(const std::string& user, const std::string& group);
+  /// Sets the primary group (usermod -g).
+  Status setPrimaryGroup(const std::string& user, const std::string& group);
+  /// Sets the login shell (usermod -s).
+  Status setShell(const std::string& user, const std::string& shell);
+  /// Stores a crypt(3) hash as the password (chpasswd -e, the hash on standard input only).
+  /// The password is then unlocked; the account expiry is not changed. Errors: kInvalid for a
+  /// hash containing ':' or a newline (never echoed), kCommand.
+  Status setPasswordHash(const std::string& user, const std::string& hash);
+  /// Locks the password (usermod -L: "!" in front of the field); keys still work.
+  Status lockPassword(const std::string& user);
+  /// Locks the account for every method: password locked and account expired
+  /// (usermod -L -e 1), which PAM's account stage refuses for key logins too.
+  Status lockAccount(const std::string& user);
+  /// Undoes lockAccount(): clears the expiry (usermod -e ""), then sets `hash` as the password
+  /// or, with nullopt, leaves the password locked (key-only account).
+  Status unlockAccount(const std::string& user, const std::optional<std::string>& hash);
+  /// userdel NAME (never -r: homes and files are left in place). Errors: kCommand.
+  Status removeUser(const std::string& user);
+  /// Reads <root>/etc/shadow through the host and returns the user's entry (nullopt: no such
+  /// line). Errors: the file cannot be read.
+  Result<std::optional<ShadowEntry>> shadow(const std::string& user);
+
+ private:
+  /// Runs /usr/sbin/<tool> with the prefix option (when rooted) and `args`; `input` goes to its
+  /// standard input. Errors: kCommand naming the tool, its arguments and its stderr.
+  Status runTool(const std::string& tool, const std::vector<std::string>& args, const std::string& input = {});
+
+  Host& host_;
+};
+
+}  // namespace pim
