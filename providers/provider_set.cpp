@@ -13,7 +13,7 @@ namespace pim {
 std::vector<std::unique_ptr<Provider>> makeProviders(Ledger& ledger) {
   std::vector<std::unique_ptr<Provider>> providers;
   providers.push_back(std::make_unique<LoginUserProvider>(makeLogger("provider.login_user"), ledger));
-  providers.push_back(std::make_unique<SshKeysProvider>(makeLogger("provider.ssh_keys")));
+  providers.push_back(std::make_unique<SshKeysProvider>(makeLogger("provider.ssh_keys"), &ledger));
   providers.push_back(std::make_unique<TransferTreeProvider>(makeLogger("provider.transfer_tree")));
   providers.push_back(std::make_unique<SftpAccountsProvider>(makeLogger("provider.sftp_accounts"), ledger));
   providers.push_back(std::make_unique<SftpChrootsProvider>(makeLogger("provider.sftp_chroots"), ledger));

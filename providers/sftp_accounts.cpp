@@ -229,7 +229,7 @@ SftpAccountsDesired sftpAccountsDesired(const Desired& desired) {
   SftpAccountsDesired d;
   d.loginUser = desired.host.loginUser;
   d.transferGroup = desired.host.transferGroup;
-  d.sftpKeysDir = desired.host.sftpKeysDir;
+  d.sftpKeysDir = desired.host.authorizedKeysDir;
   d.accounts = desired.document.accounts;
   d.lockedUsernames = desired.document.lockedUsernames;
   return d;
@@ -494,7 +494,7 @@ Status SftpAccountsProvider::apply(const Action& action, const Desired& desired,
       return Status::ok();
     }
     if (action.verb == "write-keys") {
-      if (Status s = host.makeDirectories(desired.host.sftpKeysDir, {kSftpKeysDirMode, 0, 0}); !s) return s;
+      if (Status s = host.makeDirectories(desired.host.authorizedKeysDir, {kSftpKeysDirMode, 0, 0}); !s) return s;
       if (Status s = host.writeFileAtomic(path, action.payload, {kSftpKeysFileMode, 0, 0}); !s) return s;
       if (Status s = ledger_.recordCreated("file", path); !s) return s;
       log_->info("wrote {} ({})", path, action.detail);

@@ -42,7 +42,8 @@
 // removal refused because the user still runs processes leaves the account locked and is retried
 // at the next cycle.
 //
-// Keys: <sftpKeysDir>/<username>, root:root 0644 in a root:root 0755 directory (the user
+// Keys: <sftpKeysDir>/<username> (HostSettings::authorizedKeysDir, shared with the login user's
+// file, which ssh_keys writes), root:root 0644 in a root:root 0755 directory (the user
 // cannot change it, sshd can read it), one "restrict TYPE BASE64 pim:<id>" line per distinct key
 // of an active entry; no file for an entry without keys, an inactive or locked entry, or a
 // removed account.
@@ -89,7 +90,7 @@ std::string renderSftpKeys(const SftpAccount& account);
 struct SftpAccountsDesired {
   std::string loginUser;
   std::string transferGroup;
-  std::string sftpKeysDir;  // host path
+  std::string sftpKeysDir;  // host path: HostSettings::authorizedKeysDir
   std::vector<SftpAccount> accounts;
   std::vector<std::string> lockedUsernames;
 };

@@ -17,6 +17,7 @@
 #include "providers/core/clock.h"
 #include "providers/core/log.h"
 #include "providers/host/real_host.h"
+#include "providers/ssh_keys.h"
 
 namespace pim {
 namespace {
@@ -68,6 +69,9 @@ int cmdStatus(const Config& config, bool json) {
   }
   const int64_t now = SystemClock().nowSeconds();
   auto doc = inForceDocument(config, inForce);
+  // Lines the login user keeps in its own authorized_keys: sshd reads only the agent's file.
+  const HomeKeysReport home = inspectHomeKeys(host, config.host.loginUser);
+  const std::string keysFile = loginKeysPath(config.host.authorizedKeysDir, config.host.loginUser);
   // How many documents the store published that the pin keeps from the host: the distinct
   // documents recorded after the pinned generation (not a difference of revision numbers).
   std::optional<int64_t> ahead;
@@ -125,6 +129,15 @@ int cmdStatus(const Config& config, bool json) {
     }
     root->set("keys", keys);
     root->set("accounts", accounts);
+    Poco::JSON::Object::Ptr homeKeys = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
+    homeKeys->set("path", home.path);
+    homeKeys->set("exists", home.exists);
+    homeKeys->set("key_lines",
+                  home.unreadable.empty() ? Poco::Dynamic::Var(int64_t(home.keyLines)) : Poco::Dynamic::Var());
+    homeKeys->set("unreadable", home.unreadable.empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(home.unreadable));
+    homeKeys->set("ignored_by_sshd", true);
+    homeKeys->set("keys_file", keysFile);
+    root->set("home_authorized_keys", homeKeys);
     if (doc) {
       Poco::JSON::Array::Ptr sources = new Poco::JSON::Array;
       for (const auto& s : doc->allowedSources) sources->add(s.text);
@@ -154,6 +167,15 @@ int cmdStatus(const Config& config, bool json) {
               << "): sshd runs its previous configuration, nothing is granted until it reloads\n";
   }
   printSkipped(std::cout, skipped);
+  std::cout << "own keys:       " << home.path << ": ";
+  if (!home.unreadable.empty()) {
+    std::cout << "unreadable: " << home.unreadable;
+  } else if (!home.exists) {
+    std::cout << "none";
+  } else {
+    std::cout << home.keyLines << " key line(s)";
+  }
+  std::cout << "; sshd ignores them (" << config.host.loginUser << "'s keys come from " << keysFile << ")\n";
   if (doc) {
     std::cout << "keys of " << config.host.loginUser << ":\n";
     for (const auto& k : doc->keys) {

@@ -132,6 +132,17 @@ const std::map<std::string, Setter>& setters() {
          c.sshd.reloadCommand = v;
          return Status::ok();
        }},
+      {"sshd.permit_root_login",
+       [](Config& c, const std::string& k, const std::string& v) {
+         if (v == "no") {
+           c.sshd.permitRootLogin = RootLogin::kNo;
+         } else if (v == "prohibit-password") {
+           c.sshd.permitRootLogin = RootLogin::kProhibitPassword;
+         } else {
+           return invalid(k, "must be no or prohibit-password, not '" + v + "'");
+         }
+         return Status::ok();
+       }},
       {"state.db",
        [](Config& c, const std::string& k, const std::string& v) { return setPath(c.state.db, k, v, false); }},
       {"state.metrics_file",

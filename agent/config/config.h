@@ -40,7 +40,8 @@ struct Config {
 };
 
 /// Parses INI text into a Config with defaults for every absent key. Errors (kInvalid) name the
-/// section.key and the reason: unknown section or key, bad number, bad CIDR in always_allow.
+/// section.key and the reason: unknown section or key, bad number, bad CIDR in always_allow, a
+/// permit_root_login other than no or prohibit-password.
 Result<Config> parseConfig(const std::string& iniText);
 
 }  // namespace pim

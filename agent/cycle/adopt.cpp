@@ -31,7 +31,7 @@ Result<AdoptionCounts> adoptFromHost(Host& host, const HostSettings& settings, L
     if (Status s = ledger.recordCreated("user", user); !s) return s;
     ++counts.users;
     const std::string chroot = settings.chrootBase + "/" + user;
-    for (const std::string& path : {chroot, chroot + "/transfer", settings.sftpKeysDir + "/" + user}) {
+    for (const std::string& path : {chroot, chroot + "/transfer", settings.authorizedKeysDir + "/" + user}) {
       auto info = host.lstat(path);
       if (info && info->exists() && info->type != FileType::kSymlink) {
         if (Status s = ledger.recordCreated("file", path); !s) return s;

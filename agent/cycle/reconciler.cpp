@@ -256,7 +256,7 @@ Reconciler::Outcome Reconciler::converge(const Desired& desired, Host& host, boo
       out.failures.push_back(FailedPart{sshd->name(), "sshd: plan", "", actions.status().message()});
     } else if (actions->empty()) {
       if (reloadPending) {
-        Status s = sshd->reload(d.sshd, host);
+        Status s = sshd->reloadAndVerify(d.sshd, host);
         if (s) {
           log_->info("reloaded sshd, which had not loaded the drop-in yet ({})", d.sshd.reloadCommand);
           out.sshdReloaded = true;

@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -121,6 +122,20 @@ class Host {
 
   /// Runs a program (argv[0] is a path, no shell) with `input` on its standard input.
   virtual Result<CommandResult> run(const std::vector<std::string>& argv, std::string_view input = {}) = 0;
+
+  /// Whether an sshd answers on TCP `address`:`port` (the real network, never root-prefixed):
+  /// connects without blocking and reads the first bytes the server sends, all within `timeout`.
+  /// true when they begin with "SSH-" (the banner); false when the connection is refused, reset,
+  /// closed, or silent until the time-out (a stopped sshd still completes the TCP handshake).
+  /// Errors: kInvalid when `address` is not an IPv4/IPv6 literal or the port is out of range,
+  /// kIo when no socket can be made. This default, for fakes, answers false: "nothing answers",
+  /// so a caller that verifies a reload has nothing to verify.
+  virtual Result<bool> sshAnswers(const std::string& address, int port, std::chrono::milliseconds timeout) {
+    (void)address;
+    (void)port;
+    (void)timeout;
+    return false;
+  }
 };
 
 /// Keeps the reads of `host` for the lifetime of this object (Host::keepReads).

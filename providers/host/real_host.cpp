@@ -1,11 +1,14 @@
 #include "providers/host/real_host.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -760,6 +763,65 @@ Result<CommandResult> RealHost::run(const std::vector<std::string>& argv, std::s
     result.err = "cannot execute " + argv[0];
   }
   return result;
+}
+
+Result<bool> RealHost::sshAnswers(const std::string& address, int port, std::chrono::milliseconds timeout) {
+  if (port <= 0 || port > 65535) {
+    return Status::error(ErrorCode::kInvalid, "probe sshd: port " + std::to_string(port) + " out of range");
+  }
+  sockaddr_storage sa{};
+  socklen_t saLen = 0;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&sa);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&sa);
+  if (::inet_pton(AF_INET, address.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(uint16_t(port));
+    saLen = sizeof *v4;
+  } else if (::inet_pton(AF_INET6, address.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(uint16_t(port));
+    saLen = sizeof *v6;
+  } else {
+    return Status::error(ErrorCode::kInvalid, "probe sshd: '" + address + "' is not an IP address");
+  }
+  const std::string where = address.find(':') == std::string::npos ? address + ":" + std::to_string(port)
+                                                                   : "[" + address + "]:" + std::to_string(port);
+  Fd sock(::socket(sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!sock.valid()) return ioError("socket for", where, errno);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  // Waits for `events` until the deadline; false on time-out.
+  auto waitFor = [&](short events) -> bool {
+    for (;;) {
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      pollfd p{sock.get(), events, 0};
+      const int r = ::poll(&p, 1, int(left.count()));
+      if (r > 0) return true;
+      if (r < 0 && errno != EINTR) return false;
+    }
+  };
+  if (::connect(sock.get(), reinterpret_cast<sockaddr*>(&sa), saLen) != 0) {
+    if (errno != EINPROGRESS) return false;  // refused, unreachable: nothing answers there
+    if (!waitFor(POLLOUT)) return false;
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (::getsockopt(sock.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) return false;
+  }
+  // The server speaks first: "SSH-2.0-OpenSSH_9.2p1 ...\r\n". A stopped or hung sshd has its
+  // connection accepted by the kernel but never sends it.
+  std::string banner;
+  while (banner.size() < 4) {
+    if (!waitFor(POLLIN)) return false;
+    char buf[64];
+    const ssize_t n = ::recv(sock.get(), buf, sizeof buf, 0);
+    if (n > 0) {
+      banner.append(buf, size_t(n));
+    } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
+      return false;
+    }
+  }
+  return banner.compare(0, 4, "SSH-") == 0;
 }
 
 }  // namespace pim

@@ -41,6 +41,7 @@ class RealHost : public Host {
   Status bindMount(const std::string& source, const std::string& target) override;
   Status unmount(const std::string& target, bool lazy) override;
   Result<CommandResult> run(const std::vector<std::string>& argv, std::string_view input = {}) override;
+  Result<bool> sshAnswers(const std::string& address, int port, std::chrono::milliseconds timeout) override;
   void keepReads(bool on) override;
 
   /// What the reads of the last keepReads(true) scope depended on, as host paths: the directory

@@ -110,14 +110,14 @@ else
     fails=0
     expect() { if [[ $2 != "$3" ]]; then echo "FAIL: $1: expected $2, got $3" >&2; fails=$((fails+1)); fi; }
     run once --source "file://$examples/full.json" >"$work/o1" 2>"$work/e1"; expect "once full" 0 $?
-    grep -q "k-alice" "$sb/home/akeneo/.ssh/authorized_keys"; expect "alice installed" 0 $?
-    grep -q "k-carol-old" "$sb/home/akeneo/.ssh/authorized_keys"; expect "carol (expired) absent" 1 $?
-    grep -q "k-dave" "$sb/home/akeneo/.ssh/authorized_keys"; expect "dave (inactive) absent" 1 $?
-    m1=$(stat -c %Y.%Z "$sb/home/akeneo/.ssh/authorized_keys" "$sb/etc/ssh/sshd_config.d/50-pim-access-agent.conf" "$sb/etc/passwd" "$sb/etc/shadow")
+    grep -q "k-alice" "$sb/etc/pim-access-agent/authorized_keys/akeneo"; expect "alice installed" 0 $?
+    grep -q "k-carol-old" "$sb/etc/pim-access-agent/authorized_keys/akeneo"; expect "carol (expired) absent" 1 $?
+    grep -q "k-dave" "$sb/etc/pim-access-agent/authorized_keys/akeneo"; expect "dave (inactive) absent" 1 $?
+    m1=$(stat -c %Y.%Z "$sb/etc/pim-access-agent/authorized_keys/akeneo" "$sb/etc/ssh/sshd_config.d/10-pim-access-agent.conf" "$sb/etc/passwd" "$sb/etc/shadow")
     sleep 1.1
     run once --source "file://$examples/full.json" >"$work/o2" 2>"$work/e2"; expect "once again" 0 $?
     grep -q "changes: 0" "$work/o2"; expect "second once changes nothing" 0 $?
-    m2=$(stat -c %Y.%Z "$sb/home/akeneo/.ssh/authorized_keys" "$sb/etc/ssh/sshd_config.d/50-pim-access-agent.conf" "$sb/etc/passwd" "$sb/etc/shadow")
+    m2=$(stat -c %Y.%Z "$sb/etc/pim-access-agent/authorized_keys/akeneo" "$sb/etc/ssh/sshd_config.d/10-pim-access-agent.conf" "$sb/etc/passwd" "$sb/etc/shadow")
     expect "no write on the second once" "$m1" "$m2"
     before=$(cd "$sb" && find . -path ./var -prune -o -printf "%p %m %s\n" | sort | md5sum)
     run once --source "file://$examples/rejected-version.json" >"$work/o3" 2>"$work/e3"; expect "rejected version" 3 $?
@@ -161,9 +161,19 @@ else
     grep -q "sftp-main: user akeneosftp exists and was not created by pim-access-agent" "$work/of"; expect "foreign account reported" 0 $?
     after=$(grep akeneosftp "$fsb/etc/passwd" "$fsb/etc/shadow" "$fsb/etc/group")
     expect "foreign account untouched" "$before" "$after"
-    grep -q "akeneosftp" "$fsb/etc/ssh/sshd_config.d/50-pim-access-agent.conf"; expect "no Match block for the foreign account" 1 $?
+    grep -q "ChrootDirectory" "$fsb/etc/ssh/sshd_config.d/10-pim-access-agent.conf"; expect "no SFTP block for the foreign account" 1 $?
+    grep -A1 -x "Match User akeneosftp" "$fsb/etc/ssh/sshd_config.d/10-pim-access-agent.conf" | grep -qx "	DenyUsers \*"; expect "a deny-all block for the foreign account" 0 $?
     "$agent" --config "$cfg" --root "$fsb" status --json >"$work/sf" 2>/dev/null
     python3 -c "import json,sys; s=json.load(open(sys.argv[1])); assert any(e[\"id\"]==\"sftp-main\" for e in s[\"skipped\"]), s" "$work/sf"; expect "status lists the refused account" 0 $?
+    # Keys akeneo keeps in its own authorized_keys are counted by status, and ignored by sshd.
+    mkdir -p "$sb/home/akeneo/.ssh"; printf "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwn mine\n# a comment\n\nssh-rsa AAAAB3Nz other\n" >"$sb/home/akeneo/.ssh/authorized_keys"
+    run status >"$work/st" 2>/dev/null; expect "status with own keys" 0 $?
+    grep -q "^own keys: */home/akeneo/.ssh/authorized_keys: 2 key line(s); sshd ignores them" "$work/st"; expect "status counts the own key lines" 0 $?
+    run status --json >"$work/s" 2>/dev/null
+    python3 -c "import json,sys; h=json.load(open(sys.argv[1]))[\"home_authorized_keys\"]; assert h[\"key_lines\"]==2 and h[\"ignored_by_sshd\"] is True and h[\"unreadable\"] is None, h" "$work/s"; expect "status --json counts the own key lines" 0 $?
+    rm "$sb/home/akeneo/.ssh/authorized_keys"; mkfifo "$sb/home/akeneo/.ssh/authorized_keys"
+    timeout 10 "$agent" --config "$cfg" --root "$sb" status >"$work/st" 2>/dev/null; expect "status with a FIFO does not block" 0 $?
+    grep -q "^own keys: .*unreadable: .*not a regular file" "$work/st"; expect "status says the FIFO is unreadable" 0 $?
     exit $fails
   ' cli "$agent" "$examples" "$work"
   rc=$?

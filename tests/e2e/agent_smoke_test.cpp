@@ -59,7 +59,7 @@ TEST_CASE("e2e agent: once installs what a real sshd then enforces", "[e2e][agen
   // A second `once` with the same document leaves the drop-in alone (no new file: same inode).
   struct stat before {
   }, after{};
-  const std::string dropin = "/etc/ssh/sshd_config.d/50-pim-access-agent.conf";
+  const std::string dropin = "/etc/ssh/sshd_config.d/10-pim-access-agent.conf";
   REQUIRE(::stat(dropin.c_str(), &before) == 0);
   CommandOutput again = agent.once();
   CHECK(again.exit == 0);

@@ -191,8 +191,9 @@ CommandOutput runAgent(const std::string& config, const std::vector<std::string>
 /// commands. Defaults (each "section.key" can be overridden through `settings`):
 ///   store.source = file://<tempdir>/access.json   state.db = <tempdir>/state.db
 ///   host.transfer_root = /srv/transfer/pim        sshd.reload_command = /bin/true
-/// everything else is the agent's default: /etc/ssh/sshd_config.d/50-pim-access-agent.conf,
-/// /srv/pim-sftp, /etc/pim-access-agent/sftp-keys, /home/akeneo (all private to the namespace).
+/// everything else is the agent's default: /etc/ssh/sshd_config.d/10-pim-access-agent.conf,
+/// /srv/pim-sftp, /etc/pim-access-agent/authorized_keys, /home/akeneo (all private to the
+/// namespace).
 /// Pair it with TestSshd{"/etc/ssh/sshd_config.d/*.conf"} and
 /// settings {{"sshd.reload_command", sshd.reloadCommand()}} to test what the agent installs.
 class AgentSandbox {
@@ -248,7 +249,7 @@ std::string renderDocument(const DocSpec& spec);
 
 /// A real sshd and the agent configured as on a host, inside the test namespace: the agent runs
 /// WITHOUT --root (real useradd on the namespace's private /etc), its drop-in is
-/// /etc/ssh/sshd_config.d/50-pim-access-agent.conf which the sshd Includes, its sshd.main_config
+/// /etc/ssh/sshd_config.d/10-pim-access-agent.conf which the sshd Includes, its sshd.main_config
 /// is that sshd's config (so `sshd -t` validates exactly what runs), reload_command SIGHUPs that
 /// sshd, and state.db, transfer_root and chroot_base live under /srv (tmpfs):
 ///   state.db = /srv/pim-access-agent/state.db   host.transfer_root = /srv/transfer/pim
@@ -265,7 +266,9 @@ class ManagedHost {
   const AgentSandbox& agent() const { return *agent_; }
   std::string transferRoot() const { return agent_->setting("host.transfer_root"); }
   std::string chrootBase() const { return agent_->setting("host.chroot_base"); }
-  static constexpr const char* kDropin = "/etc/ssh/sshd_config.d/50-pim-access-agent.conf";
+  static constexpr const char* kDropin = "/etc/ssh/sshd_config.d/10-pim-access-agent.conf";
+  /// The login user's key file, written by the agent.
+  static constexpr const char* kLoginKeys = "/etc/pim-access-agent/authorized_keys/akeneo";
 
   /// Runs `pim-access-agent --config <cfg> <args...>` and, when it reloaded sshd (the drop-in
   /// changed, or sshd logged a SIGHUP), waits until sshd listens again, so the next client

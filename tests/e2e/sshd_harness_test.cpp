@@ -1,5 +1,5 @@
 // Proves the e2e harness on its own, with a drop-in rendered by renderDropin() and users made
-// by hand (useradd, chpasswd, authorized_keys written directly): a real sshd, real ssh/sftp
+// by hand (useradd, chpasswd, key files written directly): a real sshd, real ssh/sftp
 // clients, source addresses from 127.0.0.0/8. Runs only inside tests/e2e/in-namespace.sh.
 
 #include <signal.h>
@@ -15,14 +15,23 @@ using namespace pim::e2e;
 
 namespace {
 
+const char* const kKeysDir = "/etc/pim-access-agent/authorized_keys";
+
 pim::DropinInput loginOnlyInput(const LocalUser& login, std::vector<std::string> sources) {
   pim::DropinInput in;
   in.loginUser = login.name;
-  in.loginKeysFile = login.home + "/.ssh/authorized_keys";
   in.chrootBase = "/srv/pim-sftp";
-  in.sftpKeysDir = "/etc/pim-access-agent/sftp-keys";
-  in.allowedSources = std::move(sources);
+  in.authorizedKeysDir = kKeysDir;
+  in.documentSources = std::move(sources);
   return in;
+}
+
+/// The root-owned key file the drop-in names for `user`, as the agent writes it.
+void writeKeysFile(const std::string& user, const std::vector<std::string>& publicLines) {
+  makeDirs(kKeysDir);
+  std::string text;
+  for (const auto& l : publicLines) text += l + "\n";
+  writeFile(std::string(kKeysDir) + "/" + user, text, 0644);
 }
 
 }  // namespace
@@ -34,10 +43,12 @@ TEST_CASE("e2e harness: login user by key only, from allowed sources only", "[e2
   setPassword("h5login", "Harness-pass-1");
   KeyPair key = generateKey(tmp.path());
   KeyPair otherKey = generateKey(tmp.path(), "ed25519", "other");
-  writeAuthorizedKeys(login, {key.publicLine});
+  writeKeysFile("h5login", {key.publicLine});
+  // A key in the home's own authorized_keys is not one sshd reads for a managed user.
+  writeAuthorizedKeys(login, {otherKey.publicLine});
 
   makeDirs(tmp.file("sshd_config.d"));
-  const std::string dropin = tmp.file("sshd_config.d/50-pim-access-agent.conf");
+  const std::string dropin = tmp.file("sshd_config.d/10-pim-access-agent.conf");
   auto in = loginOnlyInput(login, {"127.0.0.1/32"});
   REQUIRE(pim::checkDropinInput(in).isOk());
   writeFile(dropin, pim::renderDropin(in));
@@ -49,7 +60,7 @@ TEST_CASE("e2e harness: login user by key only, from allowed sources only", "[e2
   REQUIRE(r.exit == 0);
   CHECK(trim(r.out) == "h5login");
 
-  // A key that is not in authorized_keys is refused.
+  // A key that is not in the agent's file is refused, even from the home's authorized_keys.
   auto wrongKey = sshd.sshRun("h5login", Credential::key(otherKey), "id -un");
   CHECK(wrongKey.exit != 0);
   CHECK_FALSE(contains(wrongKey.out, "h5login"));
@@ -68,7 +79,7 @@ TEST_CASE("e2e harness: login user by key only, from allowed sources only", "[e2
   CHECK(sshd.sshRun("h5login", Credential::key(key), "true", {}, "127.0.0.1").exit == 0);
 
   // Widening the sources and reloading lets 127.0.0.2 in (the harness's reload waits for sshd).
-  in.allowedSources = {"127.0.0.0/30"};
+  in.documentSources = {"127.0.0.0/30"};
   writeFile(dropin, pim::renderDropin(in));
   const size_t starts = sshd.starts();
   sshd.reload();
@@ -78,13 +89,17 @@ TEST_CASE("e2e harness: login user by key only, from allowed sources only", "[e2
   CHECK(widened.exit == 0);
   CHECK(trim(widened.out) == "h5login");
 
-  // Unmanaged users keep the main config's behaviour (password allowed through PAM).
+  // Unmanaged users keep the main config's behaviour (password allowed through PAM), from the
+  // allowed sources only: the allow-list applies to every user.
   createUser("h5other");
   setPassword("h5other", "Other-pass-2");
-  auto other = sshd.sshRun("h5other", Credential::withPassword("Other-pass-2"), "id -un", {}, "127.0.0.3");
+  auto other = sshd.sshRun("h5other", Credential::withPassword("Other-pass-2"), "id -un", {}, "127.0.0.2");
   INFO("ssh stderr: " << other.err);
   CHECK(other.exit == 0);
   CHECK(trim(other.out) == "h5other");
+  auto otherOutside = sshd.sshRun("h5other", Credential::withPassword("Other-pass-2"), "id -un", {}, "127.0.0.5");
+  CHECK(otherOutside.exit != 0);
+  CHECK(contains(sshd.log(), "User h5other from 127.0.0.5 not allowed because listed in DenyUsers"));
 }
 
 TEST_CASE("e2e harness: SFTP accounts are chrooted to internal-sftp", "[e2e][harness]") {
@@ -101,13 +116,12 @@ TEST_CASE("e2e harness: SFTP accounts are chrooted to internal-sftp", "[e2e][har
   // files readable by sshd acting as the user.
   makeDirs("/srv/pim-sftp/h5sftp/transfer");
   REQUIRE(::chown("/srv/pim-sftp/h5sftp/transfer", sftp.uid, sftp.gid) == 0);
-  makeDirs("/etc/pim-access-agent/sftp-keys");
-  writeFile("/etc/pim-access-agent/sftp-keys/h5sftp", key.publicLine + "\n", 0644);
-  writeFile("/etc/pim-access-agent/sftp-keys/h5locked", key.publicLine + "\n", 0644);
+  writeKeysFile("h5sftp", {key.publicLine});
+  writeKeysFile("h5locked", {key.publicLine});
 
   pim::DropinInput in = loginOnlyInput(login, {"127.0.0.1/32"});
   in.sftpUsers = {{"h5locked", false, true, true}, {"h5sftp", true, true, true}};
-  const std::string dropin = tmp.file("50-pim-access-agent.conf");
+  const std::string dropin = tmp.file("10-pim-access-agent.conf");
   writeFile(dropin, pim::renderDropin(in));
   TestSshd sshd(TestSshd::Options{dropin, {}, true});
 

@@ -13,8 +13,8 @@ TEST_CASE("adopt: after a rebuilt database, only the agent's own SFTP accounts a
   const fs::path dir = ::mkdtemp(tmpl);
   fs::create_directories(dir / "etc");
   fs::create_directories(dir / "srv/pim-sftp/akeneosftp/transfer");
-  fs::create_directories(dir / "etc/pim-access-agent/sftp-keys");
-  std::ofstream(dir / "etc/pim-access-agent/sftp-keys/akeneosftp") << "";
+  fs::create_directories(dir / "etc/pim-access-agent/authorized_keys");
+  std::ofstream(dir / "etc/pim-access-agent/authorized_keys/akeneosftp") << "";
   std::ofstream(dir / "etc/group") << "root:x:0:\npimtransfer:x:998:akeneo\nstaff:x:50:\n";
   std::ofstream(dir / "etc/passwd")
       << "root:x:0:0:root:/root:/bin/bash\n"
@@ -33,7 +33,7 @@ TEST_CASE("adopt: after a rebuilt database, only the agent's own SFTP accounts a
   CHECK(ledger.owns("group", "pimtransfer"));
   CHECK(ledger.owns("file", "/srv/pim-sftp/akeneosftp"));
   CHECK(ledger.owns("file", "/srv/pim-sftp/akeneosftp/transfer"));
-  CHECK(ledger.owns("file", "/etc/pim-access-agent/sftp-keys/akeneosftp"));
+  CHECK(ledger.owns("file", "/etc/pim-access-agent/authorized_keys/akeneosftp"));
   fs::remove_all(dir);
 }
 

@@ -297,29 +297,27 @@ std::unique_ptr<ChildProcess> AgentBox::startDaemon(const std::vector<std::strin
                                         dir_ + "/daemon-" + std::to_string(n) + ".err");
 }
 
-std::string AgentBox::authorizedKeysPath() const { return real("/home/akeneo/.ssh/authorized_keys"); }
+std::string AgentBox::authorizedKeysPath() const { return real("/etc/pim-access-agent/authorized_keys/akeneo"); }
 
-std::string AgentBox::authorizedKeys() const { return readText(real("/home/akeneo/.ssh/authorized_keys")); }
+std::string AgentBox::authorizedKeys() const { return readText(authorizedKeysPath()); }
 
 std::string AgentBox::snapshot() const {
   std::ostringstream o;
   for (const char* f : {"/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"}) {
     o << "== " << f << "\n" << readText(real(f));
   }
-  const std::string keys = real("/home/akeneo/.ssh/authorized_keys");
-  o << "== authorized_keys " << (std::filesystem::exists(keys) ? "\n" + readText(keys) : "(none)\n");
-  const std::string dropin = real("/etc/ssh/sshd_config.d/50-pim-access-agent.conf");
+  const std::string dropin = real("/etc/ssh/sshd_config.d/10-pim-access-agent.conf");
   o << "== drop-in "
     << (std::filesystem::exists(dropin) ? "\n" + replaceAll(readText(dropin), root_, "<ROOT>") : "(none)\n");
   std::error_code ec;
-  for (const char* d : {"/etc/pim-access-agent/sftp-keys", "/srv/pim-sftp"}) {
+  for (const char* d : {"/etc/pim-access-agent/authorized_keys", "/srv/pim-sftp"}) {
     o << "== " << d << "\n";
     std::vector<std::string> names;
     for (const auto& e : std::filesystem::directory_iterator(real(d), ec)) names.push_back(e.path().filename());
     std::sort(names.begin(), names.end());
     for (const auto& n : names) {
       o << n << "\n";
-      if (std::string(d) == "/etc/pim-access-agent/sftp-keys") o << readText(real(std::string(d) + "/" + n));
+      if (std::string(d) == "/etc/pim-access-agent/authorized_keys") o << readText(real(std::string(d) + "/" + n));
     }
   }
   return o.str();

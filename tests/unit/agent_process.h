@@ -153,11 +153,12 @@ class AgentBox {
   /// Starts `run` (the daemon) the same way; its stderr goes to dir()/daemon-N.err.
   std::unique_ptr<ChildProcess> startDaemon(const std::vector<std::string>& env = {}) const;
 
-  /// The login user's key file the agent writes (real path), and its content ("" when missing).
+  /// The login user's keys file the agent writes, /etc/pim-access-agent/authorized_keys/akeneo
+  /// (real path), and its content ("" when missing).
   std::string authorizedKeysPath() const;
   std::string authorizedKeys() const;
-  /// What the agent manages, comparable between two boxes: the account files, the login user's
-  /// authorized_keys, the drop-in and the SFTP key files (the root prefix replaced by <ROOT>),
+  /// What the agent manages, comparable between two boxes: the account files, the drop-in, the
+  /// key files of the login user and the SFTP accounts (the root prefix replaced by <ROOT>),
   /// and the chroot directories.
   std::string snapshot() const;
   /// `history --json` parsed to (generation, outcome, revision, error) newest first.

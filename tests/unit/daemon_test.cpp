@@ -395,15 +395,21 @@ TEST_CASE("daemon: drift on the host is repaired at once, without waiting for a 
   box.setDocument(keysDocument(1, {"k-one"}));
   auto daemon = box.startDaemon();
   requireKey(box, *daemon, "k-one");
-  std::this_thread::sleep_for(milliseconds(300));  // the watches follow the first cycle
+  // The key file is written early in the first cycle (the sshd drop-in and its checks come
+  // after): wait for the cycle's end, then for the check that follows it and sets the watches.
+  REQUIRE(
+      waitUntil([&] { return daemon->err().find("cycle: applied, generation 1") != std::string::npos; }, seconds(10)));
+  std::this_thread::sleep_for(milliseconds(500));
 
-  // Someone rewrites authorized_keys (in place: same file, owner and mode) without the block.
+  // Someone rewrites the agent's keys file (in place: same file, owner and mode) with a key of
+  // their own.
   {
-    std::ofstream(box.real("/home/akeneo/.ssh/authorized_keys"), std::ios::trunc) << "ssh-ed25519 AAAA hand-written\n";
+    std::ofstream(box.real("/etc/pim-access-agent/authorized_keys/akeneo"), std::ios::trunc)
+        << "ssh-ed25519 AAAA hand-written\n";
   }
   REQUIRE_FALSE(hasKey(box, "k-one"));
   requireKey(box, *daemon, "k-one", seconds(5));
-  CHECK(box.authorizedKeys().find("hand-written") != std::string::npos);  // outside lines kept
+  CHECK(box.authorizedKeys().find("hand-written") == std::string::npos);  // the file is the agent's
   CHECK_THAT(daemon->err(), Catch::Contains("the host changed"));
 
   // A file of a watched directory that no check reads is not a reason to look again.

@@ -147,7 +147,7 @@ TEST_CASE("login_user creates the group and a key-only user with a home", "[logi
   CHECK(u.sb.read("/etc/passwd").find("akeneo:x:") != std::string::npos);
 }
 
-TEST_CASE("login_user then ssh_keys: the keys land in the new home, then both plans are empty",
+TEST_CASE("login_user then ssh_keys: the keys land in the agent's file, not the home; both plans are empty",
           "[login_user][ssh_keys][root]") {
   if (!isRoot()) return;
   UserSandbox u;
@@ -158,7 +158,9 @@ TEST_CASE("login_user then ssh_keys: the keys land in the new home, then both pl
   SshKeysProvider keys(nullLogger());
   REQUIRE(u.reconcile(u.provider).isOk());
   REQUIRE(u.reconcile(keys).isOk());
-  CHECK(installedKeyIds(u.sb.read("/home/akeneo/.ssh/authorized_keys")) == std::vector<std::string>{"k-alice"});
+  CHECK(installedKeyIds(u.sb.read("/etc/pim-access-agent/authorized_keys/akeneo")) ==
+        std::vector<std::string>{"k-alice"});
+  CHECK_FALSE(fs::exists(u.sb.path("/home/akeneo/.ssh")));
   auto d = u.desired();
   CHECK(u.provider.plan(d, u.host)->empty());
   CHECK(keys.plan(d, u.host)->empty());

@@ -78,6 +78,7 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
   CHECK(c.sshd.dropin == d.sshd.dropin);
   CHECK(c.sshd.binary == d.sshd.binary);
   CHECK(c.sshd.reloadCommand == d.sshd.reloadCommand);
+  CHECK(c.sshd.permitRootLogin == d.sshd.permitRootLogin);
   CHECK(c.state.db == d.state.db);
   CHECK(c.state.metricsFile == d.state.metricsFile);
 
@@ -87,8 +88,8 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
                                           "store.long_poll_s",  "store.max_document_bytes", "host.login_user",
                                           "host.transfer_root", "host.transfer_group",      "host.chroot_base",
                                           "host.always_allow",  "sshd.main_config",         "sshd.dropin",
-                                          "sshd.binary",        "sshd.reload_command",      "state.db",
-                                          "state.metrics_file"};
+                                          "sshd.binary",        "sshd.reload_command",      "sshd.permit_root_login",
+                                          "state.db",           "state.metrics_file"};
   CHECK(keysOf(text) == expected);
 }
 

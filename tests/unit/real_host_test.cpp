@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "tests/support/banner_listener.h"
+
 namespace fs = std::filesystem;
 using pim::ErrorCode;
 using pim::FileType;
@@ -189,4 +191,44 @@ TEST_CASE("RealHost opens deep paths in one step and still refuses a symlink in 
   fs::remove(sb.dir / "a/b/c");
   fs::create_directory_symlink("real-c", sb.dir / "a/b/c");
   CHECK(host.readFile("/a/b/c/d/file", 100).status().code() == ErrorCode::kUnsafe);
+}
+
+TEST_CASE("RealHost::sshAnswers: an SSH banner within the time-out, nothing else", "[host]") {
+  using pim::test::BannerListener;
+  using std::chrono::milliseconds;
+  RealHost host("", pim::nullLogger());
+  BannerListener l(BannerListener::Mode::kBanner);
+  REQUIRE(l.port() > 0);
+  auto yes = host.sshAnswers("127.0.0.1", l.port(), milliseconds(2000));
+  REQUIRE(yes.isOk());
+  CHECK(*yes);
+
+  SECTION("accepted but silent (a stopped sshd): false once the time-out is over") {
+    l.setMode(BannerListener::Mode::kSilent);
+    const auto start = std::chrono::steady_clock::now();
+    auto r = host.sshAnswers("127.0.0.1", l.port(), milliseconds(300));
+    const auto took = std::chrono::steady_clock::now() - start;
+    REQUIRE(r.isOk());
+    CHECK_FALSE(*r);
+    CHECK(took >= milliseconds(280));
+    CHECK(took < milliseconds(2000));
+  }
+  SECTION("another protocol, or a connection closed at once") {
+    l.setMode(BannerListener::Mode::kHttp);
+    CHECK_FALSE(*host.sshAnswers("127.0.0.1", l.port(), milliseconds(1000)));
+    l.setMode(BannerListener::Mode::kClose);
+    CHECK_FALSE(*host.sshAnswers("127.0.0.1", l.port(), milliseconds(1000)));
+  }
+  SECTION("nothing listens: refused at once") {
+    l.stop();
+    const auto start = std::chrono::steady_clock::now();
+    auto r = host.sshAnswers("127.0.0.1", l.port(), milliseconds(2000));
+    REQUIRE(r.isOk());
+    CHECK_FALSE(*r);
+    CHECK(std::chrono::steady_clock::now() - start < milliseconds(1000));
+  }
+  SECTION("a name or a bad port is not an address") {
+    CHECK(host.sshAnswers("localhost", 22, milliseconds(100)).status().code() == ErrorCode::kInvalid);
+    CHECK(host.sshAnswers("127.0.0.1", 0, milliseconds(100)).status().code() == ErrorCode::kInvalid);
+  }
 }

@@ -24,7 +24,7 @@ const PublicKey kBobKey{"ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIAg7v4H/R7qlLTp6
                         "bob@example"};
 const PublicKey kCarolKey{"ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIPf/YX1AhEE0iNB/rVYkbnJI4fcm9tIHYyNY0xe3oxkK",
                           "carol"};
-const std::string kKeysDir = "/etc/pim-access-agent/sftp-keys";
+const std::string kKeysDir = "/etc/pim-access-agent/authorized_keys";
 
 SftpAccount account(const std::string& id, const std::string& user, std::optional<std::string> hash, bool active = true,
                     std::vector<PublicKey> keys = {}) {

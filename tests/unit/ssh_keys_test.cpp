@@ -1,3 +1,6 @@
+// The ssh_keys provider: the login user's keys file that the agent owns whole
+// (<authorized_keys dir>/<user>), the upgrade clean-up of 0.1's SFTP key directory, and the
+// home's own authorized_keys, which the agent only ever reads for `status`.
 #include "providers/ssh_keys.h"
 
 #include <sys/stat.h>
@@ -21,6 +24,8 @@ const char* kAlice = "AAAAC3NzaC1lZDI1NTE5AAAAID3VsOd8xVQ8SOwKm3VCfQ+Vy2O6qRe5eF
 const char* kBob = "AAAAC3NzaC1lZDI1NTE5AAAAIC2XIHN0vl1NyZoFIZqpB/cSPYX46t8JuAiqhHIEnH85";
 const char* kErin = "AAAAC3NzaC1lZDI1NTE5AAAAIIrttLSK67MerY4sEfU0bFs9uy08JHfu9Q9gzaTOM180";
 constexpr int64_t kNow = 1800000000;
+const std::string kDir = "/etc/pim-access-agent/authorized_keys";
+const std::string kFile = kDir + "/akeneo";
 
 SshKey key(const std::string& id, const std::string& blob, bool active = true,
            std::optional<int64_t> expiresAt = std::nullopt) {
@@ -35,10 +40,14 @@ SshKey key(const std::string& id, const std::string& blob, bool active = true,
 
 std::string line(const std::string& id, const std::string& blob) { return "ssh-ed25519 " + blob + " pim:" + id + "\n"; }
 
-std::string block(const std::vector<std::string>& lines) {
-  std::string s = "# BEGIN pim-access-agent\n";
+const std::string kHeader =
+    "# Managed by pim-access-agent: the SSH keys of akeneo from the access store.\n"
+    "# Do not edit: this file is rewritten on every change. sshd reads no other file for akeneo.\n";
+
+std::string file(const std::vector<std::string>& lines) {
+  std::string s = kHeader;
   for (const auto& l : lines) s += l;
-  return s + "# END pim-access-agent\n";
+  return s;
 }
 
 std::string readGolden(const std::string& name) {
@@ -48,23 +57,21 @@ std::string readGolden(const std::string& name) {
   return ss.str();
 }
 
-/// A current state with a safe existing .ssh and file owned by uid 1000.
+FileInfo rootDir() {
+  FileInfo d;
+  d.type = FileType::kDirectory;
+  d.mode = 0755;
+  d.nlink = 2;
+  return d;
+}
+
+/// A current state: the directory as it should be, the file (when given) 0644 root:root.
 SshKeysCurrent existing(const std::optional<std::string>& content) {
   SshKeysCurrent c;
-  c.userExists = true;
-  c.uid = 1000;
-  c.gid = 1000;
-  c.home = "/home/akeneo";
-  c.sshDir.type = FileType::kDirectory;
-  c.sshDir.mode = 0700;
-  c.sshDir.uid = 1000;
-  c.sshDir.gid = 1000;
-  c.sshDir.nlink = 2;
+  c.keysDir = rootDir();
   if (content) {
     c.keysFile.type = FileType::kRegular;
-    c.keysFile.mode = 0600;
-    c.keysFile.uid = 1000;
-    c.keysFile.gid = 1000;
+    c.keysFile.mode = 0644;
     c.keysFile.nlink = 1;
     c.keysFile.size = off_t(content->size());
     c.content = content;
@@ -72,98 +79,43 @@ SshKeysCurrent existing(const std::optional<std::string>& content) {
   return c;
 }
 
+SshKeysDesired desiredKeys(std::vector<SshKey> keys) { return SshKeysDesired{"akeneo", kDir, std::move(keys), kNow}; }
+
 }  // namespace
 
-TEST_CASE("renderKeyBlock writes installable keys sorted by id, matching the golden file", "[ssh_keys]") {
+TEST_CASE("renderKeysFile writes installable keys sorted by id, matching the golden file", "[ssh_keys]") {
   std::vector<SshKey> keys = {key("k-erin", kErin), key("k-alice-laptop", kAlice), key("k-bob", kBob, true, kNow + 1),
                               key("k-carol-old", kAlice, true, kNow), key("k-dave", kBob, false)};
-  const std::string rendered = renderKeyBlock(keys, kNow);
-  CHECK(rendered == readGolden("authorized_keys-block.txt"));
-  // The key's own comment and the owner never reach the file.
+  const std::string rendered = renderKeysFile("akeneo", keys, kNow);
+  CHECK(rendered == readGolden("authorized_keys-akeneo.txt"));
+  // The key's own comment and the owner never reach the file; no markers: the file is the agent's.
   CHECK(rendered.find(" laptop") == std::string::npos);
   CHECK(rendered.find("@example.com") == std::string::npos);
+  CHECK(rendered.find("BEGIN") == std::string::npos);
 }
 
-TEST_CASE("renderKeyBlock: expiry boundary, inactive keys, empty set", "[ssh_keys]") {
+TEST_CASE("renderKeysFile: expiry boundary, inactive keys, empty set", "[ssh_keys]") {
   SECTION("a key expiring exactly now is left out, one second later it is in") {
     std::vector<SshKey> keys = {key("k-a", kAlice, true, kNow)};
-    CHECK(renderKeyBlock(keys, kNow) == block({}));
-    CHECK(renderKeyBlock(keys, kNow - 1) == block({line("k-a", kAlice)}));
+    CHECK(renderKeysFile("akeneo", keys, kNow) == file({}));
+    CHECK(renderKeysFile("akeneo", keys, kNow - 1) == file({line("k-a", kAlice)}));
   }
-  SECTION("inactive keys are not installed") { CHECK(renderKeyBlock({key("k-a", kAlice, false)}, kNow) == block({})); }
-  SECTION("no keys still gives an empty managed block") {
-    CHECK(renderKeyBlock({}, kNow) == "# BEGIN pim-access-agent\n# END pim-access-agent\n");
+  SECTION("inactive keys are not installed") {
+    CHECK(renderKeysFile("akeneo", {key("k-a", kAlice, false)}, kNow) == file({}));
   }
+  SECTION("no keys: the header alone") { CHECK(renderKeysFile("akeneo", {}, kNow) == kHeader); }
   SECTION("a key that is not a plain token (newline, options) is never rendered") {
     SshKey bad = key("k-bad", std::string(kAlice) + "\ncommand=\"sh\" ssh-ed25519 AAAA");
     SshKey badId = key("k bad", kBob);
-    CHECK(renderKeyBlock({bad, badId, key("k-ok", kErin)}, kNow) == block({line("k-ok", kErin)}));
+    CHECK(renderKeysFile("akeneo", {bad, badId, key("k-ok", kErin)}, kNow) == file({line("k-ok", kErin)}));
   }
 }
 
-TEST_CASE("mergeAuthorizedKeys keeps lines outside the block byte for byte", "[ssh_keys]") {
-  const std::string b = block({line("k-a", kAlice)});
-  SECTION("a file without a block gets it appended") {
-    auto m = mergeAuthorizedKeys("ssh-rsa AAAAown me@home\n", b);
-    REQUIRE(m.isOk());
-    CHECK(*m == "ssh-rsa AAAAown me@home\n" + b);
-  }
-  SECTION("a missing trailing newline gets one before the appended block") {
-    auto m = mergeAuthorizedKeys("ssh-rsa AAAAown me@home", b);
-    REQUIRE(m.isOk());
-    CHECK(*m == "ssh-rsa AAAAown me@home\n" + b);
-  }
-  SECTION("an empty file is just the block") { CHECK(*mergeAuthorizedKeys("", b) == b); }
-  SECTION("CRLF lines and a last line without newline after the block are kept") {
-    const std::string before = "# mine\r\nssh-rsa AAAA1 x@y\r\n\r\n";
-    const std::string after = "ssh-ed25519 AAAA2 tail\r\nno-newline-at-end";
-    const std::string old = before + block({line("k-old", kBob)}) + after;
-    auto m = mergeAuthorizedKeys(old, b);
-    REQUIRE(m.isOk());
-    CHECK(*m == before + b + after);
-    // Idempotent: merging again changes nothing.
-    CHECK(*mergeAuthorizedKeys(*m, b) == *m);
-  }
-  SECTION("a block written with CRLF markers is recognised and replaced") {
-    const std::string old =
-        "x\n# BEGIN pim-access-agent\r\nssh-ed25519 AAAA pim:k-old\r\n# END pim-access-agent\r\ny\n";
-    CHECK(*mergeAuthorizedKeys(old, b) == "x\n" + b + "y\n");
-  }
-  SECTION("a block in the middle is replaced in place") {
-    const std::string old = "a\n" + block({line("k-old", kBob)}) + "b\n";
-    CHECK(*mergeAuthorizedKeys(old, b) == "a\n" + b + "b\n");
-  }
-}
-
-TEST_CASE("parseAuthorizedKeys refuses malformed blocks and names the line", "[ssh_keys]") {
-  auto msg = [](const std::string& text) {
-    auto p = parseAuthorizedKeys(text);
-    REQUIRE_FALSE(p.isOk());
-    CHECK(p.status().code() == ErrorCode::kInvalid);
-    return p.status().message();
-  };
-  CHECK_THAT(msg("a\n# BEGIN pim-access-agent\nssh-ed25519 X pim:k\n"),
-             Catch::Contains("line 2") && Catch::Contains("BEGIN marker without END"));
-  CHECK_THAT(msg("# BEGIN pim-access-agent\n# BEGIN pim-access-agent\n# END pim-access-agent\n"),
-             Catch::Contains("line 2") && Catch::Contains("second BEGIN"));
-  CHECK_THAT(msg("a\nb\n# END pim-access-agent\n"),
-             Catch::Contains("line 3") && Catch::Contains("END marker without BEGIN"));
-  CHECK_THAT(msg(block({}) + "x\n" + block({})), Catch::Contains("line 4") && Catch::Contains("second managed block"));
-  CHECK(mergeAuthorizedKeys("# BEGIN pim-access-agent\n", block({})).status().code() == ErrorCode::kInvalid);
-
-  auto ok = parseAuthorizedKeys("a\n" + block({line("k-a", kAlice)}) + "b");
-  REQUIRE(ok.isOk());
-  CHECK(ok->hasBlock);
-  CHECK(ok->before == "a\n");
-  CHECK(ok->inner == line("k-a", kAlice));
-  CHECK(ok->after == "b");
-}
-
-TEST_CASE("installedKeyIds lists the ids inside the block only", "[ssh_keys]") {
-  const std::string text = "ssh-rsa AAAA pim:k-outside\n" + block({line("k-a", kAlice), "# note\n", line("k-b", kBob)});
-  CHECK(installedKeyIds(text) == std::vector<std::string>{"k-a", "k-b"});
-  CHECK(installedKeyIds("ssh-rsa AAAA pim:k-outside\n").empty());
-  CHECK(installedKeyIds("# BEGIN pim-access-agent\nssh-ed25519 A pim:k-a\n").empty());
+TEST_CASE("installedKeyIds lists the pim: ids of a keys file", "[ssh_keys]") {
+  CHECK(installedKeyIds(file({line("k-a", kAlice), "# note\n", line("k-b", kBob)})) ==
+        std::vector<std::string>{"k-a", "k-b"});
+  CHECK(installedKeyIds(kHeader).empty());
+  CHECK(installedKeyIds("ssh-rsa AAAA someone@else\n").empty());
 }
 
 TEST_CASE("nextExpiry is the earliest future expiry among active keys", "[ssh_keys]") {
@@ -178,74 +130,104 @@ TEST_CASE("nextExpiry is the earliest future expiry among active keys", "[ssh_ke
 }
 
 TEST_CASE("planSshKeys table", "[ssh_keys]") {
-  SshKeysDesired want{"akeneo", {key("k-alice", kAlice), key("k-bob", kBob)}, kNow};
-  const std::string installed = "own line\n" + block({line("k-alice", kAlice), line("k-bob", kBob)});
+  const auto want = desiredKeys({key("k-alice", kAlice), key("k-bob", kBob)});
+  const std::string installed = file({line("k-alice", kAlice), line("k-bob", kBob)});
 
   SECTION("same keys in another order: nothing to do") {
-    SshKeysDesired reordered{"akeneo", {key("k-bob", kBob), key("k-alice", kAlice)}, kNow};
-    CHECK(planSshKeys(reordered, existing(installed)).empty());
+    CHECK(planSshKeys(desiredKeys({key("k-bob", kBob), key("k-alice", kAlice)}), existing(installed)).empty());
     CHECK(planSshKeys(want, existing(installed)).empty());
   }
-  SECTION("a key added and one removed") {
-    SshKeysDesired changed{"akeneo", {key("k-alice", kAlice), key("k-carol", kErin)}, kNow};
-    auto actions = planSshKeys(changed, existing(installed));
-    // k-bob is revoked with the revocations, k-carol granted once sshd confines the login user.
+  SECTION("a key added and one removed: k-bob is revoked first, k-carol granted once sshd confines") {
+    auto actions = planSshKeys(desiredKeys({key("k-alice", kAlice), key("k-carol", kErin)}), existing(installed));
     REQUIRE(actions.size() == 2);
     CHECK(actions[0].stage == Stage::kRevoke);
-    CHECK(actions[0].payload == block({line("k-alice", kAlice)}));
+    CHECK(actions[0].payload == file({line("k-alice", kAlice)}));
     CHECK(actions[1].stage == Stage::kGrant);
     CHECK(actions[1].verb == "write");
-    CHECK(actions[1].object == "/home/akeneo/.ssh/authorized_keys");
-    CHECK(actions[1].describe() == "ssh_keys: write /home/akeneo/.ssh/authorized_keys (+k-carol -k-bob; 2 keys)");
-    CHECK(actions[1].payload == block({line("k-alice", kAlice), line("k-carol", kErin)}));
+    CHECK(actions[1].object == kFile);
+    CHECK(actions[1].describe() == "ssh_keys: write " + kFile + " (+k-carol -k-bob; 2 keys)");
+    CHECK(actions[1].payload == file({line("k-alice", kAlice), line("k-carol", kErin)}));
   }
-  SECTION("a key that expires at now is removed") {
-    SshKeysDesired expiring{"akeneo", {key("k-alice", kAlice), key("k-bob", kBob, true, kNow)}, kNow};
-    auto actions = planSshKeys(expiring, existing(installed));
+  SECTION("a key only added: one grant") {
+    auto actions = planSshKeys(desiredKeys({key("k-alice", kAlice), key("k-bob", kBob), key("k-carol", kErin)}),
+                               existing(installed));
     REQUIRE(actions.size() == 1);
+    CHECK(actions[0].stage == Stage::kGrant);
+  }
+  SECTION("a key that expires at now is removed: one revocation") {
+    auto actions =
+        planSshKeys(desiredKeys({key("k-alice", kAlice), key("k-bob", kBob, true, kNow)}), existing(installed));
+    REQUIRE(actions.size() == 1);
+    CHECK(actions[0].stage == Stage::kRevoke);
     CHECK_THAT(actions[0].detail, Catch::StartsWith("-k-bob; 1 key"));
   }
-  SECTION("a key whose blob changed under the same id") {
-    SshKeysDesired rotated{"akeneo", {key("k-alice", kAlice), key("k-bob", kErin)}, kNow};
-    auto actions = planSshKeys(rotated, existing(installed));
+  SECTION("a key whose blob changed under the same id: the old one goes first") {
+    auto actions = planSshKeys(desiredKeys({key("k-alice", kAlice), key("k-bob", kErin)}), existing(installed));
     REQUIRE(actions.size() == 2);
+    CHECK(actions[0].payload == file({line("k-alice", kAlice)}));
     CHECK_THAT(actions[1].detail, Catch::StartsWith("~k-bob"));
   }
-  SECTION("no .ssh and no file: create the directory, then write") {
-    SshKeysCurrent c = existing(std::nullopt);
-    c.sshDir = FileInfo{};
+  SECTION("no directory and no file: one write (the directory comes with it)") {
+    SshKeysCurrent c;
     auto actions = planSshKeys(want, c);
-    REQUIRE(actions.size() == 2);
-    CHECK(actions[0].verb == "create");
-    CHECK(actions[0].object == "/home/akeneo/.ssh");
-    CHECK(actions[1].verb == "write");
-    CHECK_THAT(actions[1].detail, Catch::Contains("new file"));
-  }
-  SECTION("mode and owner drift: fix .ssh and rewrite the file") {
-    SshKeysCurrent c = existing(installed);
-    c.sshDir.mode = 0755;
-    c.keysFile.mode = 0644;
-    c.keysFile.uid = 0;
-    auto actions = planSshKeys(want, c);
-    REQUIRE(actions.size() == 2);
-    CHECK(actions[0].verb == "fix");
-    CHECK_THAT(actions[0].detail, Catch::Contains("mode 0755 -> 0700"));
-    CHECK(actions[1].verb == "write");
-    CHECK_THAT(actions[1].detail, Catch::Contains("mode 0644 -> 0600") && Catch::Contains("owner 0:1000 -> 1000:1000"));
-  }
-  SECTION("a file without a block gets one, even for an empty key set") {
-    SshKeysDesired none{"akeneo", {}, kNow};
-    auto actions = planSshKeys(none, existing("own line\n"));
     REQUIRE(actions.size() == 1);
-    CHECK_THAT(actions[0].detail, Catch::Contains("add managed block"));
-    CHECK(planSshKeys(none, existing("own line\n" + block({}))).empty());
+    CHECK(actions[0].verb == "write");
+    CHECK(actions[0].stage == Stage::kGrant);
+    CHECK_THAT(actions[0].detail, Catch::Contains("new file"));
+    CHECK(actions[0].before == "missing");
+    CHECK(planSshKeys(desiredKeys({}), c)[0].stage == Stage::kPrepare);  // the header alone grants nothing
+  }
+  SECTION("lines someone added by hand are taken out, with the revocations") {
+    auto actions = planSshKeys(want, existing(installed + "ssh-ed25519 " + kErin + " added-by-hand\n"));
+    REQUIRE(actions.size() == 1);
+    CHECK(actions[0].stage == Stage::kRevoke);
+    CHECK(actions[0].payload == installed);
+    CHECK_THAT(actions[0].detail, Catch::StartsWith("rewrite"));
+    // With a key added at the same time, the hand-made line still goes first.
+    auto both = planSshKeys(desiredKeys({key("k-alice", kAlice), key("k-bob", kBob), key("k-carol", kErin)}),
+                            existing(installed + "ssh-ed25519 " + kErin + " added-by-hand\n"));
+    REQUIRE(both.size() == 2);
+    CHECK(both[0].stage == Stage::kRevoke);
+    CHECK(both[0].payload == installed);
+    CHECK(both[1].stage == Stage::kGrant);
+  }
+  SECTION("mode and owner drift: fix the directory, write the file afresh") {
+    SshKeysCurrent c = existing(installed);
+    c.keysDir.mode = 0775;
+    c.keysFile.mode = 0666;
+    c.keysFile.uid = 1000;
+    auto actions = planSshKeys(want, c);
+    REQUIRE(actions.size() == 2);
+    CHECK(actions[0].verb == "fix-dir");
+    CHECK(actions[0].stage == Stage::kRevoke);
+    CHECK(actions[1].stage == Stage::kRevoke);
+    CHECK_THAT(actions[0].detail, Catch::Contains("mode 0775 owner 0:0 -> 0755 root:root"));
+    CHECK(actions[1].verb == "write");
+    CHECK_THAT(actions[1].detail, Catch::Contains("mode 0666 -> 0644") && Catch::Contains("owner 1000:0 -> 0:0"));
   }
   SECTION("ten thousand changes are summarised, not listed") {
-    SshKeysDesired many{"akeneo", {}, kNow};
+    auto many = desiredKeys({});
     for (int i = 0; i < 10000; ++i) many.keys.push_back(key("k-" + std::to_string(i), kAlice));
     auto actions = planSshKeys(many, existing(installed));
     REQUIRE(actions.size() == 2);
     CHECK(actions[1].detail == "+10000 -2 ~0 keys; 10000 keys");
+  }
+  SECTION("0.1's SFTP key files the agent owns go, then their directory when nothing else is in it") {
+    SshKeysCurrent c = existing(installed);
+    c.legacyFiles = {"/etc/pim-access-agent/sftp-keys/a", "/etc/pim-access-agent/sftp-keys/b"};
+    c.legacyDir = rootDir();
+    auto actions = planSshKeys(want, c);
+    REQUIRE(actions.size() == 3);
+    CHECK(actions[0].verb == "remove-legacy");
+    CHECK(actions[0].stage == Stage::kRevoke);
+    CHECK(actions[0].object == "/etc/pim-access-agent/sftp-keys/a");
+    CHECK(actions[1].object == "/etc/pim-access-agent/sftp-keys/b");
+    CHECK(actions[2].verb == "remove-legacy-dir");
+    CHECK(actions[2].object == "/etc/pim-access-agent/sftp-keys");
+    c.legacyOthers = {"operator-notes"};
+    auto kept = planSshKeys(want, c);
+    REQUIRE(kept.size() == 2);
+    CHECK(kept[1].verb == "remove-legacy");
   }
 }
 
@@ -263,10 +245,11 @@ struct KeysSandbox {
   SshdSettings sshdSettings;
   AccessDocument doc;
   RealHost host{sb.dir(), nullLogger()};
-  SshKeysProvider provider{nullLogger()};
+  MemoryLedger ledger;
+  SshKeysProvider provider{nullLogger(), &ledger};
 
   KeysSandbox() {
-    sb.append("/etc/passwd", "akeneo:x:4242:4343::/home/akeneo:/bin/bash\nother:x:4545:4545::/home/other:/bin/sh\n");
+    sb.append("/etc/passwd", "akeneo:x:4242:4343::/home/akeneo:/bin/bash\n");
     fs::create_directories(sb.path("/home/akeneo"));
     ::chown(sb.path("/home/akeneo").c_str(), kUid, kGid);
     doc.keys = {key("k-alice", kAlice), key("k-bob", kBob)};
@@ -282,12 +265,23 @@ struct KeysSandbox {
     }
     return Status::ok();
   }
-  std::string keysPath() const { return sb.path("/home/akeneo/.ssh/authorized_keys"); }
-  std::vector<std::string> sshDirNames() const {
+  bool planEmpty() {
+    auto d = desired();
+    auto actions = provider.plan(d, host);
+    return actions.isOk() && actions->empty();
+  }
+  std::string keysPath() const { return sb.path(kFile); }
+  std::vector<std::string> dirNames(const std::string& hostDir) const {
     std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(sb.path("/home/akeneo/.ssh"))) names.push_back(e.path().filename());
+    for (const auto& e : fs::directory_iterator(sb.path(hostDir))) names.push_back(e.path().filename());
     std::sort(names.begin(), names.end());
     return names;
+  }
+  /// A home .ssh as akeneo would make it.
+  void userSshDir() const {
+    fs::create_directories(sb.path("/home/akeneo/.ssh"));
+    ::chown(sb.path("/home/akeneo/.ssh").c_str(), kUid, kGid);
+    ::chmod(sb.path("/home/akeneo/.ssh").c_str(), 0700);
   }
 };
 
@@ -301,171 +295,187 @@ bool isRoot() { return pim::test::runsAsRoot("chown to another uid"); }
 
 }  // namespace
 
-TEST_CASE("ssh_keys apply creates .ssh and the file, then a fresh plan is empty", "[ssh_keys][root]") {
+TEST_CASE("ssh_keys apply writes the root-owned file, never the home; then a fresh plan is empty", "[ssh_keys][root]") {
   if (!isRoot()) return;
   KeysSandbox k;
   REQUIRE(k.reconcile().isOk());
-  const auto dir = statOf(k.sb.path("/home/akeneo/.ssh"));
+  const auto dir = statOf(k.sb.path(kDir));
   CHECK(S_ISDIR(dir.st_mode));
-  CHECK((dir.st_mode & 07777) == 0700);
-  CHECK(dir.st_uid == kUid);
-  CHECK(dir.st_gid == kGid);
-  const auto file = statOf(k.keysPath());
-  CHECK((file.st_mode & 07777) == 0600);
-  CHECK(file.st_uid == kUid);
-  CHECK(file.st_gid == kGid);
-  CHECK(k.sb.read("/home/akeneo/.ssh/authorized_keys") == block({line("k-alice", kAlice), line("k-bob", kBob)}));
-
-  auto d = k.desired();
-  auto again = k.provider.plan(d, k.host);
-  REQUIRE(again.isOk());
-  CHECK(again->empty());
+  CHECK((dir.st_mode & 07777) == 0755);
+  CHECK(dir.st_uid == 0);
+  CHECK((statOf(k.sb.path("/etc/pim-access-agent")).st_mode & 07777) == 0755);
+  const auto f = statOf(k.keysPath());
+  CHECK((f.st_mode & 07777) == 0644);
+  CHECK(f.st_uid == 0);
+  CHECK(f.st_gid == 0);
+  CHECK(k.sb.read(kFile) == file({line("k-alice", kAlice), line("k-bob", kBob)}));
+  CHECK_FALSE(fs::exists(k.sb.path("/home/akeneo/.ssh")));
+  CHECK(k.planEmpty());
 
   // Applying the same document again does not touch the file.
   REQUIRE(k.reconcile().isOk());
   const auto after = statOf(k.keysPath());
-  CHECK(after.st_ino == file.st_ino);
-  CHECK(after.st_mtim.tv_sec == file.st_mtim.tv_sec);
-  CHECK(after.st_mtim.tv_nsec == file.st_mtim.tv_nsec);
-  CHECK(k.sshDirNames() == std::vector<std::string>{"authorized_keys"});
+  CHECK(after.st_ino == f.st_ino);
+  CHECK(after.st_mtim.tv_nsec == f.st_mtim.tv_nsec);
+  CHECK(k.dirNames(kDir) == std::vector<std::string>{"akeneo"});
 }
 
-TEST_CASE("ssh_keys keeps the user's own lines and removes a key at its expiry", "[ssh_keys][root]") {
+TEST_CASE("ssh_keys removes a key at its expiry and a line added by hand", "[ssh_keys][root]") {
   if (!isRoot()) return;
   KeysSandbox k;
-  const std::string own = "# my own\r\nssh-rsa AAAAB3own me@home\r\nno-newline";
-  k.sb.write("/home/akeneo/.ssh/authorized_keys", own, 0600);
-  ::chown(k.sb.path("/home/akeneo/.ssh").c_str(), kUid, kGid);
-  ::chmod(k.sb.path("/home/akeneo/.ssh").c_str(), 0700);
-  ::chown(k.keysPath().c_str(), kUid, kGid);
   k.doc.keys[1].expiresAt = kNow + 60;
-
   REQUIRE(k.reconcile().isOk());
-  CHECK(k.sb.read("/home/akeneo/.ssh/authorized_keys") ==
-        own + "\n" + block({line("k-alice", kAlice), line("k-bob", kBob)}));
+  k.sb.append(kFile, std::string("ssh-ed25519 ") + kErin + " slipped-in\n");
   REQUIRE(k.reconcile(kNow + 60).isOk());
-  CHECK(k.sb.read("/home/akeneo/.ssh/authorized_keys") == own + "\n" + block({line("k-alice", kAlice)}));
-  CHECK(installedKeyIds(k.sb.read("/home/akeneo/.ssh/authorized_keys")) == std::vector<std::string>{"k-alice"});
+  CHECK(k.sb.read(kFile) == file({line("k-alice", kAlice)}));
+  CHECK(installedKeyIds(k.sb.read(kFile)) == std::vector<std::string>{"k-alice"});
 }
 
-TEST_CASE("ssh_keys corrects mode and owner drift", "[ssh_keys][root]") {
+TEST_CASE("ssh_keys corrects mode and owner drift by writing afresh", "[ssh_keys][root]") {
   if (!isRoot()) return;
   KeysSandbox k;
   REQUIRE(k.reconcile().isOk());
-  ::chmod(k.sb.path("/home/akeneo/.ssh").c_str(), 0755);
-  ::chmod(k.keysPath().c_str(), 0644);
-  ::chown(k.keysPath().c_str(), 0, 0);
+  ::chmod(k.sb.path(kDir).c_str(), 0777);
+  ::chmod(k.keysPath().c_str(), 0666);
+  ::chown(k.keysPath().c_str(), kUid, kGid);
   auto d = k.desired();
   auto actions = k.provider.plan(d, k.host);
   REQUIRE(actions.isOk());
   CHECK(actions->size() == 2);
   REQUIRE(k.reconcile().isOk());
-  CHECK((statOf(k.sb.path("/home/akeneo/.ssh")).st_mode & 07777) == 0700);
-  CHECK((statOf(k.keysPath()).st_mode & 07777) == 0600);
-  CHECK(statOf(k.keysPath()).st_uid == kUid);
-  auto again = k.provider.plan(d, k.host);
-  REQUIRE(again.isOk());
-  CHECK(again->empty());
+  CHECK((statOf(k.sb.path(kDir)).st_mode & 07777) == 0755);
+  CHECK((statOf(k.keysPath()).st_mode & 07777) == 0644);
+  CHECK(statOf(k.keysPath()).st_uid == 0);
+  CHECK(k.planEmpty());
 }
 
-TEST_CASE("ssh_keys refuses a symlinked .ssh and leaves its target untouched", "[ssh_keys][root][security]") {
+TEST_CASE("ssh_keys: whatever akeneo does to its own ~/.ssh changes nothing and fails nothing",
+          "[ssh_keys][root][security]") {
   if (!isRoot()) return;
   KeysSandbox k;
-  k.sb.write("/etc/target/keep", "root file\n", 0600);
-  fs::create_directory_symlink(k.sb.path("/etc/target"), k.sb.path("/home/akeneo/.ssh"));
-  auto d = k.desired();
-  auto plan = k.provider.plan(d, k.host);
-  REQUIRE_FALSE(plan.isOk());
-  CHECK(plan.status().code() == ErrorCode::kUnsafe);
-  CHECK_THAT(plan.status().message(), Catch::Contains(".ssh"));
-  // apply() of a write planned before the swap refuses too.
-  Action write{
-      "ssh_keys",    "write", "/home/akeneo/.ssh/authorized_keys", "", renderKeyBlock(k.doc.keys, kNow), "", "",
-      Stage::kGrant, ""};
-  CHECK(k.provider.apply(write, d, k.host).code() == ErrorCode::kUnsafe);
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(k.sb.path("/etc/target"))) names.push_back(e.path().filename());
-  CHECK(names == std::vector<std::string>{"keep"});
-  CHECK(statOf(k.sb.path("/etc/target")).st_uid == 0);
-  CHECK((statOf(k.sb.path("/etc/target")).st_mode & 07777) != 0700);
+  const std::string planted = std::string("ssh-ed25519 ") + kErin + " mine\n";
+  SECTION("a symlinked .ssh") {
+    k.sb.write("/etc/target/keep", "root file\n", 0600);
+    fs::create_directory_symlink(k.sb.path("/etc/target"), k.sb.path("/home/akeneo/.ssh"));
+  }
+  SECTION("a FIFO authorized_keys") {
+    k.userSshDir();
+    REQUIRE(::mkfifo(k.sb.path("/home/akeneo/.ssh/authorized_keys").c_str(), 0600) == 0);
+  }
+  SECTION("0.1's block with a second END marker, and a key of its own") {
+    k.userSshDir();
+    k.sb.write("/home/akeneo/.ssh/authorized_keys",
+               planted + "# BEGIN pim-access-agent\nssh-ed25519 " + kBob +
+                   " pim:k-old\n# END pim-access-agent\n# END pim-access-agent\n",
+               0600);
+  }
+  SECTION("a hard link to a root file") {
+    k.userSshDir();
+    k.sb.write("/etc/precious", "root:secret\n", 0600);
+    fs::create_hard_link(k.sb.path("/etc/precious"), k.sb.path("/home/akeneo/.ssh/authorized_keys"));
+  }
+  const std::string homeFile = k.sb.path("/home/akeneo/.ssh/authorized_keys");
+  const bool regular =
+      fs::is_regular_file(fs::symlink_status(homeFile)) && !fs::is_symlink(k.sb.path("/home/akeneo/.ssh"));
+  const auto homeBefore = regular ? k.sb.read("/home/akeneo/.ssh/authorized_keys") : std::string();
+  REQUIRE(k.reconcile().isOk());
+  CHECK(k.sb.read(kFile) == file({line("k-alice", kAlice), line("k-bob", kBob)}));
+  k.doc.keys = {key("k-erin", kErin)};
+  REQUIRE(k.reconcile().isOk());
+  CHECK(k.sb.read(kFile) == file({line("k-erin", kErin)}));
+  CHECK(k.planEmpty());
+  if (fs::is_symlink(k.sb.path("/home/akeneo/.ssh"))) {
+    CHECK(k.dirNames("/etc/target") == std::vector<std::string>{"keep"});
+  } else if (regular) {
+    CHECK(k.sb.read("/home/akeneo/.ssh/authorized_keys") == homeBefore);
+  } else {
+    CHECK(fs::is_fifo(fs::symlink_status(homeFile)));
+  }
+  CHECK(k.sb.read("/etc/precious") == (fs::exists(k.sb.path("/etc/precious")) ? "root:secret\n" : ""));
 }
 
-TEST_CASE("ssh_keys refuses unsafe authorized_keys files and writes nothing", "[ssh_keys][root][security]") {
+TEST_CASE("ssh_keys refuses a keys file or directory that is not what it should be", "[ssh_keys][root][security]") {
   if (!isRoot()) return;
   KeysSandbox k;
-  fs::create_directories(k.sb.path("/home/akeneo/.ssh"));
-  ::chown(k.sb.path("/home/akeneo/.ssh").c_str(), kUid, kGid);
-  ::chmod(k.sb.path("/home/akeneo/.ssh").c_str(), 0700);
   auto d = k.desired();
-  Action write{
-      "ssh_keys",    "write", "/home/akeneo/.ssh/authorized_keys", "", renderKeyBlock(k.doc.keys, kNow), "", "",
-      Stage::kGrant, ""};
-
-  SECTION("a hard link to another file") {
+  SECTION("the file is a symlink") {
     k.sb.write("/etc/precious", "root:secret\n", 0600);
-    fs::create_hard_link(k.sb.path("/etc/precious"), k.keysPath());
-    auto plan = k.provider.plan(d, k.host);
-    REQUIRE_FALSE(plan.isOk());
-    CHECK(plan.status().code() == ErrorCode::kUnsafe);
-    CHECK_THAT(plan.status().message(), Catch::Contains("hard link"));
-    CHECK(k.provider.apply(write, d, k.host).code() == ErrorCode::kUnsafe);
-    CHECK(k.sb.read("/etc/precious") == "root:secret\n");
-    CHECK(statOf(k.sb.path("/etc/precious")).st_uid == 0);
-    CHECK(statOf(k.keysPath()).st_nlink == 2);
-  }
-  SECTION("a file owned by another user") {
-    k.sb.write("/home/akeneo/.ssh/authorized_keys", "ssh-rsa AAAA planted\n", 0600);
-    ::chown(k.keysPath().c_str(), 4545, 4545);
-    auto plan = k.provider.plan(d, k.host);
-    REQUIRE_FALSE(plan.isOk());
-    CHECK(plan.status().code() == ErrorCode::kUnsafe);
-    CHECK_THAT(plan.status().message(), Catch::Contains("uid 4545"));
-    CHECK(k.provider.apply(write, d, k.host).code() == ErrorCode::kUnsafe);
-    CHECK(k.sb.read("/home/akeneo/.ssh/authorized_keys") == "ssh-rsa AAAA planted\n");
-  }
-  SECTION("a FIFO is refused without blocking") {
-    REQUIRE(::mkfifo(k.keysPath().c_str(), 0600) == 0);
-    auto plan = k.provider.plan(d, k.host);
-    REQUIRE_FALSE(plan.isOk());
-    CHECK(plan.status().code() == ErrorCode::kUnsafe);
-    CHECK_THAT(plan.status().message(), Catch::Contains("not a regular file"));
-    CHECK(k.provider.apply(write, d, k.host).code() == ErrorCode::kUnsafe);
-    CHECK(S_ISFIFO(statOf(k.keysPath()).st_mode));
-  }
-  SECTION("a symlink to a root file") {
-    k.sb.write("/etc/precious", "root:secret\n", 0600);
+    fs::create_directories(k.sb.path(kDir));
     fs::create_symlink(k.sb.path("/etc/precious"), k.keysPath());
     auto plan = k.provider.plan(d, k.host);
     REQUIRE_FALSE(plan.isOk());
     CHECK(plan.status().code() == ErrorCode::kUnsafe);
-    CHECK(k.provider.apply(write, d, k.host).code() == ErrorCode::kUnsafe);
     CHECK(k.sb.read("/etc/precious") == "root:secret\n");
-    CHECK(fs::is_symlink(k.keysPath()));
   }
-  SECTION("a .ssh owned by another user") {
-    ::chown(k.sb.path("/home/akeneo/.ssh").c_str(), 4545, 4545);
+  SECTION("the directory is a symlink") {
+    fs::create_directories(k.sb.path("/etc/elsewhere"));
+    fs::create_directories(k.sb.path("/etc/pim-access-agent"));
+    fs::create_directory_symlink(k.sb.path("/etc/elsewhere"), k.sb.path(kDir));
     auto plan = k.provider.plan(d, k.host);
     REQUIRE_FALSE(plan.isOk());
     CHECK(plan.status().code() == ErrorCode::kUnsafe);
-    CHECK(k.provider.apply(write, d, k.host).code() == ErrorCode::kUnsafe);
-    CHECK(statOf(k.sb.path("/home/akeneo/.ssh")).st_uid == 4545);
+    Action write{"ssh_keys", "write", kFile, "", renderKeysFile("akeneo", k.doc.keys, kNow), "", "", Stage::kGrant, ""};
+    CHECK_FALSE(k.provider.apply(write, d, k.host).isOk());
+    CHECK(k.dirNames("/etc/elsewhere").empty());
   }
-  // Whatever was refused, no temporary file was left next to it.
-  for (const auto& name : k.sshDirNames()) CHECK(name == "authorized_keys");
 }
 
-TEST_CASE("ssh_keys refuses a malformed managed block and leaves the file alone", "[ssh_keys][root]") {
+TEST_CASE("ssh_keys: on upgrade, 0.1's SFTP key files the agent owns are removed with their directory",
+          "[ssh_keys][root]") {
   if (!isRoot()) return;
   KeysSandbox k;
-  const std::string broken = "ssh-rsa AAAA mine\n# BEGIN pim-access-agent\nssh-ed25519 AAAA pim:k-x\n";
-  k.sb.write("/home/akeneo/.ssh/authorized_keys", broken, 0600);
-  ::chown(k.sb.path("/home/akeneo/.ssh").c_str(), kUid, kGid);
-  ::chown(k.keysPath().c_str(), kUid, kGid);
-  auto d = k.desired();
-  auto plan = k.provider.plan(d, k.host);
-  REQUIRE_FALSE(plan.isOk());
-  CHECK(plan.status().code() == ErrorCode::kInvalid);
-  CHECK_THAT(plan.status().message(), Catch::Contains("line 2"));
-  CHECK(k.sb.read("/home/akeneo/.ssh/authorized_keys") == broken);
-  CHECK(k.sshDirNames() == std::vector<std::string>{"authorized_keys"});
+  const std::string legacy = kLegacySftpKeysDir;
+  k.sb.write(legacy + "/acme", "restrict ssh-ed25519 AAAA pim:sftp-acme\n", 0644);
+  k.sb.write(legacy + "/beta", "restrict ssh-ed25519 AAAA pim:sftp-beta\n", 0644);
+  ::chmod(k.sb.path(legacy).c_str(), 0755);
+  REQUIRE(k.ledger.recordCreated("file", legacy + "/acme").isOk());
+  REQUIRE(k.ledger.recordCreated("file", legacy + "/beta").isOk());
+  REQUIRE(k.ledger.recordCreated("file", legacy + "/gone").isOk());  // removed by hand meanwhile
+  REQUIRE(k.ledger.recordCreated("file", "/srv/pim-sftp/acme").isOk());
+
+  SECTION("nothing else in the directory: all gone") {
+    REQUIRE(k.reconcile().isOk());
+    CHECK_FALSE(fs::exists(k.sb.path(legacy)));
+    CHECK(k.ledger.owned("file") == std::vector<std::string>{"/srv/pim-sftp/acme"});
+    CHECK(k.planEmpty());
+  }
+  SECTION("a file the agent did not write keeps the directory") {
+    k.sb.write(legacy + "/operator", "mine\n", 0644);
+    REQUIRE(k.reconcile().isOk());
+    CHECK(k.dirNames(legacy) == std::vector<std::string>{"operator"});
+    CHECK(k.planEmpty());
+  }
+}
+
+TEST_CASE("inspectHomeKeys counts key lines and never fails or blocks", "[ssh_keys][root]") {
+  if (!isRoot()) return;
+  KeysSandbox k;
+  SECTION("no file") {
+    auto r = inspectHomeKeys(k.host, "akeneo");
+    CHECK(r.path == "/home/akeneo/.ssh/authorized_keys");
+    CHECK_FALSE(r.exists);
+    CHECK(r.unreadable.empty());
+  }
+  SECTION("key lines, comments and blank lines") {
+    k.userSshDir();
+    k.sb.write("/home/akeneo/.ssh/authorized_keys",
+               "# mine\nssh-ed25519 AAAA a\n\n  \nrestrict ssh-rsa BBBB b\r\n# BEGIN pim-access-agent\n", 0600);
+    auto r = inspectHomeKeys(k.host, "akeneo");
+    CHECK(r.exists);
+    CHECK(r.keyLines == 2);
+    CHECK(r.unreadable.empty());
+  }
+  SECTION("a FIFO") {
+    k.userSshDir();
+    REQUIRE(::mkfifo(k.sb.path("/home/akeneo/.ssh/authorized_keys").c_str(), 0600) == 0);
+    auto r = inspectHomeKeys(k.host, "akeneo");
+    CHECK(r.exists);
+    CHECK_THAT(r.unreadable, Catch::Contains("not a regular file"));
+  }
+  SECTION("a symlinked .ssh") {
+    fs::create_directory_symlink("/etc", k.sb.path("/home/akeneo/.ssh"));
+    auto r = inspectHomeKeys(k.host, "akeneo");
+    CHECK(r.exists);
+    CHECK_FALSE(r.unreadable.empty());
+  }
 }
