@@ -178,8 +178,9 @@ std::vector<Status> AccountsTool::addSystemUsers(const std::vector<NewUser>& use
       return failAll(Status::error(ErrorCode::kInvalid, "create " + u.name + ": not a batch of plain system accounts"));
     }
   }
-  // UIDs: the system range of login.defs, highest first, skipping every UID and GID in use (a
-  // system user's UID is best not another group's GID either).
+  // UIDs: the system range of login.defs, highest first, skipping every UID in use: the UID
+  // `useradd --system --gid G` would pick, so that a batch and one useradd per account (the
+  // path taken when a failpoint is armed) leave the same account files.
   auto defs = host_.readFile("/etc/login.defs", kMaxShadowBytes);
   const std::string defsText = defs ? *defs : std::string();
   const int64_t low = loginDefsInt(defsText, "SYS_UID_MIN", 100);
@@ -193,8 +194,11 @@ std::vector<Status> AccountsTool::addSystemUsers(const std::vector<NewUser>& use
     for (std::string line; std::getline(ss, line);) {
       auto f = splitFields(line, ':');
       if (f.size() < 3) continue;
-      used.insert(std::strtoll(f[2].c_str(), nullptr, 10));
-      if (std::string(file) == "/etc/group") groups[f[0]] = f[2];
+      if (std::string(file) == "/etc/group") {
+        groups[f[0]] = f[2];
+      } else {
+        used.insert(std::strtoll(f[2].c_str(), nullptr, 10));
+      }
     }
   }
   std::string config;
@@ -229,6 +233,7 @@ std::vector<Status> AccountsTool::addSystemUsers(const std::vector<NewUser>& use
     auto f = splitFields(line, ':');
     if (f.size() >= 7) made[f[0]] = f;
   }
+  std::vector<std::pair<std::string, std::string>> locked;
   for (size_t i = 0; i < users.size(); ++i) {
     const NewUser& u = users[i];
     auto it = made.find(u.name);
@@ -236,8 +241,14 @@ std::vector<Status> AccountsTool::addSystemUsers(const std::vector<NewUser>& use
         it->second[6] != u.shell) {
       out[i] = Status::error(ErrorCode::kCommand, "create " + u.name + " (systemd-sysusers): " +
                                                       (why.empty() ? "not in /etc/passwd as asked" : why));
+    } else {
+      locked.emplace_back(u.name, "!");
     }
   }
+  // systemd-sysusers stores "!*", useradd "!": both refuse every password; "!" keeps the
+  // shadow entry the same whichever way the account was made. Should that fail, "!*" stays,
+  // which is just as locked.
+  (void)setPasswordHashes(locked);
   return out;
 }
 

@@ -235,6 +235,7 @@ TEST_CASE("AccountsTool: many system accounts in one systemd-sysusers run, many 
     CHECK((*u)->uid != topUid);
     uids.insert((*u)->uid);
     CHECK((*tool.shadow(names[i]))->passwordLocked());
+    CHECK((*tool.shadow(names[i]))->password == "!");  // as useradd leaves it, not sysusers' "!*"
   }
   CHECK(uids.size() == names.size());
   CHECK_FALSE(fs::exists(sb.path("/transfer")));  // a home is never created
