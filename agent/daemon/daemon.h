@@ -14,8 +14,8 @@
 //
 // Retries: after a failed cycle (store unreachable, apply failed, internal error) the next
 // attempt waits U[0, min(cap, base * 2^n)] ("full jitter": a fleet's retries spread over the
-// whole window), at least 200 ms, base = min(poll interval, 2 s), cap 10 minutes; a success
-// resets it. A short base
+// whole window), at least 200 ms, base = min(poll interval, 2 s), cap 10 minutes, and at least
+// the store's Retry-After (429/503, capped at 10 minutes too); a success resets it. A short base
 // lets a host recover from a blip in seconds; the doubling reaches the poll interval after a few
 // failures and the 10-minute cap after ~9, so a fleet never hammers a store that is down.
 
@@ -48,6 +48,12 @@ void guardAgainstSigpipe();
 
 /// The first retry ceiling after a failure: min(poll interval, 2 s) (at least 1 ms).
 std::chrono::milliseconds backoffBase(int64_t pollIntervalS);
+
+/// The wait before the next attempt after a failed cycle: the back-off's draw, at least 200 ms,
+/// and at least what the store asked with Retry-After (429/503), that request capped by `cap`
+/// (the back-off ceiling, 10 minutes: a store cannot park a fleet for longer).
+std::chrono::milliseconds retryDelay(std::chrono::milliseconds backoffDraw,
+                                     std::optional<std::chrono::seconds> retryAfter, std::chrono::milliseconds cap);
 
 class Daemon {
  public:
@@ -91,6 +97,7 @@ class Daemon {
     std::optional<int64_t> nextExpiry;
     std::string stateSignature;
     bool recovered = false;
+    std::optional<std::chrono::seconds> retryAfter;  // the store's Retry-After with a 429/503
   };
 
   Status buildRuntime(const Config& config);

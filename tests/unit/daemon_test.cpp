@@ -23,12 +23,13 @@
 #include <vector>
 
 #include "agent/cycle/file_lock.h"
+#include "agent/daemon/daemon.h"
 #include "tests/unit/agent_process.h"
 #include "tests/unit/store_test_server.h"
 
 using namespace pim;
 using namespace pim::agenttest;
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
@@ -64,10 +65,10 @@ Poco::JSON::Object::Ptr parseObject(const std::string& json) {
 
 /// Sends `signum` and returns how long the daemon took to exit with code 0 (REQUIREs both).
 milliseconds stopWith(ChildProcess& daemon, int signum) {
-  const auto sent = Clock::now();
+  const auto sent = SteadyClock::now();
   daemon.signal(signum);
   auto code = daemon.waitExit(seconds(10));
-  const auto took = std::chrono::duration_cast<milliseconds>(Clock::now() - sent);
+  const auto took = std::chrono::duration_cast<milliseconds>(SteadyClock::now() - sent);
   INFO("daemon stderr:\n" << daemon.err());
   REQUIRE(code.has_value());
   CHECK(*code == 0);
@@ -151,10 +152,10 @@ TEST_CASE("daemon: a file:// change is applied without waiting for the poll inte
   box.setDocument(keysDocument(1, {"k-one"}));
   auto daemon = box.startDaemon();
   requireKey(box, *daemon, "k-one");
-  const auto changed = Clock::now();
+  const auto changed = SteadyClock::now();
   box.setDocument(keysDocument(2, {"k-two"}));
   requireKey(box, *daemon, "k-two", seconds(3));
-  INFO("applied " << std::chrono::duration_cast<milliseconds>(Clock::now() - changed).count()
+  INFO("applied " << std::chrono::duration_cast<milliseconds>(SteadyClock::now() - changed).count()
                   << " ms after the change");
   CHECK_FALSE(hasKey(box, "k-one"));
   stopWith(*daemon, SIGTERM);
@@ -163,13 +164,13 @@ TEST_CASE("daemon: a file:// change is applied without waiting for the poll inte
 TEST_CASE("daemon: a store down at start leaves the host alone, retried with back-off", "[daemon]") {
   PIM_REQUIRE_ROOT();
   std::mutex mutex;
-  std::vector<Clock::time_point> arrivals;
+  std::vector<SteadyClock::time_point> arrivals;
   std::atomic<bool> up{false};
   const std::string body = keysDocument(2, {"k-two"});
   storetest::StoreTestServer server([&](storetest::Exchange& ex) {
     {
       std::lock_guard<std::mutex> lock(mutex);
-      arrivals.push_back(Clock::now());
+      arrivals.push_back(SteadyClock::now());
     }
     if (!up.load()) {
       ex.response.setStatus(Poco::Net::HTTPResponse::HTTP_SERVICE_UNAVAILABLE);
@@ -189,7 +190,7 @@ TEST_CASE("daemon: a store down at start leaves the host alone, retried with bac
   const std::string before = box.snapshot();
   box.configure({{"store.source", server.url()}, {"store.poll_interval_s", "1"}});
   auto daemon = box.startDaemon();
-  std::vector<Clock::time_point> t;
+  std::vector<SteadyClock::time_point> t;
   REQUIRE(waitUntil(
       [&] {
         std::lock_guard<std::mutex> lock(mutex);
@@ -318,18 +319,18 @@ TEST_CASE("daemon: long polling applies a change at once; rollback and resume fr
   requireKey(box, *daemon, "k-one");
   REQUIRE(server.waitForRequests(2, seconds(5)));  // the long poll is held
 
-  const auto changed = Clock::now();
+  const auto changed = SteadyClock::now();
   server.setDocument(keysDocument(2, {"k-two"}));
   requireKey(box, *daemon, "k-two", seconds(2));
-  INFO("long poll: applied " << std::chrono::duration_cast<milliseconds>(Clock::now() - changed).count()
+  INFO("long poll: applied " << std::chrono::duration_cast<milliseconds>(SteadyClock::now() - changed).count()
                              << " ms after the change");
   CHECK_FALSE(hasKey(box, "k-one"));
 
   // rollback 1 while the daemon holds its next long poll: the command does not wait for it.
   REQUIRE(server.waitForRequests(3, seconds(5)));
-  const auto started = Clock::now();
+  const auto started = SteadyClock::now();
   Outcome rollback = box.run({"rollback", "1"});
-  const auto rollbackTook = Clock::now() - started;
+  const auto rollbackTook = SteadyClock::now() - started;
   INFO(rollback.out << rollback.err);
   REQUIRE(rollback.exit == 0);
   CHECK(rollbackTook < seconds(15));  // not blocked by the 30 s long poll
@@ -415,4 +416,107 @@ TEST_CASE("daemon: drift on the host is repaired at once, without waiting for a 
   writeTextAtomic(box.real("/etc/group"), readText(box.real("/etc/group")));
   REQUIRE(waitUntil([&] { return occurrences(daemon->err(), "the host changed") > checks; }, seconds(5)));
   stopWith(*daemon, SIGTERM);
+}
+
+TEST_CASE("daemon: a retry waits at least the store's Retry-After, capped at the back-off ceiling", "[daemon]") {
+  using std::chrono::minutes;
+  const milliseconds cap = minutes(10);
+  CHECK(retryDelay(milliseconds(0), std::nullopt, cap) == milliseconds(200));  // the floor
+  CHECK(retryDelay(milliseconds(1500), std::nullopt, cap) == milliseconds(1500));
+  CHECK(retryDelay(milliseconds(1500), seconds(5), cap) == seconds(5));
+  CHECK(retryDelay(seconds(40), seconds(5), cap) == seconds(40));  // the draw is longer
+  CHECK(retryDelay(milliseconds(0), seconds(0), cap) == milliseconds(200));
+  CHECK(retryDelay(milliseconds(300), std::chrono::hours(24 * 30), cap) == cap);
+}
+
+TEST_CASE("daemon: the store's Retry-After on a 503 is honoured", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  std::mutex mutex;
+  std::vector<SteadyClock::time_point> arrivals;
+  const std::string body = keysDocument(1, {"k-one"});
+  storetest::StoreTestServer server([&](storetest::Exchange& ex) {
+    size_t n;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      arrivals.push_back(SteadyClock::now());
+      n = arrivals.size();
+    }
+    if (n <= 2) {
+      ex.response.setStatus(Poco::Net::HTTPResponse::HTTP_SERVICE_UNAVAILABLE);
+      ex.response.set("Retry-After", "3");
+      ex.response.setContentLength(0);
+      ex.response.send();
+      return;
+    }
+    ex.response.setStatus(Poco::Net::HTTPResponse::HTTP_OK);
+    ex.response.set("ETag", "\"one\"");
+    ex.response.setContentLength(std::streamsize(body.size()));
+    ex.response.send() << body;
+  });
+  // base = min(poll interval, 2 s) = 1 s: without Retry-After the first retries come within 1 and 2 s.
+  AgentBox box(Settings{{"store.source", server.url()}, {"store.poll_interval_s", "1"}});
+  auto daemon = box.startDaemon();
+  requireKey(box, *daemon, "k-one", seconds(15));
+  std::vector<SteadyClock::time_point> t;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    t = arrivals;
+  }
+  REQUIRE(t.size() >= 3);
+  const auto gap0 = std::chrono::duration_cast<milliseconds>(t[1] - t[0]);
+  const auto gap1 = std::chrono::duration_cast<milliseconds>(t[2] - t[1]);
+  INFO("gaps " << gap0.count() << " ms, " << gap1.count() << " ms\n" << daemon->err());
+  CHECK(gap0 >= milliseconds(2950));
+  CHECK(gap1 >= milliseconds(2950));
+  CHECK(occurrences(daemon->err(), "as the store asked (Retry-After: 3 s)") == 2);
+  stopWith(*daemon, SIGTERM);
+}
+
+TEST_CASE("daemon: an https store through the proxy of HTTPS_PROXY in its environment", "[daemon][proxy]") {
+  PIM_REQUIRE_ROOT();
+  if (!test::runsHere(storetest::StoreTestProxy::available(), "tinyproxy is not installed (scripts/install-deps)")) {
+    return;
+  }
+  storetest::StoreTestProxy proxy;
+  storetest::StoreTestDir pkiDir;
+  auto pki = storetest::makeStoreTestPki(pkiDir.path(), "IP:127.0.0.1");
+  storetest::StoreTestServer server(storetest::StoreTestServer::Tls{pki.serverCert, pki.serverKey});
+  server.setDocument(keysDocument(1, {"k-one"}));
+  AgentBox box(Settings{{"store.source", server.url()}, {"store.ca_file", "/store-ca.pem"}});
+  writeTextAtomic(box.real("/store-ca.pem"), readText(pki.caCert));
+  auto daemon = box.startDaemon({"HTTPS_PROXY=" + proxy.url(), "NO_PROXY=store.example"});
+  requireKey(box, *daemon, "k-one");
+  const auto requests = proxy.requests();
+  INFO(daemon->err());
+  REQUIRE_FALSE(requests.empty());
+  CHECK(requests[0] == "CONNECT 127.0.0.1:" + std::to_string(server.port()) + " HTTP/1.1");
+  stopWith(*daemon, SIGTERM);
+
+  // `once`, the same way; and a proxy variable that holds no URL is a configuration error.
+  CHECK(box.run({"once"}, {"HTTPS_PROXY=" + proxy.url()}).exit == 0);
+  CHECK(proxy.requests().size() == requests.size() + 1);
+  Outcome bad = box.run({"once"}, {"HTTPS_PROXY=ftp://proxy.example"});
+  CHECK(bad.exit == 2);
+  CHECK_THAT(bad.err, Catch::Contains("HTTPS_PROXY"));
+}
+
+TEST_CASE("daemon: SIGTERM stops it within 2 s while the store's name look-up hangs", "[daemon][dns]") {
+  PIM_REQUIRE_ROOT();
+  if (storetest::inNetworkNamespace()) {
+    storetest::BlackholeDns dns;
+    AgentBox box(Settings{{"store.source", "https://store.hang.test/v1/instances/test/access"}});
+    auto daemon = box.startDaemon();
+    REQUIRE(dns.queried(seconds(10)));  // the daemon's first fetch is looking the name up
+    std::this_thread::sleep_for(milliseconds(300));
+    REQUIRE(daemon->running());
+    const milliseconds took = stopWith(*daemon, SIGTERM);
+    INFO("stopped in " << took.count() << " ms");
+    CHECK(took < seconds(2));
+    return;
+  }
+  std::string why;
+  auto run = storetest::runInNetworkNamespace(Catch::getResultCapture().getCurrentTestName(), why);
+  if (!test::runsHere(run.has_value(), why)) return;
+  INFO(run->output);
+  CHECK(run->exit == 0);
 }
