@@ -461,6 +461,10 @@ Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, 
   // Always set, so that libcurl never reads the proxy environment itself (store_proxy.h did).
   set(CURLOPT_PROXY, p.proxy.url.c_str());
   set(CURLOPT_NOPROXY, p.proxy.noProxy.c_str());
+  // The system CAs from Debian's bundle file only: with the default CApath (/etc/ssl/certs) as
+  // well, libcurl does not cache the verification store and parses the whole bundle again at
+  // every handshake (~10 ms of CPU); the bundle holds the same certificates.
+  set(CURLOPT_CAPATH, static_cast<const char*>(nullptr));
   set(CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2));
   set(CURLOPT_SSL_VERIFYPEER, 1L);
   set(CURLOPT_SSL_VERIFYHOST, 2L);
