@@ -10,7 +10,12 @@
 // cycle fetches WITHOUT the cycle lock (a long poll may be held for minutes while a CLI `once`
 // or `rollback` runs) and reconciles WITH it. Anything that needs the worker while it is held
 // in a fetch (a signal, an expiring key, an operator command, a new config) cancels that fetch;
-// the cycle then starts again at once with a fresh store client.
+// the cycle then starts again at once with a fresh store client. The http(s) fetch is libcurl's
+// multi interface polled on that worker (agent/store/http_store_client.h), not driven by this
+// loop: the fetch is a step inside the cycle the worker runs (Agent::fetch, then reconcile), `once`
+// and `plan` have no loop and go the same way, and libuv stays out of agent/store. cancel() wakes
+// the worker's poll (curl_multi_wakeup) and the transfer is dropped, a hanging name look-up
+// included, so SIGTERM still stops the daemon within 2 s.
 //
 // Retries: after a failed cycle (store unreachable, apply failed, internal error) the next
 // attempt waits U[0, min(cap, base * 2^n)] ("full jitter": a fleet's retries spread over the
