@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <filesystem>
 #include <mutex>
 #include <regex>
 #include <string>
@@ -160,6 +161,32 @@ TEST_CASE("daemon: a file:// change is applied without waiting for the poll inte
                   << " ms after the change");
   CHECK_FALSE(hasKey(box, "k-one"));
   stopWith(*daemon, SIGTERM);
+}
+
+TEST_CASE("daemon: once while the daemon runs leaves the daemon's metrics file (and its counters) alone",
+          "[daemon][metrics]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box(Settings{{"store.poll_interval_s", "3600"}, {"state.metrics_file", "/var/lib/pim-metrics.prom"}});
+  box.setDocument(keysDocument(1, {"k-one"}));
+  const std::string metrics = box.real("/var/lib/pim-metrics.prom");
+  const std::string noApplyError = "pim_access_agent_errors_total{kind=\"apply\"} 0\n";
+  // The daemon's cycles fail (its counter of apply errors grows), `once`'s does not.
+  auto daemon = box.startDaemon({"PIM_FAILPOINT=fail-provider:ssh_keys"});
+  REQUIRE(waitUntil(
+      [&] { return std::filesystem::exists(metrics) && readText(metrics).find(noApplyError) == std::string::npos; },
+      seconds(10)));
+  Outcome once = box.run({"once"});
+  INFO(once.out << once.err);
+  CHECK(once.exit == 0);
+  CHECK(hasKey(box, "k-one"));
+  // Not rewritten with once's own single cycle, which would reset the daemon's counter to 0.
+  CHECK(readText(metrics).find(noApplyError) == std::string::npos);
+  stopWith(*daemon, SIGTERM);
+
+  // Without a daemon, once writes it.
+  ::unlink(metrics.c_str());
+  REQUIRE(box.run({"once"}).exit == 0);
+  CHECK_THAT(readText(metrics), Catch::Contains(noApplyError));
 }
 
 TEST_CASE("daemon: a store down at start leaves the host alone, retried with back-off", "[daemon]") {
