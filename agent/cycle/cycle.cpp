@@ -50,8 +50,15 @@ Agent::Agent(Config config, Host& host, StateStore& state, const Clock& clock, P
   if (!failpoints_.empty()) log_->warn("failpoints armed: {}", failpoints_.describe());
 }
 
-Agent::Applied Agent::applyDocument(const AccessDocument& doc, bool forward, bool revokeOnly) {
+void Agent::noteStateWrite(const Status& written, const char* what) const {
+  // The host may already have changed: a write that failed leaves history, status or show
+  // without it, which an operator must hear of.
+  if (!written) log_->error("state database: {}: {}", what, written.message());
+}
+
+Agent::Applied Agent::applyDocument(const AccessDocument& doc, int64_t generation, bool forward, bool revokeOnly) {
   StateLedger ledger(state_);
+  ledger.setGeneration(generation);  // what this cycle creates is recorded as created by it
   Reconciler reconciler(factory_(ledger), log_, forward ? failpoints_ : FailPoints{});
   Desired desired{doc, config_.host, config_.sshd, clock_.nowSeconds()};
   auto pending = state_.reloadPending();
@@ -145,7 +152,7 @@ Status Agent::recoverInterruptedCycle() {
   const bool revokeOnly = *attempts > 2;
   log_->warn("generation {} was interrupted (the agent stopped during its cycle); {} its document", cycle.generation,
              revokeOnly ? "applying only the revocations of" : "finishing the cycle of");
-  Applied applied = applyDocument(*doc, false, revokeOnly);
+  Applied applied = applyDocument(*doc, cycle.generation, false, revokeOnly);
   if (revokeOnly) {
     applied.status = Status::error(ErrorCode::kInternal,
                                    "its recovery was interrupted twice: revocations only, the grants wait for the "
@@ -182,7 +189,7 @@ CycleReport Agent::applyNew(const std::string& source, const std::string& etag, 
   auto generation = state_.recordGeneration(input);
   if (!generation) return failure(1, "failed", generation.status().message());
 
-  Applied applied = applyDocument(doc, true);
+  Applied applied = applyDocument(doc, *generation, true);
   // Entries the providers refused (a host account the agent did not create, an unsafe folder)
   // are reported with the document's own skipped entries.
   std::vector<SkippedEntry> skipped = doc.skipped;
@@ -204,10 +211,10 @@ CycleReport Agent::applyNew(const std::string& source, const std::string& etag, 
 CycleReport Agent::retry(const GenerationRecord& record, const AccessDocument& doc) {
   if (Status s = state_.beginCycle(record.generation, std::nullopt); !s) return failure(1, "failed", s.message());
   if (Status s = state_.noteRetry(record.generation, clock_.nowSeconds()); !s) {
-    (void)state_.endCycle();
+    noteStateWrite(state_.endCycle(), "end the cycle");
     return failure(1, "failed", s.message());
   }
-  Applied applied = applyDocument(doc, true);
+  Applied applied = applyDocument(doc, record.generation, true);
   const GenerationOutcome success = record.outcome == GenerationOutcome::kRolledBack || record.rollbackOf
                                         ? GenerationOutcome::kRolledBack
                                         : GenerationOutcome::kApplied;
@@ -264,14 +271,14 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
     const Status& st = fetched.outcome.status();
     if (!fetched.reachedStore) return failure(1, "failed", st.message());
     const bool rejected = st.code() == ErrorCode::kRejected;
-    (void)state_.recordPoll(now, rejected ? "rejected" : "error", st.message());
+    noteStateWrite(state_.recordPoll(now, rejected ? "rejected" : "error", st.message()), "record the poll");
     if (rejected) {
       GenerationInput input;
       input.time = now;
       input.source = fetched.source;
       input.outcome = GenerationOutcome::kRejected;
       input.error = st.message();
-      (void)state_.recordGeneration(input);
+      noteStateWrite(state_.recordGeneration(input).status(), "record the document");
       return failure(3, "rejected", st.message());
     }
     return failure(4, "unreachable", st.message());
@@ -280,7 +287,8 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
   if (fetched.outcome->kind == FetchOutcome::Kind::kUnchanged) {
     CycleReport r = checkHost ? reapplyInForce() : inForceReport();
     if (r.outcome != "applied" && r.outcome != "rolled_back" && r.exitCode == 0) r.outcome = "unchanged";
-    (void)state_.recordPoll(now, r.exitCode == 0 ? "not_modified" : r.outcome, pollError(r.error));
+    noteStateWrite(state_.recordPoll(now, r.exitCode == 0 ? "not_modified" : r.outcome, pollError(r.error)),
+                   "record the poll");
     return r;
   }
 
@@ -297,7 +305,7 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
   auto rejectWhole = [&](const std::string& error, std::optional<int64_t> revision,
                          const std::vector<SkippedEntry>& skipped) {
     log_->error("document rejected: {}", error);
-    (void)state_.recordPoll(now, "rejected", error);
+    noteStateWrite(state_.recordPoll(now, "rejected", error), "record the poll");
     // The same bad document polled again is not a new generation.
     if (!(latest && latest->docHash == hash && latest->outcome == GenerationOutcome::kRejected)) {
       GenerationInput input;
@@ -310,7 +318,7 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
       input.outcome = GenerationOutcome::kRejected;
       input.error = error;
       input.skipped = toSkippedRecords(skipped);
-      (void)state_.recordGeneration(input);
+      noteStateWrite(state_.recordGeneration(input).status(), "record the document");
     }
     auto r = failure(3, "rejected", error);
     r.revision = revision;
@@ -338,13 +346,14 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
       input.body = body;
       input.outcome = GenerationOutcome::kRecorded;
       input.skipped = toSkippedRecords(doc->skipped);
-      (void)state_.recordGeneration(input);
+      noteStateWrite(state_.recordGeneration(input).status(), "record the document");
       log_->info("{}: revision {} recorded, not applied", decision->reason, doc->revision);
     }
     CycleReport r = reapplyInForce();
     if (r.exitCode == 0 && r.outcome != "applied" && r.outcome != "rolled_back") r.outcome = "recorded";
     r.skipped = doc->skipped;
-    (void)state_.recordPoll(now, r.exitCode == 0 ? "recorded" : r.outcome, pollError(r.error));
+    noteStateWrite(state_.recordPoll(now, r.exitCode == 0 ? "recorded" : r.outcome, pollError(r.error)),
+                   "record the poll");
     return r;
   }
 
@@ -354,7 +363,8 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
     if (r.exitCode == 0 && r.outcome != "applied" && r.outcome != "rolled_back") r.outcome = "unchanged";
     r.skipped = doc->skipped;
     r.revision = doc->revision;
-    (void)state_.recordPoll(now, r.exitCode == 0 ? "unchanged" : r.outcome, pollError(r.error));
+    noteStateWrite(state_.recordPoll(now, r.exitCode == 0 ? "unchanged" : r.outcome, pollError(r.error)),
+                   "record the poll");
     return r;
   }
 
@@ -363,7 +373,7 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
   const GenerationCause cause = inForce && inForce->outcome == GenerationOutcome::kRolledBack ? GenerationCause::kResume
                                                                                               : GenerationCause::kStore;
   CycleReport report = applyNew(fetched.source, etag, body, *doc, GenerationOutcome::kApplied, std::nullopt, cause);
-  (void)state_.recordPoll(now, report.outcome, pollError(report.error));
+  noteStateWrite(state_.recordPoll(now, report.outcome, pollError(report.error)), "record the poll");
   return report;
 }
 

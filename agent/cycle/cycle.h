@@ -125,9 +125,12 @@ class Agent {
     std::vector<SkippedEntry> refused;
     bool confined = true;
   };
-  /// Converges the host to `doc` (agent/reconciler.h), with the failpoints when `forward`, and
-  /// records what became of the pending sshd reload.
-  Applied applyDocument(const AccessDocument& doc, bool forward, bool revokeOnly = false);
+  /// Converges the host to `doc` (agent/reconciler.h) as generation `generation` (the objects
+  /// it creates are recorded as created by it), with the failpoints when `forward`, and records
+  /// what became of the pending sshd reload.
+  /// Logs a state database write that failed (`what`: "record the poll", ...).
+  void noteStateWrite(const Status& written, const char* what) const;
+  Applied applyDocument(const AccessDocument& doc, int64_t generation, bool forward, bool revokeOnly = false);
   Result<AccessDocument> parseStored(const GenerationRecord& record) const;
   Result<std::optional<AccessDocument>> inForceDocument(std::optional<GenerationRecord>* record) const;
   /// Records `doc` as a new generation, converges to it and records the outcome.

@@ -9,7 +9,10 @@
 
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
+#include <sqlite3.h>
 #include <sys/stat.h>
+
+#include <spdlog/sinks/ostream_sink.h>
 
 #include <catch2/catch.hpp>
 
@@ -18,6 +21,7 @@
 #include <filesystem>
 #include <memory>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -448,6 +452,31 @@ TEST_CASE("a crash in the very first cycle is finished at the next start", "[cyc
   CHECK(*(*p.state->lastApplied())->revision == 1);
 }
 
+TEST_CASE("a state database write that fails is logged, never silently dropped", "[cycle]") {
+  InProcess p;
+  p.store.body = "{ not a document";
+  // Every write of the poll record and of a generation fails from now on.
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(p.dir.file("state.db").c_str(), &db) == SQLITE_OK);
+  REQUIRE(
+      sqlite3_exec(db,
+                   "CREATE TRIGGER fail_meta_u BEFORE UPDATE ON meta BEGIN SELECT RAISE(ABORT, 'injected'); END;"
+                   "CREATE TRIGGER fail_meta_i BEFORE INSERT ON meta BEGIN SELECT RAISE(ABORT, 'injected'); END;"
+                   "CREATE TRIGGER fail_gen BEFORE INSERT ON generations BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+                   nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(db);
+  std::ostringstream logged;
+  auto log = std::make_shared<spdlog::logger>("agent", std::make_shared<spdlog::sinks::ostream_sink_mt>(logged));
+  Agent agent(
+      p.config, *p.host, *p.state, p.clock, [](Ledger&) { return keyFileProviders(nullptr); }, log, FailPoints{});
+  CycleReport r = agent.cycle(p.store, 0);
+  CHECK(r.exitCode == 3);  // the document is still rejected
+  INFO(logged.str());
+  CHECK_THAT(logged.str(), Catch::Contains("state database: record the poll:"));
+  CHECK_THAT(logged.str(), Catch::Contains("state database: record the document:"));
+  CHECK_THAT(logged.str(), Catch::Contains("injected"));
+}
+
 // ---- the real binary, real providers, kill -9 ----
 
 namespace {
@@ -518,6 +547,41 @@ std::string jsonText(const std::string& json, const std::string& key) {
 }
 
 }  // namespace
+
+TEST_CASE("the state database records which generation created each object the agent owns", "[cycle][root]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box;
+  box.setDocument(documentA());
+  REQUIRE(box.run({"once"}).exit == 0);
+  box.setDocument(documentB());
+  REQUIRE(box.run({"once"}).exit == 0);
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(box.real("/var/lib/pim-access-agent/state.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) ==
+          SQLITE_OK);
+  auto generationOf = [&](const std::string& kind, const std::string& name) -> std::optional<int64_t> {
+    sqlite3_stmt* stmt = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db, "SELECT created_generation FROM owned WHERE kind = ? AND name = ?", -1, &stmt,
+                               nullptr) == SQLITE_OK);
+    sqlite3_bind_text(stmt, 1, kind.c_str(), -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(stmt, 2, name.c_str(), -1, SQLITE_TRANSIENT);
+    std::optional<int64_t> out;
+    if (sqlite3_step(stmt) == SQLITE_ROW && sqlite3_column_type(stmt, 0) != SQLITE_NULL) {
+      out = sqlite3_column_int64(stmt, 0);
+    }
+    sqlite3_finalize(stmt);
+    return out;
+  };
+  CHECK(generationOf("user", "akeneosftp") == std::optional<int64_t>(1));
+  CHECK(generationOf("user", "partnersftp") == std::optional<int64_t>(2));
+  CHECK(generationOf("user", "exportsftp") == std::optional<int64_t>(2));
+  sqlite3_stmt* unknown = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM owned WHERE created_generation IS NULL", -1, &unknown,
+                             nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(unknown) == SQLITE_ROW);
+  CHECK(sqlite3_column_int64(unknown, 0) == 0);
+  sqlite3_finalize(unknown);
+  sqlite3_close(db);
+}
 
 TEST_CASE("kill -9 during a cycle: the next start finishes it, whatever the store does", "[cycle][root]") {
   PIM_REQUIRE_ROOT();
