@@ -6,6 +6,7 @@
 #include "providers/sftp_chroots.h"
 #include "providers/ssh_keys.h"
 #include "providers/sshd_dropin.h"
+#include "providers/sudoers.h"
 #include "providers/transfer_tree.h"
 
 namespace pim {
@@ -18,6 +19,7 @@ std::vector<std::unique_ptr<Provider>> makeProviders(Ledger& ledger) {
   providers.push_back(std::make_unique<SftpAccountsProvider>(makeLogger("provider.sftp_accounts"), ledger));
   providers.push_back(std::make_unique<SftpChrootsProvider>(makeLogger("provider.sftp_chroots"), ledger));
   providers.push_back(std::make_unique<SshdDropinProvider>(makeLogger("provider.sshd"), &ledger));
+  providers.push_back(std::make_unique<SudoersProvider>(makeLogger("provider.sudoers"), &ledger));
   return providers;
 }
 

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -131,14 +132,19 @@ void renderLoginBlock(std::ostringstream& out, const DropinInput& in) {
       << "\tAllowAgentForwarding yes\n";
 }
 
+// The order of the credential blocks: password or key (0), password only (1), key only (2).
+int sftpCredentialOrder(const SftpUserEntry& u) { return u.hasPassword && u.hasKeys ? 0 : u.hasPassword ? 1 : 2; }
+
 void renderSftpBlock(std::ostringstream& out, const DropinInput& in, const std::vector<std::string>& users,
-                     bool password, bool keys) {
+                     bool password, bool keys, SftpAccess access) {
   const char* methods = password && keys ? "publickey password" : password ? "password" : "publickey";
-  const char* what = password && keys ? "password or key" : password ? "password only" : "key only";
+  std::string what = password && keys ? "password or key" : password ? "password only" : "key only";
+  if (access == SftpAccess::kReadOnly) what += ", read-only: no write, rename, remove or mkdir";
+  if (access == SftpAccess::kUploadOnly) what += ", upload-only: no read, list, rename or remove";
   out << "\n# SFTP accounts (" << what << "): internal-sftp only, chrooted, no shell, no forwarding.\n"
       << "Match User " << joinComma(users) << "\n"
       << "\tChrootDirectory " << in.chrootBase << "/%u\n"
-      << "\tForceCommand internal-sftp -d /transfer -u 0007\n"
+      << "\tForceCommand " << sftpForceCommand(access) << "\n"
       << "\tAuthorizedKeysFile " << in.authorizedKeysDir << "/%u\n"
       << "\tAuthenticationMethods " << methods << "\n"
       << "\tPubkeyAuthentication " << (keys ? "yes" : "no") << "\n"
@@ -407,6 +413,13 @@ Status restoreFile(Host& host, const SavedFile& f) {
 
 }  // namespace
 
+std::string sftpForceCommand(SftpAccess access) {
+  std::string command = "internal-sftp -d /transfer -u 0007";
+  if (access == SftpAccess::kReadOnly) command += " -R";
+  if (access == SftpAccess::kUploadOnly) command += std::string(" -p ") + kUploadOnlyRequests;
+  return command;
+}
+
 std::vector<std::string> allowedSources(const DropinInput& in) {
   std::set<std::string> all(in.documentSources.begin(), in.documentSources.end());
   all.insert(in.alwaysAllow.begin(), in.alwaysAllow.end());
@@ -414,12 +427,22 @@ std::vector<std::string> allowedSources(const DropinInput& in) {
 }
 
 std::string summarizeDropin(const DropinInput& in) {
-  size_t locked = 0;
+  size_t locked = 0, readOnly = 0, uploadOnly = 0;
   for (const auto& u : in.sftpUsers) {
-    if (sftpEntryLocked(u)) ++locked;
+    if (sftpEntryLocked(u)) {
+      ++locked;
+    } else if (u.access == SftpAccess::kReadOnly) {
+      ++readOnly;
+    } else if (u.access == SftpAccess::kUploadOnly) {
+      ++uploadOnly;
+    }
   }
   std::string s = "login user " + in.loginUser + "; " + plural(in.sftpUsers.size(), "sftp account", "sftp accounts");
-  if (locked > 0) s += " (" + std::to_string(locked) + " locked)";
+  std::string notes;
+  if (locked > 0) notes += std::to_string(locked) + " locked";
+  if (readOnly > 0) notes += (notes.empty() ? "" : ", ") + std::to_string(readOnly) + " read-only";
+  if (uploadOnly > 0) notes += (notes.empty() ? "" : ", ") + std::to_string(uploadOnly) + " upload-only";
+  if (!notes.empty()) s += " (" + notes + ")";
   if (!in.deniedUsers.empty()) s += "; " + plural(in.deniedUsers.size(), "denied name", "denied names");
   s += "; " + plural(in.documentSources.size(), "source", "sources") + " from the document + " +
        std::to_string(in.alwaysAllow.size()) + " always_allow";
@@ -430,17 +453,14 @@ std::string summarizeDropin(const DropinInput& in) {
 
 std::string renderDropin(const DropinInput& in) {
   std::vector<std::string> locked;
-  // Grouped by identical settings (%u makes the blocks per-user anyway): both, password, key.
-  std::vector<std::string> both, passwordOnly, keyOnly;
+  // Grouped by identical settings (%u makes the blocks per-user anyway): credentials (both,
+  // password, key), then access (read-write, read-only, upload-only).
+  std::map<std::pair<int, SftpAccess>, std::vector<std::string>> blocks;
   for (const auto& u : in.sftpUsers) {
     if (sftpEntryLocked(u)) {
       locked.push_back(u.username);
-    } else if (u.hasPassword && u.hasKeys) {
-      both.push_back(u.username);
-    } else if (u.hasPassword) {
-      passwordOnly.push_back(u.username);
     } else {
-      keyOnly.push_back(u.username);
+      blocks[{sftpCredentialOrder(u), u.access}].push_back(u.username);
     }
   }
   const std::vector<std::string> allowed = allowedSources(in);
@@ -498,9 +518,9 @@ std::string renderDropin(const DropinInput& in) {
   renderLoginBlock(out, in);
 
   // 6. Active SFTP accounts.
-  if (!both.empty()) renderSftpBlock(out, in, both, true, true);
-  if (!passwordOnly.empty()) renderSftpBlock(out, in, passwordOnly, true, false);
-  if (!keyOnly.empty()) renderSftpBlock(out, in, keyOnly, false, true);
+  for (const auto& [key, users] : blocks) {
+    renderSftpBlock(out, in, users, key.first != 2, key.first != 1, key.second);
+  }
 
   out << "\n# End of the managed blocks: what follows applies to everyone again.\n"
       << "Match all\n";
@@ -571,7 +591,8 @@ Result<DropinInput> buildDropinInput(const Desired& desired, Host& host, const L
     return Status::ok();
   };
   for (const auto& a : desired.document.accounts) {
-    if (Status s = add(a.username, {a.username, a.active, a.passwordHash.has_value(), !a.publicKeys.empty()}); !s) {
+    if (Status s = add(a.username, {a.username, a.active, a.passwordHash.has_value(), !a.publicKeys.empty(), a.access});
+        !s) {
       return s;
     }
   }

@@ -14,8 +14,9 @@
 //   4. names the document lists but the agent cannot prove it owns, then locked accounts:
 //      DenyUsers * and every method off;
 //   5. the login user: public key only, keys from <authorizedKeysDir>/%u, agent forwarding;
-//   6. active SFTP accounts, grouped by credential kind: internal-sftp only, chrooted, keys
-//      from <authorizedKeysDir>/%u, no TTY, no forwarding;
+//   6. active SFTP accounts, grouped by credential kind and access (read-write, read-only:
+//      `internal-sftp -R`, upload-only: `internal-sftp -p <requests>`): internal-sftp only,
+//      chrooted, keys from <authorizedKeysDir>/%u, no TTY, no forwarding;
 //   7. `Match all`.
 //
 // sshd semantics the rendering relies on (OpenSSH 9.2): the first obtained value of a keyword
@@ -45,10 +46,23 @@ struct SftpUserEntry {
   bool active = true;
   bool hasPassword = false;
   bool hasKeys = false;
+  SftpAccess access = SftpAccess::kReadWrite;
   bool operator==(const SftpUserEntry& o) const {
-    return username == o.username && active == o.active && hasPassword == o.hasPassword && hasKeys == o.hasKeys;
+    return username == o.username && active == o.active && hasPassword == o.hasPassword && hasKeys == o.hasKeys &&
+           access == o.access;
   }
 };
+
+/// The internal-sftp request list an upload-only account gets (-p: everything else is refused):
+/// create and write files (open, write, close, fsync), make directories (mkdir), and what a
+/// client needs to start (realpath for its working directory, limits). No read, readdir/opendir
+/// (listing), stat/lstat/fstat, setstat/fsetstat (truncating, chmod), remove, rmdir, rename,
+/// posix-rename, symlink, hardlink, copy-data, ... (`internal-sftp -Q requests`, OpenSSH 9.2).
+inline constexpr const char* kUploadOnlyRequests = "open,close,write,mkdir,realpath,fsync,limits";
+
+/// The ForceCommand of an SFTP account: "internal-sftp -d /transfer -u 0007", plus " -R" for
+/// read-only, plus " -p <kUploadOnlyRequests>" for upload-only. Pure.
+std::string sftpForceCommand(SftpAccess access);
 
 /// An inactive account, or one without any credential: refused for every method.
 inline bool sftpEntryLocked(const SftpUserEntry& u) { return !u.active || (!u.hasPassword && !u.hasKeys); }

@@ -281,13 +281,13 @@ std::vector<Probe> probeMatrix(const DropinInput& in, const ProbeAddresses& addr
   add(in.loginUser, ProbeRole::kLoginUser, allowedAndRefused);
 
   // The drop-in's blocks: one per credential kind of active accounts, one for locked ones.
-  std::map<int, std::vector<std::string>> activeBlocks;
+  std::map<std::pair<int, SftpAccess>, std::vector<std::string>> activeBlocks;
   std::vector<std::string> locked;
   for (const auto& u : in.sftpUsers) {
     if (sftpEntryLocked(u)) {
       locked.push_back(u.username);
     } else {
-      activeBlocks[(u.hasPassword ? 1 : 0) + (u.hasKeys ? 2 : 0)].push_back(u.username);
+      activeBlocks[{(u.hasPassword ? 1 : 0) + (u.hasKeys ? 2 : 0), u.access}].push_back(u.username);
     }
   }
   auto addBlock = [&](const std::vector<std::string>& users, ProbeRole role) {
@@ -345,10 +345,10 @@ std::vector<Mismatch> checkProbe(const Probe& probe, const EffectiveConfig& e, c
         break;
       }
       want("chrootdirectory", in.chrootBase + "/%u");
-      const std::string force = first(e, "forcecommand");
-      if (force != "internal-sftp" && force.rfind("internal-sftp ", 0) != 0) {
-        out.push_back({"forcecommand", force, "internal-sftp ...", probe.user, probe.address});
-      }
+      // The exact command: it carries the account's access (-R, -p requests).
+      auto entry = std::find_if(in.sftpUsers.begin(), in.sftpUsers.end(),
+                                [&](const SftpUserEntry& u) { return u.username == probe.user; });
+      want("forcecommand", sftpForceCommand(entry == in.sftpUsers.end() ? SftpAccess::kReadOnly : entry->access));
       want("authorizedkeysfile", keysFile);
       want("allowtcpforwarding", "no");
       want("disableforwarding", "yes");

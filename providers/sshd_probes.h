@@ -17,7 +17,8 @@
 //   login user, allowed        authenticationmethods publickey, passwordauthentication no,
 //                              kbdinteractiveauthentication no, authorizedkeysfile <dir>/%u,
 //                              not refused;
-//   SFTP account, allowed      chrootdirectory <base>/%u, forcecommand internal-sftp..., the
+//   SFTP account, allowed      chrootdirectory <base>/%u, forcecommand exactly the account's
+//                              (sftpForceCommand(): -R read-only, -p <requests> upload-only), the
 //                              agent's authorizedkeysfile, allowtcpforwarding no,
 //                              disableforwarding yes, x11forwarding no, permittty no,
 //                              permittunnel no;

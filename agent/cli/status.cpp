@@ -18,6 +18,7 @@
 #include "providers/core/log.h"
 #include "providers/host/real_host.h"
 #include "providers/ssh_keys.h"
+#include "providers/sudoers.h"
 
 namespace pim {
 namespace {
@@ -31,6 +32,28 @@ std::optional<AccessDocument> inForceDocument(const Config& config, const std::o
   auto doc = parseDocument(record->body, options);
   if (!doc) return std::nullopt;
   return *doc;
+}
+
+/// The ids of the document's sudo tasks whose rule is in force in the live sudoers file (the
+/// agent's file, 0440 root:root): what sudo grants, not what the document asks for.
+std::set<std::string> installedSudoTasks(Host& host, const Config& config, const std::optional<AccessDocument>& doc) {
+  std::set<std::string> ids;
+  if (!doc || doc->sudoTasks.empty()) return ids;
+  auto info = host.lstat(kSudoersFile);
+  if (!info || info->type != FileType::kRegular || (info->mode & 07777) != kSudoersFileMode || info->uid != 0 ||
+      info->gid != 0) {
+    return ids;
+  }
+  auto text = host.readFile(kSudoersFile, 4u << 20);
+  if (!text) return ids;
+  for (auto& id : installedTaskIds(config.host.loginUser, doc->sudoTasks, host.root(), *text)) ids.insert(id);
+  return ids;
+}
+
+std::string commandLine(const SudoTask& t) {
+  std::string out;
+  for (const auto& w : t.command) out += (out.empty() ? "" : " ") + w;
+  return out;
 }
 
 }  // namespace
@@ -69,6 +92,7 @@ int cmdStatus(const Config& config, bool json) {
   }
   const int64_t now = SystemClock().nowSeconds();
   auto doc = inForceDocument(config, inForce);
+  const std::set<std::string> sudoInstalled = installedSudoTasks(host, config, doc);
   // Lines the login user keeps in its own authorized_keys: sshd reads only the agent's file.
   const HomeKeysReport home = inspectHomeKeys(host, config.host.loginUser);
   const std::string keysFile = loginKeysPath(config.host.authorizedKeysDir, config.host.loginUser);
@@ -124,11 +148,28 @@ int cmdStatus(const Config& config, bool json) {
         o->set("active", a.active);
         o->set("password", a.passwordHash.has_value());
         o->set("keys", int64_t(a.publicKeys.size()));
+        o->set("access", sftpAccessName(a.access));
         accounts->add(o);
+      }
+    }
+    Poco::JSON::Array::Ptr tasks = new Poco::JSON::Array;
+    if (doc) {
+      for (const auto& t : doc->sudoTasks) {
+        Poco::JSON::Object::Ptr o = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
+        o->set("id", t.id);
+        Poco::JSON::Array::Ptr command = new Poco::JSON::Array;
+        for (const auto& w : t.command) command->add(w);
+        o->set("command", command);
+        o->set("run_as", t.runAs);
+        o->set("active", t.active);
+        o->set("installed", sudoInstalled.count(t.id) != 0);
+        tasks->add(o);
       }
     }
     root->set("keys", keys);
     root->set("accounts", accounts);
+    root->set("sudo_tasks", tasks);
+    root->set("sudoers_file", kSudoersFile);
     Poco::JSON::Object::Ptr homeKeys = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
     homeKeys->set("path", home.path);
     homeKeys->set("exists", home.exists);
@@ -187,7 +228,14 @@ int cmdStatus(const Config& config, bool json) {
     for (const auto& a : doc->accounts) {
       std::cout << "  " << a.username << " (" << a.id << ")  folder " << a.folder << "  "
                 << (a.active ? "active" : "locked") << "  " << (a.passwordHash ? "password" : "no password") << ", "
-                << a.publicKeys.size() << " key(s)\n";
+                << a.publicKeys.size() << " key(s)  " << sftpAccessName(a.access) << "\n";
+    }
+    std::cout << "sudo tasks of " << config.host.loginUser << " (" << kSudoersFile << "):";
+    if (doc->sudoTasks.empty()) std::cout << " none";
+    std::cout << "\n";
+    for (const auto& t : doc->sudoTasks) {
+      std::cout << "  " << t.id << "  " << commandLine(t) << "  as " << t.runAs << "  "
+                << (sudoInstalled.count(t.id) ? "installed" : (!t.active ? "inactive" : "not installed")) << "\n";
     }
     std::cout << "allowed sources:";
     for (const auto& s : doc->allowedSources) std::cout << " " << s.text;

@@ -399,7 +399,8 @@ class DocumentReader {
     const std::string where = indexPath("sftp.accounts", index);
     if (!isObject(entry)) return skip(where, "must be an object, got " + jsonType(entry));
     const Object& obj = *objectOf(entry);
-    noteUnknown(obj, {"id", "username", "password_hash", "folder", "active", "public_keys"}, where, doc_.unknownFields);
+    noteUnknown(obj, {"id", "username", "password_hash", "folder", "active", "public_keys", "access"}, where,
+                doc_.unknownFields);
     // Whatever else is wrong, a valid username of an account we may manage stays locked.
     std::string lockable;
     if (obj.has("username") && obj.get("username").isString()) {
@@ -434,6 +435,14 @@ class DocumentReader {
     if (!f) return skipAccount(acc.id, "folder: " + f.status().message());
     acc.folder = *f;
     if (auto err = readActive(obj, acc.active)) return skipAccount(acc.id, *err);
+    // What the account may do: an unknown value must not fall back to more rights than meant.
+    if (obj.has("access")) {
+      std::string access;
+      if (auto err = readString(obj, "access", access)) return skipAccount(acc.id, *err);
+      auto parsed = parseSftpAccess(access);
+      if (!parsed) return skipAccount(acc.id, "access: " + parsed.status().message());
+      acc.access = *parsed;
+    }
     if (obj.has("public_keys")) {
       const Var keys = obj.get("public_keys");
       if (!isArray(keys)) return skipAccount(acc.id, "public_keys: must be an array, got " + jsonType(keys));
@@ -454,6 +463,43 @@ class DocumentReader {
       }
     }
     doc_.accounts.push_back(std::move(acc));
+  }
+
+  void readTask(const Var& entry, size_t index) {
+    const std::string where = indexPath("sudo.tasks", index);
+    if (!isObject(entry)) return skip(where, "must be an object, got " + jsonType(entry));
+    const Object& obj = *objectOf(entry);
+    noteUnknown(obj, {"id", "command", "run_as", "active"}, where, doc_.unknownFields);
+    SudoTask task;
+    if (auto err = readString(obj, "id", task.id)) return skip(where, *err);
+    if (Status s = checkEntryId(task.id); !s) return skip(where, "id: " + s.message());
+    if (!obj.has("command")) return skip(task.id, "command: missing");
+    const Var command = obj.get("command");
+    if (!isArray(command)) return skip(task.id, "command: must be an array, got " + jsonType(command));
+    const Array& words = *arrayOf(command);
+    if (words.size() == 0) return skip(task.id, "command: empty (the program's absolute path comes first)");
+    if (words.size() > 1 + kMaxSudoArguments) {
+      return skip(task.id, "command: more than " + std::to_string(kMaxSudoArguments) + " arguments");
+    }
+    for (size_t j = 0; j < words.size(); ++j) {
+      const std::string label = "command[" + std::to_string(j) + "]: ";
+      const Var w = words.get(static_cast<unsigned>(j));
+      if (!w.isString()) return skip(task.id, label + "must be a string, got " + jsonType(w));
+      std::string text = w.extract<std::string>();
+      if (Status s = j == 0 ? checkSudoProgram(text) : checkSudoArgument(text); !s) {
+        return skip(task.id, label + s.message());
+      }
+      task.command.push_back(std::move(text));
+    }
+    if (obj.has("run_as")) {
+      if (auto err = readString(obj, "run_as", task.runAs)) return skip(task.id, *err);
+      if (Status s = checkUsername(task.runAs); !s) return skip(task.id, "run_as: " + s.message());
+      if (task.runAs == options_.loginUser) {
+        return skip(task.id, "run_as: '" + task.runAs + "' is the login user (a task runs as root or a system user)");
+      }
+    }
+    if (auto err = readActive(obj, task.active)) return skip(task.id, *err);
+    doc_.sudoTasks.push_back(std::move(task));
   }
 
   void readSource(const Var& entry, size_t index) {
@@ -633,7 +679,22 @@ Result<AccessDocument> parseDocument(std::string_view body, const DocumentOption
   if (Status s = checkDuplicates(accounts, "sftp.accounts", "id"); !s) return s;
   if (Status s = checkDuplicates(accounts, "sftp.accounts", "username"); !s) return s;
 
-  noteUnknown(root, {"version", "revision", "instance", "ssh", "sftp", "network"}, "", doc.unknownFields);
+  // sudo is optional (absent or null: no task); when present it has the shape of the others.
+  const Array* tasks = nullptr;
+  if (root.has("sudo") && !root.isNull("sudo")) {
+    if (Status s = requireMember(root, "sudo", "sudo", true); !s) return s;
+    const Object& sudo = *root.getObject("sudo");
+    if (Status s = requireMember(sudo, "tasks", "sudo.tasks", false); !s) return s;
+    tasks = root.getObject("sudo")->getArray("tasks").get();
+    if (tasks->size() > kMaxSudoTasks) {
+      return rejected("sudo.tasks: " + std::to_string(tasks->size()) + " entries, at most " +
+                      std::to_string(kMaxSudoTasks) + " allowed");
+    }
+    if (Status s = checkDuplicates(*tasks, "sudo.tasks", "id"); !s) return s;
+    noteUnknown(sudo, {"tasks"}, "sudo", doc.unknownFields);
+  }
+
+  noteUnknown(root, {"version", "revision", "instance", "ssh", "sftp", "network", "sudo"}, "", doc.unknownFields);
   noteUnknown(ssh, {"keys"}, "ssh", doc.unknownFields);
   noteUnknown(sftp, {"accounts"}, "sftp", doc.unknownFields);
   noteUnknown(network, {"allowed_sources"}, "network", doc.unknownFields);
@@ -642,6 +703,9 @@ Result<AccessDocument> parseDocument(std::string_view body, const DocumentOption
   for (size_t i = 0; i < keys.size(); ++i) reader.readKey(keys.get(static_cast<unsigned>(i)), i);
   for (size_t i = 0; i < accounts.size(); ++i) reader.readAccount(accounts.get(static_cast<unsigned>(i)), i);
   for (size_t i = 0; i < sources.size(); ++i) reader.readSource(sources.get(static_cast<unsigned>(i)), i);
+  if (tasks != nullptr) {
+    for (size_t i = 0; i < tasks->size(); ++i) reader.readTask(tasks->get(static_cast<unsigned>(i)), i);
+  }
   return doc;
 }
 

@@ -20,6 +20,8 @@ inline constexpr size_t kMaxJsonContainers = 32768;
 inline constexpr size_t kMaxJsonValues = 262144;
 /// Most entries accepted in network.allowed_sources.
 inline constexpr size_t kMaxAllowedSources = 1024;
+/// Most entries accepted in sudo.tasks.
+inline constexpr size_t kMaxSudoTasks = 64;
 /// Longest ssh.keys[].owner accepted, in bytes.
 inline constexpr size_t kMaxOwnerBytes = 256;
 
@@ -35,7 +37,9 @@ struct DocumentOptions {
 /// maxBytes, NUL byte, invalid UTF-8, nesting deeper than 64, more than kMaxJsonContainers
 /// objects and arrays or kMaxJsonValues values, not JSON, a duplicate key in an
 /// object, wrong version/revision/instance, a missing or mistyped section, more than 1024
-/// allowed_sources, a duplicate id (within keys, within accounts) or username. Per-entry problems
+/// allowed_sources, a present but mistyped `sudo` or `sudo.tasks` (the section is optional: absent
+/// or null means no task), more than kMaxSudoTasks tasks, a duplicate id (within keys, within
+/// accounts, within tasks) or username. Per-entry problems
 /// skip only that entry (AccessDocument::skipped, by id or by JSON path when the id itself is
 /// bad; sources by value); a skipped account whose username is valid (not root, not the login
 /// user) is listed in lockedUsernames. Unknown fields are listed in unknownFields. No side

@@ -578,6 +578,51 @@ Status checkCryptHash(std::string_view hash) {
   return invalid(kUnsupportedHash);
 }
 
+Status checkSudoProgram(std::string_view path) {
+  const char* rule = "must be an absolute path of [A-Za-z0-9._+-] components";
+  if (path.empty() || path[0] != '/') return invalid(std::string("not absolute: ") + rule);
+  if (path.size() > kMaxSudoProgramBytes) {
+    return invalid("longer than " + std::to_string(kMaxSudoProgramBytes) + " bytes");
+  }
+  if (path.back() == '/') return invalid("ends with '/' (a directory)");
+  size_t start = 1;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string_view::npos) end = path.size();
+    const std::string_view part = path.substr(start, end - start);
+    if (part.empty()) return invalid("empty path component ('//')");
+    if (part == "." || part == "..") return invalid("'.' or '..' component");
+    for (char c : part) {
+      if (!(isAlpha(c) || isDigit(c) || c == '.' || c == '_' || c == '-' || c == '+')) return invalid(rule);
+    }
+    start = end + 1;
+  }
+  return Status::ok();
+}
+
+Status checkSudoArgument(std::string_view arg) {
+  if (arg.empty()) return invalid("empty (sudoers cannot express an empty argument)");
+  if (arg.size() > kMaxSudoArgumentBytes) {
+    return invalid("longer than " + std::to_string(kMaxSudoArgumentBytes) + " bytes");
+  }
+  for (char c : arg) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (u == ' ' || u == '\t') {
+      return invalid("contains white space (sudoers would also match it split into several arguments)");
+    }
+    if (u < 0x21 || u > 0x7e) return invalid("contains a byte that is not printable ASCII");
+    if (c == '"') return invalid("contains '\"' (cannot be escaped in sudoers)");
+  }
+  return Status::ok();
+}
+
+Result<SftpAccess> parseSftpAccess(std::string_view text) {
+  if (text == "read-write") return SftpAccess::kReadWrite;
+  if (text == "read-only") return SftpAccess::kReadOnly;
+  if (text == "upload-only") return SftpAccess::kUploadOnly;
+  return invalid("must be read-write, read-only or upload-only, got '" + printableForMessage(text, 32) + "'");
+}
+
 Result<std::string> parseFolder(std::string_view folder) {
   if (folder.empty()) return invalid("empty (use \".\" for the transfer root)");
   if (folder.size() > kMaxFolderBytes) {

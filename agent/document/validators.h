@@ -19,6 +19,12 @@ inline constexpr size_t kMaxPublicKeyBytes = 8192;
 inline constexpr size_t kMaxKeyCommentBytes = 1024;
 /// Longest folder accepted, in bytes.
 inline constexpr size_t kMaxFolderBytes = 4096;
+/// Longest sudo task program path accepted, in bytes.
+inline constexpr size_t kMaxSudoProgramBytes = 4096;
+/// Most fixed arguments of one sudo task.
+inline constexpr size_t kMaxSudoArguments = 64;
+/// Longest fixed argument of a sudo task, in bytes.
+inline constexpr size_t kMaxSudoArgumentBytes = 1024;
 
 /// An entry id: [A-Za-z0-9._-]{1,64}. Errors: kInvalid.
 Status checkEntryId(std::string_view id);
@@ -38,6 +44,19 @@ Status checkCryptHash(std::string_view hash);
 /// backslash), at most 4096 bytes and 255 per component. Returns the normalised form ("." or
 /// "a/b"). Errors: kInvalid.
 Result<std::string> parseFolder(std::string_view folder);
+/// The program of a sudo task: an absolute path whose components are made of [A-Za-z0-9._+-]
+/// only (nothing sudoers would read as a wildcard, an escape or a separator), no empty, "." or
+/// ".." component, no trailing "/", at most kMaxSudoProgramBytes. Errors: kInvalid.
+Status checkSudoProgram(std::string_view path);
+/// One fixed argument of a sudo task: 1 to kMaxSudoArgumentBytes bytes of printable ASCII
+/// (0x21-0x7e) without '"'. White space is refused because sudoers matches the arguments joined
+/// by spaces (an argument "a b" would also allow the two arguments "a" and "b"), an empty
+/// argument cannot be written in sudoers at all, and '"' cannot be escaped there (a lone '""'
+/// means "no arguments"). Everything else is escaped by the sudoers provider. Errors: kInvalid.
+Status checkSudoArgument(std::string_view arg);
+/// "read-write", "read-only" or "upload-only" (sftp.accounts[].access). Errors: kInvalid.
+Result<SftpAccess> parseSftpAccess(std::string_view text);
+
 /// An IPv4 or IPv6 CIDR "ADDRESS/PREFIX": prefix required and in range, no host bits set, no
 /// leading zeros in IPv4, no zone id, no white space, no IPv4-mapped IPv6 network; returns the
 /// canonical text (inet_ntop). Errors: kInvalid (host bits: names the network meant).

@@ -30,6 +30,27 @@ struct SshKey {
   bool installableAt(int64_t now) const { return active && (!expiresAt || *expiresAt > now); }
 };
 
+/// What an SFTP account may do in its folder (sftp.accounts[].access), enforced by the
+/// ForceCommand of its sshd Match block (providers/sshd_dropin.h).
+enum class SftpAccess {
+  kReadWrite,   // "read-write" (the default): everything internal-sftp allows
+  kReadOnly,    // "read-only": internal-sftp -R (get, ls; no write, rename, remove, mkdir)
+  kUploadOnly,  // "upload-only": create and write files, make directories; no read, list, rename, remove
+};
+
+/// "read-write", "read-only" or "upload-only": the document's spelling.
+inline const char* sftpAccessName(SftpAccess access) {
+  switch (access) {
+    case SftpAccess::kReadWrite:
+      return "read-write";
+    case SftpAccess::kReadOnly:
+      return "read-only";
+    case SftpAccess::kUploadOnly:
+      return "upload-only";
+  }
+  return "?";
+}
+
 struct SftpAccount {
   std::string id;
   std::string username;
@@ -37,6 +58,17 @@ struct SftpAccount {
   std::string folder;                       // "." or "a/b", relative to the transfer root
   bool active = true;
   std::vector<PublicKey> publicKeys;
+  SftpAccess access = SftpAccess::kReadWrite;
+};
+
+/// One sudo task (sudo.tasks[]): the login user may run exactly this command line, as `runAs`,
+/// without a password (providers/sudoers.h). The parser checked the shape of every value; the
+/// host checks (the program, the run_as user) are the sudoers provider's.
+struct SudoTask {
+  std::string id;
+  std::vector<std::string> command;  // an absolute program path, then its fixed arguments (maybe none)
+  std::string runAs = "root";
+  bool active = true;
 };
 
 /// An IPv4 or IPv6 network in canonical text ("203.0.113.0/24", "2001:db8:42::/48").
@@ -58,6 +90,7 @@ struct AccessDocument {
   std::vector<SshKey> keys;
   std::vector<SftpAccount> accounts;
   std::vector<Cidr> allowedSources;
+  std::vector<SudoTask> sudoTasks;  // sudo.tasks, in document order (absent section: none)
   /// Accounts whose entry was invalid: kept locked on the host, never removed for it.
   std::vector<std::string> lockedUsernames;
   std::vector<SkippedEntry> skipped;

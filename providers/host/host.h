@@ -105,6 +105,13 @@ class Host {
   virtual Status removeFile(const std::string& path) = 0;
   /// Removes an empty directory; missing is success.
   virtual Status removeDirectory(const std::string& path) = 0;
+  /// The target of a symbolic link, as stored (absolute targets are host paths: the caller
+  /// resolves them below the root). Directories on the way are walked without following
+  /// symlinks, like lstat(). Errors: kInvalid when `path` is not a symbolic link, kNotFound when
+  /// it does not exist, kUnsafe, kIo. This default, for fakes, refuses every link (kInvalid).
+  virtual Result<std::string> readLink(const std::string& path) {
+    return Status::error(ErrorCode::kInvalid, "readlink " + path + ": not supported by this host", path);
+  }
   /// Names in a directory, sorted, without "." and "..".
   virtual Result<std::vector<std::string>> listDirectory(const std::string& path) = 0;
 

@@ -292,6 +292,23 @@ Result<FileInfo> RealHost::lstat(const std::string& path) {
   return toInfo(st);
 }
 
+Result<std::string> RealHost::readLink(const std::string& path) {
+  noteRead(parentOf(path), baseName(path));
+  auto parent = openParent(rootFd(), path);
+  if (!parent) return parent.status();
+  if (parent->leaf.empty()) return Status::error(ErrorCode::kInvalid, "readlink /: not a symbolic link", path);
+  std::string target(4096, '\0');
+  const ssize_t n = ::readlinkat(parent->dir.get(), parent->leaf.c_str(), target.data(), target.size());
+  if (n < 0) {
+    if (errno == ENOENT) return Status::error(ErrorCode::kNotFound, "readlink " + path + ": " + errnoText(errno), path);
+    if (errno == EINVAL) return Status::error(ErrorCode::kInvalid, "readlink " + path + ": not a symbolic link", path);
+    return ioError("readlink", path, errno);
+  }
+  if (size_t(n) >= target.size()) return ioError("readlink", path, ENAMETOOLONG);
+  target.resize(size_t(n));
+  return target;
+}
+
 void RealHost::keepReads(bool on) {
   std::lock_guard<std::mutex> lock(readsMutex_);
   keepReads_ = on;

@@ -34,6 +34,7 @@ class RealHost : public Host {
   Status setOwner(const std::string& path, uid_t uid, gid_t gid) override;
   Status removeFile(const std::string& path) override;
   Status removeDirectory(const std::string& path) override;
+  Result<std::string> readLink(const std::string& path) override;
   Result<std::vector<std::string>> listDirectory(const std::string& path) override;
   Result<std::optional<UserInfo>> findUser(const std::string& name) override;
   Result<std::optional<GroupInfo>> findGroup(const std::string& name) override;

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -545,9 +546,22 @@ std::string renderDocument(const DocSpec& spec) {
     const DocAccount& a = spec.accounts[i];
     o << (i ? "," : "") << "\n    {\"id\": " << jsonString(a.id) << ", \"username\": " << jsonString(a.username)
       << ", \"password_hash\": " << jsonOrNull(a.passwordHash) << ", \"folder\": " << jsonString(a.folder)
-      << ", \"active\": " << (a.active ? "true" : "false") << ", \"public_keys\": " << jsonStrings(a.publicKeys) << "}";
+      << ", \"active\": " << (a.active ? "true" : "false") << ", \"public_keys\": " << jsonStrings(a.publicKeys);
+    if (auto it = spec.access.find(a.id); it != spec.access.end()) o << ", \"access\": " << jsonString(it->second);
+    o << "}";
   }
-  o << "\n  ]},\n  \"network\": {\"allowed_sources\": " << jsonStrings(spec.allowedSources) << "}\n}\n";
+  o << "\n  ]},\n  \"network\": {\"allowed_sources\": " << jsonStrings(spec.allowedSources) << "}";
+  if (!spec.tasks.empty()) {
+    o << ",\n  \"sudo\": {\"tasks\": [";
+    for (size_t i = 0; i < spec.tasks.size(); ++i) {
+      const DocTask& t = spec.tasks[i];
+      o << (i ? "," : "") << "\n    {\"id\": " << jsonString(t.id) << ", \"command\": " << jsonStrings(t.command);
+      if (!t.runAs.empty()) o << ", \"run_as\": " << jsonString(t.runAs);
+      o << ", \"active\": " << (t.active ? "true" : "false") << "}";
+    }
+    o << "\n  ]}";
+  }
+  o << "\n}\n";
   return o.str();
 }
 
@@ -613,6 +627,43 @@ Poco::JSON::Array::Ptr ManagedHost::history() {
   REQUIRE_NOTHROW(a = Poco::JSON::Parser().parse(r.out).extract<Poco::JSON::Array::Ptr>());
   REQUIRE(a);
   return a;
+}
+
+AgentDaemon::AgentDaemon(const std::string& config, const std::string& log) : log_(log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  const std::string binary = agentBinary();
+  std::vector<char*> argv{const_cast<char*>(binary.c_str()), const_cast<char*>("--config"),
+                          const_cast<char*>(config.c_str()), const_cast<char*>("run"), nullptr};
+  REQUIRE(posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ) == 0);
+  posix_spawn_file_actions_destroy(&actions);
+}
+
+AgentDaemon::~AgentDaemon() {
+  ::kill(pid_, SIGTERM);
+  for (int i = 0; i < 40; ++i) {
+    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(pid_, SIGKILL);
+  ::waitpid(pid_, nullptr, 0);
+}
+
+bool eventually(const std::function<bool()>& condition, int seconds) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return condition();
+}
+
+CommandOutput runAs(const std::string& user, const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
+  std::vector<std::string> all{"runuser", "-u", user, "--"};
+  all.insert(all.end(), argv.begin(), argv.end());
+  return runCommand(all, "", timeout);
 }
 
 SshAgent::SshAgent(const std::string& socket) : socket_(socket) {

@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -235,6 +236,14 @@ struct DocAccount {
   std::vector<std::string> publicKeys;
 };
 
+/// One entry of `sudo.tasks` for renderDocument(). An empty runAs is not written (root).
+struct DocTask {
+  std::string id;
+  std::vector<std::string> command;
+  std::string runAs;
+  bool active = true;
+};
+
 /// What an access document (version 1) holds, for scenarios that change it revision by revision.
 struct DocSpec {
   int64_t revision = 1;
@@ -242,6 +251,9 @@ struct DocSpec {
   std::vector<DocKey> keys;
   std::vector<DocAccount> accounts;
   std::vector<std::string> allowedSources;
+  std::vector<DocTask> tasks;  // rendered as the optional sudo section when not empty
+  /// Account id -> its "access" ("read-write", "read-only", "upload-only"); absent: not written.
+  std::map<std::string, std::string> access;
 };
 
 /// The document as the store sends it (JSON, every string escaped).
@@ -285,6 +297,28 @@ class ManagedHost {
   TestSshd sshd_;
   std::unique_ptr<AgentSandbox> agent_;
 };
+
+/// `pim-access-agent --config <config> run` in the background (stdout and stderr appended to
+/// `log`), stopped with SIGTERM (then SIGKILL) on destruction.
+class AgentDaemon {
+ public:
+  AgentDaemon(const std::string& config, const std::string& log);
+  ~AgentDaemon();
+  AgentDaemon(const AgentDaemon&) = delete;
+  AgentDaemon& operator=(const AgentDaemon&) = delete;
+  std::string log() const { return readFile(log_); }
+
+ private:
+  std::string log_;
+  pid_t pid_ = -1;
+};
+
+/// Polls `condition` every 200 ms for up to `seconds`; its last answer.
+bool eventually(const std::function<bool()>& condition, int seconds = 20);
+
+/// Runs argv as `user` (runuser -u USER --, no shell), like runCommand().
+CommandOutput runAs(const std::string& user, const std::vector<std::string>& argv,
+                    std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
 /// An ssh-agent listening on `socket` (ssh-agent -a), killed on destruction.
 class SshAgent {

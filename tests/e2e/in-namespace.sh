@@ -100,9 +100,9 @@ fi
 if [[ "$(id -u)" != 0 ]]; then
   skip "needs root (real useradd, mounts and sshd inside a private namespace); run as root or in CI"
 fi
-for tool in unshare mount /usr/sbin/sshd ssh sftp ssh-keygen sshpass useradd chpasswd; do
+for tool in unshare mount runuser /usr/sbin/sshd ssh sftp ssh-keygen sshpass useradd chpasswd sudo /usr/sbin/visudo; do
   if ! command -v "$tool" >/dev/null 2>&1; then
-    skip "$tool is not installed (apt-get install openssh-server openssh-client sshpass passwd util-linux)"
+    skip "$tool is not installed (apt-get install openssh-server openssh-client sshpass passwd util-linux sudo)"
   fi
 done
 

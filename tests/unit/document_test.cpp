@@ -2,6 +2,7 @@
 
 #include <catch2/catch.hpp>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
@@ -112,7 +113,18 @@ TEST_CASE("document: full.json", "[document][samples]") {
   CHECK(d.keys[3].active == false);
   CHECK(d.keys[4].key.type == "ssh-rsa");
   CHECK(d.keys[4].active);  // no expires_at: never
-  REQUIRE(d.accounts.size() == 3);
+  REQUIRE(d.accounts.size() == 5);
+  CHECK(d.accounts[0].access == pim::SftpAccess::kReadWrite);
+  CHECK(d.accounts[1].access == pim::SftpAccess::kReadWrite);  // the default
+  CHECK(d.accounts[3].access == pim::SftpAccess::kReadOnly);
+  CHECK(d.accounts[4].access == pim::SftpAccess::kUploadOnly);
+  REQUIRE(d.sudoTasks.size() == 4);
+  CHECK(d.sudoTasks[0].command == std::vector<std::string>{"/usr/bin/systemctl", "restart", "php8.2-fpm"});
+  CHECK(d.sudoTasks[1].runAs == "root");  // the default
+  CHECK(d.sudoTasks[1].command[2] == "pim-worker@*.service");
+  CHECK(d.sudoTasks[2].command == std::vector<std::string>{"/usr/bin/whoami"});
+  CHECK(d.sudoTasks[2].runAs == "www-data");
+  CHECK_FALSE(d.sudoTasks[3].active);
   CHECK(d.accounts[1].folder == "imports/erp");
   REQUIRE(d.accounts[1].publicKeys.size() == 1);
   CHECK(d.accounts[1].publicKeys[0].comment == "bob@example");
@@ -530,4 +542,129 @@ TEST_CASE("document: a key's owner is only a label: absent, null and non-ASCII n
   CHECK(doc->keys[0].owner.empty());
   CHECK(doc->keys[1].owner.empty());
   CHECK(doc->keys[2].owner == "Zoë Müller");
+}
+
+namespace {
+
+std::string withSudo(const std::string& sudo, const std::string& accounts = "") {
+  return "{"
+         R"("version":1,"revision":3,"instance":"demo","ssh":{"keys":[]},"sftp":{"accounts":[)" +
+         accounts + R"(]},"network":{"allowed_sources":[]},"sudo":)" + sudo + "}";
+}
+
+std::string taskJson(const std::string& id, const std::string& command, const std::string& extra = "") {
+  return R"({"id":")" + id + R"(","command":)" + command + extra + "}";
+}
+
+std::map<std::string, std::string> skippedById(const AccessDocument& d) {
+  std::map<std::string, std::string> out;
+  for (const auto& s : d.skipped) out[s.id] = s.reason;
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("document: sudo is optional; absent or null means no task", "[document][sudo]") {
+  CHECK(parseOk(doc("", "", "")).sudoTasks.empty());
+  auto d = parseOk(withSudo("null"));
+  CHECK(d.sudoTasks.empty());
+  CHECK(d.unknownFields.empty());
+  d = parseOk(withSudo(R"({"tasks":[]})"));
+  CHECK(d.sudoTasks.empty());
+}
+
+TEST_CASE("document: a mistyped sudo section, too many or duplicate tasks reject the document", "[document][sudo]") {
+  CHECK(rejectReason(withSudo("[]")) == "sudo: must be an object, got an array");
+  CHECK(rejectReason(withSudo(R"("x")")).find("sudo: must be an object") == 0);
+  CHECK(rejectReason(withSudo("{}")) == "sudo.tasks: missing");
+  CHECK(rejectReason(withSudo(R"({"tasks":{}})")) == "sudo.tasks: must be an array, got an object");
+  std::string many;
+  for (int i = 0; i < 65; ++i) many += (i ? "," : "") + taskJson("t" + std::to_string(i), R"(["/usr/bin/id"])");
+  CHECK(rejectReason(withSudo(R"({"tasks":[)" + many + "]}")) == "sudo.tasks: 65 entries, at most 64 allowed");
+  many.clear();
+  for (int i = 0; i < 64; ++i) many += (i ? "," : "") + taskJson("t" + std::to_string(i), R"(["/usr/bin/id"])");
+  CHECK(parseOk(withSudo(R"({"tasks":[)" + many + "]}")).sudoTasks.size() == 64);
+  CHECK(rejectReason(withSudo(R"({"tasks":[)" + taskJson("a", R"(["/usr/bin/id"])") + "," +
+                              taskJson("a", R"(["/usr/bin/true"])") + "]}"))
+            .find("sudo.tasks[1].id: duplicate 'a'") == 0);
+}
+
+TEST_CASE("document: sudo tasks, their defaults and their hostile entries", "[document][sudo]") {
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {taskJson("relative", R"(["usr/bin/id"])"), "command[0]: not absolute"},
+      {taskJson("bare-name", R"(["id"])"), "command[0]: not absolute"},
+      {taskJson("dotdot", R"(["/usr/bin/../bin/sh"])"), "'.' or '..' component"},
+      {taskJson("dot", R"(["/usr/./bin/id"])"), "'.' or '..' component"},
+      {taskJson("double-slash", R"(["/usr//bin/id"])"), "empty path component"},
+      {taskJson("dir", R"(["/usr/bin/"])"), "ends with '/'"},
+      {taskJson("glob-path", R"(["/usr/bin/i*"])"), "[A-Za-z0-9._+-] components"},
+      {taskJson("space-path", R"(["/usr/bin/my tool"])"), "[A-Za-z0-9._+-] components"},
+      {taskJson("comma-path", R"(["/usr/bin/a,b"])"), "[A-Za-z0-9._+-] components"},
+      {taskJson("empty", R"([])"), "command: empty"},
+      {taskJson("not-array", R"("/usr/bin/id -u")"), "command: must be an array"},
+      {taskJson("number", R"(["/usr/bin/id", 1])"), "command[1]: must be a string"},
+      {taskJson("space-arg", R"(["/usr/bin/id", "a b"])"), "command[1]: contains white space"},
+      {taskJson("tab-arg", R"(["/usr/bin/id", "a\tb"])"), "command[1]: contains white space"},
+      {taskJson("newline-arg", R"(["/usr/bin/id", "a\nb"])"), "not printable ASCII"},
+      {taskJson("empty-arg", R"(["/usr/bin/id", ""])"), "command[1]: empty"},
+      {taskJson("quote-arg", R"(["/usr/bin/id", "\"\""])"), "cannot be escaped"},
+      {taskJson("utf8-arg", R"(["/usr/bin/id", "caf\u00e9"])"), "not printable ASCII"},
+      {taskJson("nul-arg", R"(["/usr/bin/id", "a\u0000b"])"), "not printable ASCII"},
+      {taskJson("long-arg", R"(["/usr/bin/id", ")" + std::string(1025, 'a') + R"("])"), "longer than 1024 bytes"},
+      {taskJson("run-as-login", R"(["/usr/bin/id"])", R"(,"run_as":"akeneo")"), "run_as: 'akeneo' is the login user"},
+      {taskJson("run-as-upper", R"(["/usr/bin/id"])", R"(,"run_as":"ALL")"), "run_as: must match"},
+      {taskJson("run-as-num", R"(["/usr/bin/id"])", R"(,"run_as":0)"), "run_as: must be a string"},
+      {taskJson("run-as-list", R"(["/usr/bin/id"])", R"(,"run_as":"root,www-data")"), "run_as: must match"},
+      {taskJson("active-str", R"(["/usr/bin/id"])", R"(,"active":"yes")"), "active: must be a boolean"},
+      {R"({"id":"no-command"})", "command: missing"},
+  };
+  std::string tasks;
+  for (const auto& [json, why] : bad) tasks += (tasks.empty() ? "" : ",") + json;
+  std::string args = R"(["/usr/bin/id")";
+  for (int i = 0; i < 65; ++i) args += R"(,"x")";
+  tasks += "," + taskJson("too-many-args", args + "]");
+  tasks += R"(,{"id":"bad id!","command":["/usr/bin/id"]},"not-an-object")";
+  tasks += "," + taskJson("ok", R"(["/usr/bin/systemctl","restart","pim-worker@*.service","a=b,c:d#e\\f^g!h[i]j?"])");
+  tasks += "," + taskJson("ok-bare", R"(["/usr/bin/whoami"])", R"(,"run_as":"www-data","active":false)");
+  auto d = parseOk(withSudo(R"({"tasks":[)" + tasks + "]}"));
+  const auto skipped = skippedById(d);
+  for (const auto& [json, why] : bad) {
+    const std::string id = json.substr(7, json.find('"', 7) - 7);
+    INFO(id);
+    REQUIRE(skipped.count(id) == 1);
+    CHECK(skipped.at(id).find(why) != std::string::npos);
+  }
+  CHECK(skipped.at("too-many-args").find("more than 64 arguments") != std::string::npos);
+  CHECK(skipped.count("sudo.tasks[" + std::to_string(bad.size() + 1) + "]") == 1);  // the bad id, by path
+  CHECK(skipped.count("sudo.tasks[" + std::to_string(bad.size() + 2) + "]") == 1);  // not an object
+  REQUIRE(d.sudoTasks.size() == 2);
+  CHECK(d.sudoTasks[0].id == "ok");
+  CHECK(d.sudoTasks[0].runAs == "root");
+  CHECK(d.sudoTasks[0].active);
+  CHECK(d.sudoTasks[0].command.back() == "a=b,c:d#e\\f^g!h[i]j?");
+  CHECK(d.sudoTasks[1].command.size() == 1);
+  CHECK(d.sudoTasks[1].runAs == "www-data");
+  CHECK_FALSE(d.sudoTasks[1].active);
+  CHECK(d.lockedUsernames.empty());
+}
+
+TEST_CASE("document: an account's access; an unknown value skips and locks the account", "[document][sftp]") {
+  auto d = parseOk(doc(
+      "",
+      account("rw", "u1", R"(,"access":"read-write")") + "," + account("ro", "u2", R"(,"access":"read-only")") + "," +
+          account("up", "u3", R"(,"access":"upload-only")") + "," + account("def", "u4") + "," +
+          account("bad", "u5", R"(,"access":"write-only")") + "," + account("case", "u6", R"(,"access":"READ-ONLY")") +
+          "," + account("null", "u7", R"(,"access":null)") + "," + account("list", "u8", R"(,"access":["read-only"])"),
+      ""));
+  REQUIRE(d.accounts.size() == 4);
+  CHECK(d.accounts[0].access == pim::SftpAccess::kReadWrite);
+  CHECK(d.accounts[1].access == pim::SftpAccess::kReadOnly);
+  CHECK(d.accounts[2].access == pim::SftpAccess::kUploadOnly);
+  CHECK(d.accounts[3].access == pim::SftpAccess::kReadWrite);
+  const auto skipped = skippedById(d);
+  CHECK(skipped.at("bad").find("access: must be read-write, read-only or upload-only, got 'write-only'") == 0);
+  CHECK(skipped.at("case").find("access: must be") == 0);
+  CHECK(skipped.at("null") == "access: must be a string, got null");
+  CHECK(skipped.at("list") == "access: must be a string, got an array");
+  CHECK(d.lockedUsernames == std::vector<std::string>{"u5", "u6", "u7", "u8"});
 }

@@ -86,6 +86,25 @@ TEST_CASE("RealHost refuses symbolic links on the way and at the target", "[host
   CHECK(host.lstat("/home/u/.ssh/secret").status().code() == ErrorCode::kUnsafe);
 }
 
+TEST_CASE("RealHost::readLink reads a link's target as stored and follows nothing on the way", "[host][security]") {
+  Sandbox sb;
+  RealHost host(sb.dir.string(), pim::nullLogger());
+  sb.write("/usr/bin/python3.11", "");
+  fs::create_symlink("python3.11", sb.dir / "usr/bin/python3");
+  fs::create_symlink("/usr/bin/python3", sb.dir / "usr/bin/py");
+  fs::create_directory_symlink("usr/bin", sb.dir / "bin");
+  auto rel = host.readLink("/usr/bin/python3");
+  REQUIRE(rel.isOk());
+  CHECK(*rel == "python3.11");
+  auto abs = host.readLink("/usr/bin/py");
+  REQUIRE(abs.isOk());
+  CHECK(*abs == "/usr/bin/python3");  // a host path: the caller resolves it below the root
+  CHECK(host.readLink("/bin").value() == "usr/bin");
+  CHECK(host.readLink("/bin/python3").status().code() == ErrorCode::kUnsafe);  // through a link
+  CHECK(host.readLink("/usr/bin/python3.11").status().code() == ErrorCode::kInvalid);
+  CHECK(host.readLink("/usr/bin/nothing").status().code() == ErrorCode::kNotFound);
+}
+
 TEST_CASE("RealHost reports missing paths as kNone and creates directories with exact modes", "[host]") {
   Sandbox sb;
   RealHost host(sb.dir.string(), pim::nullLogger());

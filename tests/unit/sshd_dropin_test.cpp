@@ -11,10 +11,12 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "providers/host/real_host.h"
@@ -1134,4 +1136,77 @@ TEST_CASE("sshd provider: an sshd that did not answer before the reload is not a
   REQUIRE(f.applyPlanned().isOk());
   CHECK(f.reloads() == 1);
   CHECK(f.provider.reloadAndVerify(f.ss, f.host).isOk());
+}
+
+namespace {
+
+// Password accounts of every access, and a key-only read-only one: one block per credential kind
+// and access.
+DropinInput accessInput() {
+  DropinInput in = minimalInput();
+  in.sftpUsers = {{"feed", true, true, false, pim::SftpAccess::kReadOnly},
+                  {"drop", true, true, false, pim::SftpAccess::kUploadOnly},
+                  {"drop2", true, true, false, pim::SftpAccess::kUploadOnly},
+                  {"rw", true, true, false, pim::SftpAccess::kReadWrite},
+                  {"feedkey", true, false, true, pim::SftpAccess::kReadOnly},
+                  {"lockedro", false, true, false, pim::SftpAccess::kReadOnly}};
+  std::sort(in.sftpUsers.begin(), in.sftpUsers.end(),
+            [](const auto& a, const auto& b) { return a.username < b.username; });
+  return in;
+}
+
+}  // namespace
+
+TEST_CASE("sshd drop-in: an account's access is its ForceCommand, one block per kind and access", "[sshd][access]") {
+  CHECK(pim::sftpForceCommand(pim::SftpAccess::kReadWrite) == "internal-sftp -d /transfer -u 0007");
+  CHECK(pim::sftpForceCommand(pim::SftpAccess::kReadOnly) == "internal-sftp -d /transfer -u 0007 -R");
+  CHECK(pim::sftpForceCommand(pim::SftpAccess::kUploadOnly) ==
+        "internal-sftp -d /transfer -u 0007 -p open,close,write,mkdir,realpath,fsync,limits");
+  const DropinInput in = accessInput();
+  checkGolden("access", pim::renderDropin(in));
+  CHECK(pim::summarizeDropin(in).find("6 sftp accounts (1 locked, 2 read-only, 2 upload-only)") != std::string::npos);
+
+  // The probes: one account per block (password rw, ro, up; key ro), each checked for its own
+  // command.
+  auto probes = pim::probeMatrix(in, pim::probeAddresses(in), false);
+  std::set<std::string> sftpUsers;
+  for (const auto& p : probes) {
+    if (p.role == pim::ProbeRole::kSftpAccount) sftpUsers.insert(p.user);
+  }
+  CHECK(sftpUsers == std::set<std::string>{"drop", "feed", "feedkey", "rw"});
+  auto effective = [](const std::string& force) {
+    return pim::parseEffective("chrootdirectory /srv/pim-sftp/%u\nforcecommand " + force +
+                               "\nauthorizedkeysfile /etc/pim-access-agent/authorized_keys/%u\nallowtcpforwarding no\n"
+                               "disableforwarding yes\nx11forwarding no\npermittty no\npermittunnel no\n");
+  };
+  auto mismatches = [&](const std::string& user, const std::string& force) {
+    std::vector<std::string> out;
+    for (const auto& m : pim::checkProbe({user, "203.0.113.1", pim::ProbeRole::kSftpAccount}, effective(force), in)) {
+      out.push_back(pim::describeMismatch(m));
+    }
+    return out;
+  };
+  CHECK(mismatches("feed", "internal-sftp -d /transfer -u 0007 -R").empty());
+  CHECK(mismatches("drop", pim::sftpForceCommand(pim::SftpAccess::kUploadOnly)).empty());
+  CHECK(mismatches("rw", "internal-sftp -d /transfer -u 0007").empty());
+  // Another file's ForceCommand (or an older drop-in) that gives a read-only account more.
+  CHECK(mismatches("feed", "internal-sftp -d /transfer -u 0007") ==
+        std::vector<std::string>{"forcecommand internal-sftp -d /transfer -u 0007 for feed from 203.0.113.1 (want "
+                                 "internal-sftp -d /transfer -u 0007 -R)"});
+  CHECK(mismatches("drop", "internal-sftp -d /transfer -u 0007 -R").size() == 1);
+}
+
+TEST_CASE("sshd drop-in: sshd -T shows each account's ForceCommand", "[sshd][sshd-real][access]") {
+  if (!sshdRuns()) return;
+  const DropinInput in = accessInput();
+  SshdSandbox sb(pim::renderDropin(in));
+  for (const auto& u : in.sftpUsers) {
+    if (!u.active) continue;
+    INFO(u.username);
+    auto e = sb.effective(u.username, "203.0.113.9");
+    CHECK_FALSE(denied(e));
+    CHECK(one(e, "forcecommand") == pim::sftpForceCommand(u.access));
+    CHECK(one(e, "chrootdirectory") == in.chrootBase + "/%u");
+  }
+  CHECK(denied(sb.effective("lockedro", "203.0.113.9")));
 }
