@@ -13,12 +13,6 @@ constexpr const char* kProvider = "sftp_accounts";
 constexpr size_t kMaxAccountsFileBytes = 64u << 20;
 constexpr size_t kMaxKeysFileBytes = 1u << 20;
 
-std::string octal(mode_t mode) {
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "%04o", unsigned(mode & 07777));
-  return buf;
-}
-
 /// Reads a file through the host; a missing file reads as empty.
 Result<std::string> readOptional(Host& host, const std::string& path) {
   auto text = host.readFile(path, kMaxAccountsFileBytes);
@@ -183,25 +177,6 @@ size_t distinctKeyCount(const SftpAccount& account) {
 }
 
 }  // namespace
-
-std::map<std::string, UserInfo> parsePasswd(const std::string& text) {
-  std::map<std::string, UserInfo> users;
-  std::stringstream ss(text);
-  std::string line;
-  while (std::getline(ss, line)) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    auto f = splitFields(line, ':');
-    if (f.size() < 7 || f[0].empty()) continue;
-    UserInfo u;
-    u.name = f[0];
-    u.uid = uid_t(std::strtoul(f[2].c_str(), nullptr, 10));
-    u.gid = gid_t(std::strtoul(f[3].c_str(), nullptr, 10));
-    u.home = f[5];
-    u.shell = f[6];
-    users.emplace(u.name, u);
-  }
-  return users;
-}
 
 bool carriesSftpSignature(const UserInfo& user, std::optional<gid_t> transferGid) {
   return user.home == kSftpHome && user.shell == kSftpShell && transferGid && user.gid == *transferGid;
@@ -399,8 +374,8 @@ std::vector<Action> planSftpAccounts(const SftpAccountsDesired& desired, const S
   if (dir.exists() && (dir.mode != kSftpKeysDirMode || dir.uid != 0 || dir.gid != 0)) {
     Action fix = makeAction(
         "fix-keys-dir", desired.sftpKeysDir,
-        octal(dir.mode) + " " + std::to_string(dir.uid) + ":" + std::to_string(dir.gid) + " -> 0755 root:root",
-        octal(dir.mode), "0755 root:root");
+        octalMode(dir.mode) + " " + std::to_string(dir.uid) + ":" + std::to_string(dir.gid) + " -> 0755 root:root",
+        octalMode(dir.mode), "0755 root:root");
     fix.subject.clear();
     actions.push_back(fix);
   }
@@ -538,7 +513,7 @@ Result<std::vector<Action>> SftpAccountsProvider::plan(const Desired& desired, H
   auto current = observeSftpAccounts(d, ledger_, host);
   if (!current) return current.status();
   auto actions = planSftpAccounts(d, *current, &skipped_);
-  for (const auto& s : skipped_) log_->warn("skipped {}: {}", s.id, s.reason);
+  for (const auto& s : skipped_) log_->debug("skipped {}: {}", s.id, s.reason);  // the cycle logs it
   for (const auto& a : actions) log_->debug("plan: {}", a.describe());
   return actions;
 }

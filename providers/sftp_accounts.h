@@ -60,6 +60,7 @@
 #include "providers/core/log.h"
 #include "providers/core/model.h"
 #include "providers/core/result.h"
+#include "providers/host/account_files.h"  // parsePasswd
 #include "providers/host/accounts_tool.h"
 #include "providers/host/host.h"
 #include "providers/provider.h"
@@ -70,9 +71,6 @@ inline constexpr const char* kSftpShell = "/usr/sbin/nologin";
 inline constexpr const char* kSftpHome = "/transfer";
 inline constexpr mode_t kSftpKeysDirMode = 0755;
 inline constexpr mode_t kSftpKeysFileMode = 0644;
-
-/// Parses passwd(5) text into entries by name (malformed lines are ignored). Pure.
-std::map<std::string, UserInfo> parsePasswd(const std::string& text);
 
 /// True when `user` is an account the agent made as an SFTP account: home "/transfer" (which
 /// nothing else uses), shell nologin and the transfer group (gid `transferGid`) as primary group.

@@ -1,4 +1,5 @@
 #include "providers/sftp_chroots.h"
+#include "providers/core/text_fields.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -14,12 +15,6 @@ namespace {
 constexpr const char* kProvider = "sftp_chroots";
 constexpr size_t kMaxPasswdBytes = 64u << 20;
 constexpr int kMaxStackedMounts = 64;
-
-std::string octal(mode_t mode) {
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "%04o", unsigned(mode & 07777));
-  return buf;
-}
 
 std::string stripSlashes(std::string path) {
   while (path.size() > 1 && path.back() == '/') path.pop_back();
@@ -51,7 +46,7 @@ bool rootOwned0755(const FileInfo& info) {
 }
 
 std::string describeOwner(const FileInfo& info) {
-  return "mode " + octal(info.mode) + " owner " + std::to_string(info.uid) + ":" + std::to_string(info.gid);
+  return "mode " + octalMode(info.mode) + " owner " + std::to_string(info.uid) + ":" + std::to_string(info.gid);
 }
 
 Action makeAction(const std::string& verb, const std::string& object, const std::string& detail,
@@ -367,7 +362,7 @@ Result<std::vector<Action>> SftpChrootsProvider::plan(const Desired& desired, Ho
   auto current = observeSftpChroots(d, ledger_, host);
   if (!current) return current.status();
   auto actions = planSftpChroots(d, *current, &skipped_);
-  for (const auto& s : skipped_) log_->error("no chroot for {}: {}", s.id, s.reason);
+  for (const auto& s : skipped_) log_->debug("no chroot for {}: {}", s.id, s.reason);  // the cycle logs it
   for (const auto& a : actions) log_->debug("plan: {}", a.describe());
   return actions;
 }

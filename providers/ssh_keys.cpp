@@ -340,9 +340,10 @@ Result<std::vector<Action>> SshKeysProvider::plan(const Desired& desired, Host& 
   const std::string& user = desired.host.loginUser;
   auto current = observeSshKeys(host, desired.host.authorizedKeysDir, user, ledger_);
   if (!current) return current.status();
+  skipped_.clear();
   for (const auto& k : desired.document.keys) {
     if (k.installableAt(desired.now) && !renderable(k)) {
-      log_->warn("key {} skipped: its type, base64 or id is not a plain token", k.id);
+      skipped_.push_back(SkippedEntry{k.id, "its type, base64 or id is not a plain token"});  // the cycle logs it
     }
   }
   SshKeysDesired want{user, desired.host.authorizedKeysDir, desired.document.keys, desired.now};

@@ -115,6 +115,8 @@ class SshKeysProvider : public Provider {
   /// Observes the keys file (and the legacy directory); changes nothing. Errors: see
   /// observeSshKeys().
   Result<std::vector<Action>> plan(const Desired& desired, Host& host) override;
+  /// Keys of the last plan() that could not be written as a plain line (never installed).
+  std::vector<SkippedEntry> skipped() const override { return skipped_; }
   /// Applies one action of plan(): the file is written atomically 0644 root:root (the directory
   /// created 0755 root:root when missing); legacy files are removed and dropped from the Ledger.
   /// Errors: kUnsafe (a symbolic link where the directory should be), kIo. Never throws.
@@ -123,6 +125,7 @@ class SshKeysProvider : public Provider {
  private:
   Logger log_;
   Ledger* ledger_ = nullptr;
+  std::vector<SkippedEntry> skipped_;
 };
 
 }  // namespace pim

@@ -1,4 +1,5 @@
 #include "providers/sshd_dropin.h"
+#include "providers/core/text_fields.h"
 
 #include <fnmatch.h>
 #include <strings.h>
@@ -60,13 +61,6 @@ std::string dirName(const std::string& p) {
 std::string baseName(const std::string& p) {
   auto pos = p.rfind('/');
   return pos == std::string::npos ? p : p.substr(pos + 1);
-}
-
-std::string trim(const std::string& s) {
-  size_t b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string::npos) return {};
-  size_t e = s.find_last_not_of(" \t\r\n");
-  return s.substr(b, e - b + 1);
 }
 
 bool hasGlob(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
@@ -204,14 +198,14 @@ std::string resolveProgram(const std::string& name) {
 /// A config line split into its keyword and the rest ("Include=a b" too); keyword "" for blank
 /// lines and comments.
 std::pair<std::string, std::string> splitKeyword(const std::string& line) {
-  const std::string t = trim(line);
+  const std::string t = trimmed(line);
   if (t.empty() || t[0] == '#') return {};
   size_t kwEnd = t.find_first_of(" \t=");
   if (kwEnd == std::string::npos) return {t, ""};
   std::string rest = t.substr(kwEnd);
   size_t b = rest.find_first_not_of(" \t");
   if (b != std::string::npos && rest[b] == '=') rest = rest.substr(b + 1);
-  return {t.substr(0, kwEnd), trim(rest)};
+  return {t.substr(0, kwEnd), trimmed(rest)};
 }
 
 /// What one argument of a main-config Include stands for in the validation copy.
@@ -296,7 +290,7 @@ class ConfigWalker {
       if (keyword.empty()) continue;
       const std::string kw = canonicalKeyword(keyword);
       if (kw == "match") {
-        match = trim(line);
+        match = trimmed(line);
         if (!ours) {
           std::istringstream criteria(rest);
           for (std::string c; criteria >> c;) {
@@ -627,7 +621,7 @@ Result<std::string> expandIncludesForValidation(const std::string& mainConfigTex
       out << line << "\n";
       continue;
     }
-    out << "# was: " << trim(line) << "\n";
+    out << "# was: " << trimmed(line) << "\n";
     for (const std::string& arg : splitArgs(rest)) {
       if (arg.empty()) continue;
       auto targets = expandIncludeArg(arg, dropinPath, candidatePath, host, omit, includesDropin);
@@ -773,7 +767,7 @@ Status SshdDropinProvider::checkInto(const std::string& dropinText, const Dropin
   auto keygen = host.run({kSshKeygen, "-q", "-t", "ed25519", "-N", "", "-C", "pim-sshd-check", "-f", hostKey});
   if (!keygen) return keygen.status();
   if (keygen->exitCode != 0) {
-    return Status::error(ErrorCode::kCommand, "ssh-keygen for the sshd -t check failed: " + trim(keygen->err));
+    return Status::error(ErrorCode::kCommand, "ssh-keygen for the sshd -t check failed: " + trimmed(keygen->err));
   }
 
   std::string config;
@@ -818,7 +812,7 @@ Status SshdDropinProvider::checkInto(const std::string& dropinText, const Dropin
       if (!r || r->exitCode == 0 || attempt > 0) return r;
       auto pos = r->err.find(kPrivsepMissing);
       if (pos == std::string::npos) return r;
-      std::string privsep = trim(r->err.substr(pos + std::strlen(kPrivsepMissing)));
+      std::string privsep = trimmed(r->err.substr(pos + std::strlen(kPrivsepMissing)));
       privsep = privsep.substr(0, privsep.find('\n'));
       if (!validPath(privsep) || ::mkdir(privsep.c_str(), 0755) != 0 || ::chmod(privsep.c_str(), 0755) != 0) return r;
       log_->info("created sshd's privilege separation directory {}", privsep);
@@ -828,7 +822,7 @@ Status SshdDropinProvider::checkInto(const std::string& dropinText, const Dropin
   auto t = runSshd({"-t"});
   if (!t) return t.status();
   if (t->exitCode != 0) {
-    std::string why = trim(t->err);
+    std::string why = trimmed(t->err);
     if (why.empty()) why = "exit code " + std::to_string(t->exitCode);
     return Status::error(ErrorCode::kCommand, "sshd -t rejected the candidate drop-in: " + why, sshd.dropin);
   }
@@ -838,7 +832,7 @@ Status SshdDropinProvider::checkInto(const std::string& dropinText, const Dropin
   auto global = runSshd({"-T"});
   if (!global) return global.status();
   if (global->exitCode != 0) {
-    return Status::error(ErrorCode::kCommand, "sshd -T of the candidate configuration failed: " + trim(global->err),
+    return Status::error(ErrorCode::kCommand, "sshd -T of the candidate configuration failed: " + trimmed(global->err),
                          sshd.dropin);
   }
   const ListenPoint listen = listenPointOf(parseEffective(global->out));
@@ -853,7 +847,7 @@ Status SshdDropinProvider::checkInto(const std::string& dropinText, const Dropin
     auto r = runSshd({"-T", "-C", spec});
     if (!r) return r.status();
     if (r->exitCode != 0) {
-      return Status::error(ErrorCode::kCommand, "sshd -T -C " + spec + " failed: " + trim(r->err), sshd.dropin);
+      return Status::error(ErrorCode::kCommand, "sshd -T -C " + spec + " failed: " + trimmed(r->err), sshd.dropin);
     }
     for (const auto& m : checkProbe(probe, parseEffective(r->out), *in)) {
       problems.push_back(describeMismatch(m) + ": " + attribute(*walk, m, listen.port));
@@ -904,7 +898,7 @@ Status SshdDropinProvider::reload(const SshdSettings& sshd, Host& host) {
   auto r = host.run(argv);
   if (!r) return r.status();
   if (r->exitCode != 0) {
-    std::string why = trim(r->err.empty() ? r->out : r->err);
+    std::string why = trimmed(r->err.empty() ? r->out : r->err);
     if (why.empty()) why = "exit code " + std::to_string(r->exitCode);
     return Status::error(ErrorCode::kCommand, "reload sshd (" + sshd.reloadCommand + "): " + why);
   }
@@ -943,7 +937,7 @@ Result<ListenPoint> SshdDropinProvider::liveListenPoint(const SshdSettings& sshd
   const std::string hostKey = dir.file("hostkey");
   auto keygen = host.run({kSshKeygen, "-q", "-t", "ed25519", "-N", "", "-C", "pim-sshd-check", "-f", hostKey});
   if (!keygen) return keygen.status();
-  if (keygen->exitCode != 0) return Status::error(ErrorCode::kCommand, "ssh-keygen failed: " + trim(keygen->err));
+  if (keygen->exitCode != 0) return Status::error(ErrorCode::kCommand, "ssh-keygen failed: " + trimmed(keygen->err));
   std::string config = "HostKey " + hostKey + "\nUsePAM no\nPidFile none\nInclude " + candidate + "\n";
   auto main = host.lstat(sshd.mainConfig);
   if (!main) return main.status();
@@ -958,7 +952,7 @@ Result<ListenPoint> SshdDropinProvider::liveListenPoint(const SshdSettings& sshd
   auto r = host.run({sshd.binary, "-T", "-f", dir.file("sshd_config"), "-o", "HostKey=" + hostKey});
   if (!r) return r.status();
   if (r->exitCode != 0) {
-    return Status::error(ErrorCode::kCommand, "sshd -T of the installed configuration failed: " + trim(r->err));
+    return Status::error(ErrorCode::kCommand, "sshd -T of the installed configuration failed: " + trimmed(r->err));
   }
   return listenPointOf(parseEffective(r->out));
 }

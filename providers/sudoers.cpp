@@ -1,4 +1,5 @@
 #include "providers/sudoers.h"
+#include "providers/core/text_fields.h"
 
 #include <fnmatch.h>
 
@@ -79,12 +80,6 @@ std::string joinPath(const std::vector<std::string>& parts) {
   std::string out;
   for (const auto& p : parts) out += "/" + p;
   return out.empty() ? "/" : out;
-}
-
-std::string octal(mode_t m) {
-  std::ostringstream out;
-  out << '0' << std::oct << (m & 07777);
-  return out.str();
 }
 
 void addName(std::vector<std::string>& names, const std::string& name) {
@@ -197,12 +192,6 @@ Action makeAction(const std::string& verb, Stage stage, const std::string& detai
   a.before = before;
   a.after = after;
   return a;
-}
-
-std::string trimmed(const std::string& s) {
-  const size_t b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string::npos) return {};
-  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
 
 }  // namespace
@@ -578,10 +567,10 @@ std::string checkTask(const SudoersDesired& desired, const SudoTask& task, const
       if (s.info.uid != 0)
         return "program: " + s.path + " is not owned by root (uid " + std::to_string(s.info.uid) + ")";
       if (s.info.mode & 022) {
-        return "program: " + s.path + " is writable by group or others (mode " + octal(s.info.mode) + ")";
+        return "program: " + s.path + " is writable by group or others (mode " + octalMode(s.info.mode) + ")";
       }
       if ((s.info.mode & 0111) == 0)
-        return "program: " + s.path + " is not executable (mode " + octal(s.info.mode) + ")";
+        return "program: " + s.path + " is not executable (mode " + octalMode(s.info.mode) + ")";
       if (current.loginShells.count({s.info.device, s.info.inode}) != 0) {
         return "program: " + s.path + " is a login shell (listed in /etc/shells): never granted through sudo";
       }
@@ -593,7 +582,7 @@ std::string checkTask(const SudoersDesired& desired, const SudoTask& task, const
              "): whoever owns it could replace the program";
     }
     if (s.info.mode & 022) {
-      return "program: directory " + s.path + " is writable by group or others (mode " + octal(s.info.mode) +
+      return "program: directory " + s.path + " is writable by group or others (mode " + octalMode(s.info.mode) +
              "): the program could be replaced";
     }
   }
@@ -724,7 +713,7 @@ Result<std::vector<Action>> SudoersProvider::plan(const Desired& desired, Host& 
   auto current = observeSudoers(host, want, ledger_);
   if (!current) return current.status();
   SudoersPlan p = planSudoers(want, *current);
-  for (const auto& r : p.refused) log_->warn("sudo task {} skipped: {}", r.id, r.reason);
+  for (const auto& r : p.refused) log_->debug("sudo task {} skipped: {}", r.id, r.reason);  // the cycle logs it
   refused_ = std::move(p.refused);
   for (const auto& a : p.actions) log_->debug("plan: {}", a.describe());
   return p.actions;

@@ -1,4 +1,5 @@
 #include "providers/transfer_tree.h"
+#include "providers/core/text_fields.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -11,12 +12,6 @@ namespace pim {
 namespace {
 
 constexpr const char* kProvider = "transfer_tree";
-
-std::string octal(mode_t mode) {
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "%04o", unsigned(mode & 07777));
-  return buf;
-}
 
 /// "/a/b/c" -> {"/a", "/a/b"} (strict ancestors, "/" excluded).
 std::vector<std::string> ancestorsOf(const std::string& path) {
@@ -52,8 +47,8 @@ Action makeAction(const std::string& verb, const std::string& object, const std:
 }
 
 Action mkdirAction(const std::string& path, mode_t mode, bool transferGroup, const std::string& group) {
-  Action a = makeAction("mkdir", path, octal(mode) + " root:" + (transferGroup ? group : std::string("root")));
-  a.payload = octal(mode) + (transferGroup ? ":group" : ":root");
+  Action a = makeAction("mkdir", path, octalMode(mode) + " root:" + (transferGroup ? group : std::string("root")));
+  a.payload = octalMode(mode) + (transferGroup ? ":group" : ":root");
   a.before = "missing";
   a.after = "directory " + a.detail;
   return a;
@@ -68,14 +63,14 @@ void planTransferDirectory(const std::string& path, const FileInfo& info, const 
   }
   std::vector<std::string> fixes;
   if (info.mode != kTransferDirectoryMode)
-    fixes.push_back("mode " + octal(info.mode) + " -> " + octal(kTransferDirectoryMode));
+    fixes.push_back("mode " + octalMode(info.mode) + " -> " + octalMode(kTransferDirectoryMode));
   if (!gid || info.gid != *gid) fixes.push_back("group " + std::to_string(info.gid) + " -> " + desired.transferGroup);
   if (fixes.empty()) return;
   std::string detail;
   for (const auto& f : fixes) detail += (detail.empty() ? "" : ", ") + f;
   Action a = makeAction("fix", path, detail);
-  a.before = octal(info.mode) + " gid " + std::to_string(info.gid);
-  a.after = octal(kTransferDirectoryMode) + " group " + desired.transferGroup;
+  a.before = octalMode(info.mode) + " gid " + std::to_string(info.gid);
+  a.after = octalMode(kTransferDirectoryMode) + " group " + desired.transferGroup;
   actions.push_back(a);
 }
 
@@ -205,7 +200,7 @@ Result<std::vector<Action>> TransferTreeProvider::plan(const Desired& desired, H
   auto current = observeTransferTree(d, host);
   if (!current) return current.status();
   auto actions = planTransferTree(d, *current, &skipped_);
-  for (const auto& s : skipped_) log_->warn("skipped {}: {}", s.id, s.reason);
+  for (const auto& s : skipped_) log_->debug("skipped {}: {}", s.id, s.reason);  // the cycle logs it
   for (const auto& a : actions) log_->debug("plan: {}", a.describe());
   return actions;
 }

@@ -1,4 +1,5 @@
 #include "agent/config/config.h"
+#include "providers/core/text_fields.h"
 
 #include <algorithm>
 #include <cctype>
@@ -12,14 +13,6 @@
 
 namespace pim {
 namespace {
-
-std::string trim(const std::string& s) {
-  const char* ws = " \t\r\n";
-  auto b = s.find_first_not_of(ws);
-  if (b == std::string::npos) return {};
-  auto e = s.find_last_not_of(ws);
-  return s.substr(b, e - b + 1);
-}
 
 // A comment starts at ';' or '#' at the start of the line or after white space, so that
 // "source = https://x/a;b" keeps its ';' while "poll_interval_s = 30 ; seconds" drops the note.
@@ -75,7 +68,7 @@ Status setCidrs(std::vector<Cidr>& out, const std::string& key, const std::strin
   std::stringstream ss(v);
   std::string item;
   while (std::getline(ss, item, ',')) {
-    item = trim(item);
+    item = trimmed(item);
     if (item.empty()) continue;
     auto c = parseCidr(item);
     if (!c) return invalid(key, c.status().message());
@@ -227,13 +220,13 @@ Result<Config> parseConfig(const std::string& iniText) {
   int lineNo = 0;
   while (std::getline(in, raw)) {
     ++lineNo;
-    std::string line = trim(stripComment(raw));
+    std::string line = trimmed(stripComment(raw));
     if (line.empty()) continue;
     const std::string where = "line " + std::to_string(lineNo);
     if (line.front() == '[') {
       if (line.back() != ']')
         return Status::error(ErrorCode::kInvalid, "config " + where + ": unterminated section header");
-      section = trim(line.substr(1, line.size() - 2));
+      section = trimmed(line.substr(1, line.size() - 2));
       if (section != "store" && section != "host" && section != "sshd" && section != "state") {
         return Status::error(ErrorCode::kInvalid, "config " + where + ": unknown section [" + section + "]");
       }
@@ -242,8 +235,8 @@ Result<Config> parseConfig(const std::string& iniText) {
     auto eq = line.find('=');
     if (eq == std::string::npos)
       return Status::error(ErrorCode::kInvalid, "config " + where + ": expected key = value");
-    std::string key = trim(line.substr(0, eq));
-    std::string value = trim(line.substr(eq + 1));
+    std::string key = trimmed(line.substr(0, eq));
+    std::string value = trimmed(line.substr(eq + 1));
     if (section.empty())
       return Status::error(ErrorCode::kInvalid, "config " + where + ": key '" + key + "' outside a section");
     std::string full = section + "." + key;

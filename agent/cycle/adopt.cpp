@@ -1,8 +1,7 @@
 #include "agent/cycle/adopt.h"
 
-#include <sstream>
-
-#include "providers/core/text_fields.h"
+#include "providers/host/account_files.h"
+#include "providers/sftp_accounts.h"
 
 namespace pim {
 
@@ -17,13 +16,8 @@ Result<AdoptionCounts> adoptFromHost(Host& host, const HostSettings& settings, L
   auto passwd = host.readFile("/etc/passwd", 64u << 20);
   if (!passwd) return passwd.status();
   std::vector<std::string> users;
-  std::stringstream lines(*passwd);
-  std::string line;
-  while (std::getline(lines, line)) {
-    const std::vector<std::string> f = splitFields(line, ':');
-    if (f.size() < 7 || f[0] == settings.loginUser) continue;
-    const bool signature = f[5] == "/transfer" && f[6] == "/usr/sbin/nologin" && f[3] == std::to_string((*group)->gid);
-    if (signature) users.push_back(f[0]);
+  for (const auto& [name, user] : parsePasswd(*passwd)) {
+    if (name != settings.loginUser && carriesSftpSignature(user, (*group)->gid)) users.push_back(name);
   }
   auto mounts = host.listMounts();
   if (!mounts) return mounts.status();

@@ -50,6 +50,17 @@ Agent::Agent(Config config, Host& host, StateStore& state, const Clock& clock, P
   if (!failpoints_.empty()) log_->warn("failpoints armed: {}", failpoints_.describe());
 }
 
+std::vector<SkippedEntry> Agent::skippedWithRefused(const AccessDocument& doc, const Applied& applied) const {
+  // Logged here, once per cycle: the providers' plans (which may run two or three times in a
+  // cycle) log them at debug level only.
+  std::vector<SkippedEntry> skipped = doc.skipped;
+  for (const auto& e : applied.refused) {
+    log_->warn("skipped {}: {}", e.id, e.reason);
+    skipped.push_back(e);
+  }
+  return skipped;
+}
+
 void Agent::noteStateWrite(const Status& written, const char* what) const {
   // The host may already have changed: a write that failed leaves history, status or show
   // without it, which an operator must hear of.
@@ -163,8 +174,7 @@ Status Agent::recoverInterruptedCycle() {
       (*record)->rollbackOf ? GenerationOutcome::kRolledBack : GenerationOutcome::kApplied;
   std::string error = "interrupted (the agent stopped during the cycle); finished at the next start";
   if (!applied.status) error = "interrupted; at the next start: " + applied.status.message();
-  std::vector<SkippedEntry> skipped = doc->skipped;
-  for (const auto& e : applied.refused) skipped.push_back(e);
+  std::vector<SkippedEntry> skipped = skippedWithRefused(*doc, applied);
   return state_.finishCycle(outcomeOf(applied, success), error, toChangeInputs(applied.changes),
                             toSkippedRecords(skipped));
 }
@@ -192,8 +202,7 @@ CycleReport Agent::applyNew(const std::string& source, const std::string& etag, 
   Applied applied = applyDocument(doc, *generation, true);
   // Entries the providers refused (a host account the agent did not create, an unsafe folder)
   // are reported with the document's own skipped entries.
-  std::vector<SkippedEntry> skipped = doc.skipped;
-  for (const auto& e : applied.refused) skipped.push_back(e);
+  std::vector<SkippedEntry> skipped = skippedWithRefused(doc, applied);
   CycleReport report = reportOf(applied, successOutcome, *generation, doc, skipped);
   if (!applied.status) log_->error("generation {}: {}", *generation, applied.status.message());
   if (failpoints_.crashBeforeFinish) failpoints_.crash("crash-before-finish");
@@ -218,8 +227,7 @@ CycleReport Agent::retry(const GenerationRecord& record, const AccessDocument& d
   const GenerationOutcome success = record.outcome == GenerationOutcome::kRolledBack || record.rollbackOf
                                         ? GenerationOutcome::kRolledBack
                                         : GenerationOutcome::kApplied;
-  std::vector<SkippedEntry> skipped = doc.skipped;
-  for (const auto& e : applied.refused) skipped.push_back(e);
+  std::vector<SkippedEntry> skipped = skippedWithRefused(doc, applied);
   CycleReport report = reportOf(applied, success, record.generation, doc, skipped);
   if (!applied.status) log_->error("generation {} (retried): {}", record.generation, applied.status.message());
   Status s = state_.finishCycle(outcomeOf(applied, success), report.error, toChangeInputs(applied.changes),

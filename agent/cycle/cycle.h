@@ -125,11 +125,14 @@ class Agent {
     std::vector<SkippedEntry> refused;
     bool confined = true;
   };
+  /// The document's skipped entries and those the providers refused while applying it (each
+  /// refusal logged once).
+  std::vector<SkippedEntry> skippedWithRefused(const AccessDocument& doc, const Applied& applied) const;
+  /// Logs a state database write that failed (`what`: "record the poll", ...).
+  void noteStateWrite(const Status& written, const char* what) const;
   /// Converges the host to `doc` (agent/reconciler.h) as generation `generation` (the objects
   /// it creates are recorded as created by it), with the failpoints when `forward`, and records
   /// what became of the pending sshd reload.
-  /// Logs a state database write that failed (`what`: "record the poll", ...).
-  void noteStateWrite(const Status& written, const char* what) const;
   Applied applyDocument(const AccessDocument& doc, int64_t generation, bool forward, bool revokeOnly = false);
   Result<AccessDocument> parseStored(const GenerationRecord& record) const;
   Result<std::optional<AccessDocument>> inForceDocument(std::optional<GenerationRecord>* record) const;

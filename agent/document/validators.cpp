@@ -1,4 +1,5 @@
 #include "agent/document/validators.h"
+#include "providers/core/base64.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -56,47 +57,6 @@ const KeyType* findKeyType(std::string_view name) {
     if (t.name == name) return &t;
   }
   return nullptr;
-}
-
-int base64Value(char c) {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (isDigit(c)) return c - '0' + 52;
-  if (c == '+') return 62;
-  if (c == '/') return 63;
-  return -1;
-}
-
-// RFC 4648 base64 with the standard alphabet: padded to a multiple of 4, '=' only at the end,
-// and the unused bits of the last quantum zero, so that every blob has exactly one spelling.
-Status decodeBase64(std::string_view in, std::string& out) {
-  if (in.empty()) return invalid("not valid base64 (empty)");
-  if (in.size() % 4 != 0) return invalid("not valid base64 (length is not a multiple of 4)");
-  size_t pad = 0;
-  if (in.back() == '=') pad = (in[in.size() - 2] == '=') ? 2 : 1;
-  out.clear();
-  out.reserve(in.size() / 4 * 3);
-  for (size_t i = 0; i < in.size(); i += 4) {
-    const bool last = (i + 4 == in.size());
-    uint32_t v = 0;
-    for (size_t j = 0; j < 4; ++j) {
-      char c = in[i + j];
-      int d;
-      if (last && j >= 4 - pad) {
-        d = 0;  // the padding checked above
-      } else {
-        d = base64Value(c);
-        if (d < 0) return invalid("not valid base64 (unexpected character)");
-      }
-      v = (v << 6) | static_cast<uint32_t>(d);
-    }
-    out.push_back(static_cast<char>((v >> 16) & 0xff));
-    if (!last || pad < 2) out.push_back(static_cast<char>((v >> 8) & 0xff));
-    if (!last || pad < 1) out.push_back(static_cast<char>(v & 0xff));
-    if (last && pad == 1 && (v & 0xff) != 0) return invalid("not valid base64 (non-zero padding bits)");
-    if (last && pad == 2 && (v & 0xffff) != 0) return invalid("not valid base64 (non-zero padding bits)");
-  }
-  return Status::ok();
 }
 
 // Reads the SSH wire encoding (RFC 4251): uint32 length-prefixed strings.

@@ -1,4 +1,5 @@
 #include "agent/store/http_store_client.h"
+#include "providers/core/text_fields.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -42,14 +43,6 @@ using SteadyClock = std::chrono::steady_clock;
 constexpr int64_t kMaxTokenFileBytes = 64 * 1024;
 constexpr int64_t kMaxCaFileBytes = 16 * 1024 * 1024;
 constexpr std::chrono::seconds kMaxRetryAfter{30 * 24 * 3600};
-
-std::string trimWhitespace(const std::string& s) {
-  const char* ws = " \t\r\n";
-  auto b = s.find_first_not_of(ws);
-  if (b == std::string::npos) return {};
-  auto e = s.find_last_not_of(ws);
-  return s.substr(b, e - b + 1);
-}
 
 bool hasControlOrSpace(const std::string& s) {
   return std::any_of(s.begin(), s.end(), [](char ch) {
@@ -186,7 +179,7 @@ Result<int64_t> announcedLength(const std::vector<std::string>& fields) {
     size_t start = 0;
     for (;;) {
       const size_t comma = field.find(',', start);
-      const std::string value = trimWhitespace(field.substr(start, comma == std::string::npos ? comma : comma - start));
+      const std::string value = trimmed(field.substr(start, comma == std::string::npos ? comma : comma - start));
       if (!allDigits(value) || value.size() > 18) {
         return Status::error(ErrorCode::kUnreachable, "malformed Content-Length '" + value.substr(0, 32) + "'");
       }
@@ -207,7 +200,7 @@ Result<int64_t> announcedLength(const std::vector<std::string>& fields) {
 }  // namespace
 
 std::optional<std::chrono::seconds> parseRetryAfter(const std::string& value, int64_t now) {
-  const std::string text = trimWhitespace(value);
+  const std::string text = trimmed(value);
   if (text.empty() || hasControl(text)) return std::nullopt;
   if (allDigits(text)) {
     if (text.size() > 9) return kMaxRetryAfter;
@@ -247,7 +240,7 @@ struct HttpStoreClient::Answer {
     if (sp == std::string::npos) return;
     const std::string code = statusLine.substr(sp + 1, 3);
     if (code.size() == 3 && allDigits(code)) status = std::stoi(code);
-    if (statusLine.size() > sp + 5) reason = trimWhitespace(statusLine.substr(sp + 5));
+    if (statusLine.size() > sp + 5) reason = trimmed(statusLine.substr(sp + 5));
   }
 
   // The header block of the final answer ended: whether its body may be read.
@@ -262,10 +255,10 @@ struct HttpStoreClient::Answer {
     declared = *length;
     if (status == 304) return true;
     for (const auto& coding : contentEncodings) {
-      if (lower(trimWhitespace(coding)) != "identity") return refuse("unsupported Content-Encoding " + coding);
+      if (lower(trimmed(coding)) != "identity") return refuse("unsupported Content-Encoding " + coding);
     }
     for (const auto& coding : transferEncodings) {
-      if (lower(trimWhitespace(coding)) != "chunked") return refuse("unsupported Transfer-Encoding " + coding);
+      if (lower(trimmed(coding)) != "chunked") return refuse("unsupported Transfer-Encoding " + coding);
     }
     if (declared > limit) {
       stop = Stop::kOverLimit;  // refused before any byte of the body
@@ -296,8 +289,8 @@ struct HttpStoreClient::Answer {
     }
     const auto colon = line.find(':');
     if (colon == std::string::npos || line[0] == ' ' || line[0] == '\t') return n;
-    const std::string name = lower(trimWhitespace(line.substr(0, colon)));
-    const std::string value = trimWhitespace(line.substr(colon + 1));
+    const std::string name = lower(trimmed(line.substr(0, colon)));
+    const std::string value = trimmed(line.substr(colon + 1));
     if (name == "content-length") {
       a.contentLengths.push_back(value);
     } else if (name == "transfer-encoding") {
@@ -491,7 +484,7 @@ Result<std::string> HttpStoreClient::readToken() const {
   auto text = readRegularFile(path, kMaxTokenFileBytes);
   // Only the path and the cause go into messages, never the content.
   if (!text) return Status::error(ErrorCode::kUnreachable, "store token file: " + text.status().message(), path);
-  std::string token = trimWhitespace(*text);
+  std::string token = trimmed(*text);
   if (token.empty()) return Status::error(ErrorCode::kUnreachable, "store token file " + path + ": empty", path);
   if (hasControlOrSpace(token)) {
     return Status::error(ErrorCode::kUnreachable,

@@ -1,4 +1,5 @@
 #include "agent/store/signature.h"
+#include "providers/core/text_fields.h"
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -15,24 +16,6 @@ namespace {
 
 constexpr size_t kEd25519SignatureBytes = 64;
 constexpr std::streamsize kMaxPemBytes = 64 * 1024;
-constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-int base64Value(unsigned char c) {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (c >= '0' && c <= '9') return c - '0' + 52;
-  if (c == '+') return 62;
-  if (c == '/') return 63;
-  return -1;
-}
-
-std::string trimWhitespace(const std::string& s) {
-  const char* ws = " \t\r\n";
-  auto b = s.find_first_not_of(ws);
-  if (b == std::string::npos) return {};
-  auto e = s.find_last_not_of(ws);
-  return s.substr(b, e - b + 1);
-}
 
 struct BioDeleter {
   void operator()(BIO* b) const { BIO_free(b); }
@@ -42,56 +25,6 @@ struct MdCtxDeleter {
 };
 
 }  // namespace
-
-std::optional<std::string> decodeBase64(const std::string& text) {
-  size_t len = text.size();
-  size_t pad = 0;
-  while (pad < 2 && len > pad && text[len - 1 - pad] == '=') ++pad;
-  if (pad > 0 && len % 4 != 0) return std::nullopt;
-  size_t dataLen = len - pad;
-  if (dataLen % 4 == 1) return std::nullopt;
-  std::string out;
-  out.reserve(dataLen * 3 / 4);
-  uint32_t acc = 0;
-  int bits = 0;
-  for (size_t i = 0; i < dataLen; ++i) {
-    int v = base64Value(static_cast<unsigned char>(text[i]));
-    if (v < 0) return std::nullopt;  // also catches a third '=' or '=' in the middle
-    acc = (acc << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((acc >> bits) & 0xff));
-    }
-  }
-  // Leftover bits must be zero, otherwise two different texts would decode to the same bytes.
-  if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) return std::nullopt;
-  return out;
-}
-
-std::string encodeBase64(const std::string& bytes) {
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 3 <= bytes.size(); i += 3) {
-    uint32_t n = (static_cast<unsigned char>(bytes[i]) << 16) | (static_cast<unsigned char>(bytes[i + 1]) << 8) |
-                 static_cast<unsigned char>(bytes[i + 2]);
-    out.push_back(kAlphabet[(n >> 18) & 63]);
-    out.push_back(kAlphabet[(n >> 12) & 63]);
-    out.push_back(kAlphabet[(n >> 6) & 63]);
-    out.push_back(kAlphabet[n & 63]);
-  }
-  size_t rest = bytes.size() - i;
-  if (rest > 0) {
-    uint32_t n = static_cast<uint32_t>(static_cast<unsigned char>(bytes[i])) << 16;
-    if (rest == 2) n |= static_cast<uint32_t>(static_cast<unsigned char>(bytes[i + 1])) << 8;
-    out.push_back(kAlphabet[(n >> 18) & 63]);
-    out.push_back(kAlphabet[(n >> 12) & 63]);
-    out.push_back(rest == 2 ? kAlphabet[(n >> 6) & 63] : '=');
-    out.push_back('=');
-  }
-  return out;
-}
 
 std::string sha256Hex(const std::string& bytes) {
   unsigned char digest[EVP_MAX_MD_SIZE];
@@ -153,7 +86,7 @@ Result<std::shared_ptr<const SignatureVerifier>> SignatureVerifier::fromPemFile(
 
 Status SignatureVerifier::verify(const std::string& body, const std::string& base64Signature,
                                  const std::string& what) const {
-  std::string text = trimWhitespace(base64Signature);
+  std::string text = trimmed(base64Signature);
   if (text.empty()) return Status::error(ErrorCode::kRejected, what + ": missing signature");
   auto sig = decodeBase64(text);
   if (!sig) return Status::error(ErrorCode::kRejected, what + ": signature is not valid base64");

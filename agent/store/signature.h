@@ -1,22 +1,18 @@
 #pragma once
 // Crypto helpers for the store transport: the Ed25519 check of a document's signature (the
-// store's public key in PEM, the signature in base64), strict base64 and SHA-256 content hashes.
+// store's public key in PEM, the signature in base64: providers/core/base64.h) and SHA-256
+// content hashes.
 // OpenSSL EVP underneath; no global state.
 
 #include <memory>
 #include <optional>
 #include <string>
 
+#include "providers/core/base64.h"  // decodeBase64, encodeBase64
 #include "providers/core/result.h"
 
 namespace pim {
 
-/// Decodes standard base64 (RFC 4648 alphabet, with or without the '=' padding). Returns nullopt
-/// on any character outside the alphabet (whitespace included), misplaced or excess padding, an
-/// impossible length, or non-zero trailing bits.
-std::optional<std::string> decodeBase64(const std::string& text);
-/// Encodes bytes as standard base64 with padding, on one line.
-std::string encodeBase64(const std::string& bytes);
 /// Lower-case hex SHA-256 of the bytes (64 characters).
 std::string sha256Hex(const std::string& bytes);
 

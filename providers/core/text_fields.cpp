@@ -1,5 +1,7 @@
 #include "providers/core/text_fields.h"
 
+#include <cstdio>
+
 namespace pim {
 
 std::vector<std::string> splitFields(const std::string& line, char sep) {
@@ -15,6 +17,19 @@ std::vector<std::string> splitFields(const std::string& line, char sep) {
   }
   out.push_back(cur);
   return out;
+}
+
+std::string trimmed(const std::string& s) {
+  const char* ws = " \t\r\n";
+  const size_t b = s.find_first_not_of(ws);
+  if (b == std::string::npos) return {};
+  return s.substr(b, s.find_last_not_of(ws) - b + 1);
+}
+
+std::string octalMode(unsigned mode) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%04o", mode & 07777u);
+  return buf;
 }
 
 }  // namespace pim

@@ -1,6 +1,7 @@
 #pragma once
-// Splitting the colon-separated lines of passwd(5), group(5), shadow(5) and the space-separated
-// lines of mountinfo: one helper for every reader of those files.
+// Small text helpers shared by every layer, one copy each: splitting the colon-separated lines of
+// passwd(5), group(5), shadow(5) and the space-separated lines of mountinfo, trimming, and
+// printing a file mode.
 
 #include <string>
 #include <vector>
@@ -9,5 +10,11 @@ namespace pim {
 
 /// Splits `line` at every `sep`; empty fields are kept ("a::b" -> {"a", "", "b"}). Pure.
 std::vector<std::string> splitFields(const std::string& line, char sep);
+
+/// `s` without leading and trailing spaces, tabs, CR and LF. Pure.
+std::string trimmed(const std::string& s);
+
+/// A file mode's permission bits as chmod writes them: 0755 -> "0755", 02770 -> "2770". Pure.
+std::string octalMode(unsigned mode);
 
 }  // namespace pim

@@ -1,4 +1,5 @@
 #include "providers/host/accounts_tool.h"
+#include "providers/host/account_files.h"
 
 #include <cstdlib>
 #include <map>
@@ -10,11 +11,6 @@ namespace pim {
 namespace {
 
 constexpr size_t kMaxShadowBytes = 64u << 20;
-
-std::string trimmed(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
-  return s;
-}
 
 // A name goes into argv (no shell) and, for chpasswd, into a "name:hash" line: refuse anything
 // that could split that line or be taken for an option.
@@ -185,26 +181,17 @@ std::vector<Status> AccountsTool::addSystemUsers(const std::vector<NewUser>& use
   const std::string defsText = defs ? *defs : std::string();
   const int64_t low = loginDefsInt(defsText, "SYS_UID_MIN", 100);
   const int64_t high = loginDefsInt(defsText, "SYS_UID_MAX", 999);
+  auto passwdText = host_.readFile("/etc/passwd", kMaxShadowBytes);
+  if (!passwdText) return failAll(passwdText.status());
+  auto groupText = host_.readFile("/etc/group", kMaxShadowBytes);
+  if (!groupText) return failAll(groupText.status());
   std::set<int64_t> used;
-  std::map<std::string, std::string> groups;  // name -> gid
-  for (const char* file : {"/etc/passwd", "/etc/group"}) {
-    auto text = host_.readFile(file, kMaxShadowBytes);
-    if (!text) return failAll(text.status());
-    std::stringstream ss(*text);
-    for (std::string line; std::getline(ss, line);) {
-      auto f = splitFields(line, ':');
-      if (f.size() < 3) continue;
-      if (std::string(file) == "/etc/group") {
-        groups[f[0]] = f[2];
-      } else {
-        used.insert(std::strtoll(f[2].c_str(), nullptr, 10));
-      }
-    }
-  }
+  for (const auto& entry : parsePasswd(*passwdText)) used.insert(entry.second.uid);
+  const auto groups = parseGroup(*groupText);
   std::string config;
   int64_t next = high;
   for (const NewUser& u : users) {
-    if (!groups.count(u.primaryGroup)) {
+    if (groups.count(u.primaryGroup) == 0) {
       return failAll(
           Status::error(ErrorCode::kCommand, "create " + u.name + ": group " + u.primaryGroup + " does not exist"));
     }
@@ -227,18 +214,13 @@ std::vector<Status> AccountsTool::addSystemUsers(const std::vector<NewUser>& use
   // Whatever it said, what counts is what the account files hold now.
   auto passwd = host_.readFile("/etc/passwd", kMaxShadowBytes);
   if (!passwd) return failAll(passwd.status());
-  std::map<std::string, std::vector<std::string>> made;
-  std::stringstream ss(*passwd);
-  for (std::string line; std::getline(ss, line);) {
-    auto f = splitFields(line, ':');
-    if (f.size() >= 7) made[f[0]] = f;
-  }
+  const auto made = parsePasswd(*passwd);
   std::vector<std::pair<std::string, std::string>> locked;
   for (size_t i = 0; i < users.size(); ++i) {
     const NewUser& u = users[i];
     auto it = made.find(u.name);
-    if (it == made.end() || it->second[3] != groups[u.primaryGroup] || it->second[5] != u.home ||
-        it->second[6] != u.shell) {
+    if (it == made.end() || it->second.gid != groups.at(u.primaryGroup).gid || it->second.home != u.home ||
+        it->second.shell != u.shell) {
       out[i] = Status::error(ErrorCode::kCommand, "create " + u.name + " (systemd-sysusers): " +
                                                       (why.empty() ? "not in /etc/passwd as asked" : why));
     } else {

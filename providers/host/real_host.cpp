@@ -1,4 +1,5 @@
 #include "providers/host/real_host.h"
+#include "providers/host/account_files.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -551,20 +552,7 @@ Result<std::optional<UserInfo>> RealHost::findUser(const std::string& name) {
     if (text.status().code() == ErrorCode::kNotFound) return std::optional<UserInfo>();
     return text.status();
   }
-  std::stringstream ss(*text);
-  std::string line;
-  while (std::getline(ss, line)) {
-    auto f = splitFields(line, ':');
-    if (f.size() < 7 || f[0] != name) continue;
-    UserInfo u;
-    u.name = f[0];
-    u.uid = uid_t(std::strtoul(f[2].c_str(), nullptr, 10));
-    u.gid = gid_t(std::strtoul(f[3].c_str(), nullptr, 10));
-    u.home = f[5];
-    u.shell = f[6];
-    return std::optional<UserInfo>(u);
-  }
-  return std::optional<UserInfo>();
+  return findPasswdEntry(*text, name);
 }
 
 Result<std::optional<GroupInfo>> RealHost::findGroup(const std::string& name) {
@@ -573,18 +561,7 @@ Result<std::optional<GroupInfo>> RealHost::findGroup(const std::string& name) {
     if (text.status().code() == ErrorCode::kNotFound) return std::optional<GroupInfo>();
     return text.status();
   }
-  std::stringstream ss(*text);
-  std::string line;
-  while (std::getline(ss, line)) {
-    auto f = splitFields(line, ':');
-    if (f.size() < 4 || f[0] != name) continue;
-    GroupInfo g;
-    g.name = f[0];
-    g.gid = gid_t(std::strtoul(f[2].c_str(), nullptr, 10));
-    if (!f[3].empty()) g.members = splitFields(f[3], ',');
-    return std::optional<GroupInfo>(g);
-  }
-  return std::optional<GroupInfo>();
+  return findGroupEntry(*text, name);
 }
 
 std::vector<MountInfo> RealHost::parseMountInfo(const std::string& text, const std::string& root) {

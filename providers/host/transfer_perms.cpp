@@ -1,4 +1,5 @@
 #include "providers/host/transfer_perms.h"
+#include "providers/core/text_fields.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -89,12 +90,6 @@ std::string joinAll(const std::vector<std::string>& parts, size_t count) {
   std::string out;
   for (size_t i = 0; i < count; ++i) out = join(out, parts[i]);
   return out;
-}
-
-std::string octal(mode_t mode) {
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));
-  return buf;
 }
 
 }  // namespace
@@ -796,7 +791,8 @@ void PermEnforcer::noteChange(const std::string& rel, mode_t have, mode_t want, 
   const auto level = changesNoted_.fetch_add(1, std::memory_order_relaxed) < kChangesListed ? spdlog::level::info
                                                                                             : spdlog::level::debug;
   if (!log_->should_log(level)) return;  // the modes would be formatted even for a null sink
-  log_->log(level, "set {}/{}: mode {} -> {}, group {} -> {}", realRoot_, rel, octal(have), octal(want), hadGid, gid_);
+  log_->log(level, "set {}/{}: mode {} -> {}, group {} -> {}", realRoot_, rel, octalMode(have), octalMode(want), hadGid,
+            gid_);
 }
 
 void PermEnforcer::noteUnlisted() {

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <set>
 #include <sstream>
@@ -581,6 +582,29 @@ TEST_CASE("the state database records which generation created each object the a
   CHECK(sqlite3_column_int64(unknown, 0) == 0);
   sqlite3_finalize(unknown);
   sqlite3_close(db);
+}
+
+TEST_CASE("an entry the providers refuse is logged once per cycle, however often the host is observed",
+          "[cycle][root]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box;
+  box.setDocument(documentA());
+  REQUIRE(box.run({"once"}).exit == 0);  // the sandbox's account files exist from here on
+  // partnersftp exists and is not the agent's: its entry is refused.
+  {
+    std::ofstream passwd(box.real("/etc/passwd"), std::ios::app);
+    passwd << "partnersftp:x:1501:1501::/home/partnersftp:/bin/bash\n";
+  }
+  box.setDocument(documentB());
+  Outcome first = box.run({"once"});
+  INFO(first.out << first.err);
+  CHECK(occurrences(first.err, "skipped sftp-partner:") == 1);
+  // Drift makes the next cycle observe the host, find a change, and apply again.
+  ::unlink(box.authorizedKeysPath().c_str());
+  Outcome second = box.run({"once"});
+  INFO(second.out << second.err);
+  CHECK(occurrences(second.err, "skipped sftp-partner:") == 1);
+  CHECK(!box.authorizedKeys().empty());
 }
 
 TEST_CASE("kill -9 during a cycle: the next start finishes it, whatever the store does", "[cycle][root]") {

@@ -86,6 +86,8 @@ bool waitUntil(const std::function<bool()>& condition, std::chrono::milliseconds
 
 /// The whole file ("" when missing).
 std::string readText(const std::string& path);
+/// How many times `needle` occurs in `text` (overlapping ones too).
+size_t occurrences(const std::string& text, const std::string& needle);
 /// Writes a file atomically (temporary name in the same directory, then rename).
 void writeTextAtomic(const std::string& path, const std::string& text);
 

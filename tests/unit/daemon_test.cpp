@@ -54,12 +54,6 @@ void requireKey(const AgentBox& box, ChildProcess& daemon, const std::string& id
   REQUIRE(ok);
 }
 
-size_t occurrences(const std::string& text, const std::string& needle) {
-  size_t n = 0;
-  for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
-  return n;
-}
-
 Poco::JSON::Object::Ptr parseObject(const std::string& json) {
   Poco::JSON::Parser parser;
   return parser.parse(json).extract<Poco::JSON::Object::Ptr>();
