@@ -114,6 +114,8 @@ std::string statusLine(const CycleReport& r) {
     case 3:
       return "document rejected: " + cut(r.error);
     case 4:
+      if (r.notRegistered != 0)
+        return "waiting for the store (" + std::to_string(r.notRegistered) + ": not registered yet)";
       return "waiting for the store: " + cut(r.error);
     case 5:
       return revision + generation + " " + r.outcome + ", retried: " + cut(r.error);
@@ -461,7 +463,11 @@ void Daemon::workDone() {
     } else {
       const auto& store = rt_->config.store;
       std::chrono::milliseconds delay;
-      if (r.exitCode == 1 || r.exitCode == 4 || r.exitCode == 5) {
+      // 404/410: the store does not know this instance yet (registration comes after boot). Not an
+      // outage: asked again at the normal pace, so that access is live within one poll interval
+      // (or at once, through a long poll the store holds) after the instance is registered.
+      const bool notRegistered = r.exitCode == 4 && r.notRegistered != 0;
+      if ((r.exitCode == 1 || r.exitCode == 4 || r.exitCode == 5) && !notRegistered) {
         const auto retryAfter = r.exitCode == 4 ? out.retryAfter : std::nullopt;
         delay = retryDelay(backoff_->nextDelay(), retryAfter, Backoff::kDefaultCap);
         log_->warn("retrying in {} ms ({} consecutive failures){}", delay.count(), backoff_->failures(),
@@ -478,6 +484,10 @@ void Daemon::workDone() {
         const bool longPoll = store.longPollS > 0 && sourcePath_.empty() &&
                               (input_.waitSeconds == 0 || took >= std::chrono::seconds(1) || newDocument);
         delay = longPoll ? std::chrono::milliseconds(0) : std::chrono::milliseconds(store.pollIntervalS * 1000);
+        if (notRegistered) {
+          log_->info("the store does not know this instance yet (HTTP {}): asking again {}", r.notRegistered,
+                     longPoll ? std::string("with a long poll") : "in " + std::to_string(store.pollIntervalS) + " s");
+        }
       }
       scheduleNextPoll(delay);
     }

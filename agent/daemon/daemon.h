@@ -17,6 +17,10 @@
 // the worker's poll (curl_multi_wakeup) and the transfer is dropped, a hanging name look-up
 // included, so SIGTERM still stops the daemon within 2 s.
 //
+// Not registered yet: a 404 or 410 from the store is polled again at the normal pace (a long
+// poll when configured, the poll interval otherwise), without back-off: see "Answers" in
+// docs/agent.md.
+//
 // Retries: after a failed cycle (store unreachable, apply failed, internal error) the next
 // attempt waits U[0, min(cap, base * 2^n)] ("full jitter": a fleet's retries spread over the
 // whole window), at least 200 ms, base = min(poll interval, 2 s), cap 10 minutes, and at least
@@ -55,7 +59,8 @@ void guardAgainstSigpipe();
 std::chrono::milliseconds backoffBase(int64_t pollIntervalS);
 
 /// The systemd STATUS= text for a cycle's report: "applied revision 42 (generation 7)",
-/// "waiting for the store: <why>", "document rejected: <why>", "revision 42 (generation 7)
+/// "waiting for the store: <why>", "waiting for the store (404: not registered yet)", "document
+/// rejected: <why>", "revision 42 (generation 7)
 /// partial, retried: <why>".
 std::string statusLine(const CycleReport& r);
 

@@ -558,6 +558,7 @@ CURLcode HttpStoreClient::transfer() {
 
 Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t waitSeconds) {
   retryAfter_.reset();
+  notRegistered_ = 0;
   const std::string where =
       "GET " + shown_ + (params_.proxy.url.empty() ? "" : " via proxy " + params_.proxy.describe());
   auto unreachable = [&](const std::string& cause) {
@@ -623,6 +624,7 @@ Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t wai
   if (answer.complete && (answer.status == 429 || answer.status == 503) && answer.retryAfter) {
     retryAfter_ = parseRetryAfter(*answer.retryAfter, static_cast<int64_t>(std::time(nullptr)));
   }
+  if (answer.complete && (answer.status == 404 || answer.status == 410)) notRegistered_ = answer.status;
   if (code != CURLE_OK) return failure(code, answer, where);
 
   if (answer.status == 304) {

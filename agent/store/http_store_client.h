@@ -72,6 +72,8 @@ class HttpStoreClient : public StoreClient {
   Result<FetchOutcome> fetch(const std::string& etag, int64_t waitSeconds) override;
   /// See StoreClient::retryAfter.
   std::optional<std::chrono::seconds> retryAfter() const override { return retryAfter_; }
+  /// See StoreClient::notRegistered.
+  int notRegistered() const override { return notRegistered_; }
   /// See StoreClient::cancel: wakes the fetch in progress, which then drops its transfer; permanent.
   void cancel() override;
   /// scheme://host[:port]/path, without user info or query.
@@ -105,6 +107,7 @@ class HttpStoreClient : public StoreClient {
   int keptFd_ = -1;  // the socket of the connection libcurl kept after the last fetch, -1: none
   std::chrono::steady_clock::time_point keptSince_{};
   std::optional<std::chrono::seconds> retryAfter_;
+  int notRegistered_ = 0;
 };
 
 }  // namespace pim

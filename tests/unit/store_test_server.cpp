@@ -320,7 +320,14 @@ void StoreTestServer::handle(Poco::Net::HTTPServerRequest& raw, Poco::Net::HTTPS
 
 void StoreTestServer::serveDocument(Exchange& ex) {
   auto& response = ex.response;
+  int wait = 0;
+  auto w = ex.request.query.find("wait");
+  if (w != ex.request.query.end()) wait = std::atoi(w->second.c_str());
   std::unique_lock<std::mutex> lock(mutex_);
+  if (!body_ && forcedStatus_ == 0 && wait > 0) {
+    cv_.wait_for(lock, std::chrono::seconds(wait), [&] { return stopping_ || body_.has_value(); });
+    ++heldLongPolls_;
+  }
   if (forcedStatus_ != 0) {
     int status = forcedStatus_;
     lock.unlock();
@@ -337,9 +344,6 @@ void StoreTestServer::serveDocument(Exchange& ex) {
     return;
   }
   const std::string inm = ex.request.header("If-None-Match");
-  int wait = 0;
-  auto w = ex.request.query.find("wait");
-  if (w != ex.request.query.end()) wait = std::atoi(w->second.c_str());
   if (!inm.empty() && inm == etag_) {
     if (wait > 0) {
       const std::string before = etag_;

@@ -106,7 +106,9 @@ class StoreTestServer {
   // Built-in document store: answers 200 with the document, its ETag and (when set) its
   // X-Access-Signature; 304 when If-None-Match equals the ETag, after holding the request up to
   // `wait` seconds (query parameter) for a new document; 404 before any document;
-  // forcedStatus() answers that status instead when non-zero.
+  // forcedStatus() answers that status instead when non-zero. Before any document, a long poll
+  // (wait=N) is held until a document comes (200) or N seconds passed (404), like a store that
+  // registers instances.
   /// Replaces the document (wakes held long polls). etag "" = "\"<sha256 of body>\"".
   void setDocument(std::string body, std::string etag = "", std::string signature = "");
   /// Makes the built-in store answer `status` (with an empty body) until set back to 0.
