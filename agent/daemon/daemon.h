@@ -44,6 +44,7 @@
 #include "agent/cycle/file_lock.h"
 #include "agent/daemon/backoff.h"
 #include "agent/daemon/metrics.h"
+#include "agent/daemon/report.h"
 #include "providers/core/clock.h"
 #include "providers/core/log.h"
 #include "providers/host/real_host.h"
@@ -105,6 +106,7 @@ class Daemon {
     int64_t waitSeconds = 0;                                 // long poll of a cycle (0: answer at once)
     bool checkHost = true;                                   // plan against the host even if the store is unchanged
     GenerationCause reapplyCause = GenerationCause::kDrift;  // why a re-apply runs
+    std::optional<std::chrono::steady_clock::duration> sinceReport;  // since the last report (none yet: nullopt)
   };
   /// What the worker leaves for the loop thread (written on the pool, read in workDone()).
   struct WorkResult {
@@ -114,13 +116,15 @@ class Daemon {
     std::string stateSignature;
     bool recovered = false;
     std::optional<std::chrono::seconds> retryAfter;  // the store's Retry-After with a 429/503
+    std::optional<ReportSnapshot> reportSnapshot;    // a report is due (store.report_url set)
   };
 
   Status buildRuntime(const Config& config);
   /// Asks for a cycle or a re-apply of the document in force (`cause`: why, for its generation).
   void requestWork(Work work, GenerationCause cause = GenerationCause::kDrift);
   void startWorkIfIdle();
-  void work();  // on the thread pool
+  void work();                       // on the thread pool
+  void finishWork(WorkResult& out);  // on the thread pool: the report's snapshot, then result_
   Result<FileLock> lockCycle();
   Result<StateMark> readMark() const;
   void snapshotState(WorkResult& out) const;
@@ -210,10 +214,11 @@ class Daemon {
   bool recovered_ = false;         // the pending-cycle journal was dealt with
   Work running_ = Work::kNone;
   std::optional<int64_t> nextExpiry_;
-  std::optional<StateMark> seenMark_;  // the state as the daemon last knew it
-  std::string stateSignature_;         // database files (stat) when the daemon last looked
-  std::string sourcePath_;             // file:// source path, "" for http(s)
-  std::string sourceSignature_;        // its inode/size/mtime seen last
+  std::optional<std::chrono::steady_clock::time_point> lastReport_;  // when the last report was queued
+  std::optional<StateMark> seenMark_;                                // the state as the daemon last knew it
+  std::string stateSignature_;   // database files (stat) when the daemon last looked
+  std::string sourcePath_;       // file:// source path, "" for http(s)
+  std::string sourceSignature_;  // its inode/size/mtime seen last
   std::chrono::steady_clock::time_point workStarted_;
   std::optional<std::chrono::microseconds> watchdog_;
   std::chrono::steady_clock::time_point lastWatchdog_;
