@@ -17,6 +17,11 @@
 // the worker's poll (curl_multi_wakeup) and the transfer is dropped, a hanging name look-up
 // included, so SIGTERM still stops the daemon within 2 s.
 //
+// Reports (store.report_url, agent/daemon/report.h): after a cycle that changed something or
+// failed, and every report_interval_s otherwise, the worker copies the state rows a report needs
+// and the loop hands them to the Reporter's thread, which makes and sends the report: a store that
+// does not answer reports never holds the worker.
+//
 // Not registered yet: a 404 or 410 from the store is polled again at the normal pace (a long
 // poll when configured, the poll interval otherwise), without back-off: see "Answers" in
 // docs/agent.md.
