@@ -7,8 +7,35 @@
 #include "agent/cli/runtime.h"
 #include "agent/cycle/file_lock.h"
 #include "agent/daemon/metrics.h"
+#include "agent/daemon/report.h"
 
 namespace pim {
+namespace {
+
+// How long `once` waits for its report after the cycle (retries included); then it is dropped.
+constexpr auto kReportWait = std::chrono::seconds(5);
+
+// The report of store.report_url, if set: the cycle is over, so this delays only the exit.
+void report(const Config& config, const StateStore& state, const CycleReport& r, int64_t now) {
+  if (config.store.reportUrl.empty() || r.outcome == "interrupted") return;
+  auto reporter = Reporter::create(config, makeLogger("report"), {});
+  if (!reporter) {
+    std::cerr << "pim-access-agent: report: " << reporter.status().message() << "\n";
+    return;
+  }
+  auto snapshot = snapshotForReport(state, r, now);
+  if (!snapshot) {
+    std::cerr << "pim-access-agent: report: " << snapshot.status().message() << "\n";
+    return;
+  }
+  (*reporter)->submit(std::move(*snapshot));
+  if (!(*reporter)->flush(kReportWait) || (*reporter)->delivered() == 0) {
+    std::cerr << "pim-access-agent: report: not delivered to the store within " << kReportWait.count()
+              << " s (see the log); the next cycle reports again\n";
+  }
+}
+
+}  // namespace
 
 int cmdOnce(const Config& config, const FailPoints& failpoints) {
   auto store = storeFor(config);
@@ -29,6 +56,8 @@ int cmdOnce(const Config& config, const FailPoints& failpoints) {
   }
   printCycle(std::cout, r);
   if (!r.error.empty()) std::cerr << "pim-access-agent: " << r.error << "\n";
+  std::cout.flush();
+  report(config, *(*rt)->state, r, (*rt)->clock.nowSeconds());
   return r.exitCode;
 }
 

@@ -1,6 +1,8 @@
 #include "agent/config/config.h"
 #include "providers/core/text_fields.h"
 
+#include <strings.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -87,6 +89,20 @@ Status setProxy(std::string& out, const std::string& key, const std::string& v) 
   return Status::ok();
 }
 
+// The form only (http:// or https://, no white space or control character); the store client
+// checks the rest when it is made. Never echoed: a URL may carry credentials.
+Status setReportUrl(std::string& out, const std::string& key, const std::string& v) {
+  if (!v.empty()) {
+    const bool scheme = strncasecmp(v.c_str(), "https://", 8) == 0 || strncasecmp(v.c_str(), "http://", 7) == 0;
+    if (!scheme) return invalid(key, "expected an http:// or https:// URL, or nothing (no reports)");
+    for (unsigned char c : v) {
+      if (c <= 0x20 || c == 0x7f) return invalid(key, "white space or control character in URL");
+    }
+  }
+  out = v;
+  return Status::ok();
+}
+
 using Setter = std::function<Status(Config&, const std::string& key, const std::string& value)>;
 
 const std::map<std::string, Setter>& setters() {
@@ -117,6 +133,10 @@ const std::map<std::string, Setter>& setters() {
        [](Config& c, const std::string& k, const std::string& v) {
          return setInt(c.store.maxDocumentBytes, k, v, 1024, int64_t(1) << 30);
        }},
+      {"store.report_url",
+       [](Config& c, const std::string& k, const std::string& v) { return setReportUrl(c.store.reportUrl, k, v); }},
+      {"store.report_interval_s", [](Config& c, const std::string& k,
+                                     const std::string& v) { return setInt(c.store.reportIntervalS, k, v, 1, 86400); }},
       {"host.login_user",
        [](Config& c, const std::string& k, const std::string& v) { return setName(c.host.loginUser, k, v); }},
       {"host.transfer_root",

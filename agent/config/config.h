@@ -21,6 +21,8 @@ struct StoreSettings {
   int64_t pollIntervalS = 30;
   int64_t longPollS = 0;
   int64_t maxDocumentBytes = 4194304;
+  std::string reportUrl;          // http(s):// URL the reports go to (docs/agent.md, "Reports"); "" = none
+  int64_t reportIntervalS = 300;  // an unchanged, successful cycle reports at most this often
 };
 
 struct StateSettings {

@@ -268,6 +268,7 @@ Agent::Fetched Agent::fetch(StoreClient& store, int64_t waitSeconds) const {
   }
   f.reachedStore = true;
   f.outcome = store.fetch(etag, waitSeconds);
+  f.notRegistered = store.notRegistered();
   return f;
 }
 
@@ -289,7 +290,9 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
       noteStateWrite(state_.recordGeneration(input).status(), "record the document");
       return failure(3, "rejected", st.message());
     }
-    return failure(4, "unreachable", st.message());
+    CycleReport r = failure(4, "unreachable", st.message());
+    r.notRegistered = fetched.notRegistered;
+    return r;
   }
 
   if (fetched.outcome->kind == FetchOutcome::Kind::kUnchanged) {

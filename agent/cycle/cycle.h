@@ -53,6 +53,7 @@ struct CycleReport {
   std::vector<SkippedEntry> skipped;
   std::vector<Action> changes;
   std::string error;                  // empty when the cycle succeeded
+  int notRegistered = 0;              // exit 4 because the store answered 404 or 410 (not an outage)
   std::vector<std::string> warnings;  // worth an operator's eye (a pending sshd reload)
 };
 
@@ -78,6 +79,7 @@ class Agent {
     int64_t time = 0;           // when the fetch started (Unix seconds)
     std::string source;         // store.describe()
     bool reachedStore = false;  // false: the state database failed before the store was asked
+    int notRegistered = 0;      // StoreClient::notRegistered() after the fetch
   };
   /// Picks the ETag to send (none when the document it names still needs work: after a failure,
   /// or unpinned with a recorded document waiting) and fetches once. Reads the state database

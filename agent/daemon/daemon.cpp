@@ -45,6 +45,7 @@ struct Daemon::Runtime {
   std::unique_ptr<Agent> agent;
   std::unique_ptr<PermEnforcer> enforcer;
   std::unique_ptr<PermWatcher> watcher;
+  std::unique_ptr<Reporter> reporter;  // null without store.report_url
 };
 
 namespace {
@@ -114,6 +115,8 @@ std::string statusLine(const CycleReport& r) {
     case 3:
       return "document rejected: " + cut(r.error);
     case 4:
+      if (r.notRegistered != 0)
+        return "waiting for the store (" + std::to_string(r.notRegistered) + ": not registered yet)";
       return "waiting for the store: " + cut(r.error);
     case 5:
       return revision + generation + " " + r.outcome + ", retried: " + cut(r.error);
@@ -144,6 +147,11 @@ Status Daemon::buildRuntime(const Config& config) {
   auto store = makeStoreClient(config.store, config.root, makeLogger("store"));
   if (!store) return store.status();
   rt->store = std::move(*store);
+  if (!config.store.reportUrl.empty()) {
+    auto reporter = Reporter::create(config, makeLogger("report"), {});
+    if (!reporter) return reporter.status();
+    rt->reporter = std::move(*reporter);
+  }
   rt->agent = std::make_unique<Agent>(
       config, *rt->host, *rt->state, clock_, [](Ledger& ledger) { return makeProviders(ledger); }, makeLogger("agent"),
       failpoints_);
@@ -295,7 +303,9 @@ void Daemon::startWorkIfIdle() {
     hostDirty_ = false;
     lastHostCheck_ = now;
   }
-  input_ = WorkInput{seenMark_, nextExpiry_, wait, checkHost, reapplyCause_};
+  std::optional<std::chrono::steady_clock::duration> sinceReport;
+  if (lastReport_) sinceReport = now - *lastReport_;
+  input_ = WorkInput{seenMark_, nextExpiry_, wait, checkHost, reapplyCause_, sinceReport};
   uv_queue_work(&loop_, &workReq_, onWork, onWorkDone);
 }
 
@@ -351,14 +361,14 @@ void Daemon::work() {
     auto lock = lockCycle();
     if (!lock) {
       out.report = internalFailure(lock.status().message());
-      result_ = std::move(out);
+      finishWork(out);
       return;
     }
     Status s = rt.agent->recoverInterruptedCycle();
     if (!s) {
       log_->error("recovery of an interrupted cycle: {}", s.message());
       out.report = internalFailure(s.message());
-      result_ = std::move(out);
+      finishWork(out);
       return;
     }
     out.recovered = true;
@@ -373,7 +383,7 @@ void Daemon::work() {
       // Cancelled on purpose: not a store failure, nothing to record.
       out.report.outcome = "interrupted";
       snapshotState(out);
-      result_ = std::move(out);
+      finishWork(out);
       return;
     }
   }
@@ -381,12 +391,26 @@ void Daemon::work() {
   if (!lock) {
     out.report = abandon_.load() ? CycleReport{} : internalFailure(lock.status().message());
     if (abandon_.load()) out.report.outcome = "interrupted";
-    result_ = std::move(out);
+    finishWork(out);
     return;
   }
   out.report =
       fetched ? rt.agent->reconcile(*fetched, input_.checkHost) : rt.agent->reapplyInForce(input_.reapplyCause);
   snapshotState(out);
+  finishWork(out);
+}
+
+void Daemon::finishWork(WorkResult& out) {
+  const Runtime& rt = *rt_;
+  if (rt.reporter && reportDue(out.report, input_.sinceReport, std::chrono::seconds(rt.config.store.reportIntervalS))) {
+    // A copy of three rows: the report is made and sent on the reporter's thread.
+    auto snapshot = snapshotForReport(*rt.state, out.report, clock_.nowSeconds());
+    if (snapshot) {
+      out.reportSnapshot = std::move(*snapshot);
+    } else {
+      log_->warn("report: cannot read the state: {}", snapshot.status().message());
+    }
+  }
   result_ = std::move(out);
 }
 
@@ -419,6 +443,10 @@ void Daemon::workDone() {
     if (Status m = publishMetrics(*rt_->host, *rt_->state, rt_->config, metrics_, now); !m) {
       log_->warn("metrics: {}", m.message());
     }
+  }
+  if (out.reportSnapshot && rt_ && rt_->reporter) {
+    rt_->reporter->submit(std::move(*out.reportSnapshot));
+    lastReport_ = std::chrono::steady_clock::now();
   }
   if (out.mark) {
     stateSignature_ = out.stateSignature;
@@ -461,7 +489,11 @@ void Daemon::workDone() {
     } else {
       const auto& store = rt_->config.store;
       std::chrono::milliseconds delay;
-      if (r.exitCode == 1 || r.exitCode == 4 || r.exitCode == 5) {
+      // 404/410: the store does not know this instance yet (registration comes after boot). Not an
+      // outage: asked again at the normal pace, so that access is live within one poll interval
+      // (or at once, through a long poll the store holds) after the instance is registered.
+      const bool notRegistered = r.exitCode == 4 && r.notRegistered != 0;
+      if ((r.exitCode == 1 || r.exitCode == 4 || r.exitCode == 5) && !notRegistered) {
         const auto retryAfter = r.exitCode == 4 ? out.retryAfter : std::nullopt;
         delay = retryDelay(backoff_->nextDelay(), retryAfter, Backoff::kDefaultCap);
         log_->warn("retrying in {} ms ({} consecutive failures){}", delay.count(), backoff_->failures(),
@@ -478,6 +510,10 @@ void Daemon::workDone() {
         const bool longPoll = store.longPollS > 0 && sourcePath_.empty() &&
                               (input_.waitSeconds == 0 || took >= std::chrono::seconds(1) || newDocument);
         delay = longPoll ? std::chrono::milliseconds(0) : std::chrono::milliseconds(store.pollIntervalS * 1000);
+        if (notRegistered) {
+          log_->info("the store does not know this instance yet (HTTP {}): asking again {}", r.notRegistered,
+                     longPoll ? std::string("with a long poll") : "in " + std::to_string(store.pollIntervalS) + " s");
+        }
       }
       scheduleNextPoll(delay);
     }

@@ -17,6 +17,15 @@
 // the worker's poll (curl_multi_wakeup) and the transfer is dropped, a hanging name look-up
 // included, so SIGTERM still stops the daemon within 2 s.
 //
+// Reports (store.report_url, agent/daemon/report.h): after a cycle that changed something or
+// failed, and every report_interval_s otherwise, the worker copies the state rows a report needs
+// and the loop hands them to the Reporter's thread, which makes and sends the report: a store that
+// does not answer reports never holds the worker.
+//
+// Not registered yet: a 404 or 410 from the store is polled again at the normal pace (a long
+// poll when configured, the poll interval otherwise), without back-off: see "Answers" in
+// docs/agent.md.
+//
 // Retries: after a failed cycle (store unreachable, apply failed, internal error) the next
 // attempt waits U[0, min(cap, base * 2^n)] ("full jitter": a fleet's retries spread over the
 // whole window), at least 200 ms, base = min(poll interval, 2 s), cap 10 minutes, and at least
@@ -40,6 +49,7 @@
 #include "agent/cycle/file_lock.h"
 #include "agent/daemon/backoff.h"
 #include "agent/daemon/metrics.h"
+#include "agent/daemon/report.h"
 #include "providers/core/clock.h"
 #include "providers/core/log.h"
 #include "providers/host/real_host.h"
@@ -55,7 +65,8 @@ void guardAgainstSigpipe();
 std::chrono::milliseconds backoffBase(int64_t pollIntervalS);
 
 /// The systemd STATUS= text for a cycle's report: "applied revision 42 (generation 7)",
-/// "waiting for the store: <why>", "document rejected: <why>", "revision 42 (generation 7)
+/// "waiting for the store: <why>", "waiting for the store (404: not registered yet)", "document
+/// rejected: <why>", "revision 42 (generation 7)
 /// partial, retried: <why>".
 std::string statusLine(const CycleReport& r);
 
@@ -100,6 +111,7 @@ class Daemon {
     int64_t waitSeconds = 0;                                 // long poll of a cycle (0: answer at once)
     bool checkHost = true;                                   // plan against the host even if the store is unchanged
     GenerationCause reapplyCause = GenerationCause::kDrift;  // why a re-apply runs
+    std::optional<std::chrono::steady_clock::duration> sinceReport;  // since the last report (none yet: nullopt)
   };
   /// What the worker leaves for the loop thread (written on the pool, read in workDone()).
   struct WorkResult {
@@ -109,13 +121,15 @@ class Daemon {
     std::string stateSignature;
     bool recovered = false;
     std::optional<std::chrono::seconds> retryAfter;  // the store's Retry-After with a 429/503
+    std::optional<ReportSnapshot> reportSnapshot;    // a report is due (store.report_url set)
   };
 
   Status buildRuntime(const Config& config);
   /// Asks for a cycle or a re-apply of the document in force (`cause`: why, for its generation).
   void requestWork(Work work, GenerationCause cause = GenerationCause::kDrift);
   void startWorkIfIdle();
-  void work();  // on the thread pool
+  void work();                       // on the thread pool
+  void finishWork(WorkResult& out);  // on the thread pool: the report's snapshot, then result_
   Result<FileLock> lockCycle();
   Result<StateMark> readMark() const;
   void snapshotState(WorkResult& out) const;
@@ -205,10 +219,11 @@ class Daemon {
   bool recovered_ = false;         // the pending-cycle journal was dealt with
   Work running_ = Work::kNone;
   std::optional<int64_t> nextExpiry_;
-  std::optional<StateMark> seenMark_;  // the state as the daemon last knew it
-  std::string stateSignature_;         // database files (stat) when the daemon last looked
-  std::string sourcePath_;             // file:// source path, "" for http(s)
-  std::string sourceSignature_;        // its inode/size/mtime seen last
+  std::optional<std::chrono::steady_clock::time_point> lastReport_;  // when the last report was queued
+  std::optional<StateMark> seenMark_;                                // the state as the daemon last knew it
+  std::string stateSignature_;   // database files (stat) when the daemon last looked
+  std::string sourcePath_;       // file:// source path, "" for http(s)
+  std::string sourceSignature_;  // its inode/size/mtime seen last
   std::chrono::steady_clock::time_point workStarted_;
   std::optional<std::chrono::microseconds> watchdog_;
   std::chrono::steady_clock::time_point lastWatchdog_;

@@ -227,14 +227,17 @@ struct HttpStoreClient::Answer {
   std::vector<std::string> contentEncodings;
   std::optional<std::string> etag, signature, retryAfter;
   int64_t declared = -1;
+  bool anySuccess = false;  // a report: any 2xx is the answer wanted, its body is not kept
   Stop stop = Stop::kNone;  // why a callback ended the transfer
   std::string refusal;      // with kRefused
   std::string body;
 
   void startAnswer(const std::string& statusLine) {
     const int64_t keep = limit;
+    const bool wanted = anySuccess;
     *this = Answer();
     limit = keep;
+    anySuccess = wanted;
     // "HTTP/1.1 200 OK": the version, the code, the reason (which may be empty).
     const auto sp = statusLine.find(' ');
     if (sp == std::string::npos) return;
@@ -246,7 +249,8 @@ struct HttpStoreClient::Answer {
   // The header block of the final answer ended: whether its body may be read.
   bool accept() {
     complete = true;
-    if (status != 200 && status != 304) {
+    if (anySuccess && status >= 200 && status < 300) return true;
+    if (anySuccess || (status != 200 && status != 304)) {
       stop = Stop::kStatus;  // an error: its body is not read, the connection not kept
       return false;
     }
@@ -310,6 +314,7 @@ struct HttpStoreClient::Answer {
   static size_t onBody(char* data, size_t size, size_t count, void* userdata) {
     auto& a = *static_cast<Answer*>(userdata);
     const size_t n = size * count;
+    if (a.anySuccess) return n;  // a report's answer: read to its end (the connection is kept), not kept
     if (static_cast<int64_t>(a.body.size() + n) > a.limit) {
       a.stop = Stop::kOverLimit;  // at most limit bytes are ever held
       return 0;
@@ -358,20 +363,21 @@ HttpStoreClient::~HttpStoreClient() = default;
 Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, Logger log) {
   // libcurl's URL parser is lenient ("https:///x" and "https:/x" name the host x): the form is
   // checked here first. The raw URL is never echoed: it may carry credentials.
+  const std::string key = params.urlKey;
   const bool https = startsWithNoCase(params.url, "https://");
   const size_t authority = https ? 8 : 7;
   if ((!https && !startsWithNoCase(params.url, "http://")) || params.url.size() <= authority ||
       params.url[authority] == '/') {
-    return Status::error(ErrorCode::kInvalid, "store.source: malformed URL (expected http(s)://HOST[:PORT]/PATH)");
+    return Status::error(ErrorCode::kInvalid, key + ": malformed URL (expected http(s)://HOST[:PORT]/PATH)");
   }
   if (hasControlOrSpace(params.url)) {
-    return Status::error(ErrorCode::kInvalid, "store.source: white space or control character in URL");
+    return Status::error(ErrorCode::kInvalid, key + ": white space or control character in URL");
   }
   if (!initCurl()) return Status::error(ErrorCode::kInternal, "store: libcurl cannot be initialised");
   std::unique_ptr<CURLU, decltype(&curl_url_cleanup)> parsed(curl_url(), curl_url_cleanup);
   if (!parsed) return Status::error(ErrorCode::kInternal, "store: out of memory");
   if (CURLUcode rc = curl_url_set(parsed.get(), CURLUPART_URL, params.url.c_str(), 0); rc != CURLUE_OK) {
-    return Status::error(ErrorCode::kInvalid, std::string("store.source: malformed URL: ") + curl_url_strerror(rc));
+    return Status::error(ErrorCode::kInvalid, std::string(key + ": malformed URL: ") + curl_url_strerror(rc));
   }
   auto part = [&](CURLUPart which, unsigned int flags = 0) {
     char* value = nullptr;
@@ -388,13 +394,13 @@ Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, 
   if (path.empty()) path = "/";
   const bool defaultPort = explicitPort.empty() || port == (scheme == "https" ? "443" : "80");
   const std::string shown = scheme + "://" + host + (defaultPort ? "" : ":" + port) + path;
-  if (host.empty()) return Status::error(ErrorCode::kInvalid, "store.source " + shown + ": no host");
+  if (host.empty()) return Status::error(ErrorCode::kInvalid, key + " " + shown + ": no host");
   if (!part(CURLUPART_USER).empty() || !part(CURLUPART_PASSWORD).empty() || !part(CURLUPART_OPTIONS).empty()) {
     return Status::error(ErrorCode::kInvalid,
-                         "store.source " + shown + ": credentials in the URL are not supported (use token_file)");
+                         key + " " + shown + ": credentials in the URL are not supported (use token_file)");
   }
   if (params.url.find('#') != std::string::npos) {
-    return Status::error(ErrorCode::kInvalid, "store.source " + shown + ": a fragment (#...) is not allowed");
+    return Status::error(ErrorCode::kInvalid, key + " " + shown + ": a fragment (#...) is not allowed");
   }
   const std::string url = part(CURLUPART_URL);
 
@@ -551,21 +557,15 @@ CURLcode HttpStoreClient::transfer() {
 
 Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t waitSeconds) {
   retryAfter_.reset();
+  notRegistered_ = 0;
   const std::string where =
       "GET " + shown_ + (params_.proxy.url.empty() ? "" : " via proxy " + params_.proxy.describe());
   auto unreachable = [&](const std::string& cause) {
     return Status::error(ErrorCode::kUnreachable, where + ": " + cause);
   };
   if (cancelled_.load()) return unreachable("cancelled");
-  std::string token;
-  if (!params_.tokenPath.empty()) {
-    auto t = readToken();
-    if (!t) return t.status();
-    token = std::move(*t);
-  }
   waitSeconds = std::max<int64_t>(0, waitSeconds);
   CurlHandles& c = *curl_;
-  CURL* e = c.easy;
 
   std::string url = url_;
   if (waitSeconds > 0) url += (hasQuery_ ? "&wait=" : "?wait=") + std::to_string(waitSeconds);
@@ -579,44 +579,20 @@ Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t wai
     }
   }
   const auto budget = params_.options.connectTimeout + params_.options.readTimeout + std::chrono::seconds(waitSeconds);
-  if (keptConnectionStale()) {
-    // Dropping the multi handle closes the kept connection (and forgets libcurl's caches).
-    log_->debug("{}: the kept connection is idle too long or closed by the store; opening a new one", where);
-    CURLM* fresh = newMultiHandle();
-    if (fresh == nullptr) return unreachable("libcurl cannot make a multi handle");
-    CURLM* old = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(c.multiMutex);
-      old = c.multi;
-      c.multi = fresh;
-      if (cancelled_.load()) curl_multi_wakeup(fresh);
-    }
-    curl_multi_cleanup(old);
-    keptFd_ = -1;
-  }
   Answer answer;
   answer.limit = params_.maxBytes;
-  curl_easy_setopt(e, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, c.headers);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(budget.count()));
-  curl_easy_setopt(e, CURLOPT_XOAUTH2_BEARER, token.empty() ? nullptr : token.c_str());
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, &answer);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, &answer);
-  // libcurl loads these into the multi handle's DNS cache once per setting.
-  if (c.resolve != nullptr) curl_easy_setopt(e, CURLOPT_RESOLVE, c.resolve);
-  c.error[0] = '\0';
-
-  const CURLcode code = transfer();
-  curl_easy_setopt(e, CURLOPT_XOAUTH2_BEARER, nullptr);  // libcurl's copy of the token goes now
+  auto code = exchange(where, url, budget, answer, nullptr);
+  if (!code) return code.status();
   long connects = 0;
-  curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &connects);
+  curl_easy_getinfo(c.easy, CURLINFO_NUM_CONNECTS, &connects);
   const char* how = connects == 0 ? "kept connection" : "new connection";
 
   if (cancelled_.load()) return unreachable("cancelled");
   if (answer.complete && (answer.status == 429 || answer.status == 503) && answer.retryAfter) {
     retryAfter_ = parseRetryAfter(*answer.retryAfter, static_cast<int64_t>(std::time(nullptr)));
   }
-  if (code != CURLE_OK) return failure(code, answer, where);
+  if (answer.complete && (answer.status == 404 || answer.status == 410)) notRegistered_ = answer.status;
+  if (*code != CURLE_OK) return failure(*code, answer, where);
 
   if (answer.status == 304) {
     if (etag.empty()) return unreachable("HTTP 304 " + answer.reason + " to a request without If-None-Match");
@@ -640,6 +616,82 @@ Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t wai
   out.body = std::move(answer.body);
   log_->debug("{}: 200, {} bytes, ETag {} ({})", where, out.body.size(), out.etag, how);
   return out;
+}
+
+Result<CURLcode> HttpStoreClient::exchange(const std::string& where, const std::string& url,
+                                           std::chrono::milliseconds budget, Answer& answer,
+                                           const std::string* postBody) {
+  std::string token;
+  if (!params_.tokenPath.empty()) {
+    auto t = readToken();
+    if (!t) return t.status();
+    token = std::move(*t);
+  }
+  CurlHandles& c = *curl_;
+  CURL* e = c.easy;
+  if (keptConnectionStale()) {
+    // Dropping the multi handle closes the kept connection (and forgets libcurl's caches).
+    log_->debug("{}: the kept connection is idle too long or closed by the store; opening a new one", where);
+    CURLM* fresh = newMultiHandle();
+    if (fresh == nullptr) return Status::error(ErrorCode::kUnreachable, where + ": libcurl cannot make a multi handle");
+    CURLM* old = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(c.multiMutex);
+      old = c.multi;
+      c.multi = fresh;
+      if (cancelled_.load()) curl_multi_wakeup(fresh);
+    }
+    curl_multi_cleanup(old);
+    keptFd_ = -1;
+  }
+  curl_easy_setopt(e, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, c.headers);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(budget.count()));
+  curl_easy_setopt(e, CURLOPT_XOAUTH2_BEARER, token.empty() ? nullptr : token.c_str());
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, &answer);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, &answer);
+  if (postBody != nullptr) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(postBody->size()));
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, postBody->data());
+  } else {
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+  }
+  // libcurl loads these into the multi handle's DNS cache once per setting.
+  if (c.resolve != nullptr) curl_easy_setopt(e, CURLOPT_RESOLVE, c.resolve);
+  c.error[0] = '\0';
+
+  const CURLcode code = transfer();
+  curl_easy_setopt(e, CURLOPT_XOAUTH2_BEARER, nullptr);  // libcurl's copy of the token goes now
+  if (postBody != nullptr) curl_easy_setopt(e, CURLOPT_POSTFIELDS, static_cast<const char*>(nullptr));
+  return code;
+}
+
+Status HttpStoreClient::post(const std::string& body, const std::vector<std::string>& headers) {
+  retryAfter_.reset();
+  notRegistered_ = 0;
+  const std::string where =
+      "POST " + shown_ + (params_.proxy.url.empty() ? "" : " via proxy " + params_.proxy.describe());
+  if (cancelled_.load()) return Status::error(ErrorCode::kUnreachable, where + ": cancelled");
+  CurlHandles& c = *curl_;
+  curl_slist_free_all(c.headers);
+  c.headers = curl_slist_append(nullptr, "Content-Type: application/json");
+  // No "Expect: 100-continue" round trip before the body.
+  c.headers = curl_slist_append(c.headers, "Expect:");
+  for (const auto& h : headers) {
+    if (!hasControl(h)) c.headers = curl_slist_append(c.headers, h.c_str());
+  }
+  Answer answer;
+  answer.limit = params_.maxBytes;
+  answer.anySuccess = true;
+  auto code = exchange(where, url_, params_.options.connectTimeout + params_.options.readTimeout, answer, &body);
+  if (!code) return code.status();
+  if (cancelled_.load()) return Status::error(ErrorCode::kUnreachable, where + ": cancelled");
+  if (answer.complete && (answer.status == 429 || answer.status == 503) && answer.retryAfter) {
+    retryAfter_ = parseRetryAfter(*answer.retryAfter, static_cast<int64_t>(std::time(nullptr)));
+  }
+  if (*code != CURLE_OK) return failure(*code, answer, where);
+  log_->debug("{}: HTTP {}", where, answer.status);
+  return Status::ok();
 }
 
 Status HttpStoreClient::failure(CURLcode code, const Answer& answer, const std::string& where) const {

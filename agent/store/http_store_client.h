@@ -56,6 +56,7 @@ class HttpStoreClient : public StoreClient {
     int64_t maxBytes = 4194304;
     StoreProxy proxy;  // direct when empty
     StoreClientOptions options;
+    std::string urlKey = "store.source";  // the config key that messages about the URL name
   };
 
   /// Checks the URL, loads ca_file and prepares libcurl. Errors: kInvalid for a malformed URL, a
@@ -72,6 +73,14 @@ class HttpStoreClient : public StoreClient {
   Result<FetchOutcome> fetch(const std::string& etag, int64_t waitSeconds) override;
   /// See StoreClient::retryAfter.
   std::optional<std::chrono::seconds> retryAfter() const override { return retryAfter_; }
+  /// See StoreClient::notRegistered.
+  int notRegistered() const override { return notRegistered_; }
+  /// One POST of `body` (Content-Type: application/json) to the client's URL, for the reports of
+  /// docs/agent.md ("Reports"), with the fetch's token (read now), TLS, proxy and time limits
+  /// (connect + read time-out); `headers` ("Name: value") are added. Any 2xx is a success (the
+  /// answer's body is read and dropped). Errors: kUnreachable as for fetch(), every other status
+  /// included (retryAfter() then holds a 429/503's Retry-After). Not reentrant with fetch().
+  Status post(const std::string& body, const std::vector<std::string>& headers);
   /// See StoreClient::cancel: wakes the fetch in progress, which then drops its transfer; permanent.
   void cancel() override;
   /// scheme://host[:port]/path, without user info or query.
@@ -92,6 +101,11 @@ class HttpStoreClient : public StoreClient {
   // Whether the connection kept by the last fetch must not carry the next one.
   bool keptConnectionStale() const;
   Status failure(CURLcode code, const Answer& answer, const std::string& where) const;
+  // Reads the token, opens a new connection when the kept one is stale, and runs one request on
+  // the easy handle with curl_->headers: a GET, or a POST of `postBody`. The token lives in
+  // libcurl only for the request. Errors: the token file's, or no multi handle.
+  Result<CURLcode> exchange(const std::string& where, const std::string& url, std::chrono::milliseconds budget,
+                            Answer& answer, const std::string* postBody);
 
   Params params_;
   std::string url_;    // the URL as libcurl normalised it, query included
@@ -105,6 +119,14 @@ class HttpStoreClient : public StoreClient {
   int keptFd_ = -1;  // the socket of the connection libcurl kept after the last fetch, -1: none
   std::chrono::steady_clock::time_point keptSince_{};
   std::optional<std::chrono::seconds> retryAfter_;
+  int notRegistered_ = 0;
 };
+
+/// The client of the reports (docs/agent.md, "Reports"): settings.reportUrl with the source's
+/// token file, CA file, proxy rules and time limits (`root` as for makeStoreClient). Errors:
+/// kInvalid when report_url is empty or malformed (messages name store.report_url), or as
+/// makeStoreClient's for the CA file and the proxy.
+Result<std::unique_ptr<HttpStoreClient>> makeReportClient(const StoreSettings& settings, const std::string& root,
+                                                          Logger log, const StoreClientOptions& options = {});
 
 }  // namespace pim

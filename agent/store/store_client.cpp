@@ -16,6 +16,24 @@ bool startsWithNoCase(const std::string& s, const std::string& prefix) {
 
 std::string rooted(const std::string& root, const std::string& path) { return path.empty() ? path : root + path; }
 
+// The parameters of an http(s) client for `url` (the source or the report URL): the same token,
+// CA file, proxy and time limits.
+Result<HttpStoreClient::Params> httpParams(const StoreSettings& settings, const std::string& url,
+                                           const std::string& root, const StoreClientOptions& options) {
+  const std::string scheme = startsWithNoCase(url, "https://") ? "https" : "http";
+  auto proxy = chooseStoreProxy(settings.proxy, scheme,
+                                options.environment ? EnvironmentReader(options.environment) : processEnvironment());
+  if (!proxy) return proxy.status();
+  HttpStoreClient::Params params;
+  params.url = url;
+  params.proxy = std::move(*proxy);
+  params.tokenPath = rooted(root, settings.tokenFile);
+  params.caPath = rooted(root, settings.caFile);
+  params.maxBytes = settings.maxDocumentBytes;
+  params.options = options;
+  return params;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settings, const std::string& root, Logger log,
@@ -39,19 +57,10 @@ Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settin
         std::make_unique<FileStoreClient>(*path, verifier, settings.maxDocumentBytes, std::move(log)));
   }
   if (startsWithNoCase(settings.source, "http://") || startsWithNoCase(settings.source, "https://")) {
-    const std::string scheme = startsWithNoCase(settings.source, "https://") ? "https" : "http";
-    auto proxy = chooseStoreProxy(settings.proxy, scheme,
-                                  options.environment ? EnvironmentReader(options.environment) : processEnvironment());
-    if (!proxy) return proxy.status();
-    HttpStoreClient::Params params;
-    params.url = settings.source;
-    params.proxy = std::move(*proxy);
-    params.tokenPath = rooted(root, settings.tokenFile);
-    params.caPath = rooted(root, settings.caFile);
-    params.verifier = verifier;
-    params.maxBytes = settings.maxDocumentBytes;
-    params.options = options;
-    auto client = HttpStoreClient::create(std::move(params), std::move(log));
+    auto params = httpParams(settings, settings.source, root, options);
+    if (!params) return params.status();
+    params->verifier = verifier;
+    auto client = HttpStoreClient::create(std::move(*params), std::move(log));
     if (!client) return client.status();
     return std::unique_ptr<StoreClient>(std::move(*client));
   }
@@ -60,6 +69,15 @@ Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settin
   if (scheme.size() > 16) scheme = scheme.substr(0, 16) + "...";
   return Status::error(ErrorCode::kInvalid,
                        "store.source: unsupported scheme '" + scheme + "' (expected https://, http:// or file://)");
+}
+
+Result<std::unique_ptr<HttpStoreClient>> makeReportClient(const StoreSettings& settings, const std::string& root,
+                                                          Logger log, const StoreClientOptions& options) {
+  if (settings.reportUrl.empty()) return Status::error(ErrorCode::kInvalid, "store.report_url: not set");
+  auto params = httpParams(settings, settings.reportUrl, root, options);
+  if (!params) return params.status();
+  params->urlKey = "store.report_url";
+  return HttpStoreClient::create(std::move(*params), std::move(log));
 }
 
 }  // namespace pim

@@ -68,6 +68,11 @@ class StoreClient {
   /// any other outcome or a malformed value. Not capped here. Call from the fetching thread.
   virtual std::optional<std::chrono::seconds> retryAfter() const { return std::nullopt; }
 
+  /// 404 or 410 when the last fetch's answer was that status: the store does not know this
+  /// instance (yet), which is not an outage (docs/agent.md, "Answers"); 0 for any other outcome.
+  /// Call from the fetching thread.
+  virtual int notRegistered() const { return 0; }
+
   /// Aborts the fetch in progress, if any, promptly (within ~100 ms, whatever its phase, a name
   /// look-up that hangs included), and makes every later fetch fail at once with kUnreachable
   /// "cancelled".

@@ -46,3 +46,32 @@ TEST_CASE("config: store.proxy is empty (the environment), none, or a proxy URL"
     CHECK(c.status().message().find("s3cret") == std::string::npos);
   }
 }
+
+TEST_CASE("config: store.report_url is empty (no reports) or an http(s) URL; report_interval_s 1..86400",
+          "[config][report]") {
+  auto d = pim::parseConfig("");
+  REQUIRE(d.isOk());
+  CHECK(d->store.reportUrl.empty());
+  CHECK(d->store.reportIntervalS == 300);
+  auto c = pim::parseConfig(
+      "[store]\nreport_url = https://portal.example/v1/instances/i-1/access/report\nreport_interval_s = 60\n");
+  INFO(c.status().toString());
+  REQUIRE(c.isOk());
+  CHECK(c->store.reportUrl == "https://portal.example/v1/instances/i-1/access/report");
+  CHECK(c->store.reportIntervalS == 60);
+  for (const char* bad : {"portal.example/report", "ftp://portal.example/r", "file:///tmp/r", "https://a b/r",
+                          "http://user:s3cret@ x/"}) {
+    INFO("'" << bad << "'");
+    auto r = pim::parseConfig(std::string("[store]\nreport_url = ") + bad + "\n");
+    REQUIRE_FALSE(r.isOk());
+    CHECK(r.status().code() == pim::ErrorCode::kInvalid);
+    CHECK(r.status().message().find("store.report_url") != std::string::npos);
+    CHECK(r.status().message().find("s3cret") == std::string::npos);
+  }
+  for (const char* bad : {"0", "-1", "86401", "5m", ""}) {
+    INFO("'" << bad << "'");
+    auto r = pim::parseConfig(std::string("[store]\nreport_interval_s = ") + bad + "\n");
+    REQUIRE_FALSE(r.isOk());
+    CHECK(r.status().message().find("store.report_interval_s") != std::string::npos);
+  }
+}

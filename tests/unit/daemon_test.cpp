@@ -565,6 +565,10 @@ TEST_CASE("daemon: the STATUS= line says where the agent stands", "[daemon]") {
   down.outcome = "unreachable";
   down.error = "store https://portal.example/x: HTTP 404 Not Found";
   CHECK(statusLine(down) == "waiting for the store: store https://portal.example/x: HTTP 404 Not Found");
+  down.notRegistered = 404;  // the store does not know the instance yet: not an outage
+  CHECK(statusLine(down) == "waiting for the store (404: not registered yet)");
+  down.notRegistered = 410;
+  CHECK(statusLine(down) == "waiting for the store (410: not registered yet)");
   CycleReport partial = r;
   partial.exitCode = 5;
   partial.outcome = "partial";
@@ -722,4 +726,40 @@ TEST_CASE("daemon: SIGTERM stops it within 2 s while the store's name look-up ha
   if (!test::runsHere(run.has_value(), why)) return;
   INFO(run->output);
   CHECK(run->exit == 0);
+}
+
+TEST_CASE("wait: returns within a poll interval after a store that answered 404 starts serving", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  const bool longPoll = GENERATE(false, true);
+  storetest::StoreTestServer server;  // 404 until a document is set
+  Settings settings{{"store.source", server.url()}, {"store.poll_interval_s", "2"}};
+  if (longPoll) settings["store.long_poll_s"] = "30";
+  AgentBox box(settings);
+  auto daemon = box.startDaemon();
+  // Several 404s, asked again at the poll interval (or held as long polls), never backed off.
+  REQUIRE(server.waitForRequests(2, seconds(6)));
+  std::this_thread::sleep_for(milliseconds(longPoll ? 500 : 4500));
+  INFO(daemon->err());
+  CHECK(daemon->err().find("retrying in") == std::string::npos);
+  CHECK_THAT(daemon->err(), Catch::Contains("does not know this instance yet (HTTP 404)"));
+  CHECK(box.history().empty());
+
+  std::vector<std::string> argv{agentBinary(), "--config", box.configPath(), "--root",
+                                box.root(),    "wait",     "--timeout",      "30"};
+  ChildProcess waiting(argv, {}, box.dir() + "/wait.out", box.dir() + "/wait.err");
+  std::this_thread::sleep_for(milliseconds(300));
+  REQUIRE(waiting.running());
+  const auto registered = SteadyClock::now();
+  server.setDocument(keysDocument(1, {"k-one"}));
+  auto code = waiting.waitExit(seconds(10));
+  const auto took = SteadyClock::now() - registered;
+  INFO("wait returned " << std::chrono::duration_cast<milliseconds>(took).count() << " ms after registration");
+  REQUIRE(code.has_value());
+  CHECK(*code == 0);
+  // One poll interval (2 s) plus the first cycle (~0.7 s on an idle machine: useradd, sshd -t
+  // and -T) and wait's 200 ms look. A long poll held by the store answers at once: what remains is
+  // that first cycle (under 1 s idle; the bound leaves room for a loaded CI machine).
+  CHECK(took < (longPoll ? milliseconds(1500) : milliseconds(3500)));
+  if (longPoll) CHECK(server.heldLongPolls() >= 1);  // the 404 long poll was held, then answered
+  stopWith(*daemon, SIGTERM);
 }

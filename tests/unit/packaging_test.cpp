@@ -70,6 +70,8 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
   CHECK(c.store.pollIntervalS == d.store.pollIntervalS);
   CHECK(c.store.longPollS == d.store.longPollS);
   CHECK(c.store.maxDocumentBytes == d.store.maxDocumentBytes);
+  CHECK(c.store.reportUrl == d.store.reportUrl);
+  CHECK(c.store.reportIntervalS == d.store.reportIntervalS);
   CHECK(c.host.loginUser == d.host.loginUser);
   CHECK(c.host.transferRoot == d.host.transferRoot);
   CHECK(c.host.transferGroup == d.host.transferGroup);
@@ -93,6 +95,8 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
                                           "store.poll_interval_s",
                                           "store.long_poll_s",
                                           "store.max_document_bytes",
+                                          "store.report_url",
+                                          "store.report_interval_s",
                                           "host.login_user",
                                           "host.transfer_root",
                                           "host.transfer_group",

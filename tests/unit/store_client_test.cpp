@@ -1451,3 +1451,23 @@ TEST_CASE("store http: no descriptor of the client is inherited by the programs 
   }
   CHECK(added.empty());
 }
+
+TEST_CASE("store: 404 and 410 say 'not registered yet'; other statuses do not", "[store]") {
+  pim::storetest::StoreTestServer server;  // no document: 404
+  StoreSettings settings;
+  settings.source = server.url();
+  auto client = pim::makeStoreClient(settings, "", pim::nullLogger());
+  REQUIRE(client.isOk());
+  CHECK_FALSE((*client)->fetch("", 0).isOk());
+  CHECK((*client)->notRegistered() == 404);
+  server.setForcedStatus(410);
+  CHECK_FALSE((*client)->fetch("", 0).isOk());
+  CHECK((*client)->notRegistered() == 410);
+  server.setForcedStatus(503);
+  CHECK_FALSE((*client)->fetch("", 0).isOk());
+  CHECK((*client)->notRegistered() == 0);
+  server.setForcedStatus(0);
+  server.setDocument("{}");
+  CHECK((*client)->fetch("", 0).isOk());
+  CHECK((*client)->notRegistered() == 0);
+}

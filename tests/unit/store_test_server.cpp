@@ -305,6 +305,14 @@ void StoreTestServer::handle(Poco::Net::HTTPServerRequest& raw, Poco::Net::HTTPS
     rec.path = raw.getURI();
   }
   for (const auto& h : raw) rec.headers[lower(h.first)] = h.second;
+  if (rec.method == "POST" || rec.method == "PUT") {
+    std::istream& in = raw.stream();
+    char buf[8192];
+    while (in && rec.body.size() < (size_t(1) << 20)) {
+      in.read(buf, sizeof buf);
+      rec.body.append(buf, size_t(in.gcount()));
+    }
+  }
   {
     std::lock_guard<std::mutex> lock(mutex_);
     requests_.push_back(rec);
@@ -318,9 +326,61 @@ void StoreTestServer::handle(Poco::Net::HTTPServerRequest& raw, Poco::Net::HTTPS
   }
 }
 
+void StoreTestServer::receiveReport(Exchange& ex) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  reports_.push_back(ex.request.body);
+  cv_.notify_all();
+  cv_.wait(lock, [&] { return stopping_ || !reportHang_; });
+  if (stopping_) {
+    lock.unlock();
+    ex.abortConnection();
+    return;
+  }
+  const int status = reportStatus_;
+  lock.unlock();
+  ex.response.setStatusAndReason(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(status));
+  ex.response.setContentLength(0);
+  ex.response.send();
+}
+
+std::vector<std::string> StoreTestServer::reports() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return reports_;
+}
+
+bool StoreTestServer::waitForReports(size_t n, std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return cv_.wait_for(lock, timeout, [&] { return reports_.size() >= n; });
+}
+
+void StoreTestServer::setReportStatus(int status) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  reportStatus_ = status;
+}
+
+void StoreTestServer::setReportHang(bool hang) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    reportHang_ = hang;
+  }
+  cv_.notify_all();
+}
+
 void StoreTestServer::serveDocument(Exchange& ex) {
   auto& response = ex.response;
+  if (ex.request.method == "POST" && ex.request.path.size() >= 7 &&
+      ex.request.path.compare(ex.request.path.size() - 7, 7, "/report") == 0) {
+    receiveReport(ex);
+    return;
+  }
+  int wait = 0;
+  auto w = ex.request.query.find("wait");
+  if (w != ex.request.query.end()) wait = std::atoi(w->second.c_str());
   std::unique_lock<std::mutex> lock(mutex_);
+  if (!body_ && forcedStatus_ == 0 && wait > 0) {
+    cv_.wait_for(lock, std::chrono::seconds(wait), [&] { return stopping_ || body_.has_value(); });
+    ++heldLongPolls_;
+  }
   if (forcedStatus_ != 0) {
     int status = forcedStatus_;
     lock.unlock();
@@ -337,9 +397,6 @@ void StoreTestServer::serveDocument(Exchange& ex) {
     return;
   }
   const std::string inm = ex.request.header("If-None-Match");
-  int wait = 0;
-  auto w = ex.request.query.find("wait");
-  if (w != ex.request.query.end()) wait = std::atoi(w->second.c_str());
   if (!inm.empty() && inm == etag_) {
     if (wait > 0) {
       const std::string before = etag_;

@@ -44,6 +44,7 @@ struct RecordedRequest {
   std::map<std::string, std::string> query;    // decoded query parameters (last one wins)
   std::map<std::string, std::string> headers;  // header names in lower case
   std::string peer;                            // the client's address:port, one per connection
+  std::string body;                            // the request body of a POST or PUT (up to 1 MiB)
   /// The header's value, "" when absent (name is case-insensitive).
   std::string header(const std::string& name) const;
   /// Whether the header was sent (name is case-insensitive).
@@ -106,13 +107,25 @@ class StoreTestServer {
   // Built-in document store: answers 200 with the document, its ETag and (when set) its
   // X-Access-Signature; 304 when If-None-Match equals the ETag, after holding the request up to
   // `wait` seconds (query parameter) for a new document; 404 before any document;
-  // forcedStatus() answers that status instead when non-zero.
+  // forcedStatus() answers that status instead when non-zero. Before any document, a long poll
+  // (wait=N) is held until a document comes (200) or N seconds passed (404), like a store that
+  // registers instances. The receiving end of reports: a POST to a path ending in "/report" is
+  // kept (reports()) and answered 204, or reportStatus(), or never while reportHang() is on.
   /// Replaces the document (wakes held long polls). etag "" = "\"<sha256 of body>\"".
   void setDocument(std::string body, std::string etag = "", std::string signature = "");
   /// Makes the built-in store answer `status` (with an empty body) until set back to 0.
   void setForcedStatus(int status);
   /// Long polls that the built-in store held (answered 304 after waiting, or woken by a change).
   int heldLongPolls() const;
+  /// The bodies of the reports received so far (built-in store), in arrival order.
+  std::vector<std::string> reports() const;
+  /// Blocks until at least n reports arrived or the timeout passed; returns whether they did.
+  bool waitForReports(size_t n, std::chrono::milliseconds timeout) const;
+  /// The status the built-in store answers reports with (204 by default).
+  void setReportStatus(int status);
+  /// While on, the built-in store never answers a report (it holds it until the server stops or
+  /// this is turned off).
+  void setReportHang(bool hang);
 
   // For custom handlers.
   /// Whether the server is being destroyed (long-running handlers must return).
@@ -127,6 +140,7 @@ class StoreTestServer {
   friend class StoreTestRequestHandler;
   void handle(Poco::Net::HTTPServerRequest& raw, Poco::Net::HTTPServerResponse& response);
   void serveDocument(Exchange& ex);
+  void receiveReport(Exchange& ex);
   void start(const Tls* tls, const KeepAlive* keepAlive);
 
   Handler handler_;
@@ -143,6 +157,9 @@ class StoreTestServer {
   std::string signature_;
   int forcedStatus_ = 0;
   int heldLongPolls_ = 0;
+  std::vector<std::string> reports_;
+  int reportStatus_ = 204;
+  bool reportHang_ = false;
   bool stopping_ = false;
   std::atomic<int64_t> bytesWritten_{0};
 };
