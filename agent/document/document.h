@@ -20,6 +20,8 @@ inline constexpr size_t kMaxJsonContainers = 32768;
 inline constexpr size_t kMaxJsonValues = 262144;
 /// Most entries accepted in network.allowed_sources.
 inline constexpr size_t kMaxAllowedSources = 1024;
+/// Most entries accepted in one key's or account's own allowed_sources.
+inline constexpr size_t kMaxEntrySources = 256;
 /// Longest ssh.keys[].owner accepted, in bytes.
 inline constexpr size_t kMaxOwnerBytes = 256;
 
