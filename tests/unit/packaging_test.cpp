@@ -79,17 +79,31 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
   CHECK(c.sshd.binary == d.sshd.binary);
   CHECK(c.sshd.reloadCommand == d.sshd.reloadCommand);
   CHECK(c.sshd.permitRootLogin == d.sshd.permitRootLogin);
+  CHECK(c.network.firewall == d.network.firewall);
+  CHECK(c.network.nftBinary == d.network.nftBinary);
+  CHECK(c.defender.enabled == d.defender.enabled);
+  CHECK(c.defender.maxFailures == d.defender.maxFailures);
+  CHECK(c.defender.windowS == d.defender.windowS);
+  CHECK(c.defender.banS == d.defender.banS);
+  CHECK(c.defender.logFile == d.defender.logFile);
   CHECK(c.state.db == d.state.db);
   CHECK(c.state.metricsFile == d.state.metricsFile);
 
   // Every key of the contract's config block (docs/agent.md) plus the metrics file.
-  const std::set<std::string> expected = {"store.source",       "store.instance",           "store.token_file",
-                                          "store.ca_file",      "store.signing_key",        "store.poll_interval_s",
-                                          "store.long_poll_s",  "store.max_document_bytes", "host.login_user",
-                                          "host.transfer_root", "host.transfer_group",      "host.chroot_base",
-                                          "host.always_allow",  "sshd.main_config",         "sshd.dropin",
-                                          "sshd.binary",        "sshd.reload_command",      "sshd.permit_root_login",
-                                          "state.db",           "state.metrics_file"};
+  const std::set<std::string> expected = {"store.source",        "store.instance",
+                                          "store.token_file",    "store.ca_file",
+                                          "store.signing_key",   "store.poll_interval_s",
+                                          "store.long_poll_s",   "store.max_document_bytes",
+                                          "host.login_user",     "host.transfer_root",
+                                          "host.transfer_group", "host.chroot_base",
+                                          "host.always_allow",   "sshd.main_config",
+                                          "sshd.dropin",         "sshd.binary",
+                                          "sshd.reload_command", "sshd.permit_root_login",
+                                          "network.firewall",    "network.nft_binary",
+                                          "defender.enabled",    "defender.max_failures",
+                                          "defender.window_s",   "defender.ban_s",
+                                          "defender.log_file",   "state.db",
+                                          "state.metrics_file"};
   CHECK(keysOf(text) == expected);
 }
 
