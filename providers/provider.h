@@ -4,6 +4,7 @@
 // reconciler drives.
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -82,6 +83,11 @@ class Provider {
   virtual Result<std::vector<Action>> plan(const Desired& desired, Host& host) = 0;
   /// Applies one action that this provider's plan() returned. Never throws.
   virtual Status apply(const Action& action, const Desired& desired, Host& host) = 0;
+  /// Applies several actions of this provider's last plan, of one stage, and returns one Status
+  /// per action, in order. The default applies them one by one; a provider may batch (one process
+  /// for many accounts) as long as each subject's actions keep their order and an action of a
+  /// subject whose earlier action failed is not applied (its Status says so). Never throws.
+  virtual std::vector<Status> applyAll(const std::vector<Action>& actions, const Desired& desired, Host& host);
   /// Entries the last plan() refused (a foreign user, an unsafe folder), by id with the reason;
   /// they are reported with the document's skipped entries.
   virtual std::vector<SkippedEntry> skipped() const { return {}; }
@@ -97,5 +103,32 @@ class Provider {
     return {};
   }
 };
+
+/// What applyAll() answers for an action it did not apply because an earlier step of its subject
+/// (or a subject-less step of its provider) failed: that failure is the one reported.
+inline constexpr const char* kNotAppliedAfterFailure = "not applied: an earlier step for it failed";
+
+/// Whether `action` may still run after the failures of `failed` (the subjects with a failed step,
+/// "" for a step that concerned no subject): revocations always run; anything else waits for none
+/// of its subject's steps, nor a subject-less step of its provider, to have failed.
+inline bool mayRun(const Action& action, const std::set<std::string>& failed) {
+  if (action.stage == Stage::kRevoke) return true;
+  return !failed.count("") && (action.subject.empty() || !failed.count(action.subject));
+}
+
+inline std::vector<Status> Provider::applyAll(const std::vector<Action>& actions, const Desired& desired, Host& host) {
+  std::vector<Status> out;
+  out.reserve(actions.size());
+  std::set<std::string> failed;
+  for (const auto& a : actions) {
+    if (!mayRun(a, failed)) {
+      out.push_back(Status::error(ErrorCode::kInternal, kNotAppliedAfterFailure));
+      continue;
+    }
+    out.push_back(apply(a, desired, host));
+    if (!out.back()) failed.insert(a.subject);
+  }
+  return out;
+}
 
 }  // namespace pim

@@ -153,6 +153,10 @@ class SftpAccountsProvider : public Provider {
   /// Things apply() did that a person should know (a removal deferred because the user still
   /// runs processes). Cleared by plan().
   std::vector<std::string> reports() const override { return reports_; }
+  /// Batches what one process can do for many accounts: the new accounts (intents in one ledger
+  /// write, then one systemd-sysusers run), the passwords (one chpasswd -e), the intents of the
+  /// keys files (one ledger write); the rest goes through apply() in order.
+  std::vector<Status> applyAll(const std::vector<Action>& actions, const Desired& desired, Host& host) override;
   /// A "lock" of `subject` when it is an owned, existing account not yet locked for every method.
   std::vector<Action> containActions(const std::string& subject, const Desired& desired, Host& host) override;
 

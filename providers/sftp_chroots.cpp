@@ -397,18 +397,41 @@ Status SftpChrootsProvider::unmountAll(const std::string& target, Host& host) {
                        target);
 }
 
+std::vector<Status> SftpChrootsProvider::applyAll(const std::vector<Action>& actions, const Desired& desired,
+                                                  Host& host) {
+  // The intents of a batch's directories and mounts in one ledger write each, instead of one
+  // durable write per directory and mount; apply() then finds them recorded.
+  std::vector<std::string> dirs, mounts;
+  for (const auto& a : actions) {
+    if (a.verb == "mkdir" && !ledger_.owns("file", a.object)) dirs.push_back(a.object);
+    if ((a.verb == "mount" || a.verb == "remount") && !ledger_.owns("mount", a.object)) mounts.push_back(a.object);
+  }
+  if (dirs.size() >= 2) (void)ledger_.recordCreatedAll("file", dirs);
+  if (mounts.size() >= 2) (void)ledger_.recordCreatedAll("mount", mounts);
+  return Provider::applyAll(actions, desired, host);
+}
+
 Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, Host& host) {
   (void)desired;
   const std::string& path = action.object;
   if (action.verb == "mkdir") {
-    if (Status s = host.makeDirectory(path, {kChrootMode, 0, 0}); !s) return s;
-    auto info = host.lstat(path);
-    if (!info) return info.status();
-    if (!rootOwned0755(*info)) {
-      return Status::error(ErrorCode::kUnsafe, "mkdir " + path + ": found " + describeOwner(*info) + " in the way",
-                           path);
+    // Intent first (applyAll() records a batch's at once): a crash between the two leaves a
+    // record of a directory that is not there, which the next plan forgets, never a directory
+    // the agent would take for someone else's.
+    const bool recorded = ledger_.owns("file", path);
+    if (!recorded) {
+      if (Status s = ledger_.recordCreated("file", path); !s) return s;
     }
-    if (Status s = ledger_.recordCreated("file", path); !s) return s;
+    Status made = host.makeDirectory(path, {kChrootMode, 0, 0});
+    auto info = host.lstat(path);
+    if (made && info && !rootOwned0755(*info)) {
+      made =
+          Status::error(ErrorCode::kUnsafe, "mkdir " + path + ": found " + describeOwner(*info) + " in the way", path);
+    }
+    if (!made || !info) {
+      (void)ledger_.recordRemoved("file", path);  // not made by the agent
+      return made ? info.status() : made;
+    }
     log_->info("created {}", path);
     return Status::ok();
   }
@@ -433,8 +456,13 @@ Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, 
     if (action.verb == "remount") {
       if (Status s = unmountAll(path, host); !s) return s;
     }
-    if (Status s = host.bindMount(action.payload, path); !s) return s;
-    if (Status s = ledger_.recordCreated("mount", path); !s) return s;
+    if (!ledger_.owns("mount", path)) {
+      if (Status s = ledger_.recordCreated("mount", path); !s) return s;  // intent first, as for mkdir
+    }
+    if (Status s = host.bindMount(action.payload, path); !s) {
+      (void)ledger_.recordRemoved("mount", path);
+      return s;
+    }
     log_->info("mounted {} on {}", action.payload, path);
     return Status::ok();
   }

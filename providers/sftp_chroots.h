@@ -114,6 +114,9 @@ class SftpChrootsProvider : public Provider {
   /// kUnsafe, kIo. Never throws.
   Status apply(const Action& action, const Desired& desired, Host& host) override;
 
+  /// Records the intents of the batch's directories and mounts in one ledger write each, then
+  /// applies the actions one by one (Provider::applyAll).
+  std::vector<Status> applyAll(const std::vector<Action>& actions, const Desired& desired, Host& host) override;
   /// Accounts refused by the last plan(), by account id, with the reason.
   std::vector<SkippedEntry> skipped() const override { return skipped_; }
   /// What apply() did that a person should know: busy mounts detached lazily, directories left

@@ -23,6 +23,12 @@ Status StateLedger::recordCreated(const std::string& kind, const std::string& na
   return state_.addOwned(*k, name, generation_);
 }
 
+Status StateLedger::recordCreatedAll(const std::string& kind, const std::vector<std::string>& names) {
+  auto k = parseOwnedKind(kind);
+  if (!k) return Status::error(ErrorCode::kInternal, "ledger: unknown kind " + kind);
+  return state_.addOwnedAll(*k, names, generation_);
+}
+
 Status StateLedger::recordRemoved(const std::string& kind, const std::string& name) {
   auto k = parseOwnedKind(kind);
   if (!k) return Status::error(ErrorCode::kInternal, "ledger: unknown kind " + kind);

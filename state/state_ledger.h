@@ -17,6 +17,8 @@ class StateLedger : public Ledger {
   std::vector<std::string> owned(const std::string& kind) const override;
   Status recordCreated(const std::string& kind, const std::string& name) override;
   Status recordRemoved(const std::string& kind, const std::string& name) override;
+  /// One transaction for all of them.
+  Status recordCreatedAll(const std::string& kind, const std::vector<std::string>& names) override;
 
  private:
   StateStore& state_;

@@ -971,6 +971,22 @@ Result<PollStatus> StateStore::pollStatus() const {
 
 // ---- owned objects ----
 
+Status StateStore::addOwnedAll(OwnedKind kind, const std::vector<std::string>& names,
+                               std::optional<int64_t> generation) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const std::string what =
+      std::string("record ") + std::to_string(names.size()) + " owned " + ownedKindName(kind) + " in";
+  auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
+  if (!txn) return txn.status();
+  auto stmt = Statement::prepare(*db_, sql::kInsertOwned, what);
+  if (!stmt) return stmt.status();
+  for (const auto& name : names) {
+    stmt->bind(1, ownedKindName(kind)).bind(2, name).bind(3, generation);
+    if (Status st = stmt->run(); !st) return st;
+  }
+  return (*txn)->commit();
+}
+
 Status StateStore::addOwned(OwnedKind kind, const std::string& name, std::optional<int64_t> generation) {
   std::lock_guard<std::mutex> lock(mutex_);
   const std::string what = std::string("record owned ") + ownedKindName(kind) + " " + name + " in";

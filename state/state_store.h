@@ -139,6 +139,8 @@ class StateStore {
   /// Records that the agent created object `name` of `kind` in `generation` (nullopt: unknown,
   /// e.g. rebuilt from the host). Idempotent: an object already owned keeps its first generation.
   Status addOwned(OwnedKind kind, const std::string& name, std::optional<int64_t> generation);
+  /// addOwned() for several names of one kind, in one transaction (all or none).
+  Status addOwnedAll(OwnedKind kind, const std::vector<std::string>& names, std::optional<int64_t> generation);
   /// Forgets an owned object (after the agent removed it). Idempotent.
   Status removeOwned(OwnedKind kind, const std::string& name);
   /// True when the agent created object `name` of `kind`.

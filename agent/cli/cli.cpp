@@ -32,6 +32,8 @@ constexpr const char* kUsage =
     "  show N         one generation: its document (secrets masked) and its changes\n"
     "  rollback N     re-apply generation N's document and pin it\n"
     "  resume         lift the pin\n"
+    "  wait [--timeout S] [--revision R]\n"
+    "                 wait until a store document (of revision R or above) is applied on the host\n"
     "  version        print the version\n"
     "options: --json (plan, status, history, show)\n";
 
@@ -73,6 +75,12 @@ Result<CliOptions> parseArgs(int argc, char** argv) {
       if (!s) return s;
     } else if (a == "--log-level") {
       Status s = take(o.logLevel);
+      if (!s) return s;
+    } else if (a == "--timeout") {
+      Status s = take(o.timeout);
+      if (!s) return s;
+    } else if (a == "--revision") {
+      Status s = take(o.revision);
       if (!s) return s;
     } else if (a == "--json" && !inlineValue) {
       o.json = true;
@@ -189,6 +197,10 @@ int runCli(int argc, char** argv) {
     if (c == "once" && noArgs()) return cmdOnce(*config, *failpoints);
     if (c == "rollback") return cmdRollback(*config, o, *failpoints);
     if (c == "resume" && noArgs()) return cmdResume(*config);
+    if (c == "wait" && noArgs()) return cmdWait(*config, o);
+    if ((!o.timeout.empty() || !o.revision.empty()) && c != "wait") {
+      return jsonOr(o, "--timeout and --revision are options of wait only");
+    }
     if (c == "status" && noArgs()) return cmdStatus(*config, o.json);
     if (c == "history" && noArgs()) return cmdHistory(*config, o.json);
     if (c == "show") {
@@ -198,7 +210,7 @@ int runCli(int argc, char** argv) {
     if (c == "enforce-perms" && noArgs()) return cmdEnforcePerms(*config);
     if (c == "run" && noArgs()) return cmdRun([o]() { return loadCheckedConfig(o); }, *failpoints);
     if (c == "plan" || c == "once" || c == "resume" || c == "status" || c == "history" || c == "enforce-perms" ||
-        c == "run") {
+        c == "run" || c == "wait") {
       return jsonOr(o, c + " takes no arguments");
     }
     return jsonOr(o, "unknown command " + c);

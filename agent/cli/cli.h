@@ -17,6 +17,7 @@ enum ExitCode : int {
   kExitUnreachable = 4,
   kExitApplyFailed = 5,
   kExitBusy = 6,
+  kExitTimedOut = 7,
 };
 
 /// The parsed command line; options may stand before or after the command.
@@ -29,6 +30,8 @@ struct CliOptions {
   std::string command;
   std::vector<std::string> args;
   bool json = false;
+  std::string timeout;   // wait --timeout S
+  std::string revision;  // wait --revision R
 };
 
 /// Prints the message and the usage on stderr; returns kExitUsage.

@@ -32,6 +32,12 @@ int cmdShow(const Config& config, const std::string& generation, bool json);
 int cmdRollback(const Config& config, const CliOptions& o, const FailPoints& failpoints);
 /// `resume`: lifts the pin.
 int cmdResume(const Config& config);
+/// `wait [--timeout S] [--revision R]`: returns 0 as soon as a store document (of revision R or
+/// above, when given) is applied on the host; 3 when that document was rejected, 5 when its cycle
+/// did not apply everything, 7 when the time-out (default 600 s) passes first (4 when the last
+/// poll could not reach the store). Reads the state database only; for cloud-init and
+/// provisioning scripts.
+int cmdWait(const Config& config, const CliOptions& o);
 /// `version`: prints the version.
 int cmdVersion();
 

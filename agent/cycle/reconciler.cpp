@@ -199,17 +199,51 @@ Reconciler::Outcome Reconciler::converge(const Desired& desired, Host& host, boo
           injected("after-action:" + std::to_string(appliedCount) + " (after " + action.describe() + ")").message()});
     }
   };
+  // Failpoints count and fail single actions: with one armed, actions go one by one; otherwise
+  // each provider gets its actions of a stage at once (Provider::applyAll may batch them).
+  const bool oneByOne =
+      failpoints_.crashAfterAction || failpoints_.failAfterAction || !failpoints_.failProvider.empty();
   auto applyStage = [&](Stage stage) {
     for (size_t i = 0; i < providers_.size(); ++i) {
       if (!plans.planned[i]) continue;
       Provider& provider = *providers_[i];
+      std::vector<Action> batch;
       for (const auto& action : plans.actions[i]) {
         if (action.stage != stage) continue;
         if (stage != Stage::kRevoke) {
           if (failedProviders.count(provider.name())) continue;
           if (!action.subject.empty() && failedSubjects.count(action.subject)) continue;
         }
-        applyOne(provider, action);
+        if (oneByOne) {
+          applyOne(provider, action);
+        } else {
+          batch.push_back(action);
+        }
+      }
+      if (batch.empty()) continue;
+      std::vector<Status> results;
+      try {
+        results = provider.applyAll(batch, d, host);
+      } catch (const std::exception& e) {
+        results.assign(batch.size(), Status::error(ErrorCode::kInternal, "threw: " + std::string(e.what())));
+      }
+      results.resize(batch.size(), Status::error(ErrorCode::kInternal, "not applied"));
+      for (size_t k = 0; k < batch.size(); ++k) {
+        const Action& action = batch[k];
+        if (results[k]) {
+          log_->debug("applied {} {}", stageName(action.stage), action.describe());
+          out.applied.push_back(action);
+          continue;
+        }
+        if (results[k].message() == kNotAppliedAfterFailure) continue;  // the earlier failure is reported
+        FailedPart f{provider.name(), action.describe(), action.subject, results[k].message()};
+        log_->error("{}", f.describe());
+        out.failures.push_back(std::move(f));
+        if (action.subject.empty()) {
+          failedProviders.insert(provider.name());
+        } else {
+          failedSubjects.insert(action.subject);
+        }
       }
     }
   };

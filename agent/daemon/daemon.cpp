@@ -101,6 +101,28 @@ std::chrono::milliseconds backoffBase(int64_t pollIntervalS) {
   return std::chrono::milliseconds(std::min<int64_t>(pollMs, kMaxBackoffBase.count()));
 }
 
+std::string statusLine(const CycleReport& r) {
+  auto cut = [](std::string text) {
+    if (text.size() > 160) text = text.substr(0, 157) + "...";
+    return text;
+  };
+  const std::string revision = r.revision ? "revision " + std::to_string(*r.revision) : std::string("no document");
+  const std::string generation = r.generation ? " (generation " + std::to_string(*r.generation) + ")" : "";
+  switch (r.exitCode) {
+    case 0:
+      if (!r.revision) return "no document in force yet";
+      return (r.outcome == "applied" || r.outcome == "rolled_back" ? "applied " : "in force: ") + revision + generation;
+    case 3:
+      return "document rejected: " + cut(r.error);
+    case 4:
+      return "waiting for the store: " + cut(r.error);
+    case 5:
+      return revision + generation + " " + r.outcome + ", retried: " + cut(r.error);
+    default:
+      return "error: " + cut(r.error);
+  }
+}
+
 Daemon::Daemon(std::function<Result<Config>()> loadConfig, Logger log, FailPoints failpoints)
     : loadConfig_(std::move(loadConfig)), log_(std::move(log)), failpoints_(std::move(failpoints)) {}
 
@@ -398,8 +420,12 @@ void Daemon::workDone() {
     seenMark_ = out.mark;
     nextExpiry_ = out.nextExpiry;
   }
-  if (!readyNotified_ && !interrupted) {
-    sdNotify("READY=1\nSTATUS=first cycle done: " + r.outcome);
+  if (!interrupted) {
+    // READY=1 after the first cycle, whatever it did (a store down at boot must not hold the
+    // unit in "activating"); STATUS= says where the agent stands after every cycle.
+    const std::string status = "STATUS=" + statusLine(r);
+    if (status != lastStatus_ || !readyNotified_) sdNotify(readyNotified_ ? status : "READY=1\n" + status);
+    lastStatus_ = status;
     readyNotified_ = true;
   }
   if (stopping_) {

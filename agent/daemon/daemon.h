@@ -52,6 +52,11 @@ void guardAgainstSigpipe();
 /// The first retry ceiling after a failure: min(poll interval, 2 s) (at least 1 ms).
 std::chrono::milliseconds backoffBase(int64_t pollIntervalS);
 
+/// The systemd STATUS= text for a cycle's report: "applied revision 42 (generation 7)",
+/// "waiting for the store: <why>", "document rejected: <why>", "revision 42 (generation 7)
+/// partial, retried: <why>".
+std::string statusLine(const CycleReport& r);
+
 class Daemon {
  public:
   /// `loadConfig` is called at start and on each SIGHUP; `failpoints` (tests) go to every Agent
@@ -204,6 +209,7 @@ class Daemon {
   bool reloadPending_ = false;
   bool cycleRequested_ = false;
   bool reapplyRequested_ = false;
+  std::string lastStatus_;                                  // the last STATUS= sent to systemd
   GenerationCause reapplyCause_ = GenerationCause::kDrift;  // of the re-apply requested
   bool readyNotified_ = false;
   bool inForceReapplied_ = false;  // the generation in force was re-applied while the store was down

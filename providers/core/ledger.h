@@ -23,6 +23,14 @@ class Ledger {
   virtual Status recordCreated(const std::string& kind, const std::string& name) = 0;
   /// Records that the agent removed (kind, name).
   virtual Status recordRemoved(const std::string& kind, const std::string& name) = 0;
+  /// Records several objects of one kind at once (a ledger backed by a database does it in one
+  /// durable write; a batch of accounts records all its intents before their creation).
+  virtual Status recordCreatedAll(const std::string& kind, const std::vector<std::string>& names) {
+    for (const auto& name : names) {
+      if (Status s = recordCreated(kind, name); !s) return s;
+    }
+    return Status::ok();
+  }
 };
 
 /// A Ledger in memory (for `plan`, tests, and as the write-back cache of the database ledger).

@@ -77,6 +77,18 @@ class AccountsTool {
   Status unlockAccount(const std::string& user, const std::optional<std::string>& hash);
   /// userdel NAME (never -r: homes and files are left in place). Errors: kCommand.
   Status removeUser(const std::string& user);
+  /// Creates many system accounts at once: one run of systemd-sysusers (one lock and one rewrite
+  /// of the account files for all of them, where useradd rewrites and re-reads them per account),
+  /// each with a free UID of login.defs' system range (SYS_UID_MIN..SYS_UID_MAX, default 100..999,
+  /// highest first like useradd --system), its existing primary group, its home (never created)
+  /// and shell, and a locked password ("!*"). Returns one Status per user, in order: ok when the
+  /// user exists afterwards with that home, shell and group. Every user must have a primaryGroup
+  /// and system set; createHome and supplementary groups are not supported (kInvalid).
+  std::vector<Status> addSystemUsers(const std::vector<NewUser>& users);
+  /// Stores many crypt(3) hashes with one chpasswd -e (the hashes on standard input only). chpasswd
+  /// writes nothing when one line fails, so on a failure each entry is tried alone. One Status per
+  /// entry, in order.
+  std::vector<Status> setPasswordHashes(const std::vector<std::pair<std::string, std::string>>& entries);
   /// Reads <root>/etc/shadow through the host and returns the user's entry (nullopt: no such
   /// line). Errors: the file cannot be read.
   Result<std::optional<ShadowEntry>> shadow(const std::string& user);

@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <set>
 
 #include "providers/host/real_host.h"
 #include "tests/support/etc_sandbox.h"
@@ -192,4 +193,62 @@ TEST_CASE("AccountsTool against the real shadow tools in a --prefix sandbox", "[
   REQUIRE(tool.removeUser("sftp1").isOk());
   REQUIRE(tool.removeGroup("pimtransfer").isOk());
   CHECK_FALSE(host.findGroup("pimtransfer")->has_value());
+}
+
+TEST_CASE("AccountsTool: many system accounts in one systemd-sysusers run, many hashes in one chpasswd",
+          "[accounts][root]") {
+  if (!isRoot()) return;
+  test::EtcSandbox sb;
+  RealHost host(sb.dir(), nullLogger());
+  AccountsTool tool(host);
+  auto batch = [](std::vector<std::string> names) {
+    std::vector<NewUser> users;
+    for (auto& n : names) users.push_back(NewUser{n, "/transfer", false, "/usr/sbin/nologin", "pimtransfer", {}, true});
+    return users;
+  };
+  // Without its group, nothing is made, and every account says why.
+  auto missing = tool.addSystemUsers(batch({"a1", "a2"}));
+  REQUIRE(missing.size() == 2);
+  for (const auto& s : missing) CHECK_THAT(s.message(), Catch::Contains("group pimtransfer does not exist"));
+  CHECK_FALSE(host.findUser("a1")->has_value());
+
+  REQUIRE(tool.addGroup("pimtransfer").isOk());
+  const gid_t gid = (*host.findGroup("pimtransfer"))->gid;
+  // A user made by useradd holds the top of the range: the batch goes below it.
+  NewUser first{"top", "/transfer", false, "/usr/sbin/nologin", "pimtransfer", {}, true};
+  REQUIRE(tool.addUser(first).isOk());
+  const uid_t topUid = (*host.findUser("top"))->uid;
+  std::vector<std::string> names;
+  for (int i = 0; i < 50; ++i) names.push_back("b" + std::to_string(i));
+  auto made = tool.addSystemUsers(batch(names));
+  std::set<uid_t> uids;
+  for (size_t i = 0; i < names.size(); ++i) {
+    INFO(names[i]);
+    CHECK(made[i].isOk());
+    auto u = host.findUser(names[i]);
+    REQUIRE(u->has_value());
+    CHECK((*u)->home == "/transfer");
+    CHECK((*u)->shell == "/usr/sbin/nologin");
+    CHECK((*u)->gid == gid);
+    CHECK((*u)->uid >= 100);
+    CHECK((*u)->uid <= 999);
+    CHECK((*u)->uid != topUid);
+    uids.insert((*u)->uid);
+    CHECK((*tool.shadow(names[i]))->passwordLocked());
+    CHECK((*tool.shadow(names[i]))->password == "!");  // as useradd leaves it, not sysusers' "!*"
+  }
+  CHECK(uids.size() == names.size());
+  CHECK_FALSE(fs::exists(sb.path("/transfer")));  // a home is never created
+
+  // Hashes: one chpasswd for all; with one bad entry, the others are still stored and the bad
+  // one is named.
+  auto set = tool.setPasswordHashes({{"b0", "$6$s$one"}, {"b1", "$6$s$two"}});
+  CHECK((set[0].isOk() && set[1].isOk()));
+  CHECK((*tool.shadow("b1"))->password == "$6$s$two");
+  set = tool.setPasswordHashes({{"b2", "$6$s$three"}, {"ghost", "$6$s$x"}, {"b3", "$6$s$four"}});
+  CHECK(set[0].isOk());
+  CHECK_FALSE(set[1].isOk());
+  CHECK(set[2].isOk());
+  CHECK((*tool.shadow("b3"))->password == "$6$s$four");
+  CHECK(set[1].message().find("$6$") == std::string::npos);  // never the hash
 }

@@ -23,12 +23,13 @@
 #include <vector>
 
 #include "agent/cycle/file_lock.h"
+#include "agent/daemon/daemon.h"
 #include "tests/unit/agent_process.h"
 #include "tests/unit/store_test_server.h"
 
 using namespace pim;
 using namespace pim::agenttest;
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
@@ -64,10 +65,10 @@ Poco::JSON::Object::Ptr parseObject(const std::string& json) {
 
 /// Sends `signum` and returns how long the daemon took to exit with code 0 (REQUIREs both).
 milliseconds stopWith(ChildProcess& daemon, int signum) {
-  const auto sent = Clock::now();
+  const auto sent = SteadyClock::now();
   daemon.signal(signum);
   auto code = daemon.waitExit(seconds(10));
-  const auto took = std::chrono::duration_cast<milliseconds>(Clock::now() - sent);
+  const auto took = std::chrono::duration_cast<milliseconds>(SteadyClock::now() - sent);
   INFO("daemon stderr:\n" << daemon.err());
   REQUIRE(code.has_value());
   CHECK(*code == 0);
@@ -151,10 +152,10 @@ TEST_CASE("daemon: a file:// change is applied without waiting for the poll inte
   box.setDocument(keysDocument(1, {"k-one"}));
   auto daemon = box.startDaemon();
   requireKey(box, *daemon, "k-one");
-  const auto changed = Clock::now();
+  const auto changed = SteadyClock::now();
   box.setDocument(keysDocument(2, {"k-two"}));
   requireKey(box, *daemon, "k-two", seconds(3));
-  INFO("applied " << std::chrono::duration_cast<milliseconds>(Clock::now() - changed).count()
+  INFO("applied " << std::chrono::duration_cast<milliseconds>(SteadyClock::now() - changed).count()
                   << " ms after the change");
   CHECK_FALSE(hasKey(box, "k-one"));
   stopWith(*daemon, SIGTERM);
@@ -163,13 +164,13 @@ TEST_CASE("daemon: a file:// change is applied without waiting for the poll inte
 TEST_CASE("daemon: a store down at start leaves the host alone, retried with back-off", "[daemon]") {
   PIM_REQUIRE_ROOT();
   std::mutex mutex;
-  std::vector<Clock::time_point> arrivals;
+  std::vector<SteadyClock::time_point> arrivals;
   std::atomic<bool> up{false};
   const std::string body = keysDocument(2, {"k-two"});
   storetest::StoreTestServer server([&](storetest::Exchange& ex) {
     {
       std::lock_guard<std::mutex> lock(mutex);
-      arrivals.push_back(Clock::now());
+      arrivals.push_back(SteadyClock::now());
     }
     if (!up.load()) {
       ex.response.setStatus(Poco::Net::HTTPResponse::HTTP_SERVICE_UNAVAILABLE);
@@ -189,7 +190,7 @@ TEST_CASE("daemon: a store down at start leaves the host alone, retried with bac
   const std::string before = box.snapshot();
   box.configure({{"store.source", server.url()}, {"store.poll_interval_s", "1"}});
   auto daemon = box.startDaemon();
-  std::vector<Clock::time_point> t;
+  std::vector<SteadyClock::time_point> t;
   REQUIRE(waitUntil(
       [&] {
         std::lock_guard<std::mutex> lock(mutex);
@@ -318,18 +319,18 @@ TEST_CASE("daemon: long polling applies a change at once; rollback and resume fr
   requireKey(box, *daemon, "k-one");
   REQUIRE(server.waitForRequests(2, seconds(5)));  // the long poll is held
 
-  const auto changed = Clock::now();
+  const auto changed = SteadyClock::now();
   server.setDocument(keysDocument(2, {"k-two"}));
   requireKey(box, *daemon, "k-two", seconds(2));
-  INFO("long poll: applied " << std::chrono::duration_cast<milliseconds>(Clock::now() - changed).count()
+  INFO("long poll: applied " << std::chrono::duration_cast<milliseconds>(SteadyClock::now() - changed).count()
                              << " ms after the change");
   CHECK_FALSE(hasKey(box, "k-one"));
 
   // rollback 1 while the daemon holds its next long poll: the command does not wait for it.
   REQUIRE(server.waitForRequests(3, seconds(5)));
-  const auto started = Clock::now();
+  const auto started = SteadyClock::now();
   Outcome rollback = box.run({"rollback", "1"});
-  const auto rollbackTook = Clock::now() - started;
+  const auto rollbackTook = SteadyClock::now() - started;
   INFO(rollback.out << rollback.err);
   REQUIRE(rollback.exit == 0);
   CHECK(rollbackTook < seconds(15));  // not blocked by the 30 s long poll
@@ -516,4 +517,73 @@ TEST_CASE("daemon: history says why each generation exists: drift, boot, and one
   CHECK(occurrences(text.out, " drift ") == 1);
   CHECK(occurrences(text.out, " boot ") == 1);
   CHECK_THAT(text.out, Catch::Contains("20 attempts"));
+}
+
+TEST_CASE("daemon: the STATUS= line says where the agent stands", "[daemon]") {
+  CycleReport r;
+  r.outcome = "applied";
+  r.revision = 42;
+  r.generation = 7;
+  CHECK(statusLine(r) == "applied revision 42 (generation 7)");
+  r.outcome = "unchanged";
+  CHECK(statusLine(r) == "in force: revision 42 (generation 7)");
+  CycleReport down;
+  down.exitCode = 4;
+  down.outcome = "unreachable";
+  down.error = "store https://portal.example/x: HTTP 404 Not Found";
+  CHECK(statusLine(down) == "waiting for the store: store https://portal.example/x: HTTP 404 Not Found");
+  CycleReport partial = r;
+  partial.exitCode = 5;
+  partial.outcome = "partial";
+  partial.error = std::string(400, 'x');
+  CHECK(statusLine(partial).size() < 220);
+  CHECK_THAT(statusLine(partial), Catch::StartsWith("revision 42 (generation 7) partial, retried: xxx"));
+}
+
+TEST_CASE("wait: returns as soon as a store document is applied, or says why not", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  AgentBox box;
+  auto startWait = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv{agentBinary(), "--config", box.configPath(), "--root", box.root(), "wait"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    static int n = 0;
+    ++n;
+    return std::make_unique<ChildProcess>(argv, std::vector<std::string>{},
+                                          box.dir() + "/wait-" + std::to_string(n) + ".out",
+                                          box.dir() + "/wait-" + std::to_string(n) + ".err");
+  };
+  // Nothing applied yet (no state database even): it waits; the first document ends it at once.
+  auto waiting = startWait({"--timeout", "30"});
+  std::this_thread::sleep_for(milliseconds(500));
+  REQUIRE(waiting->running());
+  box.setDocument(keysDocument(1, {"k-one"}));
+  REQUIRE(box.run({"once"}).exit == 0);
+  auto code = waiting->waitExit(seconds(3));
+  REQUIRE(code.has_value());
+  CHECK(*code == 0);
+  CHECK_THAT(waiting->out(), Catch::Contains("revision 1 applied"));
+
+  // A revision not reached yet: times out (7).
+  auto later = startWait({"--timeout", "1", "--revision", "2"});
+  code = later->waitExit(seconds(5));
+  REQUIRE(code.has_value());
+  CHECK(*code == 7);
+  CHECK_THAT(later->err(), Catch::Contains("revision 2 or above"));
+
+  // That revision rejected: 3; failing: 5.
+  box.setDocument("{\"version\": 1, \"revision\": 2}");
+  CHECK(box.run({"once"}).exit == 3);
+  auto rejected = startWait({"--timeout", "5", "--revision", "2"});
+  code = rejected->waitExit(seconds(8));
+  REQUIRE(code.has_value());
+  CHECK(*code == 3);
+  box.setDocument(keysDocument(3, {"k-one", "k-two"}));
+  CHECK(box.run({"once"}, {"PIM_FAILPOINT=fail-provider:ssh_keys"}).exit == 5);
+  auto failing = startWait({"--timeout", "5", "--revision", "3"});
+  code = failing->waitExit(seconds(8));
+  REQUIRE(code.has_value());
+  CHECK(*code == 5);
+  // Options are checked.
+  CHECK(box.run({"wait", "--timeout", "soon"}).exit == 2);
+  CHECK(box.run({"status", "--revision", "3"}).exit == 2);
 }

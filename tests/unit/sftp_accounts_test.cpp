@@ -462,3 +462,86 @@ TEST_CASE("sftp_accounts against real useradd in a --prefix sandbox", "[sftp_acc
     CHECK(lineOf(s.sb.read("/etc/shadow"), "legacysftp") == shadowBefore);
   }
 }
+
+namespace {
+
+/// The real host, with the programs it runs counted.
+class CountingHost : public RealHost {
+ public:
+  using RealHost::RealHost;
+  Result<CommandResult> run(const std::vector<std::string>& argv, std::string_view input) override {
+    ++runs[argv.empty() ? "" : argv[0].substr(argv[0].rfind('/') + 1)];
+    return RealHost::run(argv, input);
+  }
+  std::map<std::string, int> runs;
+};
+
+}  // namespace
+
+TEST_CASE("sftp_accounts: a batch of new accounts is recorded first, made in one run, granted together",
+          "[sftp_accounts][root]") {
+  if (!isRoot()) return;
+  test::EtcSandbox sb;
+  struct {
+    CountingHost host;
+    MemoryLedger ledger;
+    SftpAccountsProvider provider;
+    HostSettings hostSettings;
+    SshdSettings sshdSettings;
+    AccessDocument doc;
+    Desired desired() { return Desired{doc, hostSettings, sshdSettings, 1800000000}; }
+    Result<std::vector<Action>> plan() {
+      auto d = desired();
+      return provider.plan(d, host);
+    }
+    std::optional<ShadowEntry> shadow(const std::string& user) {
+      auto e = AccountsTool(host).shadow(user);
+      return e ? *e : std::nullopt;
+    }
+  } s{CountingHost(sb.dir(), nullLogger()), {}, SftpAccountsProvider(nullLogger(), s.ledger), {}, {}, {}};
+  AccountsTool tool(s.host);
+  for (int i = 0; i < 5; ++i) {
+    s.doc.accounts.push_back(account("sftp-" + std::to_string(i), "batch" + std::to_string(i), kHashA, true,
+                                     i == 0 ? std::vector<PublicKey>{kBobKey} : std::vector<PublicKey>{}));
+  }
+  auto byStage = [&](Stage stage) {
+    auto all = s.plan();
+    REQUIRE(all.isOk());
+    std::vector<Action> out;
+    for (const auto& a : *all) {
+      if (a.stage == stage) out.push_back(a);
+    }
+    return out;
+  };
+  auto d = s.desired();
+
+  // Without the transfer group nothing can be made: every account says why, and none stays
+  // recorded as the agent's (the intents are taken back).
+  auto prepare = byStage(Stage::kPrepare);
+  REQUIRE(prepare.size() == 5);
+  auto failed = s.provider.applyAll(prepare, d, s.host);
+  for (const auto& st : failed) CHECK_THAT(st.message(), Catch::Contains("group pimtransfer does not exist"));
+  CHECK(s.ledger.owned("user").empty());
+
+  REQUIRE(tool.addGroup("pimtransfer").isOk());
+  prepare = byStage(Stage::kPrepare);
+  s.host.runs.clear();
+  auto made = s.provider.applyAll(prepare, d, s.host);
+  for (const auto& st : made) CHECK(st.isOk());
+  CHECK(s.host.runs["systemd-sysusers"] == 1);  // one run for the five, no useradd
+  CHECK(s.host.runs["useradd"] == 0);
+  CHECK(s.ledger.owned("user").size() == 5);
+  CHECK(s.shadow("batch3")->passwordLocked());  // made locked: no grant before its stage
+
+  auto grant = byStage(Stage::kGrant);
+  REQUIRE(grant.size() == 6);  // five passwords, one keys file
+  s.host.runs.clear();
+  auto granted = s.provider.applyAll(grant, d, s.host);
+  for (const auto& st : granted) CHECK(st.isOk());
+  CHECK(s.host.runs["chpasswd"] == 1);
+  for (int i = 0; i < 5; ++i) CHECK(s.shadow("batch" + std::to_string(i))->password == kHashA);
+  CHECK(s.ledger.owns("file", kKeysDir + "/batch0"));
+  auto again = s.plan();
+  REQUIRE(again.isOk());
+  CHECK(again->empty());
+}
