@@ -3,65 +3,14 @@
 // higher revision, `resume`; at each step, who can log in (real ssh clients) and what `status`
 // and `history` say.
 
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-
-#include <chrono>
-#include <functional>
-#include <thread>
-
 #include <Poco/JSON/Parser.h>
 #include <catch2/catch.hpp>
 
 #include "tests/e2e/harness.h"
 
-extern char** environ;
-
 using namespace pim::e2e;
 
 namespace {
-
-/// `pim-access-agent run` in the background, stopped with SIGTERM (then SIGKILL) on destruction.
-class Daemon {
- public:
-  Daemon(const std::string& config, const std::string& log) : log_(log) {
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-    posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-    const std::string binary = agentBinary();
-    std::vector<char*> argv{const_cast<char*>(binary.c_str()), const_cast<char*>("--config"),
-                            const_cast<char*>(config.c_str()), const_cast<char*>("run"), nullptr};
-    REQUIRE(posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ) == 0);
-    posix_spawn_file_actions_destroy(&actions);
-  }
-  ~Daemon() {
-    ::kill(pid_, SIGTERM);
-    for (int i = 0; i < 40; ++i) {
-      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-  }
-  std::string log() const { return readFile(log_); }
-
- private:
-  std::string log_;
-  pid_t pid_ = -1;
-};
-
-/// Polls `condition` every 200 ms for up to `seconds`.
-bool eventually(const std::function<bool()>& condition, int seconds = 20) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-  return condition();
-}
 
 Poco::JSON::Object::Ptr parseObject(const std::string& json) {
   Poco::JSON::Parser parser;
@@ -85,7 +34,7 @@ TEST_CASE("e2e runbook: a bad document, history, show, rollback, a fix with a hi
   good.allowedSources = {"203.0.113.0/24"};
   good.keys = {{"k-alice", alice.publicLine, true, ""}};
   host.agent().setDocument(renderDocument(good));
-  Daemon daemon(host.agent().configPath(), host.tmp().file("daemon.log"));
+  AgentDaemon daemon(host.agent().configPath(), host.tmp().file("daemon.log"));
   INFO("daemon log:\n" << daemon.log());
   REQUIRE(eventually([&] { return logsIn(alice); }));
 
