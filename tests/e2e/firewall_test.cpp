@@ -6,6 +6,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <future>
@@ -44,6 +45,28 @@ void requireConnectionRefused(ManagedHost& host, const NetPath& path, const KeyP
   CHECK(r.exit == 255);
   CHECK(contains(r.err, "Connection refused"));
   CHECK_FALSE(contains(r.out, kLogin));
+}
+
+/// `n` wrong passwords for `user` from `path`, five at a time (sshd's PAM delays each failure by
+/// about 2 s). Each attempt fails; sshd logs one failure per attempt.
+void wrongPasswords(ManagedHost& host, const NetPath& path, const std::string& user, int n) {
+  for (int batch = 0; batch < n; batch += 5) {
+    std::vector<std::future<CommandOutput>> tries;
+    for (int i = batch; i < std::min(n, batch + 5); ++i) {
+      tries.push_back(std::async(std::launch::async, [&host, &path, &user, i] {
+        return host.sshd().sftpOver(path, user, Credential::withPassword("wrong-" + std::to_string(i)), "pwd\n");
+      }));
+    }
+    for (auto& t : tries) CHECK(t.get().exit != 0);
+  }
+}
+
+/// The daemon's first cycle makes the table before the account (revocations first): waits until
+/// `user` logs in with `password` from loopback, which is in always_allow, so that the tries made
+/// before the account exists ("Failed password for invalid user") count for no client address.
+void waitForAccount(ManagedHost& host, const std::string& user, const std::string& password) {
+  REQUIRE(
+      eventually([&] { return host.sshd().sftpBatch(user, Credential::withPassword(password), "pwd\n").exit == 0; }));
 }
 
 std::string nftTable() { return runCommand({"nft", "list", "table", "inet", "pim_access_agent"}).out; }
@@ -184,8 +207,11 @@ TEST_CASE("e2e firewall: firewall = off removes the table; every address reaches
   // A host without nft, the firewall on: exit 2 naming the key, before anything changes.
   writeFile(config, readFile(config) + "\n[network]\nfirewall = nftables\nnft_binary = /nonexistent/nft\n", 0600);
   CommandOutput missing = host.run({"once"});
+  INFO(missing.out << missing.err);
   CHECK(missing.exit == 2);
   CHECK(contains(missing.err, "network.firewall"));
+  CHECK(contains(missing.err, "/nonexistent/nft"));
+  CHECK_FALSE(contains(runCommand({"nft", "list", "tables"}).out, "pim_access_agent"));
 }
 
 TEST_CASE("e2e firewall: a flushed or deleted table is back within 5 s with a daemon", "[e2e][firewall][daemon]") {
@@ -298,20 +324,10 @@ TEST_CASE("e2e firewall: 10 wrong passwords from one address get it refused for 
   auto attempt = [&](const char* from, const std::string& pw) {
     return host.sshd().sftpOver(net.from(from), "akeneosftp", Credential::withPassword(pw), "pwd\n");
   };
-  auto wrongPasswords = [&](const char* from, int n) {
-    for (int batch = 0; batch < n; batch += 5) {
-      std::vector<std::future<CommandOutput>> tries;
-      for (int i = batch; i < std::min(n, batch + 5); ++i) {
-        tries.push_back(std::async(std::launch::async, [&] { return attempt(from, "wrong-" + std::to_string(i)); }));
-      }
-      for (auto& t : tries) CHECK(t.get().exit != 0);
-    }
-  };
-  // The first cycle makes the table before the account (revocations first): wait for the account.
-  REQUIRE(eventually([&] { return attempt(kAllowed4, password).exit == 0; }));
+  waitForAccount(host, "akeneosftp", password);
   for (const char* from : {kAllowed4, kAllowed6, kOperator4}) {
     REQUIRE(attempt(from, password).exit == 0);
-    wrongPasswords(from, 10);
+    wrongPasswords(host, net.from(from), "akeneosftp", 10);
   }
   for (const char* from : {kAllowed4, kAllowed6}) {
     INFO("banned " << from << "\nsshd log:\n" << host.sshd().log());
@@ -332,6 +348,55 @@ TEST_CASE("e2e firewall: 10 wrong passwords from one address get it refused for 
   }
   CHECK(contains(host.run({"status"}).out, "198.51.100.10  refused for"));
   CHECK(eventually([] { return contains(readFile("/srv/metrics.prom"), "pim_access_agent_bans_total 2"); }));
+}
+
+TEST_CASE("e2e firewall: the 10th wrong password bans, not the 9th; the ban ends after ban_s",
+          "[e2e][firewall][defender]") {
+  PIM_E2E_REQUIRE_NAMESPACE();
+  ClientNetwork net(kClients);
+  auto settings = kSettings;
+  settings["store.poll_interval_s"] = "3600";
+  settings["defender.ban_s"] = "12";
+  ManagedHost host(settings, kListen);
+  const std::string password = "right-pass";
+  DocSpec doc;
+  doc.allowedSources = {"198.51.100.8/29", "2001:db8:1::10/128"};
+  doc.accounts = {{"sftp-main", "akeneosftp", cryptHash(password), ".", true, {}}};
+  host.agent().setDocument(renderDocument(doc));
+  AgentDaemon daemon(host.agent().configPath(), host.tmp().file("daemon.log"));
+  INFO("daemon log:\n" << daemon.log());
+  REQUIRE(eventually([&] { return contains(daemon.log(), "ban it for 12 s"); }));
+  auto attempt = [&](const char* from) {
+    return host.sshd().sftpOver(net.from(from), "akeneosftp", Credential::withPassword(password), "pwd\n");
+  };
+  waitForAccount(host, "akeneosftp", password);
+  REQUIRE(attempt(kAllowed6).exit == 0);
+
+  // 9 failures: below max_failures, the address still logs in (given the defender time to read).
+  wrongPasswords(host, net.from(kAllowed6), "akeneosftp", 9);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  CommandOutput nine = attempt(kAllowed6);
+  INFO("after 9 failures: " << nine.exit << " " << nine.err);
+  CHECK(nine.exit == 0);
+  CHECK_FALSE(contains(daemon.log(), "banned for"));
+
+  // The 10th: refused from then on, for ban_s.
+  wrongPasswords(host, net.from(kAllowed6), "akeneosftp", 1);
+  const auto tenth = std::chrono::steady_clock::now();
+  REQUIRE(eventually([&] { return contains(attempt(kAllowed6).err, "Connection refused"); }, std::chrono::seconds(5)));
+  CHECK(contains(daemon.log(), "2001:db8:1::10 banned for 12 s"));
+  // Other addresses are not concerned.
+  CHECK(attempt(kAllowed4).exit == 0);
+  std::this_thread::sleep_for(tenth + std::chrono::seconds(7) - std::chrono::steady_clock::now());
+  CommandOutput during = attempt(kAllowed6);
+  INFO("7 s after the ban: " << during.err);
+  CHECK(contains(during.err, "Connection refused"));
+  // The element's timeout ends the ban by itself: the address logs in again.
+  REQUIRE(eventually([&] { return attempt(kAllowed6).exit == 0; }, std::chrono::seconds(15)));
+  const auto lifted = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - tenth);
+  WARN("ban lifted " << lifted.count() << " s after the 10th failure");
+  CHECK(lifted.count() >= 10);
+  CHECK_FALSE(contains(nftTable(), "2001:db8:1::10 timeout"));
 }
 
 TEST_CASE("e2e firewall: the defender reads sshd's failures from a real journal (sd-journal)",
@@ -368,7 +433,8 @@ TEST_CASE("e2e firewall: the defender reads sshd's failures from a real journal 
   auto attempt = [&](const std::string& pw) {
     return host.sshd().sftpOver(net.from(kAllowed4), "akeneosftp", Credential::withPassword(pw), "pwd\n");
   };
-  REQUIRE(eventually([&] { return attempt(password).exit == 0; }));
+  waitForAccount(host, "akeneosftp", password);
+  REQUIRE(attempt(password).exit == 0);
   for (int i = 0; i < 3; ++i) CHECK(attempt("wrong").exit != 0);
   INFO("journal:\n" << runCommand({"journalctl", "-t", "sshd", "--no-pager", "-o", "cat"}).out);
   CHECK(eventually([&] { return contains(attempt(password).err, "Connection refused"); }, std::chrono::seconds(5)));
