@@ -5,6 +5,7 @@
 
 #include "agent/cli/cli_support.h"
 #include "agent/cli/runtime.h"
+#include "agent/cycle/file_lock.h"
 #include "agent/daemon/metrics.h"
 
 namespace pim {
@@ -15,10 +16,16 @@ int cmdOnce(const Config& config, const FailPoints& failpoints) {
   auto rt = openRuntime(config, true, failpoints);
   if (!rt) return fail(rt.status());
   CycleReport r = (*rt)->agent->cycle(**store, 0);
-  MetricsCounters counters;
-  counters.countCycle(r, (*rt)->clock.nowSeconds());
-  if (Status m = publishMetrics(*(*rt)->host, *(*rt)->state, config, counters, (*rt)->clock.nowSeconds()); !m) {
-    std::cerr << "pim-access-agent: metrics: " << m.message() << "\n";
+  // The metrics file is the daemon's while one runs: its counters count its own cycles, and
+  // rewriting the file with this one cycle's would reset them. It refreshes the gauges at its
+  // next cycle. Without a daemon, `once` writes it.
+  auto noDaemon = FileLock::acquire((*rt)->host->realPath(config.state.db) + ".daemon.lock", 0);
+  if (noDaemon) {
+    MetricsCounters counters;
+    counters.countCycle(r, (*rt)->clock.nowSeconds());
+    if (Status m = publishMetrics(*(*rt)->host, *(*rt)->state, config, counters, (*rt)->clock.nowSeconds()); !m) {
+      std::cerr << "pim-access-agent: metrics: " << m.message() << "\n";
+    }
   }
   printCycle(std::cout, r);
   if (!r.error.empty()) std::cerr << "pim-access-agent: " << r.error << "\n";

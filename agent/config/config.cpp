@@ -1,5 +1,7 @@
 #include "agent/config/config.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <functional>
@@ -94,6 +96,15 @@ Status setCidrs(std::vector<Cidr>& out, const std::string& key, const std::strin
   return Status::ok();
 }
 
+Status setProxy(std::string& out, const std::string& key, const std::string& v) {
+  if (!v.empty() && v != "none") {
+    Status s = checkProxyUrl(v);
+    if (!s) return invalid(key, s.message());
+  }
+  out = v;
+  return Status::ok();
+}
+
 using Setter = std::function<Status(Config&, const std::string& key, const std::string& value)>;
 
 const std::map<std::string, Setter>& setters() {
@@ -114,6 +125,8 @@ const std::map<std::string, Setter>& setters() {
        [](Config& c, const std::string& k, const std::string& v) { return setPath(c.store.caFile, k, v, true); }},
       {"store.signing_key",
        [](Config& c, const std::string& k, const std::string& v) { return setPath(c.store.signingKey, k, v, true); }},
+      {"store.proxy",
+       [](Config& c, const std::string& k, const std::string& v) { return setProxy(c.store.proxy, k, v); }},
       {"store.poll_interval_s", [](Config& c, const std::string& k,
                                    const std::string& v) { return setInt(c.store.pollIntervalS, k, v, 1, 86400); }},
       {"store.long_poll_s",
@@ -186,6 +199,59 @@ const std::map<std::string, Setter>& setters() {
 }
 
 }  // namespace
+
+Status checkProxyUrl(const std::string& url) {
+  auto bad = [](const std::string& why) { return Status::error(ErrorCode::kInvalid, why); };
+  for (unsigned char c : url) {
+    if (c <= 0x20 || c == 0x7f) return bad("white space or control character in the proxy URL");
+  }
+  const auto sep = url.find("://");
+  if (sep == std::string::npos) return bad("expected SCHEME://HOST[:PORT], e.g. http://proxy.example:3128");
+  std::string scheme = url.substr(0, sep);
+  std::transform(scheme.begin(), scheme.end(), scheme.begin(), [](unsigned char c) { return std::tolower(c); });
+  static const char* const kSchemes[] = {"http", "https", "socks4", "socks4a", "socks5", "socks5h"};
+  if (std::find(std::begin(kSchemes), std::end(kSchemes), scheme) == std::end(kSchemes)) {
+    return bad("unsupported proxy scheme '" + scheme.substr(0, 16) +
+               "' (expected http, https, socks4, socks4a, socks5 or socks5h)");
+  }
+  std::string authority = url.substr(sep + 3);
+  if (!authority.empty() && authority.back() == '/') authority.pop_back();
+  if (authority.find_first_of("/?#") != std::string::npos) return bad("a proxy URL has no path, query or fragment");
+  // User information is passed on to the proxy; only its shape is checked here.
+  const auto at = authority.rfind('@');
+  if (at != std::string::npos) authority = authority.substr(at + 1);
+  std::string host = authority;
+  std::string port;
+  if (!authority.empty() && authority.front() == '[') {
+    const auto close = authority.find(']');
+    if (close == std::string::npos) return bad("unterminated [IPv6 address] in the proxy URL");
+    host = authority.substr(1, close - 1);
+    const std::string rest = authority.substr(close + 1);
+    if (!rest.empty() && rest.front() != ':') return bad("unexpected characters after the [IPv6 address]");
+    if (!rest.empty()) port = rest.substr(1);
+    if (host.empty() || host.find_first_not_of("0123456789abcdefABCDEF:.") != std::string::npos) {
+      return bad("malformed IPv6 address in the proxy URL");
+    }
+  } else {
+    const auto colon = authority.rfind(':');
+    if (colon != std::string::npos) {
+      host = authority.substr(0, colon);
+      port = authority.substr(colon + 1);
+      if (port.empty()) return bad("empty port in the proxy URL");
+    }
+    const bool hostOk = !host.empty() && std::all_of(host.begin(), host.end(), [](unsigned char c) {
+      return std::isalnum(c) || c == '.' || c == '-' || c == '_';
+    });
+    if (!hostOk) return bad("the proxy URL has no valid host");
+  }
+  if (!port.empty()) {
+    if (port.size() > 5 || !std::all_of(port.begin(), port.end(), [](unsigned char c) { return std::isdigit(c); }) ||
+        std::stoi(port) < 1 || std::stoi(port) > 65535) {
+      return bad("the proxy port must be a number from 1 to 65535");
+    }
+  }
+  return Status::ok();
+}
 
 Result<Config> parseConfig(const std::string& iniText) {
   Config config;

@@ -17,6 +17,7 @@ struct StoreSettings {
   std::string tokenFile;   // host path (prefixed by --root); read at each request
   std::string caFile;      // host path (prefixed by --root)
   std::string signingKey;  // host path (prefixed by --root), Ed25519 public key PEM
+  std::string proxy;       // "" = from the environment (HTTPS_PROXY...), "none", or a proxy URL
   int64_t pollIntervalS = 30;
   int64_t longPollS = 0;
   int64_t maxDocumentBytes = 4194304;
@@ -52,6 +53,13 @@ struct Config {
   /// Prefixes a host path with the root (for the store.* files read directly).
   std::string resolveFile(const std::string& hostPath) const { return hostPath.empty() ? hostPath : root + hostPath; }
 };
+
+/// Checks a proxy URL as `store.proxy` and the proxy environment variables take it:
+/// SCHEME://[USER[:PASSWORD]@]HOST[:PORT][/] with SCHEME http, https, socks4, socks4a, socks5 or
+/// socks5h (case-insensitive), HOST a name, an IPv4 address or a bracketed IPv6 address, PORT
+/// 1-65535, nothing after the authority but one "/". Errors: kInvalid with the reason; the
+/// message never repeats the URL (it may hold a password).
+Status checkProxyUrl(const std::string& url);
 
 /// Parses INI text into a Config with defaults for every absent key. Errors (kInvalid) name the
 /// section.key and the reason: unknown section or key, bad number, bad CIDR in always_allow, a

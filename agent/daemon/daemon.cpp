@@ -123,6 +123,13 @@ std::string statusLine(const CycleReport& r) {
   }
 }
 
+std::chrono::milliseconds retryDelay(std::chrono::milliseconds backoffDraw,
+                                     std::optional<std::chrono::seconds> retryAfter, std::chrono::milliseconds cap) {
+  std::chrono::milliseconds delay = std::max(backoffDraw, kMinRetry);
+  if (retryAfter) delay = std::max(delay, std::min<std::chrono::milliseconds>(*retryAfter, cap));
+  return delay;
+}
+
 Daemon::Daemon(std::function<Result<Config>()> loadConfig, Logger log, FailPoints failpoints)
     : loadConfig_(std::move(loadConfig)), log_(std::move(log)), failpoints_(std::move(failpoints)) {}
 
@@ -364,6 +371,7 @@ void Daemon::work() {
     fetching_.store(true);
     fetched = rt.agent->fetch(*rt.store, input_.waitSeconds);
     fetching_.store(false);
+    out.retryAfter = rt.store->retryAfter();
     if (!fetched->outcome && (interrupted_.load() || abandon_.load())) {
       // Cancelled on purpose: not a store failure, nothing to record.
       out.report.outcome = "interrupted";
@@ -457,8 +465,11 @@ void Daemon::workDone() {
       const auto& store = rt_->config.store;
       std::chrono::milliseconds delay;
       if (r.exitCode == 1 || r.exitCode == 4 || r.exitCode == 5) {
-        delay = std::max(backoff_->nextDelay(), std::chrono::milliseconds(kMinRetry));
-        log_->warn("retrying in {} ms ({} consecutive failures)", delay.count(), backoff_->failures());
+        const auto retryAfter = r.exitCode == 4 ? out.retryAfter : std::nullopt;
+        delay = retryDelay(backoff_->nextDelay(), retryAfter, Backoff::kDefaultCap);
+        log_->warn("retrying in {} ms ({} consecutive failures){}", delay.count(), backoff_->failures(),
+                   retryAfter ? ", as the store asked (Retry-After: " + std::to_string(retryAfter->count()) + " s)"
+                              : std::string());
       } else {
         backoff_->reset();
         const auto took = std::chrono::steady_clock::now() - workStarted_;

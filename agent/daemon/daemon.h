@@ -10,12 +10,17 @@
 // cycle fetches WITHOUT the cycle lock (a long poll may be held for minutes while a CLI `once`
 // or `rollback` runs) and reconciles WITH it. Anything that needs the worker while it is held
 // in a fetch (a signal, an expiring key, an operator command, a new config) cancels that fetch;
-// the cycle then starts again at once with a fresh store client.
+// the cycle then starts again at once with a fresh store client. The http(s) fetch is libcurl's
+// multi interface polled on that worker (agent/store/http_store_client.h), not driven by this
+// loop: the fetch is a step inside the cycle the worker runs (Agent::fetch, then reconcile), `once`
+// and `plan` have no loop and go the same way, and libuv stays out of agent/store. cancel() wakes
+// the worker's poll (curl_multi_wakeup) and the transfer is dropped, a hanging name look-up
+// included, so SIGTERM still stops the daemon within 2 s.
 //
 // Retries: after a failed cycle (store unreachable, apply failed, internal error) the next
 // attempt waits U[0, min(cap, base * 2^n)] ("full jitter": a fleet's retries spread over the
-// whole window), at least 200 ms, base = min(poll interval, 2 s), cap 10 minutes; a success
-// resets it. A short base
+// whole window), at least 200 ms, base = min(poll interval, 2 s), cap 10 minutes, and at least
+// the store's Retry-After (429/503, capped at 10 minutes too); a success resets it. A short base
 // lets a host recover from a blip in seconds; the doubling reaches the poll interval after a few
 // failures and the 10-minute cap after ~9, so a fleet never hammers a store that is down.
 
@@ -56,6 +61,12 @@ std::chrono::milliseconds backoffBase(int64_t pollIntervalS);
 /// "waiting for the store: <why>", "document rejected: <why>", "revision 42 (generation 7)
 /// partial, retried: <why>".
 std::string statusLine(const CycleReport& r);
+
+/// The wait before the next attempt after a failed cycle: the back-off's draw, at least 200 ms,
+/// and at least what the store asked with Retry-After (429/503), that request capped by `cap`
+/// (the back-off ceiling, 10 minutes: a store cannot park a fleet for longer).
+std::chrono::milliseconds retryDelay(std::chrono::milliseconds backoffDraw,
+                                     std::optional<std::chrono::seconds> retryAfter, std::chrono::milliseconds cap);
 
 class Daemon {
  public:
@@ -100,6 +111,7 @@ class Daemon {
     std::optional<int64_t> nextExpiry;
     std::string stateSignature;
     bool recovered = false;
+    std::optional<std::chrono::seconds> retryAfter;  // the store's Retry-After with a 429/503
   };
 
   Status buildRuntime(const Config& config);

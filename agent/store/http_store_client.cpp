@@ -1,40 +1,37 @@
 #include "agent/store/http_store_client.h"
 
-#include <Poco/Exception.h>
-#include <Poco/Net/HTTPRequest.h>
-#include <Poco/Net/HTTPResponse.h>
-#include <Poco/Net/IPAddress.h>
-#include <Poco/Net/NetException.h>
-#include <Poco/Net/SocketAddress.h>
-#include <Poco/NumberParser.h>
-#include <Poco/String.h>
-#include <openssl/bio.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
-#include <openssl/x509v3.h>
 #include <poll.h>
-#include <pthread.h>
+#include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <chrono>
-#include <csignal>
+#include <climits>
+#include <cstdio>
 #include <cstring>
-#include <optional>
-#include <sstream>
-#include <stdexcept>
-#include <vector>
+#include <ctime>
+#include <mutex>
+#include <set>
 
 #include "agent/store/file_store_client.h"
 
 #ifndef PIM_VERSION
 #define PIM_VERSION "0"
+#endif
+
+// CURLOPT_QUICK_EXIT (a cancelled name look-up is not waited for) came with 7.87.0.
+#if LIBCURL_VERSION_NUM < 0x075700
+#error "libcurl 7.87.0 or newer is needed (Debian 12 has 7.88.1)"
 #endif
 
 namespace pim {
@@ -44,7 +41,7 @@ using SteadyClock = std::chrono::steady_clock;
 
 constexpr int64_t kMaxTokenFileBytes = 64 * 1024;
 constexpr int64_t kMaxCaFileBytes = 16 * 1024 * 1024;
-constexpr std::chrono::milliseconds kCancelPollSlice{100};
+constexpr std::chrono::seconds kMaxRetryAfter{30 * 24 * 3600};
 
 std::string trimWhitespace(const std::string& s) {
   const char* ws = " \t\r\n";
@@ -68,536 +65,425 @@ bool hasControl(const std::string& s) {
   });
 }
 
+bool allDigits(const std::string& s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
+}
+
 std::string seconds(std::chrono::milliseconds ms) {
   if (ms.count() % 1000 == 0) return std::to_string(ms.count() / 1000) + " s";
   return std::to_string(ms.count()) + " ms";
 }
 
-// The reason OpenSSL refused the server's certificate during this thread's last handshake (the
-// handshake runs in the fetching thread), so that the error names it ("hostname mismatch",
-// "unable to get local issuer certificate") instead of the bare "certificate verify failed".
-thread_local int tlsVerifyError = X509_V_OK;
-
-int recordVerifyError(int preverifyOk, X509_STORE_CTX* store) {
-  if (!preverifyOk && tlsVerifyError == X509_V_OK) tlsVerifyError = X509_STORE_CTX_get_error(store);
-  return preverifyOk;  // OpenSSL's verdict unchanged
+bool startsWithNoCase(const std::string& s, const char* prefix) {
+  const size_t n = std::strlen(prefix);
+  return s.size() >= n && strncasecmp(s.c_str(), prefix, n) == 0;
 }
 
-// Blocks SIGPIPE in the calling thread for the duration of a fetch, and swallows one raised by a
-// write to a connection the store closed (OpenSSL writes without MSG_NOSIGNAL): the agent must not
-// die of a store hanging up, whatever the process's signal set-up (the libpq technique).
-class SigpipeGuard {
- public:
-  SigpipeGuard() {
-    sigset_t pipe;
-    sigemptyset(&pipe);
-    sigaddset(&pipe, SIGPIPE);
-    sigset_t pending;
-    sigemptyset(&pending);
-    sigpending(&pending);
-    wasPending_ = sigismember(&pending, SIGPIPE) == 1;
-    blocked_ = pthread_sigmask(SIG_BLOCK, &pipe, &old_) == 0;
-  }
-  ~SigpipeGuard() {
-    if (!blocked_) return;
-    sigset_t pending;
-    sigemptyset(&pending);
-    sigpending(&pending);
-    if (!wasPending_ && sigismember(&pending, SIGPIPE) == 1) {
-      sigset_t pipe;
-      sigemptyset(&pipe);
-      sigaddset(&pipe, SIGPIPE);
-      const timespec zero{0, 0};
-      while (sigtimedwait(&pipe, nullptr, &zero) < 0 && errno == EINTR) {
-      }
-    }
-    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
-  }
-  SigpipeGuard(const SigpipeGuard&) = delete;
-  SigpipeGuard& operator=(const SigpipeGuard&) = delete;
+// curl_global_init once per process, before the first handle (libcurl's own lazy initialisation
+// is not guaranteed to be thread-safe). Never cleaned up: the process ends with it.
+bool initCurl() {
+  static const bool ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
+  return ok;
+}
 
- private:
-  sigset_t old_{};
-  bool wasPending_ = false;
-  bool blocked_ = false;
+// ---- close-on-exec ----
+
+// libcurl 7.88 opens its connection sockets and the multi handle's wake-up socket pair without
+// close-on-exec (fixed in 8.19.0 and 8.8.0); the agent runs useradd, sshd -t and the reload
+// command while a connection is kept, and they must not inherit it.
+curl_socket_t openSocketCloseOnExec(void* /*clientp*/, curlsocktype /*purpose*/, struct curl_sockaddr* address) {
+  const int fd = ::socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+  return fd < 0 ? CURL_SOCKET_BAD : fd;
+}
+
+// The descriptors of this process that an exec would pass on.
+std::set<int> inheritableDescriptors() {
+  std::set<int> out;
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return out;
+  const int own = ::dirfd(dir);
+  while (dirent* entry = ::readdir(dir)) {
+    char* end = nullptr;
+    const long fd = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0' || fd == own) continue;
+    const int flags = ::fcntl(static_cast<int>(fd), F_GETFD);
+    if (flags >= 0 && (flags & FD_CLOEXEC) == 0) out.insert(static_cast<int>(fd));
+  }
+  ::closedir(dir);
+  return out;
+}
+
+// curl_multi_init() with its wake-up socket pair made close-on-exec: there is no API to reach the
+// pair, so the sockets that appeared during the call without close-on-exec are marked (everything
+// else in the agent opens its descriptors close-on-exec).
+CURLM* newMultiHandle() {
+  const std::set<int> before = inheritableDescriptors();
+  CURLM* multi = curl_multi_init();
+  if (multi == nullptr) return nullptr;
+  for (int fd : inheritableDescriptors()) {
+    struct stat st {};
+    if (before.count(fd) == 0 && ::fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  }
+  // One connection at most: the one kept for the next poll.
+  curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 1L);
+  return multi;
+}
+
+// ---- TLS: the system CAs plus ca_file ----
+
+struct X509Deleter {
+  void operator()(X509* x) const { X509_free(x); }
 };
+using CaCertificates = std::vector<std::unique_ptr<X509, X509Deleter>>;
 
 struct BioDeleter {
   void operator()(BIO* b) const { BIO_free(b); }
 };
 
-// Poco would accept a CA file with no certificate in silence (or fail with an OpenSSL code):
-// check it here to give the operator a message naming the file.
-Status checkCaFile(const std::string& path) {
+// The certificates of ca_file; a file with none is an error naming it (OpenSSL would take it in
+// silence and every handshake would fail later).
+Result<CaCertificates> loadCaFile(const std::string& path) {
   auto text = readRegularFile(path, kMaxCaFileBytes);
   if (!text) return Status::error(ErrorCode::kInvalid, "store.ca_file: " + text.status().message(), path);
   std::unique_ptr<BIO, BioDeleter> bio(BIO_new_mem_buf(text->data(), static_cast<int>(text->size())));
   if (!bio) return Status::error(ErrorCode::kInternal, "store.ca_file " + path + ": out of memory", path);
-  X509* cert = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr);
+  CaCertificates certs;
+  while (X509* cert = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) certs.emplace_back(cert);
   ERR_clear_error();
-  if (cert == nullptr) {
+  if (certs.empty()) {
     return Status::error(ErrorCode::kInvalid, "store.ca_file " + path + ": holds no PEM certificate", path);
   }
-  X509_free(cert);
-  return Status::ok();
+  return certs;
 }
 
-bool allOf(const std::string& s, int (*pred)(int)) {
-  return std::all_of(s.begin(), s.end(), [pred](char c) { return pred(static_cast<unsigned char>(c)) != 0; });
-}
-
-// A TLS failure, with OpenSSL's reason.
-class TlsError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-// OpenSSL's reason for the last failure, then its error queue cleared.
-std::string takeSslError(const char* fallback) {
-  unsigned long e = ERR_peek_last_error();
-  std::string text = fallback;
-  if (e != 0) {
-    const char* reason = ERR_reason_error_string(e);
-    text = reason ? reason : "error " + std::to_string(e);
+// CURLOPT_SSL_CTX_FUNCTION: runs for every new TLS connection (the store's, and an https://
+// proxy's) before the handshake; libcurl adds its CA bundle to the same store afterwards, or
+// replaces it by the store it cached from an earlier connection of this multi handle, which
+// already holds these certificates.
+CURLcode addCaCertificates(CURL* /*easy*/, void* sslCtx, void* userdata) {
+  X509_STORE* store = SSL_CTX_get_cert_store(static_cast<SSL_CTX*>(sslCtx));
+  for (const auto& cert : *static_cast<const CaCertificates*>(userdata)) {
+    X509_STORE_add_cert(store, cert.get());  // a certificate already there is not an error
   }
   ERR_clear_error();
-  return text;
+  return CURLE_OK;
 }
 
-// The byte stream of one connection: the non-blocking socket itself (http://) or TLS on it
-// (https://, OpenSSL directly). Every wait is a poll(2) bounded by the fetch's deadline, the TLS
-// handshake's included, so a peer trickling bytes cannot stretch a fetch past it (expired() is then
-// true and Poco::TimeoutException thrown). cancel() shuts the socket down, which ends any wait.
-class Channel {
- public:
-  explicit Channel(int fd) : fd_(fd) {}
-  ~Channel() {
-    if (ssl_ != nullptr) SSL_free(ssl_);
-  }
-  Channel(const Channel&) = delete;
-  Channel& operator=(const Channel&) = delete;
+// ---- the answer ----
 
-  bool expired() const { return expired_; }
-  bool secured() const { return ssl_ != nullptr; }
-  // Every wait of the next exchange ends by `deadline`.
-  void setDeadline(SteadyClock::time_point deadline) {
-    deadline_ = deadline;
-    expired_ = false;
-  }
-  // Bytes already received and not read: TLS records OpenSSL holds (read-ahead) or, on the socket,
-  // anything at all (data or the peer's close). An idle kept connection has none.
-  bool hasUnread() const {
-    if (ssl_ != nullptr && SSL_has_pending(ssl_) == 1) return true;
-    pollfd p{fd_, POLLIN, 0};
-    return ::poll(&p, 1, 0) != 0;
-  }
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
 
-  // Client handshake; `host` is sent as SNI unless it is an IP address. Throws TlsError.
-  void startTls(SSL_CTX* ctx, const std::string& host, bool hostIsIp) {
-    ssl_ = SSL_new(ctx);
-    if (ssl_ == nullptr || SSL_set_fd(ssl_, fd_) != 1) throw TlsError(takeSslError("cannot start TLS"));
-    if (!hostIsIp) SSL_set_tlsext_host_name(ssl_, host.c_str());
+// The length announced by every Content-Length field (one field may list the value several
+// times, "12, 12"), or why it is refused: malformed, or two different values (RFC 9112 6.3:
+// the framing is unknown, so the answer cannot be trusted). -1 when there is none.
+Result<int64_t> announcedLength(const std::vector<std::string>& fields) {
+  int64_t length = -1;
+  std::string first;
+  for (const auto& field : fields) {
+    size_t start = 0;
     for (;;) {
-      ERR_clear_error();
-      const int rc = SSL_connect(ssl_);
-      if (rc == 1) return;
-      const int err = SSL_get_error(ssl_, rc);
-      if (waitedFor(err)) continue;
-      if (err == SSL_ERROR_SYSCALL && ERR_peek_last_error() == 0) {
-        throw TlsError(errno != 0 ? std::string(std::strerror(errno)) : "connection closed during the handshake");
+      const size_t comma = field.find(',', start);
+      const std::string value = trimWhitespace(field.substr(start, comma == std::string::npos ? comma : comma - start));
+      if (!allDigits(value) || value.size() > 18) {
+        return Status::error(ErrorCode::kUnreachable, "malformed Content-Length '" + value.substr(0, 32) + "'");
       }
-      throw TlsError(takeSslError("handshake failed"));
+      const int64_t n = std::stoll(value);
+      if (length >= 0 && n != length) {
+        return Status::error(ErrorCode::kUnreachable,
+                             "two different Content-Length values (" + first + " and " + value + "): answer refused");
+      }
+      if (length < 0) first = value;
+      length = n;
+      if (comma == std::string::npos) break;
+      start = comma + 1;
     }
   }
-
-  // Up to `len` bytes; 0 at the end of the stream.
-  size_t receive(char* buf, size_t len) {
-    for (;;) {
-      if (ssl_ != nullptr) {
-        ERR_clear_error();
-        const int n = SSL_read(ssl_, buf, static_cast<int>(std::min<size_t>(len, INT32_MAX)));
-        if (n > 0) return static_cast<size_t>(n);
-        const int err = SSL_get_error(ssl_, n);
-        if (waitedFor(err)) continue;
-        if (err == SSL_ERROR_ZERO_RETURN) return 0;
-        if (err == SSL_ERROR_SYSCALL && ERR_peek_last_error() == 0) {
-          if (errno == ECONNRESET) throw Poco::Net::ConnectionResetException();
-          return 0;  // closed without close_notify: the HTTP framing says whether that was early
-        }
-        throw TlsError(takeSslError("read failed"));
-      }
-      const ssize_t n = ::recv(fd_, buf, len, 0);
-      if (n >= 0) return static_cast<size_t>(n);
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        wait(POLLIN);
-        continue;
-      }
-      if (errno == ECONNRESET) throw Poco::Net::ConnectionResetException();
-      throw Poco::IOException(std::string("receive: ") + std::strerror(errno));
-    }
-  }
-
-  void sendAll(const std::string& bytes) {
-    size_t sent = 0;
-    while (sent < bytes.size()) {
-      if (ssl_ != nullptr) {
-        ERR_clear_error();
-        const int n = SSL_write(ssl_, bytes.data() + sent, static_cast<int>(bytes.size() - sent));
-        if (n > 0) {
-          sent += static_cast<size_t>(n);
-          continue;
-        }
-        const int err = SSL_get_error(ssl_, n);
-        if (waitedFor(err)) continue;
-        if (err == SSL_ERROR_SYSCALL && ERR_peek_last_error() == 0) {
-          throw Poco::Net::ConnectionResetException("sending the request");
-        }
-        throw TlsError(takeSslError("write failed"));
-      }
-      const ssize_t n = ::send(fd_, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
-      if (n > 0) {
-        sent += static_cast<size_t>(n);
-        continue;
-      }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        wait(POLLOUT);
-        continue;
-      }
-      throw Poco::Net::ConnectionResetException("sending the request");
-    }
-  }
-
- private:
-  // OpenSSL's "try again once the socket is readable (writable)": waits for it, true.
-  bool waitedFor(int sslError) {
-    if (sslError != SSL_ERROR_WANT_READ && sslError != SSL_ERROR_WANT_WRITE) return false;
-    wait(sslError == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
-    return true;
-  }
-
-  void wait(short events) {
-    for (;;) {
-      const auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - SteadyClock::now()).count() + 1;
-      if (left <= 1 && SteadyClock::now() >= deadline_) {
-        expired_ = true;
-        throw Poco::TimeoutException("deadline passed");
-      }
-      pollfd p{fd_, events, 0};
-      const int rc = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, INT32_MAX)));
-      if (rc > 0) return;
-      if (rc < 0 && errno != EINTR) throw Poco::IOException(std::string("poll: ") + std::strerror(errno));
-    }
-  }
-
-  int fd_;
-  SteadyClock::time_point deadline_ = SteadyClock::now();
-  SSL* ssl_ = nullptr;
-  bool expired_ = false;
-};
-
-struct BodyResult {
-  bool overLimit = false;
-  int64_t declared = -1;  // Content-Length, when announced
-  std::string error;      // truncated or malformed framing; "" when the body is complete
-};
-
-// Reads one HTTP/1.1 response from the socket, strictly: Poco's HTTPClientSession (1.11) ends a
-// chunked body silently at a premature EOF, which would hand a truncated document on. Here any
-// EOF before the framing says the body is complete is an error, and at most limit + 1 body bytes
-// are ever held.
-class HttpResponseReader {
- public:
-  explicit HttpResponseReader(Channel& channel) : channel_(channel), buffer_(16 * 1024) {}
-
-  // Whether any byte of the answer arrived.
-  bool receivedAny() const { return receivedAny_; }
-  // Whether the answer was read to its end and nothing after it: the connection can carry another.
-  bool drained() const { return !eof_ && pos_ == end_; }
-
-  // Status line and headers (1xx interim answers skipped). Throws NoMessageException when the
-  // connection closes before any byte, MessageException on malformed or oversized headers.
-  void readHeader(Poco::Net::HTTPResponse& response) {
-    for (;;) {
-      std::string text;
-      for (;;) {
-        std::string line;
-        if (!readLine(line, kMaxHeaderLine)) {
-          if (text.empty() && line.empty()) throw Poco::Net::NoMessageException();
-          throw Poco::Net::MessageException("connection closed inside the response headers");
-        }
-        if (!line.empty() && line.back() == '\r') line.pop_back();
-        text += line + "\r\n";
-        if (text.size() > kMaxHeaderBytes) throw Poco::Net::MessageException("response headers too large");
-        if (line.empty()) break;
-      }
-      std::istringstream in(text);
-      response.clear();
-      response.read(in);
-      if (response.getStatus() >= 200) return;
-    }
-  }
-
-  // The body of a 200 answer into `body`, according to its framing.
-  BodyResult readBody(const Poco::Net::HTTPResponse& response, int64_t limit, std::string& body) {
-    BodyResult result;
-    if (response.has("Content-Encoding") && Poco::icompare(response.get("Content-Encoding"), "identity") != 0) {
-      result.error = "unsupported Content-Encoding " + response.get("Content-Encoding");
-      return result;
-    }
-    if (response.has("Transfer-Encoding")) {
-      if (Poco::icompare(trimWhitespace(response.get("Transfer-Encoding")), "chunked") != 0) {
-        result.error = "unsupported Transfer-Encoding " + response.get("Transfer-Encoding");
-        return result;
-      }
-      return readChunked(limit, body);
-    }
-    if (response.has("Content-Length")) {
-      const std::string text = trimWhitespace(response.get("Content-Length"));
-      Poco::UInt64 length = 0;
-      if (text.empty() || text.size() > 18 || !allOf(text, ::isdigit) ||
-          !Poco::NumberParser::tryParseUnsigned64(text, length)) {
-        result.error = "malformed Content-Length";
-        return result;
-      }
-      result.declared = static_cast<int64_t>(length);
-      if (result.declared > limit) {
-        result.overLimit = true;
-        return result;
-      }
-      readUpTo(static_cast<size_t>(length), body);
-      if (body.size() != length) {
-        result.error = "truncated body: received " + std::to_string(body.size()) + " of " + text + " bytes";
-      }
-      return result;
-    }
-    // No framing: the body ends with the connection (HTTP/1.0 style); truncation is undetectable.
-    readUpTo(static_cast<size_t>(limit) + 1, body);
-    if (static_cast<int64_t>(body.size()) > limit) result.overLimit = true;
-    return result;
-  }
-
- private:
-  static constexpr size_t kMaxHeaderLine = 8 * 1024;
-  static constexpr size_t kMaxHeaderBytes = 64 * 1024;
-
-  BodyResult readChunked(int64_t limit, std::string& body) {
-    BodyResult result;
-    for (;;) {
-      std::string line;
-      if (!readLine(line, 1024)) {
-        result.error = "truncated body: connection closed inside the chunked encoding";
-        return result;
-      }
-      std::string sizeText = trimWhitespace(line.substr(0, line.find(';')));
-      Poco::UInt64 size = 0;
-      if (sizeText.empty() || sizeText.size() > 15 || !allOf(sizeText, ::isxdigit) ||
-          !Poco::NumberParser::tryParseHex64(sizeText, size)) {
-        result.error = "malformed chunked encoding";
-        return result;
-      }
-      if (size == 0) break;
-      if (static_cast<int64_t>(body.size() + size) > limit) {
-        result.overLimit = true;
-        return result;
-      }
-      const size_t before = body.size();
-      readUpTo(static_cast<size_t>(size), body);
-      std::string crlf;
-      if (body.size() - before != size || !readLine(crlf, 2) || !(crlf.empty() || crlf == "\r")) {
-        result.error = body.size() - before != size ? "truncated body: connection closed inside a chunk"
-                                                    : "malformed chunked encoding";
-        return result;
-      }
-    }
-    // Trailer fields up to the empty line: the terminating line is what proves completeness.
-    for (size_t total = 0;;) {
-      std::string line;
-      if (!readLine(line, kMaxHeaderLine)) {
-        result.error = "truncated body: connection closed before the end of the chunked encoding";
-        return result;
-      }
-      total += line.size();
-      if (line.empty() || line == "\r") break;
-      if (total > kMaxHeaderBytes) {
-        result.error = "malformed chunked encoding: trailer too large";
-        return result;
-      }
-    }
-    return result;
-  }
-
-  bool fill() {
-    if (eof_) return false;
-    const size_t n = channel_.receive(buffer_.data(), buffer_.size());
-    if (n == 0) {
-      eof_ = true;
-      return false;
-    }
-    pos_ = 0;
-    end_ = static_cast<size_t>(n);
-    receivedAny_ = true;
-    return true;
-  }
-
-  // One line without its "\n" (a trailing "\r" is kept for the caller); false at EOF before "\n".
-  // Throws MessageException past maxLen.
-  bool readLine(std::string& line, size_t maxLen) {
-    line.clear();
-    for (;;) {
-      if (pos_ == end_ && !fill()) return false;
-      char c = buffer_[pos_++];
-      if (c == '\n') return true;
-      if (line.size() >= maxLen) throw Poco::Net::MessageException("line too long in the response");
-      line.push_back(c);
-    }
-  }
-
-  // Appends up to n bytes (fewer only at EOF).
-  void readUpTo(size_t n, std::string& out) {
-    while (n > 0) {
-      if (pos_ == end_ && !fill()) return;
-      size_t take = std::min(n, end_ - pos_);
-      out.append(buffer_.data() + pos_, take);
-      pos_ += take;
-      n -= take;
-    }
-  }
-
-  Channel& channel_;
-  std::vector<char> buffer_;
-  size_t pos_ = 0;
-  size_t end_ = 0;
-  bool eof_ = false;
-  bool receivedAny_ = false;
-};
-
-std::string hostForUrl(const std::string& host) {
-  return host.find(':') != std::string::npos ? "[" + host + "]" : host;
+  return length;
 }
 
 }  // namespace
 
-// Registers the fd of the connection in flight for cancel(); unregisters it before the sockets
-// (declared earlier in fetchOnce) are destroyed and the fd closed.
-class FdRegistration {
- public:
-  explicit FdRegistration(HttpStoreClient& client) : client_(client) {}
-  ~FdRegistration() { client_.setActiveFd(-1); }
-  FdRegistration(const FdRegistration&) = delete;
-  FdRegistration& operator=(const FdRegistration&) = delete;
-  void arm(int fd) { client_.setActiveFd(fd); }
+std::optional<std::chrono::seconds> parseRetryAfter(const std::string& value, int64_t now) {
+  const std::string text = trimWhitespace(value);
+  if (text.empty() || hasControl(text)) return std::nullopt;
+  if (allDigits(text)) {
+    if (text.size() > 9) return kMaxRetryAfter;
+    return std::min(std::chrono::seconds(std::stoll(text)), kMaxRetryAfter);
+  }
+  // An HTTP date. libcurl's parser takes the three formats HTTP allows (and more).
+  const time_t when = curl_getdate(text.c_str(), nullptr);
+  if (when == static_cast<time_t>(-1)) return std::nullopt;
+  const int64_t delta = static_cast<int64_t>(when) - now;
+  if (delta <= 0) return std::chrono::seconds(0);
+  return std::min(std::chrono::seconds(delta), kMaxRetryAfter);
+}
 
- private:
-  HttpStoreClient& client_;
+// What the header and write callbacks collect of one answer. Interim 1xx answers are forgotten
+// when the next status line comes; trailer fields after a chunked body are ignored.
+struct HttpStoreClient::Answer {
+  enum class Stop { kNone, kStatus, kRefused, kOverLimit };
+  int64_t limit = 0;
+  int status = 0;
+  std::string reason;
+  bool complete = false;  // the header block of the final answer ended
+  std::vector<std::string> contentLengths;
+  std::vector<std::string> transferEncodings;
+  std::vector<std::string> contentEncodings;
+  std::optional<std::string> etag, signature, retryAfter;
+  int64_t declared = -1;
+  Stop stop = Stop::kNone;  // why a callback ended the transfer
+  std::string refusal;      // with kRefused
+  std::string body;
+
+  void startAnswer(const std::string& statusLine) {
+    const int64_t keep = limit;
+    *this = Answer();
+    limit = keep;
+    // "HTTP/1.1 200 OK": the version, the code, the reason (which may be empty).
+    const auto sp = statusLine.find(' ');
+    if (sp == std::string::npos) return;
+    const std::string code = statusLine.substr(sp + 1, 3);
+    if (code.size() == 3 && allDigits(code)) status = std::stoi(code);
+    if (statusLine.size() > sp + 5) reason = trimWhitespace(statusLine.substr(sp + 5));
+  }
+
+  // The header block of the final answer ended: whether its body may be read.
+  bool accept() {
+    complete = true;
+    if (status != 200 && status != 304) {
+      stop = Stop::kStatus;  // an error: its body is not read, the connection not kept
+      return false;
+    }
+    auto length = announcedLength(contentLengths);
+    if (!length) return refuse(length.status().message());
+    declared = *length;
+    if (status == 304) return true;
+    for (const auto& coding : contentEncodings) {
+      if (lower(trimWhitespace(coding)) != "identity") return refuse("unsupported Content-Encoding " + coding);
+    }
+    for (const auto& coding : transferEncodings) {
+      if (lower(trimWhitespace(coding)) != "chunked") return refuse("unsupported Transfer-Encoding " + coding);
+    }
+    if (declared > limit) {
+      stop = Stop::kOverLimit;  // refused before any byte of the body
+      return false;
+    }
+    return true;
+  }
+
+  bool refuse(const std::string& why) {
+    stop = Stop::kRefused;
+    refusal = why;
+    return false;
+  }
+
+  static size_t onHeader(char* data, size_t size, size_t count, void* userdata) {
+    auto& a = *static_cast<Answer*>(userdata);
+    const size_t n = size * count;
+    std::string line(data, n);
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+    if (a.complete) return n;  // trailer fields
+    if (startsWithNoCase(line, "HTTP/")) {
+      a.startAnswer(line);
+      return n;
+    }
+    if (line.empty()) {
+      if (a.status >= 100 && a.status < 200) return n;  // an interim answer: the real one follows
+      return a.accept() ? n : 0;
+    }
+    const auto colon = line.find(':');
+    if (colon == std::string::npos || line[0] == ' ' || line[0] == '\t') return n;
+    const std::string name = lower(trimWhitespace(line.substr(0, colon)));
+    const std::string value = trimWhitespace(line.substr(colon + 1));
+    if (name == "content-length") {
+      a.contentLengths.push_back(value);
+    } else if (name == "transfer-encoding") {
+      a.transferEncodings.push_back(value);
+    } else if (name == "content-encoding") {
+      a.contentEncodings.push_back(value);
+    } else if (name == "etag") {
+      if (!a.etag) a.etag = value;
+    } else if (name == "x-access-signature") {
+      if (!a.signature) a.signature = value;
+    } else if (name == "retry-after") {
+      if (!a.retryAfter) a.retryAfter = value;
+    }
+    return n;
+  }
+
+  static size_t onBody(char* data, size_t size, size_t count, void* userdata) {
+    auto& a = *static_cast<Answer*>(userdata);
+    const size_t n = size * count;
+    if (static_cast<int64_t>(a.body.size() + n) > a.limit) {
+      a.stop = Stop::kOverLimit;  // at most limit bytes are ever held
+      return 0;
+    }
+    a.body.append(data, n);
+    return n;
+  }
 };
 
-// One connection to the store: the socket (close-on-exec: the agent runs commands while a
-// connection is kept) and the channel on it, destroyed first (TLS freed before the fd closes).
-struct HttpStoreClient::Connection {
-  explicit Connection(int socketFd) : fd(socketFd), channel(socketFd) {}
-  ~Connection() { ::close(fd); }
-  Connection(const Connection&) = delete;
-  Connection& operator=(const Connection&) = delete;
+// The libcurl handles of one client, and what they point to.
+struct HttpStoreClient::CurlHandles {
+  std::mutex multiMutex;  // cancel() (any thread) against a new multi handle (the fetching thread)
+  CURLM* multi = nullptr;
+  CURL* easy = nullptr;
+  curl_slist* headers = nullptr;
+  curl_slist* resolve = nullptr;
+  CaCertificates caCertificates;
+  char error[CURL_ERROR_SIZE] = {};
 
-  int fd;
-  Channel channel;
-  SteadyClock::time_point idleSince{};
+  ~CurlHandles() {
+    if (easy != nullptr) curl_easy_cleanup(easy);
+    if (multi != nullptr) curl_multi_cleanup(multi);
+    curl_slist_free_all(headers);
+    curl_slist_free_all(resolve);
+  }
 };
 
-HttpStoreClient::HttpStoreClient(Params params, Poco::URI uri, std::shared_ptr<SSL_CTX> tls, Logger log)
-    : params_(std::move(params)), uri_(std::move(uri)), tls_(std::move(tls)), log_(std::move(log)) {}
+bool HttpStoreClient::asynchronousDns() {
+  initCurl();
+  const curl_version_info_data* info = curl_version_info(CURLVERSION_NOW);
+  return info != nullptr && (info->features & CURL_VERSION_ASYNCHDNS) != 0;
+}
+
+HttpStoreClient::HttpStoreClient(Params params, std::string url, std::string shown, std::string peer, Logger log)
+    : params_(std::move(params)),
+      url_(std::move(url)),
+      shown_(std::move(shown)),
+      peer_(std::move(peer)),
+      log_(std::move(log)),
+      curl_(std::make_unique<CurlHandles>()) {
+  hasQuery_ = url_.find('?') != std::string::npos;
+}
 
 HttpStoreClient::~HttpStoreClient() = default;
 
 Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, Logger log) {
-  Poco::URI uri;
-  try {
-    uri = Poco::URI(params.url);
-  } catch (const Poco::Exception& e) {
-    // The raw URL is not echoed: it may carry credentials.
-    return Status::error(ErrorCode::kInvalid, "store.source: malformed URL: " + e.displayText());
+  // libcurl's URL parser is lenient ("https:///x" and "https:/x" name the host x): the form is
+  // checked here first. The raw URL is never echoed: it may carry credentials.
+  const bool https = startsWithNoCase(params.url, "https://");
+  const size_t authority = https ? 8 : 7;
+  if ((!https && !startsWithNoCase(params.url, "http://")) || params.url.size() <= authority ||
+      params.url[authority] == '/') {
+    return Status::error(ErrorCode::kInvalid, "store.source: malformed URL (expected http(s)://HOST[:PORT]/PATH)");
   }
-  const std::string scheme = uri.getScheme();
-  if (scheme != "http" && scheme != "https") {
-    return Status::error(ErrorCode::kInvalid,
-                         "store.source: unsupported scheme '" + scheme + "' (expected https://, http:// or file://)");
+  if (hasControlOrSpace(params.url)) {
+    return Status::error(ErrorCode::kInvalid, "store.source: white space or control character in URL");
   }
-  const std::string shown = scheme + "://" + hostForUrl(uri.getHost()) + uri.getPath();
-  if (uri.getHost().empty()) return Status::error(ErrorCode::kInvalid, "store.source " + shown + ": no host");
-  if (!uri.getUserInfo().empty()) {
+  if (!initCurl()) return Status::error(ErrorCode::kInternal, "store: libcurl cannot be initialised");
+  std::unique_ptr<CURLU, decltype(&curl_url_cleanup)> parsed(curl_url(), curl_url_cleanup);
+  if (!parsed) return Status::error(ErrorCode::kInternal, "store: out of memory");
+  if (CURLUcode rc = curl_url_set(parsed.get(), CURLUPART_URL, params.url.c_str(), 0); rc != CURLUE_OK) {
+    return Status::error(ErrorCode::kInvalid, std::string("store.source: malformed URL: ") + curl_url_strerror(rc));
+  }
+  auto part = [&](CURLUPart which, unsigned int flags = 0) {
+    char* value = nullptr;
+    std::string out;
+    if (curl_url_get(parsed.get(), which, &value, flags) == CURLUE_OK && value != nullptr) out = value;
+    curl_free(value);
+    return out;
+  };
+  const std::string scheme = part(CURLUPART_SCHEME);
+  const std::string host = part(CURLUPART_HOST);  // an IPv6 address in brackets
+  const std::string port = part(CURLUPART_PORT, CURLU_DEFAULT_PORT);
+  const std::string explicitPort = part(CURLUPART_PORT);
+  std::string path = part(CURLUPART_PATH);
+  if (path.empty()) path = "/";
+  const bool defaultPort = explicitPort.empty() || port == (scheme == "https" ? "443" : "80");
+  const std::string shown = scheme + "://" + host + (defaultPort ? "" : ":" + port) + path;
+  if (host.empty()) return Status::error(ErrorCode::kInvalid, "store.source " + shown + ": no host");
+  if (!part(CURLUPART_USER).empty() || !part(CURLUPART_PASSWORD).empty() || !part(CURLUPART_OPTIONS).empty()) {
     return Status::error(ErrorCode::kInvalid,
                          "store.source " + shown + ": credentials in the URL are not supported (use token_file)");
   }
-  if (!uri.getFragment().empty()) {
+  if (params.url.find('#') != std::string::npos) {
     return Status::error(ErrorCode::kInvalid, "store.source " + shown + ": a fragment (#...) is not allowed");
   }
-  if (hasControl(params.url)) {
-    return Status::error(ErrorCode::kInvalid, "store.source " + shown + ": control character in URL");
-  }
+  const std::string url = part(CURLUPART_URL);
 
-  std::shared_ptr<SSL_CTX> tls;
-  if (scheme == "https") {
-    if (!params.caPath.empty()) {
-      Status s = checkCaFile(params.caPath);
-      if (!s) return s;
-    }
-    auto setupError = [&](const std::string& what) {
-      return Status::error(ErrorCode::kInvalid, "store TLS setup for " + shown + ": " + what, params.caPath);
-    };
-    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
-    if (ctx == nullptr) return setupError(takeSslError("cannot create a TLS context"));
-    tls.reset(ctx, SSL_CTX_free);
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    // A peer closing without close_notify ends the stream like a close: the HTTP framing
-    // (Content-Length, chunks) is what tells a complete body from a truncated one.
-    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION);
-    if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
-      log->warn("store TLS: the system CA certificates could not be loaded: {}", takeSslError("unknown"));
-    }
-    if (!params.caPath.empty() && SSL_CTX_load_verify_locations(ctx, params.caPath.c_str(), nullptr) != 1) {
-      return setupError("cannot load ca_file " + params.caPath + ": " + takeSslError("unknown error"));
-    }
-    // OpenSSL's verdict stands; the callback only records the reason for the error message.
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, recordVerifyError);
-    X509_VERIFY_PARAM* vp = SSL_CTX_get0_param(ctx);
-    const std::string& host = uri.getHost();
-    Poco::Net::IPAddress ip;
-    int ok = Poco::Net::IPAddress::tryParse(host, ip) ? X509_VERIFY_PARAM_set1_ip_asc(vp, host.c_str())
-                                                      : X509_VERIFY_PARAM_set1_host(vp, host.c_str(), host.size());
-    X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-    if (ok != 1) {
-      ERR_clear_error();
-      return setupError("cannot check host name " + host);
-    }
-  } else {
+  CaCertificates caCertificates;
+  if (scheme == "https" && !params.caPath.empty()) {
+    auto certs = loadCaFile(params.caPath);
+    if (!certs) return certs.status();
+    caCertificates = std::move(*certs);
+  } else if (scheme == "http") {
     if (!params.caPath.empty()) log->warn("store.ca_file is ignored for {}", shown);
     if (!params.tokenPath.empty()) log->warn("the bearer token is sent unencrypted to {}: use https://", shown);
   }
-  return std::unique_ptr<HttpStoreClient>(new HttpStoreClient(std::move(params), std::move(uri), tls, std::move(log)));
+  if (!asynchronousDns()) {
+    log->warn("store: this libcurl resolves names in the fetching thread: a hanging DNS look-up delays shutdown");
+  }
+  if (!params.proxy.url.empty()) {
+    log->debug("store: {} through proxy {} (from {}){}", shown, params.proxy.describe(), params.proxy.origin,
+               params.proxy.noProxy.empty() ? "" : ", except for NO_PROXY hosts");
+  }
+
+  std::unique_ptr<HttpStoreClient> client(
+      new HttpStoreClient(std::move(params), url, shown, host + ":" + port, std::move(log)));
+  CurlHandles& c = *client->curl_;
+  c.caCertificates = std::move(caCertificates);
+  c.multi = newMultiHandle();
+  c.easy = curl_easy_init();
+  if (c.multi == nullptr || c.easy == nullptr) {
+    return Status::error(ErrorCode::kInternal, "store: libcurl cannot make its handles");
+  }
+  const Params& p = client->params_;
+  CURL* e = c.easy;
+  bool ok = true;
+  auto set = [&](CURLoption option, auto value) { ok = ok && curl_easy_setopt(e, option, value) == CURLE_OK; };
+  set(CURLOPT_PROTOCOLS_STR, "http,https");
+  set(CURLOPT_FOLLOWLOCATION, 0L);
+  set(CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1));
+  // No Accept-Encoding is sent (CURLOPT_ACCEPT_ENCODING unset) and nothing is decoded.
+  set(CURLOPT_HTTP_CONTENT_DECODING, 0L);
+  set(CURLOPT_USERAGENT, "pim-access-agent/" PIM_VERSION);
+  set(CURLOPT_HTTPAUTH, static_cast<long>(CURLAUTH_BEARER));
+  // Never CURLOPT_VERBOSE and no debug callback: libcurl prints nothing, so neither the token nor
+  // a proxy's password can reach a log through it. Errors come through this buffer, which never
+  // holds a header.
+  set(CURLOPT_ERRORBUFFER, c.error);
+  // No signal handling by libcurl (it would flip SIGPIPE process-wide): it sends with MSG_NOSIGNAL.
+  set(CURLOPT_NOSIGNAL, 1L);
+  // A transfer removed during a name look-up leaves the resolver thread to finish alone.
+  set(CURLOPT_QUICK_EXIT, 1L);
+  set(CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(p.options.connectTimeout.count()));
+  // libcurl's own idle limit counts whole seconds; fetch() applies maxIdle exactly before.
+  set(CURLOPT_MAXAGE_CONN, static_cast<long>((p.options.maxIdle.count() + 999) / 1000));
+  set(CURLOPT_OPENSOCKETFUNCTION, openSocketCloseOnExec);
+  set(CURLOPT_HEADERFUNCTION, Answer::onHeader);
+  set(CURLOPT_WRITEFUNCTION, Answer::onBody);
+  // A proxy's CONNECT answer is not the store's.
+  set(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+  // Always set, so that libcurl never reads the proxy environment itself (store_proxy.h did).
+  set(CURLOPT_PROXY, p.proxy.url.c_str());
+  set(CURLOPT_NOPROXY, p.proxy.noProxy.c_str());
+  // The system CAs from Debian's bundle file only: with the default CApath (/etc/ssl/certs) as
+  // well, libcurl does not cache the verification store and parses the whole bundle again at
+  // every handshake (~10 ms of CPU); the bundle holds the same certificates.
+  set(CURLOPT_CAPATH, static_cast<const char*>(nullptr));
+  set(CURLOPT_SSLVERSION, static_cast<long>(CURL_SSLVERSION_TLSv1_2));
+  set(CURLOPT_SSL_VERIFYPEER, 1L);
+  set(CURLOPT_SSL_VERIFYHOST, 2L);
+  if (!c.caCertificates.empty()) {
+    set(CURLOPT_SSL_CTX_FUNCTION, addCaCertificates);
+    set(CURLOPT_SSL_CTX_DATA, static_cast<void*>(&c.caCertificates));
+  }
+  for (const auto& entry : p.options.resolve) c.resolve = curl_slist_append(c.resolve, entry.c_str());
+  if (!ok) return Status::error(ErrorCode::kInternal, "store: this libcurl lacks an option the agent needs (7.87+)");
+  return client;
 }
 
-std::string HttpStoreClient::describe() const {
-  std::string out = uri_.getScheme() + "://" + hostForUrl(uri_.getHost());
-  const unsigned short defaultPort = uri_.getScheme() == "https" ? 443 : 80;
-  if (uri_.getPort() != defaultPort) out += ":" + std::to_string(uri_.getPort());
-  out += uri_.getPath().empty() ? "/" : uri_.getPath();
-  return out;
-}
-
-void HttpStoreClient::setActiveFd(int fd) {
-  std::lock_guard<std::mutex> lock(fdMutex_);
-  activeFd_ = fd;
-  if (fd >= 0 && cancelled_.load()) ::shutdown(fd, SHUT_RDWR);
-}
+std::string HttpStoreClient::describe() const { return shown_; }
 
 void HttpStoreClient::cancel() {
-  std::lock_guard<std::mutex> lock(fdMutex_);
+  std::lock_guard<std::mutex> lock(curl_->multiMutex);
   cancelled_.store(true);
-  // Under the mutex: the fd is still open (unregistered before it is closed).
-  if (activeFd_ >= 0) ::shutdown(activeFd_, SHUT_RDWR);
+  // Wakes curl_multi_poll() in the fetching thread (or makes its next call return at once).
+  if (curl_->multi != nullptr) curl_multi_wakeup(curl_->multi);
 }
 
 Result<std::string> HttpStoreClient::readToken() const {
@@ -614,224 +500,247 @@ Result<std::string> HttpStoreClient::readToken() const {
   return token;
 }
 
+bool HttpStoreClient::keptConnectionStale() const {
+  if (keptFd_ < 0) return false;
+  // Past maxIdle a middlebox may have dropped the connection without a word (a GET sent into it
+  // would wait for the whole time-out); anything readable means the store closed it or sent
+  // bytes nobody asked for.
+  if (SteadyClock::now() - keptSince_ > params_.options.maxIdle) return true;
+  pollfd p{keptFd_, POLLIN, 0};
+  return ::poll(&p, 1, 0) != 0;
+}
+
+CURLcode HttpStoreClient::transfer() {
+  CURL* easy = curl_->easy;
+  CURLM* multi = curl_->multi;
+  if (curl_multi_add_handle(multi, easy) != CURLM_OK) return CURLE_OUT_OF_MEMORY;
+  CURLcode result = CURLE_OK;
+  bool done = false;
+  for (;;) {
+    int running = 0;
+    CURLMcode mc = curl_multi_perform(multi, &running);
+    int left = 0;
+    while (CURLMsg* msg = curl_multi_info_read(multi, &left)) {
+      if (msg->msg == CURLMSG_DONE && msg->easy_handle == easy) {
+        result = msg->data.result;
+        done = true;
+      }
+    }
+    if (done) break;
+    if (mc != CURLM_OK || running == 0) {
+      std::snprintf(curl_->error, sizeof curl_->error, "libcurl: %s", curl_multi_strerror(mc));
+      result = CURLE_SEND_ERROR;
+      break;
+    }
+    if (cancelled_.load()) break;
+    // Returns when a socket of the transfer is ready, when libcurl's next time-out is due, or
+    // when cancel() wakes it.
+    mc = curl_multi_poll(multi, nullptr, 0, 60000, nullptr);
+    if (mc != CURLM_OK) {
+      std::snprintf(curl_->error, sizeof curl_->error, "libcurl: %s", curl_multi_strerror(mc));
+      result = CURLE_RECV_ERROR;
+      break;
+    }
+    if (cancelled_.load()) break;
+  }
+  if (!done && cancelled_.load()) result = CURLE_ABORTED_BY_CALLBACK;
+  // The connection libcurl kept for the next fetch (asked while the transfer is still in the
+  // multi handle); none after a failure, whose connection libcurl closed.
+  curl_socket_t kept = CURL_SOCKET_BAD;
+  if (done && result == CURLE_OK) curl_easy_getinfo(easy, CURLINFO_ACTIVESOCKET, &kept);
+  keptFd_ = kept == CURL_SOCKET_BAD ? -1 : kept;
+  keptSince_ = SteadyClock::now();
+  // Removing an unfinished transfer closes its connection; a name look-up in progress is left to
+  // its thread (CURLOPT_QUICK_EXIT).
+  curl_multi_remove_handle(multi, easy);
+  return result;
+}
+
 Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t waitSeconds) {
-  if (cancelled_.load()) return Status::error(ErrorCode::kUnreachable, "GET " + describe() + ": cancelled");
+  retryAfter_.reset();
+  const std::string where =
+      "GET " + shown_ + (params_.proxy.url.empty() ? "" : " via proxy " + params_.proxy.describe());
+  auto unreachable = [&](const std::string& cause) {
+    return Status::error(ErrorCode::kUnreachable, where + ": " + cause);
+  };
+  if (cancelled_.load()) return unreachable("cancelled");
   std::string token;
   if (!params_.tokenPath.empty()) {
     auto t = readToken();
     if (!t) return t.status();
     token = std::move(*t);
   }
-  // Plain sockets are written with MSG_NOSIGNAL; only OpenSSL's writes can raise SIGPIPE.
-  std::optional<SigpipeGuard> sigpipe;
-  if (tls_) sigpipe.emplace();
-  return fetchOnce(etag, std::max<int64_t>(0, waitSeconds), token);
-}
+  waitSeconds = std::max<int64_t>(0, waitSeconds);
+  CurlHandles& c = *curl_;
+  CURL* e = c.easy;
 
-std::unique_ptr<HttpStoreClient::Connection> HttpStoreClient::takeKept() {
-  std::unique_ptr<Connection> conn = std::move(kept_);
-  if (!conn) return nullptr;
-  // Past maxIdle (90 s) a middlebox may have dropped the connection without a word (a GET sent into it would
-  // wait for the whole read time-out); anything readable means the store closed it or misbehaved.
-  if (SteadyClock::now() - conn->idleSince > params_.options.maxIdle || conn->channel.hasUnread()) return nullptr;
-  return conn;
-}
-
-Result<std::unique_ptr<HttpStoreClient::Connection>> HttpStoreClient::connect(std::chrono::milliseconds readBudget,
-                                                                              const std::string& where) {
-  const std::string peer = hostForUrl(uri_.getHost()) + ":" + std::to_string(uri_.getPort());
-  auto failed = [&](const std::string& cause) {
-    return Status::error(ErrorCode::kUnreachable, where + ": connect to " + peer + ": " + cause);
-  };
-  Poco::Net::SocketAddress address(uri_.getHost(), uri_.getPort());
-  const int fd = ::socket(address.af(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return failed(std::string("socket: ") + std::strerror(errno));
-  auto conn = std::make_unique<Connection>(fd);
-  // cancel() shuts the socket down from here on; unregistered before a failure closes it (the
-  // caller registers a connection it gets back).
-  setActiveFd(fd);
-  struct Unregister {
-    HttpStoreClient& client;
-    bool armed = true;
-    ~Unregister() {
-      if (armed) client.setActiveFd(-1);
+  std::string url = url_;
+  if (waitSeconds > 0) url += (hasQuery_ ? "&wait=" : "?wait=") + std::to_string(waitSeconds);
+  curl_slist_free_all(c.headers);
+  c.headers = curl_slist_append(nullptr, "Accept: application/json");
+  if (!etag.empty()) {
+    if (hasControl(etag)) {
+      log_->warn("{}: stored ETag has control characters; fetching without If-None-Match", where);
+    } else {
+      c.headers = curl_slist_append(c.headers, ("If-None-Match: " + etag).c_str());
     }
-  } unregister{*this};
+  }
+  const auto budget = params_.options.connectTimeout + params_.options.readTimeout + std::chrono::seconds(waitSeconds);
+  if (keptConnectionStale()) {
+    // Dropping the multi handle closes the kept connection (and forgets libcurl's caches).
+    log_->debug("{}: the kept connection is idle too long or closed by the store; opening a new one", where);
+    CURLM* fresh = newMultiHandle();
+    if (fresh == nullptr) return unreachable("libcurl cannot make a multi handle");
+    CURLM* old = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(c.multiMutex);
+      old = c.multi;
+      c.multi = fresh;
+      if (cancelled_.load()) curl_multi_wakeup(fresh);
+    }
+    curl_multi_cleanup(old);
+    keptFd_ = -1;
+  }
+  Answer answer;
+  answer.limit = params_.maxBytes;
+  curl_easy_setopt(e, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, c.headers);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(budget.count()));
+  curl_easy_setopt(e, CURLOPT_XOAUTH2_BEARER, token.empty() ? nullptr : token.c_str());
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, &answer);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, &answer);
+  // libcurl loads these into the multi handle's DNS cache once per setting.
+  if (c.resolve != nullptr) curl_easy_setopt(e, CURLOPT_RESOLVE, c.resolve);
+  c.error[0] = '\0';
 
-  // Non-blocking connect polled in slices, so that cancel() is noticed during the connect too.
-  int rc;
-  do {
-    rc = ::connect(fd, address.addr(), address.length());
-  } while (rc != 0 && errno == EINTR);
-  if (rc != 0 && errno != EINPROGRESS) {
-    return failed(errno == ECONNREFUSED ? std::string("connection refused") : std::strerror(errno));
+  const CURLcode code = transfer();
+  curl_easy_setopt(e, CURLOPT_XOAUTH2_BEARER, nullptr);  // libcurl's copy of the token goes now
+  long connects = 0;
+  curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &connects);
+  const char* how = connects == 0 ? "kept connection" : "new connection";
+
+  if (cancelled_.load()) return unreachable("cancelled");
+  if (answer.complete && (answer.status == 429 || answer.status == 503) && answer.retryAfter) {
+    retryAfter_ = parseRetryAfter(*answer.retryAfter, static_cast<int64_t>(std::time(nullptr)));
   }
-  const auto connectDeadline = SteadyClock::now() + params_.options.connectTimeout;
-  while (rc != 0) {
-    if (cancelled_.load()) return Status::error(ErrorCode::kUnreachable, where + ": cancelled");
-    auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(connectDeadline - SteadyClock::now());
-    if (remaining.count() <= 0) return failed("timed out after " + seconds(params_.options.connectTimeout));
-    pollfd p{fd, POLLOUT, 0};
-    const int ready = ::poll(&p, 1, static_cast<int>(std::min(remaining, kCancelPollSlice).count()));
-    if (ready > 0) break;
-    if (ready < 0 && errno != EINTR) return failed(std::string("poll: ") + std::strerror(errno));
+  if (code != CURLE_OK) return failure(code, answer, where);
+
+  if (answer.status == 304) {
+    if (etag.empty()) return unreachable("HTTP 304 " + answer.reason + " to a request without If-None-Match");
+    FetchOutcome out;
+    out.kind = FetchOutcome::Kind::kUnchanged;
+    out.httpStatus = 304;
+    const std::string newEtag = answer.etag ? *answer.etag : std::string();
+    out.etag = newEtag.empty() || hasControl(newEtag) ? etag : newEtag;
+    log_->debug("{}: 304, unchanged ({})", where, how);
+    return out;
   }
-  int soError = 0;
-  socklen_t len = sizeof soError;
-  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &len) != 0) soError = errno;
-  if (soError != 0) return failed(soError == ECONNREFUSED ? std::string("connection refused") : std::strerror(soError));
-  conn->channel.setDeadline(SteadyClock::now() + readBudget);
-  unregister.armed = false;
-  return conn;
+  FetchOutcome out;
+  out.kind = FetchOutcome::Kind::kDocument;
+  out.httpStatus = 200;
+  out.etag = answer.etag ? *answer.etag : std::string();
+  if (out.etag.empty() || hasControl(out.etag)) out.etag = "\"sha256:" + sha256Hex(answer.body) + "\"";
+  if (params_.verifier) {
+    Status v = params_.verifier->verify(answer.body, answer.signature ? *answer.signature : std::string(), where);
+    if (!v) return v;
+  }
+  out.body = std::move(answer.body);
+  log_->debug("{}: 200, {} bytes, ETag {} ({})", where, out.body.size(), out.etag, how);
+  return out;
 }
 
-Result<FetchOutcome> HttpStoreClient::fetchOnce(const std::string& etag, int64_t waitSeconds,
-                                                const std::string& token) {
-  const std::string where = "GET " + describe();
-  const std::string peer = hostForUrl(uri_.getHost()) + ":" + std::to_string(uri_.getPort());
-  const auto readBudget = params_.options.readTimeout + std::chrono::milliseconds(waitSeconds * 1000);
+Status HttpStoreClient::failure(CURLcode code, const Answer& answer, const std::string& where) const {
   auto unreachable = [&](const std::string& cause) {
     return Status::error(ErrorCode::kUnreachable, where + ": " + cause);
   };
-
-  // Declaration order matters: the registration goes after the connection so that it is
-  // destroyed (fd unregistered) before the connection closes the fd.
-  std::unique_ptr<Connection> conn = takeKept();
-  FdRegistration registration(*this);
-
-  auto explain = [&](const std::string& detail) {
-    if (cancelled_.load()) return unreachable("cancelled");
-    if (conn && conn->channel.expired())
-      return unreachable("timed out: no complete answer within " + seconds(readBudget));
-    return unreachable(detail);
-  };
-
-  try {
-    Poco::URI target = uri_;
-    if (waitSeconds > 0) target.addQueryParameter("wait", std::to_string(waitSeconds));
-    std::string pathAndQuery = target.getPathAndQuery();
-    if (pathAndQuery.empty() || pathAndQuery[0] != '/') pathAndQuery = "/" + pathAndQuery;
-
-    Poco::Net::HTTPRequest request(Poco::Net::HTTPRequest::HTTP_GET, pathAndQuery, Poco::Net::HTTPMessage::HTTP_1_1);
-    request.setHost(uri_.getHost(), uri_.getPort());
-    request.set("Accept", "application/json");
-    request.set("User-Agent", "pim-access-agent/" PIM_VERSION);
-    if (!token.empty()) request.set("Authorization", "Bearer " + token);
-    if (!etag.empty()) {
-      if (hasControl(etag)) {
-        log_->warn("{}: stored ETag has control characters; fetching without If-None-Match", where);
-      } else {
-        request.set("If-None-Match", etag);
+  const std::string detail = curl_->error[0] != '\0' ? std::string(curl_->error) : curl_easy_strerror(code);
+  CURL* e = curl_->easy;
+  if (code == CURLE_WRITE_ERROR && answer.stop != Answer::Stop::kNone) {
+    const std::string status =
+        "HTTP " + std::to_string(answer.status) + (answer.reason.empty() ? std::string() : " " + answer.reason);
+    switch (answer.stop) {
+      case Answer::Stop::kOverLimit: {
+        const std::string size =
+            answer.declared > answer.limit ? "document of " + std::to_string(answer.declared) + " bytes" : "document";
+        return Status::error(ErrorCode::kRejected, where + ": " + size + " is over the limit of " +
+                                                       std::to_string(answer.limit) + " bytes (max_document_bytes)");
       }
-    }
-    std::ostringstream requestText;
-    request.write(requestText);
-
-    std::optional<HttpResponseReader> reader;
-    Poco::Net::HTTPResponse response;
-    for (;;) {
-      const bool reused = conn != nullptr;
-      if (reused) {
-        registration.arm(conn->fd);
-        conn->channel.setDeadline(SteadyClock::now() + readBudget);
-      } else {
-        auto fresh = connect(readBudget, where);
-        if (!fresh) {
-          if (cancelled_.load()) return unreachable("cancelled");
-          return fresh.status();
-        }
-        conn = std::move(*fresh);
-        registration.arm(conn->fd);
-        tlsVerifyError = X509_V_OK;
-        if (tls_) {
-          Poco::Net::IPAddress ip;
-          conn->channel.startTls(tls_.get(), uri_.getHost(), Poco::Net::IPAddress::tryParse(uri_.getHost(), ip));
-        }
-      }
-      log_->debug("{} (If-None-Match: {}, wait: {} s{})", where, etag.empty() ? "-" : etag, waitSeconds,
-                  reused ? ", kept connection" : "");
-      reader.emplace(conn->channel);
-      try {
-        conn->channel.sendAll(requestText.str());
-        reader->readHeader(response);
+      case Answer::Stop::kRefused:
+        return unreachable(status + ": " + answer.refusal);
+      case Answer::Stop::kStatus:
+        if (answer.status >= 300 && answer.status < 400) return unreachable(status + " (redirects are not followed)");
+        if (retryAfter_) return unreachable(status + " (Retry-After: " + std::to_string(retryAfter_->count()) + " s)");
+        return unreachable(status);
+      case Answer::Stop::kNone:
         break;
-      } catch (const Poco::Net::NoMessageException&) {
-        if (!reused || cancelled_.load()) throw;
-      } catch (const Poco::Net::ConnectionResetException&) {
-        if (!reused || cancelled_.load() || reader->receivedAny()) throw;
+    }
+  }
+  long proxyStatus = 0;
+  curl_easy_getinfo(e, CURLINFO_HTTP_CONNECTCODE, &proxyStatus);
+  if (proxyStatus >= 300) {
+    return unreachable("proxy " + params_.proxy.describe() + " refused the tunnel to " + peer_ + ": HTTP " +
+                       std::to_string(proxyStatus));
+  }
+  switch (code) {
+    case CURLE_OPERATION_TIMEDOUT: {
+      curl_off_t connected = 0, secured = 0;
+      curl_easy_getinfo(e, CURLINFO_CONNECT_TIME_T, &connected);
+      curl_easy_getinfo(e, CURLINFO_APPCONNECT_TIME_T, &secured);
+      const bool tls = shown_.rfind("https:", 0) == 0;
+      if (connected == 0 || (tls && secured == 0)) {
+        return unreachable("timed out: no connection to " + peer_ + " within " +
+                           seconds(params_.options.connectTimeout) + " (" + detail + ")");
       }
-      // The store closed the kept connection as the request went out (its idle time-out): a GET
-      // can be sent again, once, on a new connection.
-      log_->debug("{}: the kept connection was closed by the store; sending again on a new one", where);
-      registration.arm(-1);
-      reader.reset();
-      conn.reset();
+      return unreachable("timed out: no complete answer in time (" + detail + ")");
     }
-    // A connection that carried a complete answer and nothing more serves the next fetch.
-    auto keepIfReusable = [&]() {
-      if (response.getKeepAlive() && reader->drained() && !cancelled_.load()) {
-        conn->idleSince = SteadyClock::now();
-        registration.arm(-1);
-        kept_ = std::move(conn);
+    case CURLE_COULDNT_RESOLVE_HOST:
+      return unreachable("cannot resolve the store's host name (" + detail + ")");
+    case CURLE_COULDNT_RESOLVE_PROXY:
+      return unreachable("cannot resolve the proxy's host name (" + detail + ")");
+    case CURLE_COULDNT_CONNECT: {
+      long osErrno = 0;
+      curl_easy_getinfo(e, CURLINFO_OS_ERRNO, &osErrno);
+      const std::string cause = osErrno != 0 ? std::string(std::strerror(static_cast<int>(osErrno))) : detail;
+      const std::string to = params_.proxy.url.empty() ? peer_ : "proxy " + params_.proxy.describe();
+      return unreachable("connect to " + to + ": " + cause);
+    }
+    case CURLE_PEER_FAILED_VERIFICATION: {
+      // libcurl checks the name itself once OpenSSL accepted the chain ("SSL: no alternative
+      // certificate subject name matches target host name ..."); OpenSSL's verdict on the chain
+      // is the verification result.
+      if (detail.find("target host name") != std::string::npos) {
+        return unreachable("TLS with " + peer_ + ": server certificate: hostname mismatch (" + detail + ")");
       }
-    };
-    const int status = static_cast<int>(response.getStatus());
-    const std::string statusText = "HTTP " + std::to_string(status) + " " + response.getReason();
-
-    if (status == 304) {
-      if (etag.empty()) return unreachable(statusText + " to a request without If-None-Match");
-      FetchOutcome out;
-      out.kind = FetchOutcome::Kind::kUnchanged;
-      out.httpStatus = 304;
-      std::string newEtag = trimWhitespace(response.get("ETag", ""));
-      out.etag = newEtag.empty() || hasControl(newEtag) ? etag : newEtag;
-      log_->debug("{}: 304, unchanged", where);
-      keepIfReusable();
-      return out;
+      long verify = X509_V_OK;
+      curl_easy_getinfo(e, CURLINFO_SSL_VERIFYRESULT, &verify);
+      const std::string reason = verify != X509_V_OK ? X509_verify_cert_error_string(verify) : "refused";
+      return unreachable("TLS with " + peer_ + ": server certificate: " + reason + " (" + detail + ")");
     }
-    if (status >= 300 && status < 400) return unreachable(statusText + " (redirects are not followed)");
-    if (status != 200) return unreachable(statusText);
-
-    const int64_t limit = params_.maxBytes;
-    std::string body;
-    BodyResult read = reader->readBody(response, limit, body);
-    if (read.overLimit) {
-      std::string size = read.declared >= 0 ? "document of " + std::to_string(read.declared) + " bytes" : "document";
-      return Status::error(ErrorCode::kRejected, where + ": " + size + " is over the limit of " +
-                                                     std::to_string(limit) + " bytes (max_document_bytes)");
-    }
-    if (cancelled_.load() || conn->channel.expired()) return explain("");
-    if (!read.error.empty()) return unreachable(read.error);
-
-    FetchOutcome out;
-    out.kind = FetchOutcome::Kind::kDocument;
-    out.httpStatus = 200;
-    out.etag = trimWhitespace(response.get("ETag", ""));
-    if (out.etag.empty() || hasControl(out.etag)) out.etag = "\"sha256:" + sha256Hex(body) + "\"";
-    if (params_.verifier) {
-      Status v = params_.verifier->verify(body, response.get("X-Access-Signature", ""), where);
-      if (!v) return v;
-    }
-    keepIfReusable();
-    out.body = std::move(body);
-    log_->debug("{}: 200, {} bytes, ETag {}", where, out.body.size(), out.etag);
-    return out;
-  } catch (const Poco::TimeoutException&) {
-    return explain("timed out: no data for " + seconds(readBudget));
-  } catch (const TlsError& e) {
-    std::string reason;
-    if (tlsVerifyError != X509_V_OK) {
-      reason = " (server certificate: " + std::string(X509_verify_cert_error_string(tlsVerifyError)) + ")";
-    }
-    return explain("TLS with " + peer + ": " + e.what() + reason);
-  } catch (const Poco::Net::NoMessageException&) {
-    return explain("connection closed before an answer");
-  } catch (const Poco::Net::MessageException& e) {
-    return explain("malformed answer: " + e.displayText());
-  } catch (const Poco::Exception& e) {
-    return explain(e.displayText());
-  } catch (const std::exception& e) {
-    return explain(e.what());
+    case CURLE_GOT_NOTHING:
+      return unreachable("connection closed before an answer");
+    case CURLE_PARTIAL_FILE:
+    case CURLE_RECV_ERROR:
+      if (answer.complete && answer.status == 200) {
+        if (answer.declared >= 0) {
+          return unreachable("truncated body: received " + std::to_string(answer.body.size()) + " of " +
+                             std::to_string(answer.declared) + " bytes (" + detail + ")");
+        }
+        return unreachable("truncated body: the connection ended after " + std::to_string(answer.body.size()) +
+                           " bytes, before the end of the chunked encoding (" + detail + ")");
+      }
+      return unreachable(detail);
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_BAD_CONTENT_ENCODING:
+      return unreachable("malformed answer: " + detail);
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_SSL_ISSUER_ERROR:
+      return unreachable("TLS with " + peer_ + ": " + detail);
+    default:
+      return unreachable(detail);
   }
 }
 

@@ -1,34 +1,50 @@
 #pragma once
-// The http:// and https:// source: one GET per fetch (HTTP messages written and parsed by Poco),
-// with a bearer token read at each request,
-// ETag/If-None-Match, long polling, a size limit enforced while reading, one overall deadline
-// for the exchange (every wait is a poll(2) bounded by it), and optional Ed25519 signatures.
-// TLS: OpenSSL directly on the socket, one SSL_CTX per client: strict verification against the
-// system CAs plus ca_file, TLS >= 1.2, SNI, host name or IP checked by OpenSSL against the
-// certificate's subjectAltName.
-// Connections are kept between fetches (HTTP/1.1 keep-alive) when the store allows it, so that an
-// idle poll over https:// costs one request, not a TCP and TLS handshake: a connection is kept only
-// after a complete 200 or 304 with nothing unread, reused only if it has been idle for less than
-// options.maxIdle (90 s) and the store has not closed it (nothing readable on it), and a GET that finds a reused
-// connection closed before any byte of the answer is sent again once on a fresh connection.
-// (Poco's NetSSL would pull Poco::Util, XML and Crypto into the
-// resident daemon for nothing it needs, and its handshake cannot be bounded by a deadline.)
+// The http:// and https:// source on libcurl (Debian 12: 7.88 with OpenSSL and the threaded
+// resolver): one GET per fetch with a bearer token read at each request, ETag/If-None-Match, long
+// polling, a size limit enforced while reading, time limits, optional Ed25519 signatures, the
+// proxy of agent/store/store_proxy.h, and HTTP/1.1 only (the rules below are HTTP/1.1's).
+//
+// One libcurl multi handle and one easy handle per client. The fetch runs in the calling thread:
+// curl_multi_perform / curl_multi_poll until the transfer is done; cancel() sets a flag and wakes
+// that poll with curl_multi_wakeup() from any thread, and the transfer is removed. Name look-ups
+// run on libcurl's resolver thread and a cancelled one is abandoned to it (CURLOPT_QUICK_EXIT),
+// so a look-up that hangs delays neither cancel() nor the client's destruction.
+//
+// Connections are kept between fetches in the multi handle's connection cache (one connection at
+// most): libcurl keeps a connection after an answer it read to its end when the store did not say
+// "Connection: close", and closes it after an error, an aborted transfer (an error status, whose
+// body is not read, a refused or oversized answer) or an answer with bytes beyond its
+// Content-Length. Before each fetch the client itself refuses the kept connection when it has
+// been idle longer than options.maxIdle (libcurl's CURLOPT_MAXAGE_CONN counts whole seconds) or
+// when anything is readable on it (the store closed it, or sent bytes nobody asked for); a GET
+// that meets a reused connection closed before any byte of the answer is sent again once on a
+// new connection (libcurl's retry of a request on a dead reused connection).
+//
+// TLS: libcurl's OpenSSL with the system CAs (its default bundle) plus the certificates of
+// ca_file, added to the verification store by CURLOPT_SSL_CTX_FUNCTION (CURLOPT_CAINFO would
+// replace the system bundle); TLS >= 1.2, peer and host name (or IP address) verified, SNI.
+// Sockets are opened close-on-exec (libcurl 7.88 does not do it).
 
-#include <Poco/URI.h>
-#include <openssl/ssl.h>
+#include <curl/curl.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <memory>
-#include <mutex>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "agent/store/signature.h"
 #include "agent/store/store_client.h"
+#include "agent/store/store_proxy.h"
 
 namespace pim {
 
-class FdRegistration;
+/// The delay a Retry-After value asks for: delta-seconds ("120") or an HTTP date (IMF-fixdate,
+/// RFC 850 or asctime; compared with `now`, Unix seconds; a date in the past is 0 s). nullopt
+/// when malformed. Values beyond 30 days are clamped to 30 days (callers cap further).
+std::optional<std::chrono::seconds> parseRetryAfter(const std::string& value, int64_t now);
 
 class HttpStoreClient : public StoreClient {
  public:
@@ -38,45 +54,57 @@ class HttpStoreClient : public StoreClient {
     std::string caPath;                                 // full path (root applied); "" = system CAs only
     std::shared_ptr<const SignatureVerifier> verifier;  // null = signatures ignored
     int64_t maxBytes = 4194304;
+    StoreProxy proxy;  // direct when empty
     StoreClientOptions options;
   };
 
-  /// Checks the URL and prepares TLS. Errors: kInvalid for a malformed URL, a scheme other than
-  /// http/https, a missing host, credentials in the URL, a fragment, or an unreadable CA file or
-  /// one holding no PEM certificate (message names the path).
+  /// Checks the URL, loads ca_file and prepares libcurl. Errors: kInvalid for a malformed URL, a
+  /// scheme other than http/https, a missing host, credentials in the URL, a fragment, or an
+  /// unreadable CA file or one holding no PEM certificate (message names the path); kInternal
+  /// when libcurl cannot be set up.
   static Result<std::unique_ptr<HttpStoreClient>> create(Params params, Logger log);
 
   ~HttpStoreClient() override;
+  HttpStoreClient(const HttpStoreClient&) = delete;
+  HttpStoreClient& operator=(const HttpStoreClient&) = delete;
 
   /// See StoreClient::fetch. Sends one GET on the kept connection or on a new one.
   Result<FetchOutcome> fetch(const std::string& etag, int64_t waitSeconds) override;
-  /// See StoreClient::cancel: shuts the socket of the fetch in progress down; permanent.
+  /// See StoreClient::retryAfter.
+  std::optional<std::chrono::seconds> retryAfter() const override { return retryAfter_; }
+  /// See StoreClient::cancel: wakes the fetch in progress, which then drops its transfer; permanent.
   void cancel() override;
   /// scheme://host[:port]/path, without user info or query.
   std::string describe() const override;
 
- private:
-  HttpStoreClient(Params params, Poco::URI uri, std::shared_ptr<SSL_CTX> tls, Logger log);
-  struct Connection;
-  Result<FetchOutcome> fetchOnce(const std::string& etag, int64_t waitSeconds, const std::string& token);
-  // A new connection to the store (TCP, then TLS for https://), or the reason it failed.
-  Result<std::unique_ptr<Connection>> connect(std::chrono::milliseconds readBudget, const std::string& where);
-  // The kept connection if it can serve another request, else null (and it is closed).
-  std::unique_ptr<Connection> takeKept();
-  Result<std::string> readToken() const;
-  // The fd of the connection in flight (-1 when none) so that cancel() can shut it down.
-  void setActiveFd(int fd);
+  /// Whether this libcurl resolves names on a thread of its own (AsynchDNS). Without it a name
+  /// look-up blocks fetch() and cancel() waits for it; the client warns at creation.
+  static bool asynchronousDns();
 
-  friend class FdRegistration;
+ private:
+  struct Answer;
+  struct CurlHandles;
+  HttpStoreClient(Params params, std::string url, std::string shown, std::string peer, Logger log);
+  Result<std::string> readToken() const;
+  // Runs the transfer prepared on the easy handle to its end, or until cancel(); returns libcurl's
+  // result (CURLE_ABORTED_BY_CALLBACK when cancelled).
+  CURLcode transfer();
+  // Whether the connection kept by the last fetch must not carry the next one.
+  bool keptConnectionStale() const;
+  Status failure(CURLcode code, const Answer& answer, const std::string& where) const;
 
   Params params_;
-  Poco::URI uri_;
-  std::shared_ptr<SSL_CTX> tls_;  // null for http://
+  std::string url_;    // the URL as libcurl normalised it, query included
+  std::string shown_;  // describe()
+  std::string peer_;   // host:port, for messages
+  bool hasQuery_ = false;
   Logger log_;
-  std::mutex fdMutex_;
-  int activeFd_ = -1;
+  std::unique_ptr<CurlHandles> curl_;
   std::atomic<bool> cancelled_{false};
-  std::unique_ptr<Connection> kept_;  // idle between fetches; only fetch() touches it
+  // Only fetch() touches these.
+  int keptFd_ = -1;  // the socket of the connection libcurl kept after the last fetch, -1: none
+  std::chrono::steady_clock::time_point keptSince_{};
+  std::optional<std::chrono::seconds> retryAfter_;
 };
 
 }  // namespace pim

@@ -125,7 +125,7 @@ Result<std::shared_ptr<const SignatureVerifier>> SignatureVerifier::fromPem(cons
   auto key = std::make_unique<Key>();
   key->pkey = PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr);
   if (key->pkey == nullptr) {
-    // Leave no stale entries in this thread's OpenSSL error queue: Poco reads it for TLS errors.
+    // Leave no stale entries in this thread's OpenSSL error queue: libcurl reads it for TLS errors.
     ERR_clear_error();
     return Status::error(ErrorCode::kInvalid,
                          "load signing key " + origin + ": not a PEM public key (-----BEGIN PUBLIC KEY-----)", origin);

@@ -5,6 +5,7 @@
 #include "agent/store/file_store_client.h"
 #include "agent/store/http_store_client.h"
 #include "agent/store/signature.h"
+#include "agent/store/store_proxy.h"
 
 namespace pim {
 namespace {
@@ -38,8 +39,13 @@ Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settin
         std::make_unique<FileStoreClient>(*path, verifier, settings.maxDocumentBytes, std::move(log)));
   }
   if (startsWithNoCase(settings.source, "http://") || startsWithNoCase(settings.source, "https://")) {
+    const std::string scheme = startsWithNoCase(settings.source, "https://") ? "https" : "http";
+    auto proxy = chooseStoreProxy(settings.proxy, scheme,
+                                  options.environment ? EnvironmentReader(options.environment) : processEnvironment());
+    if (!proxy) return proxy.status();
     HttpStoreClient::Params params;
     params.url = settings.source;
+    params.proxy = std::move(*proxy);
     params.tokenPath = rooted(root, settings.tokenFile);
     params.caPath = rooted(root, settings.caFile);
     params.verifier = verifier;

@@ -5,8 +5,11 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "agent/config/config.h"
 #include "providers/core/log.h"
@@ -23,16 +26,22 @@ struct FetchOutcome {
   int httpStatus = 0;  // 200 or 304 (0 for file://)
 };
 
-/// Time limits of the HTTP transport (tests shorten them).
+/// Time limits of the HTTP transport (tests shorten them), and what tests replace.
 struct StoreClientOptions {
-  /// TCP connect (per attempt, DNS resolution excluded).
+  /// The connection: name look-up, TCP connect (every address of the name, IPv6 and IPv4 raced
+  /// as "happy eyeballs"), the proxy's tunnel and the TLS handshake.
   std::chrono::milliseconds connectTimeout{10000};
-  /// Whole exchange after the connection is up: TLS handshake, request, headers and body must
-  /// complete within readTimeout + the long-poll wait, and no single read may stall longer.
+  /// The whole exchange must be over within connectTimeout + readTimeout + the long-poll wait.
   std::chrono::milliseconds readTimeout{30000};
   /// http(s): a connection kept between fetches is not reused after this long idle (a middlebox
   /// may have dropped it without a word).
   std::chrono::milliseconds maxIdle{90000};
+  /// Where the proxy variables (HTTPS_PROXY, NO_PROXY...) are read; empty: the process's
+  /// environment. Tests give their own.
+  std::function<std::optional<std::string>(const std::string& name)> environment;
+  /// Tests only: name resolutions that bypass the resolver, as libcurl's CURLOPT_RESOLVE
+  /// ("HOST:PORT:ADDRESS[,ADDRESS...]", addresses tried in that order).
+  std::vector<std::string> resolve;
 };
 
 class StoreClient {
@@ -43,17 +52,25 @@ class StoreClient {
   /// when it matches, the outcome is kUnchanged. `waitSeconds` > 0: long poll (adds wait=N to the
   /// query, read time-out extended by as much); file:// ignores it. Blocking; not reentrant (one
   /// fetch at a time per client); no effect on the host.
-  /// Errors: kUnreachable — connect, TLS (the message mentions the certificate), time-out, reset,
-  /// truncated body, HTTP 3xx (redirects are not followed), 401/403/404/5xx or any status other
-  /// than 200/304, token file missing or unreadable, file:// source missing or not a regular file,
-  /// cancelled; the message names the status or cause and the source without credentials.
+  /// Errors: kUnreachable — name look-up, connect, proxy, TLS (the message mentions the
+  /// certificate), time-out, reset, truncated body, a malformed answer (two different
+  /// Content-Length fields included), HTTP 3xx (redirects are not followed), 401/403/404/5xx or
+  /// any status other than 200/304, token file missing or unreadable, file:// source missing or
+  /// not a regular file, cancelled; the message names the status or cause and the source (and the
+  /// proxy) without credentials.
   /// kRejected — body over max_document_bytes (detected while reading: at most the limit + 1 byte
   /// is ever buffered), or, when a signing key is configured, a missing, malformed or wrong
   /// signature.
   virtual Result<FetchOutcome> fetch(const std::string& etag, int64_t waitSeconds) = 0;
 
-  /// Aborts the fetch in progress, if any, promptly (within ~100 ms, whatever its phase except a
-  /// DNS look-up), and makes every later fetch fail at once with kUnreachable "cancelled".
+  /// What the store asked with the Retry-After field of the last fetch's answer, when that answer
+  /// was 429 or 503 (seconds from now; an HTTP date is converted, a past one is 0); nullopt for
+  /// any other outcome or a malformed value. Not capped here. Call from the fetching thread.
+  virtual std::optional<std::chrono::seconds> retryAfter() const { return std::nullopt; }
+
+  /// Aborts the fetch in progress, if any, promptly (within ~100 ms, whatever its phase, a name
+  /// look-up that hangs included), and makes every later fetch fail at once with kUnreachable
+  /// "cancelled".
   /// Permanent (for shutdown); thread-safe: may be called from any thread, also a signal watcher.
   virtual void cancel() = 0;
 
@@ -63,9 +80,11 @@ class StoreClient {
 
 /// Picks the client from settings.source: file://PATH or http(s)://. `root` is the --root prefix
 /// applied to token_file, ca_file and signing_key (NOT to the source, nor to a file:// path).
-/// Reads the signing key and the CA file now; the token file is read at each request.
+/// Reads the signing key and the CA file now, and decides the proxy (settings.proxy or the
+/// environment: agent/store/store_proxy.h); the token file is read at each request.
 /// Errors: kInvalid for an empty source, an unsupported scheme, a malformed URL (credentials in the
-/// URL included: use token_file), an unreadable or invalid signing key or CA file.
+/// URL included: use token_file), an unreadable or invalid signing key or CA file, a proxy
+/// environment variable holding no valid proxy URL.
 Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settings, const std::string& root, Logger log,
                                                      const StoreClientOptions& options = {});
 

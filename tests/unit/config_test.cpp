@@ -67,3 +67,24 @@ TEST_CASE("config: [network] firewall and [defender]", "[config][firewall]") {
     CHECK(r.status().message().find(key) != std::string::npos);
   }
 }
+
+TEST_CASE("config: store.proxy is empty (the environment), none, or a proxy URL", "[config][proxy]") {
+  for (const char* good : {"", "none", "http://proxy.example:3128", "HTTP://proxy.example", "https://10.0.0.1:8443/",
+                           "socks5h://[2001:db8::1]:1080", "http://user:pa%40ss@proxy.example:3128"}) {
+    INFO("'" << good << "'");
+    auto c = pim::parseConfig(std::string("[store]\nproxy = ") + good + "\n");
+    INFO(c.status().toString());
+    REQUIRE(c.isOk());
+    CHECK(c->store.proxy == good);
+  }
+  for (const char* bad : {"proxy.example:3128", "ftp://proxy.example", "http://", "http://proxy.example:0",
+                          "http://proxy.example:65536", "http://proxy.example:x", "http://proxy.example/path",
+                          "http://proxy.example?x=1", "http://[::1", "http://user:s3cret@", "http://a b"}) {
+    INFO("'" << bad << "'");
+    auto c = pim::parseConfig(std::string("[store]\nproxy = ") + bad + "\n");
+    REQUIRE_FALSE(c.isOk());
+    CHECK(c.status().code() == pim::ErrorCode::kInvalid);
+    CHECK(c.status().message().find("store.proxy") != std::string::npos);
+    CHECK(c.status().message().find("s3cret") == std::string::npos);
+  }
+}

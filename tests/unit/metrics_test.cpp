@@ -231,6 +231,13 @@ TEST_CASE("metrics: snapshot of an empty database", "[metrics]") {
   CHECK_FALSE(s->pinned);
   CHECK(s->keysInstalled == 0);
   CHECK(s->version == PIM_VERSION);
+
+  // A failed first poll is no success: the gauge stays 0 (nothing ever succeeded).
+  REQUIRE(store->recordPoll(kNow, "error", "connect: refused").isOk());
+  s = pim::snapshotFrom(*store, config, MetricsCounters{}, kNow);
+  REQUIRE(s.isOk());
+  CHECK_FALSE(s->lastSuccessTime.has_value());
+  CHECK(pim::renderMetrics(*s).find("pim_access_agent_last_success_timestamp_seconds 0\n") != std::string::npos);
 }
 
 TEST_CASE("metrics: snapshot counts the document in force", "[metrics]") {

@@ -66,6 +66,7 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
   CHECK(c.store.tokenFile == d.store.tokenFile);
   CHECK(c.store.caFile == d.store.caFile);
   CHECK(c.store.signingKey == d.store.signingKey);
+  CHECK(c.store.proxy == d.store.proxy);
   CHECK(c.store.pollIntervalS == d.store.pollIntervalS);
   CHECK(c.store.longPollS == d.store.longPollS);
   CHECK(c.store.maxDocumentBytes == d.store.maxDocumentBytes);
@@ -90,19 +91,33 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
   CHECK(c.state.metricsFile == d.state.metricsFile);
 
   // Every key of the contract's config block (docs/agent.md) plus the metrics file.
-  const std::set<std::string> expected = {"store.source",        "store.instance",
-                                          "store.token_file",    "store.ca_file",
-                                          "store.signing_key",   "store.poll_interval_s",
-                                          "store.long_poll_s",   "store.max_document_bytes",
-                                          "host.login_user",     "host.transfer_root",
-                                          "host.transfer_group", "host.chroot_base",
-                                          "host.always_allow",   "sshd.main_config",
-                                          "sshd.dropin",         "sshd.binary",
-                                          "sshd.reload_command", "sshd.permit_root_login",
-                                          "network.firewall",    "network.nft_binary",
-                                          "defender.enabled",    "defender.max_failures",
-                                          "defender.window_s",   "defender.ban_s",
-                                          "defender.log_file",   "state.db",
+  const std::set<std::string> expected = {"store.source",
+                                          "store.instance",
+                                          "store.token_file",
+                                          "store.ca_file",
+                                          "store.signing_key",
+                                          "store.proxy",
+                                          "store.poll_interval_s",
+                                          "store.long_poll_s",
+                                          "store.max_document_bytes",
+                                          "host.login_user",
+                                          "host.transfer_root",
+                                          "host.transfer_group",
+                                          "host.chroot_base",
+                                          "host.always_allow",
+                                          "sshd.main_config",
+                                          "sshd.dropin",
+                                          "sshd.binary",
+                                          "sshd.reload_command",
+                                          "sshd.permit_root_login",
+                                          "network.firewall",
+                                          "network.nft_binary",
+                                          "defender.enabled",
+                                          "defender.max_failures",
+                                          "defender.window_s",
+                                          "defender.ban_s",
+                                          "defender.log_file",
+                                          "state.db",
                                           "state.metrics_file"};
   CHECK(keysOf(text) == expected);
 }

@@ -11,17 +11,28 @@
 #include <Poco/Net/SocketAddress.h>
 #include <Poco/ThreadPool.h>
 #include <Poco/URI.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -58,6 +69,64 @@ std::string readAll(const std::string& path) {
   ss << in.rdbuf();
   return ss.str();
 }
+
+// Starts argv (looked up in PATH) with stdin from /dev/null, stdout and stderr to `output`, and
+// `env` ("NAME=value") added to the environment. Returns the pid; throws when fork fails.
+pid_t spawn(const std::vector<std::string>& argv, const std::string& output, const std::vector<std::string>& env = {}) {
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  std::vector<std::string> envStrings;
+  for (char** e = environ; *e != nullptr; ++e) envStrings.emplace_back(*e);
+  envStrings.insert(envStrings.end(), env.begin(), env.end());
+  std::vector<char*> envp;
+  for (auto& e : envStrings) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
+  if (pid == 0) {
+    const int in = ::open("/dev/null", O_RDONLY);
+    const int out = ::open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (in < 0 || out < 0) ::_exit(126);
+    ::dup2(in, 0);
+    ::dup2(out, 1);
+    ::dup2(out, 2);
+    ::execvpe(args[0], args.data(), envp.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// Waits for pid up to `timeout`, then kills it; its exit code (128 + signal when killed).
+int waitFor(pid_t pid, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    int status = 0;
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (r < 0) return -1;
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      return 128 + SIGKILL;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+bool acceptsConnections(uint16_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  ::close(fd);
+  return ok;
+}
+
+constexpr const char* kNamespaceVariable = "PIM_TEST_IN_NETNS";
+constexpr const char* kNamespaceMarker = "pim-test: inside the namespaces";
 
 }  // namespace
 
@@ -359,6 +428,132 @@ StoreTestPki makeStoreTestPki(const std::string& dir, const std::string& subject
     if (std::system(cmd.c_str()) != 0) throw std::runtime_error("openssl failed: " + cmd + "\n" + readAll(log));
   }
   return pki;
+}
+
+// ---- tinyproxy ----
+
+bool StoreTestProxy::available() { return ::access("/usr/bin/tinyproxy", X_OK) == 0; }
+
+StoreTestProxy::StoreTestProxy() {
+  port_ = unusedLoopbackPort();
+  // No ConnectPort line: CONNECT to any port (the stores of the tests listen on ephemeral ones).
+  dir_.write("tinyproxy.conf", "Port " + std::to_string(port_) +
+                                   "\nListen 127.0.0.1\nTimeout 60\nMaxClients 20\nAllow 127.0.0.1\n"
+                                   "LogLevel Info\nLogFile \"" +
+                                   dir_.file("tinyproxy.log") + "\"\n");
+  pid_ = spawn({"/usr/bin/tinyproxy", "-d", "-c", dir_.file("tinyproxy.conf")}, dir_.file("tinyproxy.out"));
+  for (int i = 0; i < 250; ++i) {
+    if (acceptsConnections(port_)) return;
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      throw std::runtime_error("tinyproxy exited at start: " + readAll(dir_.file("tinyproxy.out")) +
+                               readAll(dir_.file("tinyproxy.log")));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  throw std::runtime_error("tinyproxy does not accept connections on port " + std::to_string(port_));
+}
+
+StoreTestProxy::~StoreTestProxy() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGTERM);
+  if (waitFor(pid_, std::chrono::seconds(5)) < 0) ::kill(pid_, SIGKILL);
+}
+
+std::string StoreTestProxy::url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+std::vector<std::string> StoreTestProxy::requests() const {
+  // "CONNECT   Dec 06 02:17:52.186 [23804]: Request (file descriptor 4): GET http://... HTTP/1.1"
+  std::vector<std::string> out;
+  std::istringstream log(readAll(dir_.file("tinyproxy.log")));
+  const std::string marker = "Request (file descriptor ";
+  for (std::string line; std::getline(log, line);) {
+    const auto at = line.find(marker);
+    if (at == std::string::npos) continue;
+    const auto colon = line.find("): ", at);
+    if (colon != std::string::npos) out.push_back(line.substr(colon + 3));
+  }
+  return out;
+}
+
+uint16_t unusedLoopbackPort() {
+  Poco::Net::ServerSocket probe(Poco::Net::SocketAddress("127.0.0.1", 0));
+  return probe.address().port();
+}
+
+// ---- a name server that never answers ----
+
+BlackholeDns::BlackholeDns() {
+  auto fail = [](const std::string& what) { throw std::runtime_error(what + ": " + std::strerror(errno)); };
+  // The loopback interface of a new network namespace is down.
+  {
+    const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ifreq ifr{};
+    std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+    if (fd < 0 || ::ioctl(fd, SIOCGIFFLAGS, &ifr) != 0) fail("SIOCGIFFLAGS lo");
+    ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP);
+    if (::ioctl(fd, SIOCSIFFLAGS, &ifr) != 0) fail("SIOCSIFFLAGS lo up");
+    ::close(fd);
+  }
+  // Not close-on-exec: the programs the test starts keep the name server alive too.
+  socket_ = ::socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(53);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (socket_ < 0 || ::bind(socket_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) fail("bind 127.0.0.1:53/udp");
+  const std::string resolv = dir_.write("resolv.conf", "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n");
+  const std::string nsswitch = dir_.write("nsswitch.conf", "hosts: dns\n");
+  ::chmod(resolv.c_str(), 0644);
+  ::chmod(nsswitch.c_str(), 0644);
+  if (::mount(resolv.c_str(), "/etc/resolv.conf", nullptr, MS_BIND, nullptr) != 0) fail("bind mount /etc/resolv.conf");
+  if (::mount(nsswitch.c_str(), "/etc/nsswitch.conf", nullptr, MS_BIND, nullptr) != 0) {
+    fail("bind mount /etc/nsswitch.conf");
+  }
+}
+
+BlackholeDns::~BlackholeDns() {
+  ::umount2("/etc/nsswitch.conf", MNT_DETACH);
+  ::umount2("/etc/resolv.conf", MNT_DETACH);
+  if (socket_ >= 0) ::close(socket_);
+}
+
+bool BlackholeDns::queried(std::chrono::milliseconds timeout) const {
+  pollfd p{socket_, POLLIN, 0};
+  return ::poll(&p, 1, static_cast<int>(timeout.count())) > 0;
+}
+
+bool inNetworkNamespace() {
+  const char* v = std::getenv(kNamespaceVariable);
+  const bool inside = v != nullptr && *v != '\0';
+  if (inside) std::printf("%s\n", kNamespaceMarker);
+  return inside;
+}
+
+std::optional<NamespaceRun> runInNetworkNamespace(const std::string& testName, std::string& why) {
+  char self[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) {
+    why = "readlink /proc/self/exe failed";
+    return std::nullopt;
+  }
+  self[n] = '\0';
+  std::vector<std::string> argv = {"unshare"};
+  if (::geteuid() != 0) argv.insert(argv.end(), {"--user", "--map-root-user"});
+  argv.insert(argv.end(), {"--net", "--mount", "--propagation", "private", self, testName});
+  StoreTestDir dir;
+  const std::string output = dir.file("output");
+  const pid_t pid = spawn(argv, output, {std::string(kNamespaceVariable) + "=1"});
+  NamespaceRun run;
+  run.exit = waitFor(pid, std::chrono::seconds(120));
+  run.output = readAll(output);
+  if (run.output.find(kNamespaceMarker) == std::string::npos) {
+    why = "cannot make network and mount namespaces here (unshare: exit " + std::to_string(run.exit) + ", " +
+          run.output.substr(0, 300) + ")";
+    return std::nullopt;
+  }
+  return run;
 }
 
 // ---- Signer ----

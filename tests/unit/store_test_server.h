@@ -6,6 +6,9 @@
 // - makeStoreTestPki: a throw-away CA and server certificate (openssl CLI) for TLS tests.
 // - StoreTestSigner: an Ed25519 key pair that signs documents like the store does.
 // - StoreTestDir: a temporary directory removed with its content.
+// - StoreTestProxy: a real HTTP proxy on 127.0.0.1 (Debian's tinyproxy) for the proxy tests.
+// - BlackholeDns and runInNetworkNamespace: a test case run again in network and mount namespaces
+//   where the name server never answers, for the tests of a DNS look-up that hangs.
 // Everything lives in pim::storetest so that other test files can define their own helpers.
 
 #include <Poco/Net/HTTPServerRequest.h>
@@ -160,6 +163,66 @@ class StoreTestDir {
  private:
   std::string path_;
 };
+
+/// Debian's tinyproxy on 127.0.0.1 (a free port), started with a config in a temporary directory,
+/// logging every request; stopped (SIGTERM) on destruction. It forwards http:// requests (adding
+/// "Via: 1.1 tinyproxy ...") and tunnels https:// with CONNECT, to any port.
+class StoreTestProxy {
+ public:
+  /// Whether tinyproxy is installed (scripts/install-deps installs it).
+  static bool available();
+  /// Starts it and waits until it accepts connections. Throws std::runtime_error when it cannot.
+  StoreTestProxy();
+  ~StoreTestProxy();
+  StoreTestProxy(const StoreTestProxy&) = delete;
+  StoreTestProxy& operator=(const StoreTestProxy&) = delete;
+
+  uint16_t port() const { return port_; }
+  /// "http://127.0.0.1:PORT".
+  std::string url() const;
+  /// The request lines it received so far ("GET http://127.0.0.1:1234/a HTTP/1.1",
+  /// "CONNECT 127.0.0.1:1234 HTTP/1.1"), from its log.
+  std::vector<std::string> requests() const;
+
+ private:
+  StoreTestDir dir_;
+  uint16_t port_ = 0;
+  int pid_ = -1;
+};
+
+/// A port on 127.0.0.1 where nothing listens (bound once, then closed).
+uint16_t unusedLoopbackPort();
+
+/// Inside runInNetworkNamespace(): the loopback interface up, a UDP socket on 127.0.0.1:53 that
+/// reads nothing and answers nothing, and /etc/resolv.conf ("nameserver 127.0.0.1", 30 s per try,
+/// one try) and /etc/nsswitch.conf ("hosts: dns") bind-mounted over the real ones, so that every
+/// name look-up of this process and of the programs it starts waits 30 s. Throws
+/// std::runtime_error when a step fails.
+class BlackholeDns {
+ public:
+  BlackholeDns();
+  ~BlackholeDns();
+  BlackholeDns(const BlackholeDns&) = delete;
+  BlackholeDns& operator=(const BlackholeDns&) = delete;
+  /// Whether a query reached the name server (waits up to `timeout` for one).
+  bool queried(std::chrono::milliseconds timeout) const;
+
+ private:
+  StoreTestDir dir_;
+  int socket_ = -1;
+};
+
+/// Whether this process is the copy runInNetworkNamespace() started.
+bool inNetworkNamespace();
+
+/// Runs the test case `testName` of this test binary again, alone, under `unshare --net --mount`
+/// (plus --user --map-root-user when not root), where inNetworkNamespace() is true. Returns its
+/// exit code and output; nullopt when the namespaces cannot be made here (`why` says so).
+struct NamespaceRun {
+  int exit = -1;
+  std::string output;
+};
+std::optional<NamespaceRun> runInNetworkNamespace(const std::string& testName, std::string& why);
 
 /// Files of a throw-away PKI.
 struct StoreTestPki {
