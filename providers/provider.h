@@ -68,6 +68,9 @@ struct Desired {
   const HostSettings& host;
   const SshdSettings& sshd;
   int64_t now = 0;  // Unix seconds, from the injected clock
+  /// [network]: the firewall (providers/firewall.h). Every caller that converges a real host
+  /// passes the config's; the default (managed, nftables) is what a host gets without a config.
+  NetworkSettings network = {};
 };
 
 class Provider {

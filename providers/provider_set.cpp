@@ -1,6 +1,7 @@
 #include "providers/provider_set.h"
 
 #include "providers/core/log.h"
+#include "providers/firewall.h"
 #include "providers/login_user.h"
 #include "providers/sftp_accounts.h"
 #include "providers/sftp_chroots.h"
@@ -20,6 +21,8 @@ std::vector<std::unique_ptr<Provider>> makeProviders(Ledger& ledger) {
   providers.push_back(std::make_unique<SftpChrootsProvider>(makeLogger("provider.sftp_chroots"), ledger));
   providers.push_back(std::make_unique<SshdDropinProvider>(makeLogger("provider.sshd"), &ledger));
   providers.push_back(std::make_unique<SudoersProvider>(makeLogger("provider.sudoers"), &ledger));
+  // Last: its revocations close ranges with the others', its grants open them after the keys.
+  providers.push_back(std::make_unique<FirewallProvider>(makeLogger("provider.firewall")));
   return providers;
 }
 

@@ -24,12 +24,23 @@ bool isTokenOf(const std::string& s, const char* extra) {
   return true;
 }
 
-/// A line of the file can never carry options or a second line: every part is a plain token.
+/// A line of the file can never carry options of the store's or a second line: every part is a
+/// plain token, and the one option the agent writes, from="...", holds CIDRs only.
 bool renderable(const SshKey& k) {
-  return isTokenOf(k.id, "._-") && isTokenOf(k.key.type, "@.-") && isTokenOf(k.key.base64, "+/=");
+  return isTokenOf(k.id, "._-") && isTokenOf(k.key.type, "@.-") && isTokenOf(k.key.base64, "+/=") &&
+         std::all_of(k.allowedSources.begin(), k.allowedSources.end(),
+                     [](const std::string& c) { return isTokenOf(c, ".:/") && c.find('/') != std::string::npos; });
 }
 
-std::string keyLine(const SshKey& k) { return k.key.type + " " + k.key.base64 + " " + kIdPrefix + k.id; }
+std::string keyLine(const SshKey& k) {
+  std::string from;
+  if (!k.allowedSources.empty()) {
+    from = "from=\"";
+    for (size_t i = 0; i < k.allowedSources.size(); ++i) from += (i ? "," : "") + k.allowedSources[i];
+    from += "\" ";
+  }
+  return from + k.key.type + " " + k.key.base64 + " " + kIdPrefix + k.id;
+}
 
 /// One line without its terminator and without a trailing '\r' (CRLF files).
 std::string lineBody(const std::string& text, size_t start, size_t end) {

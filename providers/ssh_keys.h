@@ -9,9 +9,12 @@
 //   ssh-ed25519 AAAA... pim:k-alice-laptop
 //
 // one line per installable key (active, unexpired at `now`), "TYPE BASE64 pim:<id>", sorted by
-// id. The key's own comment and the owner's free text are not written: the id is the only label,
-// so nothing from the store other than the validated type and base64 reaches the file. No
-// markers: every line is the agent's. An empty key set keeps the file with its header only.
+// id; a key with its own allowed_sources gets the option the agent writes itself,
+// `from="CIDR,CIDR" TYPE BASE64 pim:<id>` (sshd then refuses it from any other address; the
+// document's list is sshd's Match block), never an option taken from the store's text. The key's own comment and the
+// owner's free text are not written: the id is the only label, so nothing from the store other than the validated type
+// and base64 reaches the file. No markers: every line is the agent's. An empty key set keeps the file with its header
+// only.
 //
 // Nothing is written in the login user's home: a key akeneo adds to its own
 // ~/.ssh/authorized_keys is ignored by sshd, and nothing akeneo does there (a symlink, a FIFO, a

@@ -438,6 +438,10 @@ std::string summarizeDropin(const DropinInput& in) {
   if (uploadOnly > 0) notes += (notes.empty() ? "" : ", ") + std::to_string(uploadOnly) + " upload-only";
   if (!notes.empty()) s += " (" + notes + ")";
   if (!in.deniedUsers.empty()) s += "; " + plural(in.deniedUsers.size(), "denied name", "denied names");
+  const size_t own = size_t(std::count_if(in.sftpUsers.begin(), in.sftpUsers.end(), [](const SftpUserEntry& u) {
+    return !sftpEntryLocked(u) && !u.sources.empty();
+  }));
+  if (own > 0) s += "; " + plural(own, "account with its", "accounts with their") + " own sources";
   s += "; " + plural(in.documentSources.size(), "source", "sources") + " from the document + " +
        std::to_string(in.alwaysAllow.size()) + " always_allow";
   s += "; root login ";
@@ -496,6 +500,15 @@ std::string renderDropin(const DropinInput& in) {
     }
   }
 
+  // 3b. Accounts with their own sources: refused from anywhere else (DenyUsers accumulates with
+  //     the document-wide block above, so an address must be in both lists).
+  for (const auto& u : in.sftpUsers) {
+    if (sftpEntryLocked(u) || u.sources.empty()) continue;
+    out << "\n# SFTP account " << u.username << ": only from its own allowed_sources.\n"
+        << "Match User " << u.username << " Address " << joinComma(u.sources, "!") << ",*\n"
+        << "\tDenyUsers *\n";
+  }
+
   // 4. Names the agent may not confine as its own, then locked accounts: refused for every
   //    method (password, key, keyboard-interactive/PAM).
   if (!in.deniedUsers.empty()) {
@@ -534,6 +547,9 @@ Status checkDropinInput(const DropinInput& in) {
   for (const auto& u : in.sftpUsers) {
     if (!validName(u.username)) return bad("sftp user name", u.username);
     if (!seen.insert(u.username).second) return bad("duplicate user name", u.username);
+    for (const auto& c : u.sources) {
+      if (!validCidr(c)) return bad("allowed source of " + u.username, c);
+    }
   }
   for (const auto& n : in.deniedUsers) {
     if (!validName(n)) return bad("denied user name", n);
@@ -585,13 +601,14 @@ Result<DropinInput> buildDropinInput(const Desired& desired, Host& host, const L
     return Status::ok();
   };
   for (const auto& a : desired.document.accounts) {
-    if (Status s = add(a.username, {a.username, a.active, a.passwordHash.has_value(), !a.publicKeys.empty(), a.access});
+    if (Status s = add(a.username, {a.username, a.active, a.passwordHash.has_value(), !a.publicKeys.empty(), a.access,
+                                    a.allowedSources});
         !s) {
       return s;
     }
   }
   for (const auto& n : desired.document.lockedUsernames) {
-    if (Status s = add(n, {n, false, false, false}); !s) return s;
+    if (Status s = add(n, {n, false, false, false, {}}); !s) return s;
   }
   std::sort(in.sftpUsers.begin(), in.sftpUsers.end(),
             [](const SftpUserEntry& a, const SftpUserEntry& b) { return a.username < b.username; });
@@ -926,7 +943,7 @@ bool SshdDropinProvider::answersAfterReload(const ListenPoint& at, Host& host) {
   }
 }
 
-Result<ListenPoint> SshdDropinProvider::liveListenPoint(const SshdSettings& sshd, Host& host) {
+Result<EffectiveConfig> liveEffectiveConfig(const SshdSettings& sshd, Host& host) {
   // The installed configuration as it is: the live drop-in stands in for itself.
   auto live = saveFile(host, sshd.dropin);
   if (!live) return live.status();
@@ -954,7 +971,13 @@ Result<ListenPoint> SshdDropinProvider::liveListenPoint(const SshdSettings& sshd
   if (r->exitCode != 0) {
     return Status::error(ErrorCode::kCommand, "sshd -T of the installed configuration failed: " + trimmed(r->err));
   }
-  return listenPointOf(parseEffective(r->out));
+  return parseEffective(r->out);
+}
+
+Result<ListenPoint> SshdDropinProvider::liveListenPoint(const SshdSettings& sshd, Host& host) {
+  auto effective = liveEffectiveConfig(sshd, host);
+  if (!effective) return effective.status();
+  return listenPointOf(*effective);
 }
 
 Status SshdDropinProvider::reloadAndVerify(const SshdSettings& sshd, Host& host) {

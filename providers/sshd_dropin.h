@@ -10,7 +10,9 @@
 //   2. `Match Address !<document sources>,!<always_allow>,*` + `DenyUsers *`: EVERY user,
 //      managed or not, is refused from outside the allowed sources (operators come from
 //      always_allow);
-//   3. with prohibit-password, root is refused from outside always_allow;
+//   3. with prohibit-password, root is refused from outside always_allow; an active SFTP account
+//      with its own allowed_sources is refused from outside them (`Match User u Address
+//      !<its sources>,*` + `DenyUsers *`): an address must be in both lists;
 //   4. names the document lists but the agent cannot prove it owns, then locked accounts:
 //      DenyUsers * and every method off;
 //   5. the login user: public key only, keys from <authorizedKeysDir>/%u, agent forwarding;
@@ -47,9 +49,12 @@ struct SftpUserEntry {
   bool hasPassword = false;
   bool hasKeys = false;
   SftpAccess access = SftpAccess::kReadWrite;
+  /// The account's own allowed_sources (canonical CIDRs, sorted): refused from any other address
+  /// (its own Match block). Empty: the document's list alone.
+  std::vector<std::string> sources = {};
   bool operator==(const SftpUserEntry& o) const {
     return username == o.username && active == o.active && hasPassword == o.hasPassword && hasKeys == o.hasKeys &&
-           access == o.access;
+           access == o.access && sources == o.sources;
   }
 };
 
@@ -138,6 +143,12 @@ struct ListenPoint {
 };
 /// Picks the listen point from `sshd -T` output (defaults when it names none). Pure.
 ListenPoint listenPointOf(const EffectiveConfig& global);
+
+/// `sshd -T` of the configuration installed now (the main config with its Includes, the live
+/// drop-in as it is; a minimal main config in a bare sandbox), with a throw-away host key so that
+/// it runs anywhere. Where sshd listens, for the reload check and the firewall
+/// (providers/firewall.h). Errors: kCommand when ssh-keygen or sshd -T fail.
+Result<EffectiveConfig> liveEffectiveConfig(const SshdSettings& sshd, Host& host);
 
 /// Whether `sshd.dropin` differs from kLegacyDropin and kLegacyDropin is a regular file whose
 /// first line is the agent's header: then it is removed by the apply that installs the drop-in.

@@ -299,6 +299,32 @@ std::vector<Probe> probeMatrix(const DropinInput& in, const ProbeAddresses& addr
     }
   };
   for (const auto& kv : activeBlocks) addBlock(kv.second, ProbeRole::kSftpAccount);
+  // Accounts with their own sources (their own Match block): each one from inside its list, and
+  // from an address the document allows but its list does not.
+  const auto allowed = allowedSources(in);
+  for (const auto& u : in.sftpUsers) {
+    if (sftpEntryLocked(u) || u.sources.empty()) continue;
+    std::vector<std::string> from;
+    for (const auto& c : u.sources) {
+      auto a = addressInside(c);
+      if (a && addressInRanges(*a, allowed)) {
+        from.push_back(*a);
+        break;
+      }
+    }
+    for (const auto& c : allowed) {
+      auto a = addressInside(c);
+      if (a && !addressInRanges(*a, u.sources)) {
+        from.push_back(*a);
+        break;
+      }
+    }
+    for (const auto& a : from) {
+      const bool known = std::any_of(probes.begin(), probes.end(),
+                                     [&](const Probe& p) { return p.user == u.username && p.address == a; });
+      if (!known) probes.push_back({u.username, a, ProbeRole::kSftpAccount});
+    }
+  }
   addBlock(locked, ProbeRole::kLocked);
   addBlock(in.deniedUsers, ProbeRole::kDenied);
 
@@ -340,14 +366,17 @@ std::vector<Mismatch> checkProbe(const Probe& probe, const EffectiveConfig& e, c
       want("authorizedkeysfile", keysFile);
       break;
     case ProbeRole::kSftpAccount: {
-      if (!fromAllowed) {
+      // An account with its own sources: an address must be in both lists.
+      auto entry = std::find_if(in.sftpUsers.begin(), in.sftpUsers.end(),
+                                [&](const SftpUserEntry& u) { return u.username == probe.user; });
+      const bool ownAllows =
+          entry == in.sftpUsers.end() || entry->sources.empty() || addressInRanges(probe.address, entry->sources);
+      if (!fromAllowed || !ownAllows) {
         wantRefused();
         break;
       }
       want("chrootdirectory", in.chrootBase + "/%u");
       // The exact command: it carries the account's access (-R, -p requests).
-      auto entry = std::find_if(in.sftpUsers.begin(), in.sftpUsers.end(),
-                                [&](const SftpUserEntry& u) { return u.username == probe.user; });
       want("forcecommand", sftpForceCommand(entry == in.sftpUsers.end() ? SftpAccess::kReadOnly : entry->access));
       want("authorizedkeysfile", keysFile);
       want("allowtcpforwarding", "no");

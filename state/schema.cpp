@@ -227,6 +227,7 @@ const char* const kMetaLastError = "last_error";
 const char* const kMetaHighestStoreRevision = "highest_store_revision";
 const char* const kMetaStoreRevision = "store_revision";
 const char* const kMetaReloadPending = "sshd_reload_pending";
+const char* const kMetaDefenderCursor = "defender_cursor";
 const char* const kMetaRecoveryAttempts = "recovery_attempts";
 
 // ---- owned objects ----

@@ -73,6 +73,7 @@ extern const char* const kMetaLastError;
 extern const char* const kMetaHighestStoreRevision;
 extern const char* const kMetaStoreRevision;
 extern const char* const kMetaReloadPending;
+extern const char* const kMetaDefenderCursor;
 extern const char* const kMetaRecoveryAttempts;
 
 // Owned objects.

@@ -1139,6 +1139,23 @@ Result<std::string> StateStore::reloadPending() const {
   return *row ? stmt->columnText(0) : std::string();
 }
 
+Status StateStore::setDefenderCursor(const std::string& cursor) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return setMetaValue(sql::kMetaDefenderCursor, std::nullopt,
+                      cursor.empty() ? std::nullopt : std::optional<std::string>(cursor),
+                      "record the defender's journal cursor in");
+}
+
+Result<std::string> StateStore::defenderCursor() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto stmt = Statement::prepare(*db_, sql::kSelectMeta, "read the defender's journal cursor from");
+  if (!stmt) return stmt.status();
+  stmt->bind(1, sql::kMetaDefenderCursor);
+  auto row = stmt->step();
+  if (!row) return row.status();
+  return *row ? stmt->columnText(0) : std::string();
+}
+
 Result<std::optional<PendingCycle>> StateStore::pendingCycle() const {
   std::lock_guard<std::mutex> lock(mutex_);
   auto stmt = Statement::prepare(*db_, sql::kSelectPendingCycle, "read pending cycle from");

@@ -182,6 +182,14 @@ class StateStore {
   /// The failure of the reload still owed, or "" when none.
   Result<std::string> reloadPending() const;
 
+  // ---- defender ----
+
+  /// Where the defender stopped reading sshd's messages (a journal cursor, or a file position),
+  /// so that a restart neither counts a failure twice nor misses one. "" clears it. Errors: kIo.
+  Status setDefenderCursor(const std::string& cursor);
+  /// The cursor, or "" when none was kept.
+  Result<std::string> defenderCursor() const;
+
  private:
   StateStore(std::unique_ptr<sqlite::Database> db, std::string path, Logger log, int64_t keepGenerations);
 

@@ -1,6 +1,10 @@
 #include "agent/cli/cli.h"
 
 #include <Poco/Exception.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <fstream>
 #include <iostream>
@@ -124,7 +128,27 @@ Result<Config> loadConfig(const CliOptions& o) {
   config->root = o.root;
   while (config->root.size() > 1 && config->root.back() == '/') config->root.pop_back();
   if (config->root == "/") config->root.clear();
+  // The network namespace has no --root prefix: a sandbox never touches the host's firewall.
+  config->network.managed = config->root.empty();
   if (!o.source.empty()) config->store.source = o.source;
+  return config;
+}
+
+/// With the firewall on (and managed: not under --root), nft must be there: a host without
+/// nftables is told at start which key to change, before anything on it changes.
+Status checkFirewallTools(const Config& config) {
+  if (!config.network.managed || config.network.firewall != FirewallMode::kNftables) return Status::ok();
+  if (::access(config.network.nftBinary.c_str(), X_OK) == 0) return Status::ok();
+  return Status::error(ErrorCode::kInvalid, "config network.firewall = nftables, but " + config.network.nftBinary +
+                                                " cannot be run (" + std::strerror(errno) +
+                                                "): install nftables, or set [network] firewall = off");
+}
+
+/// loadConfig() for the commands that look at or change the host's firewall.
+Result<Config> loadCheckedConfig(const CliOptions& o) {
+  auto config = loadConfig(o);
+  if (!config) return config;
+  if (Status s = checkFirewallTools(*config); !s) return s;
   return config;
 }
 
@@ -165,6 +189,9 @@ int runCli(int argc, char** argv) {
     auto failpoints = FailPoints::fromEnvironment();
     if (!failpoints) return fail(failpoints.status());
     const std::string& c = o.command;
+    if (c == "plan" || c == "once" || c == "rollback" || c == "run") {
+      if (Status s = checkFirewallTools(*config); !s) return fail(s, o.json);
+    }
     auto noArgs = [&]() { return o.args.empty(); };
     if (c == "plan" && noArgs()) return cmdPlan(*config, o);
     if (c == "once" && noArgs()) return cmdOnce(*config, *failpoints);
@@ -181,7 +208,7 @@ int runCli(int argc, char** argv) {
       return cmdShow(*config, o.args[0], o.json);
     }
     if (c == "enforce-perms" && noArgs()) return cmdEnforcePerms(*config);
-    if (c == "run" && noArgs()) return cmdRun([o]() { return loadConfig(o); }, *failpoints);
+    if (c == "run" && noArgs()) return cmdRun([o]() { return loadCheckedConfig(o); }, *failpoints);
     if (c == "plan" || c == "once" || c == "resume" || c == "status" || c == "history" || c == "enforce-perms" ||
         c == "run" || c == "wait") {
       return jsonOr(o, c + " takes no arguments");

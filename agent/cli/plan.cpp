@@ -66,7 +66,7 @@ int cmdPlan(const Config& config, const CliOptions& o) {
   StateLedger ledger(**state);
   Reconciler reconciler(makeProviders(ledger), makeLogger("reconciler"));
   SystemClock clock;
-  Desired desired{target, config.host, config.sshd, clock.nowSeconds()};
+  Desired desired{target, config.host, config.sshd, clock.nowSeconds(), config.network};
   auto planned = reconciler.plan(desired, host);
   if (!planned.failures.empty()) {
     std::string why;

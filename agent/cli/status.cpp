@@ -16,6 +16,7 @@
 #include "agent/document/document.h"
 #include "providers/core/clock.h"
 #include "providers/core/log.h"
+#include "providers/firewall.h"
 #include "providers/host/real_host.h"
 #include "providers/ssh_keys.h"
 #include "providers/sudoers.h"
@@ -53,6 +54,38 @@ std::set<std::string> installedSudoTasks(Host& host, const Config& config, const
 std::string commandLine(const SudoTask& t) {
   std::string out;
   for (const auto& w : t.command) out += (out.empty() ? "" : " ") + w;
+  return out;
+}
+
+/// What `status` says of the firewall: its mode, its table and the defender's bans (read from the
+/// table itself, the truth: element timeouts end them also while the agent is stopped).
+struct FirewallView {
+  std::string mode;   // "nftables", "off", "not managed (--root)"
+  std::string table;  // "present", "absent", "drifted: ...", "unreadable: ..."
+  std::vector<FirewallBan> bans;
+};
+
+FirewallView firewallView(const Config& config, Host& host) {
+  FirewallView v;
+  if (!config.network.managed) {
+    v.mode = "not managed (--root)";
+    v.table = "not looked at";
+    return v;
+  }
+  v.mode = config.network.firewall == FirewallMode::kNftables ? "nftables" : "off";
+  auto current = observeFirewall(host, config.network);
+  if (!current) {
+    v.table = "unreadable: " + current.status().message();
+    return v;
+  }
+  v.table = !current->present ? "absent" : current->intact ? "present" : "drifted: " + current->drift;
+  v.bans = current->bans;
+  return v;
+}
+
+std::string joinSources(const std::vector<std::string>& sources) {
+  std::string out;
+  for (const auto& s : sources) out += (out.empty() ? "" : ",") + s;
   return out;
 }
 
@@ -95,6 +128,7 @@ int cmdStatus(const Config& config, bool json) {
   const std::set<std::string> sudoInstalled = installedSudoTasks(host, config, doc);
   // Lines the login user keeps in its own authorized_keys: sshd reads only the agent's file.
   const HomeKeysReport home = inspectHomeKeys(host, config.host.loginUser);
+  const FirewallView firewall = firewallView(config, host);
   const std::string keysFile = loginKeysPath(config.host.authorizedKeysDir, config.host.loginUser);
   // How many documents the store published that the pin keeps from the host: the distinct
   // documents recorded after the pinned generation (not a difference of revision numbers).
@@ -138,6 +172,11 @@ int cmdStatus(const Config& config, bool json) {
         o->set("active", k.active);
         o->set("expires_at", k.expiresAt ? Poco::Dynamic::Var(isoTime(*k.expiresAt)) : Poco::Dynamic::Var());
         o->set("installed", k.installableAt(now));
+        if (!k.allowedSources.empty()) {
+          Poco::JSON::Array::Ptr own = new Poco::JSON::Array;
+          for (const auto& c : k.allowedSources) own->add(c);
+          o->set("allowed_sources", own);
+        }
         keys->add(o);
       }
       for (const auto& a : doc->accounts) {
@@ -149,6 +188,11 @@ int cmdStatus(const Config& config, bool json) {
         o->set("password", a.passwordHash.has_value());
         o->set("keys", int64_t(a.publicKeys.size()));
         o->set("access", sftpAccessName(a.access));
+        if (!a.allowedSources.empty()) {
+          Poco::JSON::Array::Ptr own = new Poco::JSON::Array;
+          for (const auto& c : a.allowedSources) own->add(c);
+          o->set("allowed_sources", own);
+        }
         accounts->add(o);
       }
     }
@@ -188,6 +232,18 @@ int cmdStatus(const Config& config, bool json) {
     Poco::JSON::Array::Ptr always = new Poco::JSON::Array;
     for (const auto& s : config.host.alwaysAllow) always->add(s.text);
     root->set("always_allow", always);
+    Poco::JSON::Object::Ptr fw = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
+    fw->set("mode", firewall.mode);
+    fw->set("table", firewall.table);
+    root->set("firewall", fw);
+    Poco::JSON::Array::Ptr bans = new Poco::JSON::Array;
+    for (const auto& b : firewall.bans) {
+      Poco::JSON::Object::Ptr o = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
+      o->set("address", b.address);
+      o->set("expires_in_s", b.expiresIn);
+      bans->add(o);
+    }
+    root->set("bans", bans);
     std::cout << toJson(root) << "\n";
     return kExitOk;
   }
@@ -222,13 +278,15 @@ int cmdStatus(const Config& config, bool json) {
     for (const auto& k : doc->keys) {
       std::cout << "  " << k.id << "  " << k.owner << "  "
                 << (k.expiresAt ? "expires " + isoTime(*k.expiresAt) : std::string("no expiry")) << "  "
-                << (k.installableAt(now) ? "installed" : (!k.active ? "inactive" : "expired")) << "\n";
+                << (k.installableAt(now) ? "installed" : (!k.active ? "inactive" : "expired"))
+                << (k.allowedSources.empty() ? "" : "  only from " + joinSources(k.allowedSources)) << "\n";
     }
     std::cout << "sftp accounts:\n";
     for (const auto& a : doc->accounts) {
       std::cout << "  " << a.username << " (" << a.id << ")  folder " << a.folder << "  "
                 << (a.active ? "active" : "locked") << "  " << (a.passwordHash ? "password" : "no password") << ", "
-                << a.publicKeys.size() << " key(s)  " << sftpAccessName(a.access) << "\n";
+                << a.publicKeys.size() << " key(s)  " << sftpAccessName(a.access)
+                << (a.allowedSources.empty() ? "" : "  only from " + joinSources(a.allowedSources)) << "\n";
     }
     std::cout << "sudo tasks of " << config.host.loginUser << " (" << kSudoersFile << "):";
     if (doc->sudoTasks.empty()) std::cout << " none";
@@ -244,6 +302,12 @@ int cmdStatus(const Config& config, bool json) {
   std::cout << "always allowed (config):";
   for (const auto& s : config.host.alwaysAllow) std::cout << " " << s.text;
   std::cout << "\n";
+  std::cout << "firewall:       " << firewall.mode << ", table inet " << kFirewallTable << " " << firewall.table
+            << "\n";
+  std::cout << "bans:           " << (firewall.bans.empty() ? "none" : "") << "\n";
+  for (const auto& b : firewall.bans) {
+    std::cout << "  " << b.address << "  refused for " << b.expiresIn << " s more (failed password logins)\n";
+  }
   return kExitOk;
 }
 

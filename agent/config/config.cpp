@@ -58,6 +58,17 @@ Status setPath(std::string& out, const std::string& key, const std::string& v, b
   return Status::ok();
 }
 
+Status setBool(bool& out, const std::string& key, const std::string& v) {
+  if (v == "true") {
+    out = true;
+  } else if (v == "false") {
+    out = false;
+  } else {
+    return invalid(key, "must be true or false, not '" + v + "'");
+  }
+  return Status::ok();
+}
+
 Status setName(std::string& out, const std::string& key, const std::string& v) {
   Status s = checkUsername(v);
   if (!s) return invalid(key, s.message());
@@ -169,6 +180,29 @@ const std::map<std::string, Setter>& setters() {
          }
          return Status::ok();
        }},
+      {"network.firewall",
+       [](Config& c, const std::string& k, const std::string& v) {
+         if (v == "nftables") {
+           c.network.firewall = FirewallMode::kNftables;
+         } else if (v == "off") {
+           c.network.firewall = FirewallMode::kOff;
+         } else {
+           return invalid(k, "must be nftables or off, not '" + v + "'");
+         }
+         return Status::ok();
+       }},
+      {"network.nft_binary",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.network.nftBinary, k, v, false); }},
+      {"defender.enabled",
+       [](Config& c, const std::string& k, const std::string& v) { return setBool(c.defender.enabled, k, v); }},
+      {"defender.max_failures", [](Config& c, const std::string& k,
+                                   const std::string& v) { return setInt(c.defender.maxFailures, k, v, 1, 1000000); }},
+      {"defender.window_s", [](Config& c, const std::string& k,
+                               const std::string& v) { return setInt(c.defender.windowS, k, v, 1, 86400); }},
+      {"defender.ban_s", [](Config& c, const std::string& k,
+                            const std::string& v) { return setInt(c.defender.banS, k, v, 1, 30 * 86400); }},
+      {"defender.log_file",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.defender.logFile, k, v, true); }},
       {"state.db",
        [](Config& c, const std::string& k, const std::string& v) { return setPath(c.state.db, k, v, false); }},
       {"state.metrics_file",
@@ -247,7 +281,8 @@ Result<Config> parseConfig(const std::string& iniText) {
       if (line.back() != ']')
         return Status::error(ErrorCode::kInvalid, "config " + where + ": unterminated section header");
       section = trimmed(line.substr(1, line.size() - 2));
-      if (section != "store" && section != "host" && section != "sshd" && section != "state") {
+      if (section != "store" && section != "host" && section != "sshd" && section != "network" &&
+          section != "defender" && section != "state") {
         return Status::error(ErrorCode::kInvalid, "config " + where + ": unknown section [" + section + "]");
       }
       continue;

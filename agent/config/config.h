@@ -31,10 +31,24 @@ struct StateSettings {
   std::string metricsFile;  // host path of the Prometheus text file; "" : no metrics written
 };
 
+/// [defender]: sshd's failed password logins counted per source address; a source with
+/// max_failures within window_s is refused by the firewall for ban_s (agent/daemon/defender.h).
+struct DefenderSettings {
+  bool enabled = true;
+  int64_t maxFailures = 10;
+  int64_t windowS = 600;
+  int64_t banS = 900;
+  /// "" : sshd's messages are read from the journal; otherwise a file sshd (sshd -E) or syslog
+  /// writes them to, read from its end (host path, prefixed by --root).
+  std::string logFile;
+};
+
 struct Config {
   StoreSettings store;
   HostSettings host;
   SshdSettings sshd;
+  NetworkSettings network;
+  DefenderSettings defender;
   StateSettings state;
   std::string root;  // --root prefix ("" for the real system)
 
@@ -51,7 +65,8 @@ Status checkProxyUrl(const std::string& url);
 
 /// Parses INI text into a Config with defaults for every absent key. Errors (kInvalid) name the
 /// section.key and the reason: unknown section or key, bad number, bad CIDR in always_allow, a
-/// permit_root_login other than no or prohibit-password.
+/// permit_root_login other than no or prohibit-password, a network.firewall other than nftables
+/// or off, a defender.enabled other than true or false.
 Result<Config> parseConfig(const std::string& iniText);
 
 }  // namespace pim

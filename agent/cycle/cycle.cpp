@@ -71,7 +71,7 @@ Agent::Applied Agent::applyDocument(const AccessDocument& doc, int64_t generatio
   StateLedger ledger(state_);
   ledger.setGeneration(generation);  // what this cycle creates is recorded as created by it
   Reconciler reconciler(factory_(ledger), log_, forward ? failpoints_ : FailPoints{});
-  Desired desired{doc, config_.host, config_.sshd, clock_.nowSeconds()};
+  Desired desired{doc, config_.host, config_.sshd, clock_.nowSeconds(), config_.network};
   auto pending = state_.reloadPending();
   if (!pending) return Applied{pending.status(), {}, {}, {}, false};
   auto outcome = reconciler.converge(desired, host_, !pending->empty(), revokeOnly);
@@ -405,7 +405,7 @@ CycleReport Agent::reapplyInForce(GenerationCause cause) {
   if (!pending) return failure(1, "failed", pending.status().message());
   StateLedger ledger(state_);
   Reconciler reconciler(factory_(ledger), log_);
-  Desired desired{**current, config_.host, config_.sshd, clock_.nowSeconds()};
+  Desired desired{**current, config_.host, config_.sshd, clock_.nowSeconds(), config_.network};
   auto planned = reconciler.plan(desired, host_);
   CycleReport r;
   r.revision = record->revision;

@@ -94,7 +94,7 @@ ProviderPlans planEffective(const std::vector<std::unique_ptr<Provider>>& provid
   ProviderPlans plans = planProviders(providers, desired, host, failpoints);
   *effective = lockAccounts(desired.document, plans.lockIds, desired.host.loginUser);
   if (effective->accounts.size() == desired.document.accounts.size()) return plans;
-  const Desired locked{*effective, desired.host, desired.sshd, desired.now};
+  const Desired locked{*effective, desired.host, desired.sshd, desired.now, desired.network};
   ProviderPlans again = planProviders(providers, locked, host, failpoints);
   // What was refused stays reported, though the locked entries are no longer planned for.
   std::vector<SkippedEntry> refused = std::move(plans.refused);
@@ -150,7 +150,7 @@ Reconciler::Outcome Reconciler::converge(const Desired& desired, Host& host, boo
   Outcome out;
   AccessDocument effective;
   ProviderPlans plans = planEffective(providers_, desired, host, failpoints_, &effective);
-  const Desired d{effective, desired.host, desired.sshd, desired.now};
+  const Desired d{effective, desired.host, desired.sshd, desired.now, desired.network};
   out.refused = plans.refused;
   out.failures = plans.failures;
   for (const auto& f : out.failures) log_->error("{}", f.describe());

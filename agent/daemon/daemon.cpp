@@ -21,6 +21,7 @@
 #include "agent/store/file_store_client.h"
 #include "agent/store/store_client.h"
 #include "providers/core/paths.h"
+#include "providers/firewall.h"
 #include "providers/host/real_host.h"
 #include "providers/host/transfer_perms.h"
 #include "providers/provider_set.h"
@@ -234,6 +235,8 @@ int Daemon::run() {
   handlesOpen_ = true;
   watchdog_ = sdWatchdogInterval();
   watchFiles();
+  startFirewallWatch();
+  startDefender();
   lastWatchdog_ = std::chrono::steady_clock::now();
   workReq_.data = this;
   stateSignature_ = stateSignature();
@@ -521,6 +524,13 @@ void Daemon::workDone() {
   // What changed while the worker was busy (file events are not acted on then).
   checkSource();
   checkOperatorCommands();
+  // The worker's own nftables changes are not drift.
+  if (nftWatch_) nftWatch_->drain();
+  const bool tableMade = std::any_of(r.changes.begin(), r.changes.end(), [](const Action& a) {
+    return a.provider == "firewall" && (a.verb == "create" || a.verb == "rebuild");
+  });
+  if (tableMade) reinstateBans();
+  if (cursorDirty_) saveDefenderCursor();
   if (!r.changes.empty()) {
     // The last plan looked at the host before these changes (a new home, a new chroot): one more
     // check soon records what the host looks like now, and the watches follow it.
@@ -591,7 +601,10 @@ void Daemon::watchHost() {
       uv_poll_start(&mountsPoll_, UV_PRIORITIZED, onMountsChanged);
     }
   }
-  hostWatched_ = ok && (!reads.mounts || mountsFd_ >= 0);
+  // The firewall's table counts as watched only with its netlink watch.
+  const NetworkSettings& net = rt_->config.network;
+  const bool firewallWatched = !net.managed || net.firewall != FirewallMode::kNftables || nftWatch_ != nullptr;
+  hostWatched_ = ok && (!reads.mounts || mountsFd_ >= 0) && firewallWatched;
   watchedReads_ = std::move(reads);
 }
 
@@ -634,6 +647,151 @@ void Daemon::hostChanged() {
   auto delay =
       std::max(std::chrono::duration_cast<std::chrono::milliseconds>(kDriftSpacing - sinceCheck), kDriftSettle);
   uv_timer_start(&hostSettle_, onHostSettle, uint64_t(delay.count()), 0);
+}
+
+void Daemon::startFirewallWatch() {
+  if (nftWatch_) {
+    nftWatch_->stop();
+    nftWatch_.reset();
+  }
+  const NetworkSettings& net = rt_->config.network;
+  if (!net.managed || net.firewall != FirewallMode::kNftables) return;
+  // The ban sets' elements are the defender's own: not drift.
+  nftWatch_ = std::make_unique<NftWatch>(
+      &loop_, kFirewallTable, std::set<std::string>{"ban4", "ban6"},
+      [this]() {
+        if (!busy_ || fetching_.load()) log_->info("the firewall table {} changed", kFirewallTable);
+        hostChanged();
+      },
+      makeLogger("firewall.watch"));
+  if (Status s = nftWatch_->start(); !s) {
+    // Without the watch, the firewall is still checked at every cycle that checks the host.
+    log_->warn("firewall drift watch: {}; the table is checked with the host at each poll", s.message());
+    nftWatch_.reset();
+  }
+}
+
+void Daemon::stopDefender() {
+  if (logPoll_ != nullptr) {
+    uv_poll_stop(logPoll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(logPoll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    logPoll_ = nullptr;
+  }
+  if (cursorDirty_) saveDefenderCursor();
+  logSource_.reset();
+  failures_.reset();
+}
+
+void Daemon::startDefender() {
+  stopDefender();
+  const Config& config = rt_->config;
+  if (!config.defender.enabled || !config.network.managed || config.network.firewall != FirewallMode::kNftables) {
+    return;
+  }
+  AddressRanges neverBan;
+  for (const auto& c : config.host.alwaysAllow) neverBan.add(c.text);
+  failures_ = std::make_unique<FailureCounter>(config.defender.maxFailures, config.defender.windowS, neverBan);
+  defenderHost_ = std::make_unique<RealHost>(config.root, makeLogger("defender.host"));
+  auto cursor = rt_->state->defenderCursor();
+  const std::string kept = cursor ? *cursor : std::string();
+  Result<std::unique_ptr<LogSource>> source =
+      config.defender.logFile.empty() ? openJournalSource(kept, clock_.nowSeconds() - config.defender.windowS)
+                                      : openFileSource(rt_->host->realPath(config.defender.logFile), kept);
+  if (!source) {
+    log_->error("defender: {}: failed password logins are not counted", source.status().message());
+    failures_.reset();
+    return;
+  }
+  logSource_ = std::move(*source);
+  logPoll_ = new uv_poll_t;
+  logPoll_->data = this;
+  if (uv_poll_init(&loop_, logPoll_, logSource_->fd()) != 0) {
+    delete logPoll_;
+    logPoll_ = nullptr;
+    log_->error("defender: cannot poll {}", logSource_->describe());
+    logSource_.reset();
+    return;
+  }
+  uv_poll_start(logPoll_, UV_READABLE, onLogReadable);
+  log_->info("defender: {} failed password logins within {} s from one address ban it for {} s; reading {}",
+             config.defender.maxFailures, config.defender.windowS, config.defender.banS, logSource_->describe());
+  readSshdLog();
+}
+
+void Daemon::onLogReadable(uv_poll_t* handle, int status, int /*events*/) {
+  auto* self = static_cast<Daemon*>(handle->data);
+  if (status < 0 || self->stopping_) return;
+  self->readSshdLog();
+}
+
+void Daemon::readSshdLog() {
+  if (!logSource_ || !failures_) return;
+  const int64_t now = clock_.nowSeconds();
+  const int64_t window = rt_->config.defender.windowS;
+  constexpr size_t kBatch = 1000;
+  for (;;) {
+    auto messages = logSource_->read(kBatch);
+    if (!messages) {
+      log_->warn("defender: {}", messages.status().message());
+      return;
+    }
+    for (const auto& m : *messages) {
+      auto source = failedAuthSource(m.text);
+      // Failures older than the window (read again after a restart) ban nobody now.
+      if (!source || m.time <= now - window) continue;
+      if (failures_->failure(*source, m.time)) ban(*source);
+    }
+    if (!messages->empty()) cursorDirty_ = true;
+    if (messages->size() < kBatch) break;
+  }
+  if (cursorDirty_ && !busy_) saveDefenderCursor();
+}
+
+void Daemon::ban(const std::string& address) {
+  const int64_t banS = rt_->config.defender.banS;
+  auto script = banScript(address, banS);
+  if (!script) return;
+  Status s = runNftScript(*defenderHost_, rt_->config.network, *script);
+  if (!s) {
+    log_->error("defender: ban {}: {}", address, s.message());
+    return;
+  }
+  bans_[address] = clock_.nowSeconds() + banS;
+  metrics_.countBan();
+  if (!busy_) {
+    if (Status m = publishMetrics(*rt_->host, *rt_->state, rt_->config, metrics_, clock_.nowSeconds()); !m) {
+      log_->warn("metrics: {}", m.message());
+    }
+  }
+  log_->warn("defender: {} banned for {} s: {} failed password logins within {} s", address, banS,
+             rt_->config.defender.maxFailures, rt_->config.defender.windowS);
+}
+
+void Daemon::reinstateBans() {
+  if (!defenderHost_) return;
+  const int64_t now = clock_.nowSeconds();
+  for (auto it = bans_.begin(); it != bans_.end();) {
+    if (it->second <= now) {
+      it = bans_.erase(it);
+      continue;
+    }
+    auto script = banScript(it->first, it->second - now);
+    if (script) {
+      if (Status s = runNftScript(*defenderHost_, rt_->config.network, *script); !s) {
+        log_->error("defender: ban {} again: {}", it->first, s.message());
+      }
+    }
+    ++it;
+  }
+}
+
+void Daemon::saveDefenderCursor() {
+  if (!logSource_ || !rt_) return;
+  if (Status s = rt_->state->setDefenderCursor(logSource_->cursor()); !s) {
+    log_->warn("defender: {}", s.message());
+    return;
+  }
+  cursorDirty_ = false;
 }
 
 void Daemon::onHostSettle(uv_timer_t* handle) {
@@ -791,6 +949,8 @@ void Daemon::reload() {
     return;
   }
   watchFiles();
+  startFirewallWatch();
+  startDefender();
   log_->info("SIGHUP: configuration reloaded: source {}, poll every {} s", rt_->store->describe(),
              config->store.pollIntervalS);
   cycleRequested_ = true;
@@ -831,6 +991,8 @@ void Daemon::closeHandles() {
   if (rt_ && rt_->watcher) rt_->watcher->stop();
   for (uv_signal_t* h : {&sigterm_, &sigint_, &sighup_}) uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
   closeHostWatches();
+  if (nftWatch_) nftWatch_->stop();
+  stopDefender();
   for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_, &stopDeadline_})
     uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
   for (uv_fs_event_t* e : {&stateEvents_, &sourceEvents_}) uv_close(reinterpret_cast<uv_handle_t*>(e), nullptr);

@@ -48,7 +48,10 @@
 #include "agent/cycle/failpoint.h"
 #include "agent/cycle/file_lock.h"
 #include "agent/daemon/backoff.h"
+#include "agent/daemon/defender.h"
+#include "agent/daemon/log_source.h"
 #include "agent/daemon/metrics.h"
+#include "agent/daemon/nft_watch.h"
 #include "agent/daemon/report.h"
 #include "providers/core/clock.h"
 #include "providers/core/log.h"
@@ -161,6 +164,16 @@ class Daemon {
   static void onStopDeadline(uv_timer_t* handle);
   void watchHost();
   void hostChanged();
+  /// The firewall's drift watch (netlink) and the defender, (re)started with the config.
+  void startFirewallWatch();
+  void startDefender();
+  void stopDefender();
+  static void onLogReadable(uv_poll_t* handle, int status, int events);
+  void readSshdLog();
+  void ban(const std::string& address);
+  /// Puts the defender's unexpired bans back (after the firewall provider rebuilt the table).
+  void reinstateBans();
+  void saveDefenderCursor();
   void closeHostWatches();
   struct HostWatch;
   static void closeHostWatch(HostWatch* watch);
@@ -205,6 +218,16 @@ class Daemon {
   std::string sourceWatchedDir_;
   uv_work_t workReq_{};
   bool handlesOpen_ = false;
+
+  // The firewall (providers/firewall.h): its table's changes by netlink, and the defender
+  // (agent/daemon/defender.h) on sshd's log. Loop thread only.
+  std::unique_ptr<NftWatch> nftWatch_;
+  std::unique_ptr<LogSource> logSource_;
+  uv_poll_t* logPoll_ = nullptr;
+  std::unique_ptr<FailureCounter> failures_;
+  std::unique_ptr<RealHost> defenderHost_;  // its own: the worker's runs in parallel
+  std::map<std::string, int64_t> bans_;     // address -> until (Unix seconds)
+  bool cursorDirty_ = false;
 
   // Loop thread only.
   bool busy_ = false;

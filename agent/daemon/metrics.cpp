@@ -70,6 +70,9 @@ std::string renderMetrics(const MetricsSnapshot& s) {
   header(out, "permission_fixes_total", "counter",
          "Entries under the transfer root whose mode or group was corrected.");
   sample(out, "permission_fixes_total", s.permissionFixes);
+  header(out, "bans_total", "counter",
+         "Source addresses the defender banned for failed password logins (the firewall refuses them).");
+  sample(out, "bans_total", s.bansTotal);
   header(out, "errors_total", "counter", "Errors by kind: store, rejected, apply, internal, permissions.");
   for (const char* kind : kMetricErrorKinds) {
     auto it = s.errors.find(kind);
@@ -105,6 +108,8 @@ void MetricsCounters::countCycle(const CycleReport& report, int64_t now) {
   }
 }
 
+void MetricsCounters::countBan() { ++bans_; }
+
 void MetricsCounters::setPermissionTotals(uint64_t fixes, uint64_t errors) {
   permissionFixes_ = fixes;
   permissionErrors_ = errors;
@@ -128,6 +133,7 @@ Result<MetricsSnapshot> snapshotFrom(const StateStore& state, const Config& conf
   MetricsSnapshot s;
   s.version = PIM_VERSION;
   s.permissionFixes = counters.permissionFixes();
+  s.bansTotal = counters.bans();
   s.errors = counters.errors();
 
   auto pin = state.pin();

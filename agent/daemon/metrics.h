@@ -40,6 +40,7 @@ struct MetricsSnapshot {
   int64_t sftpAccountsInactive = 0;        // ... and inactive (locked)
   int64_t skippedEntries = 0;              // entries skipped in the document in force
   uint64_t permissionFixes = 0;            // entries whose mode/group was fixed (counter)
+  uint64_t bansTotal = 0;                  // addresses the defender banned (counter)
   std::map<std::string, uint64_t> errors;  // kind -> count (counter); kinds above
 };
 
@@ -64,6 +65,9 @@ class MetricsCounters {
 
   std::optional<int64_t> lastSuccessTime() const { return lastSuccess_; }
   uint64_t permissionFixes() const { return permissionFixes_; }
+  /// Counts one ban of the defender.
+  void countBan();
+  uint64_t bans() const { return bans_; }
   /// kind -> count, every kind of kMetricErrorKinds present.
   std::map<std::string, uint64_t> errors() const;
 
@@ -71,6 +75,7 @@ class MetricsCounters {
   std::optional<int64_t> lastSuccess_;
   uint64_t permissionFixes_ = 0;
   uint64_t permissionErrors_ = 0;
+  uint64_t bans_ = 0;
   std::map<std::string, uint64_t> errors_;
 };
 

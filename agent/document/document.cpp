@@ -359,6 +359,33 @@ std::optional<std::string> checkOwner(const std::string& owner) {
   return std::nullopt;
 }
 
+// An entry's own allowed_sources: absent or null for none; otherwise a non-empty array of CIDRs
+// (at most kMaxEntrySources), each valid. Anything else is the entry's error: fail closed, the
+// entry is skipped rather than granted from the document's wider list.
+std::optional<std::string> readEntrySources(const Object& obj, std::vector<std::string>& out) {
+  out.clear();
+  if (!obj.has("allowed_sources") || obj.isNull("allowed_sources")) return std::nullopt;
+  const Var v = obj.get("allowed_sources");
+  if (!isArray(v)) return "allowed_sources: must be an array of CIDRs, got " + jsonType(v);
+  const Array& list = *arrayOf(v);
+  if (list.size() == 0) return std::string("allowed_sources: empty: no address could log in with it");
+  if (list.size() > kMaxEntrySources) {
+    return "allowed_sources: " + std::to_string(list.size()) + " entries, at most " + std::to_string(kMaxEntrySources) +
+           " allowed";
+  }
+  std::set<std::string> seen;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const Var e = list.get(static_cast<unsigned>(i));
+    const std::string where = "allowed_sources[" + std::to_string(i) + "]: ";
+    if (!e.isString()) return where + "must be a string, got " + jsonType(e);
+    auto c = parseCidr(e.extract<std::string>());
+    if (!c) return where + c.status().message();
+    seen.insert(c->text);
+  }
+  out.assign(seen.begin(), seen.end());
+  return std::nullopt;
+}
+
 class DocumentReader {
  public:
   DocumentReader(const DocumentOptions& options, AccessDocument& doc) : options_(options), doc_(doc) {}
@@ -367,7 +394,8 @@ class DocumentReader {
     const std::string where = indexPath("ssh.keys", index);
     if (!isObject(entry)) return skip(where, "must be an object, got " + jsonType(entry));
     const Object& obj = *objectOf(entry);
-    noteUnknown(obj, {"id", "owner", "public_key", "active", "expires_at"}, where, doc_.unknownFields);
+    noteUnknown(obj, {"id", "owner", "public_key", "active", "expires_at", "allowed_sources"}, where,
+                doc_.unknownFields);
     SshKey key;
     if (auto err = readString(obj, "id", key.id)) return skip(where, *err);
     if (Status s = checkEntryId(key.id); !s) return skip(where, "id: " + s.message());
@@ -392,6 +420,7 @@ class DocumentReader {
         return skip(key.id, "expires_at: must be null or an RFC 3339 time, got " + jsonType(v));
       }
     }
+    if (auto err = readEntrySources(obj, key.allowedSources)) return skip(key.id, *err);
     doc_.keys.push_back(std::move(key));
   }
 
@@ -399,8 +428,9 @@ class DocumentReader {
     const std::string where = indexPath("sftp.accounts", index);
     if (!isObject(entry)) return skip(where, "must be an object, got " + jsonType(entry));
     const Object& obj = *objectOf(entry);
-    noteUnknown(obj, {"id", "username", "password_hash", "folder", "active", "public_keys", "access"}, where,
-                doc_.unknownFields);
+    noteUnknown(obj,
+                {"id", "username", "password_hash", "folder", "active", "public_keys", "access", "allowed_sources"},
+                where, doc_.unknownFields);
     // Whatever else is wrong, a valid username of an account we may manage stays locked.
     std::string lockable;
     if (obj.has("username") && obj.get("username").isString()) {
@@ -443,6 +473,7 @@ class DocumentReader {
       if (!parsed) return skipAccount(acc.id, "access: " + parsed.status().message());
       acc.access = *parsed;
     }
+    if (auto err = readEntrySources(obj, acc.allowedSources)) return skipAccount(acc.id, *err);
     if (obj.has("public_keys")) {
       const Var keys = obj.get("public_keys");
       if (!isArray(keys)) return skipAccount(acc.id, "public_keys: must be an array, got " + jsonType(keys));

@@ -22,6 +22,8 @@ inline constexpr size_t kMaxJsonValues = 262144;
 inline constexpr size_t kMaxAllowedSources = 1024;
 /// Most entries accepted in sudo.tasks.
 inline constexpr size_t kMaxSudoTasks = 64;
+/// Most entries accepted in one key's or account's own allowed_sources.
+inline constexpr size_t kMaxEntrySources = 256;
 /// Longest ssh.keys[].owner accepted, in bytes.
 inline constexpr size_t kMaxOwnerBytes = 256;
 

@@ -26,6 +26,9 @@ struct SshKey {
   PublicKey key;
   bool active = true;
   std::optional<int64_t> expiresAt;  // Unix seconds (UTC); nullopt: never
+  /// The key's own allowed_sources (canonical CIDRs, sorted, unique): it logs in only from an
+  /// address in both this list and the document's. Empty: the document's list alone.
+  std::vector<std::string> allowedSources = {};
   /// True when the key must be installed at time `now` (Unix seconds).
   bool installableAt(int64_t now) const { return active && (!expiresAt || *expiresAt > now); }
 };
@@ -59,6 +62,8 @@ struct SftpAccount {
   bool active = true;
   std::vector<PublicKey> publicKeys;
   SftpAccess access = SftpAccess::kReadWrite;
+  /// The account's own allowed_sources (canonical CIDRs, sorted, unique), like SshKey's.
+  std::vector<std::string> allowedSources = {};
 };
 
 /// One sudo task (sudo.tasks[]): the login user may run exactly this command line, as `runAs`,

@@ -1,5 +1,6 @@
 #pragma once
-// The host-side settings every provider needs, from the [host] and [sshd] config sections.
+// The host-side settings every provider needs, from the [host], [sshd] and [network] config
+// sections.
 // Paths are host paths (the Host adds the --root prefix).
 
 #include <string>
@@ -43,5 +44,19 @@ struct SshdSettings {
 /// The drop-in's default name before 0.2: removed on upgrade when the configured drop-in is
 /// another file and this one carries the agent's header.
 inline constexpr const char* kLegacyDropin = "/etc/ssh/sshd_config.d/50-pim-access-agent.conf";
+
+/// [network] firewall: whether the agent keeps its nftables table (providers/firewall.h).
+enum class FirewallMode {
+  kNftables,  // the table inet pim_access_agent gates sshd's ports (default)
+  kOff,       // no firewall: the agent removes its table when it is there
+};
+
+struct NetworkSettings {
+  FirewallMode firewall = FirewallMode::kNftables;
+  /// false under --root: a sandbox cannot prefix the network namespace, so it neither makes nor
+  /// removes the table (the firewall provider plans nothing and observes nothing).
+  bool managed = true;
+  std::string nftBinary = "/usr/sbin/nft";  // runs on the real system (not prefixed)
+};
 
 }  // namespace pim

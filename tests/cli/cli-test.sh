@@ -55,6 +55,23 @@ printf '[store]\npoll_interval_s = soon\n' >"$work/bad3.ini"
 "$agent" --config "$work/bad3.ini" plan >"$work/out" 2>&1; check "bad number" 2 $?
 contains "bad number named" "$work/out" "store.poll_interval_s"
 "$agent" --config "$work/missing.ini" plan >"$work/out" 2>&1; check "missing explicit config" 2 $?
+printf '[network]\nfirewall = iptables\n' >"$work/bad4.ini"
+"$agent" --config "$work/bad4.ini" plan >"$work/out" 2>&1; check "bad firewall mode" 2 $?
+contains "bad firewall mode named" "$work/out" "network.firewall"
+# The firewall on and no nft: exit 2 naming the key, before anything is read or changed (this runs
+# without --root, where the firewall is managed; it stops at the check).
+printf '[store]\nsource = file:///nonexistent/doc.json\n[network]\nnft_binary = /nonexistent/nft\n' >"$work/nonft.ini"
+for cmd in plan once run; do
+  "$agent" --config "$work/nonft.ini" $cmd >"$work/out" 2>&1; check "$cmd without nft" 2 $?
+  contains "$cmd without nft names the key" "$work/out" "network.firewall"
+done
+"$agent" --config "$work/nonft.ini" --json plan >"$work/out" 2>/dev/null; check "plan --json without nft" 2 $?
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["exit"]==2 and "network.firewall" in d["error"]' "$work/out"
+check "plan --json without nft says so as JSON" 0 $?
+# Under --root the firewall is not managed: no nft needed.
+mkdir -p "$work/empty"
+"$agent" --config "$work/nonft.ini" --root "$work/empty" status >"$work/out" 2>&1; check "status under --root without nft" 0 $?
+contains "status says not managed" "$work/out" "not managed (--root)"
 mkdir -p "$work/empty"
 "$agent" --root "$work/empty" plan >"$work/out" 2>&1; check "no source" 2 $?
 contains "no source named" "$work/out" "store.source"

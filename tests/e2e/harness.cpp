@@ -294,8 +294,9 @@ TestSshd::TestSshd(Options options) : options_(std::move(options)) {
   cfg << "# e2e test sshd (Debian-like main config)\n";
   if (!options_.include.empty()) cfg << "Include " << options_.include << "\n";
   cfg << "Port " << port_ << "\n"
-      << "ListenAddress 127.0.0.1\n"
-      << "HostKey " << hostKey << "\n"
+      << "ListenAddress 127.0.0.1\n";
+  for (const auto& a : options_.listenAddresses) cfg << "ListenAddress " << a << "\n";
+  cfg << "HostKey " << hostKey << "\n"
       << "PidFile " << dir_.file("sshd.pid") << "\n"
       << "UsePAM " << (options_.usePam ? "yes" : "no") << "\n"
       << "KbdInteractiveAuthentication no\n"
@@ -430,6 +431,141 @@ CommandOutput TestSshd::sftpBatch(const std::string& user, const Credential& cre
   return withCredential(argv, cred, batch);
 }
 
+CommandOutput TestSshd::sshOver(const NetPath& path, const std::string& user, const Credential& cred,
+                                const std::string& command, const std::vector<std::string>& extraOpts) const {
+  std::vector<std::string> argv{"ssh"};
+  auto o = clientOptions(cred, extraOpts, path.from);
+  argv.insert(argv.end(), o.begin(), o.end());
+  argv.insert(argv.end(), {"-p", std::to_string(port_), "-l", user, path.to, "--", command});
+  if (!cred.keyPath.empty()) {
+    argv.insert(argv.begin(), path.via.begin(), path.via.end());
+    return runCommand(argv);
+  }
+  argv.insert(argv.begin(), {"sshpass", "-e"});
+  argv.insert(argv.begin(), path.via.begin(), path.via.end());
+  return runCommand(argv, {}, std::chrono::seconds(60), {"SSHPASS=" + cred.password});
+}
+
+CommandOutput TestSshd::sftpOver(const NetPath& path, const std::string& user, const Credential& cred,
+                                 const std::string& batch) const {
+  std::vector<std::string> argv{"sftp"};
+  auto o = clientOptions(cred, {}, path.from);
+  argv.insert(argv.end(), o.begin(), o.end());
+  const std::string host = path.to.find(':') == std::string::npos ? path.to : "[" + path.to + "]";
+  argv.insert(argv.end(), {"-P", std::to_string(port_), "-b", "-", user + "@" + host});
+  if (!cred.keyPath.empty()) {
+    argv.insert(argv.begin(), path.via.begin(), path.via.end());
+    return runCommand(argv, batch);
+  }
+  argv.insert(argv.begin(), {"sshpass", "-e"});
+  argv.insert(argv.begin(), path.via.begin(), path.via.end());
+  return runCommand(argv, batch, std::chrono::seconds(60), {"SSHPASS=" + cred.password});
+}
+
+namespace {
+constexpr const char* kClientNs = "pimclient";
+}  // namespace
+
+AgentDaemon::AgentDaemon(const std::string& config, const std::string& log) : log_(log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  const std::string binary = agentBinary();
+  std::vector<char*> argv{const_cast<char*>(binary.c_str()), const_cast<char*>("--config"),
+                          const_cast<char*>(config.c_str()), const_cast<char*>("run"), nullptr};
+  REQUIRE(posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ) == 0);
+  posix_spawn_file_actions_destroy(&actions);
+}
+
+AgentDaemon::~AgentDaemon() {
+  ::kill(pid_, SIGTERM);
+  for (int i = 0; i < 40; ++i) {
+    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(pid_, SIGKILL);
+  ::waitpid(pid_, nullptr, 0);
+}
+
+Background::Background(const std::vector<std::string>& argv, const std::string& log) {
+  pid_ = ::fork();
+  REQUIRE(pid_ >= 0);
+  if (pid_ == 0) {
+    ::setpgid(0, 0);
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    const int in = ::open("/dev/null", O_RDONLY);
+    const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    ::dup2(in, 0);
+    ::dup2(out, 1);
+    ::dup2(out, 2);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execvp(args[0], args.data());
+    ::_exit(127);
+  }
+  ::setpgid(pid_, pid_);
+}
+
+Background::~Background() {
+  ::kill(-pid_, SIGTERM);
+  for (int i = 0; i < 100; ++i) {
+    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ::kill(-pid_, SIGKILL);
+  ::waitpid(pid_, nullptr, 0);
+}
+
+bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return condition();
+}
+
+ClientNetwork::ClientNetwork(const std::vector<std::string>& clientAddresses) {
+  const std::vector<std::string> inClient{"ip", "netns", "exec", kClientNs};
+  auto client = [&](std::vector<std::string> argv) {
+    argv.insert(argv.begin(), inClient.begin(), inClient.end());
+    mustRun(argv);
+  };
+  mustRun({"ip", "netns", "add", kClientNs});
+  mustRun({"ip", "link", "add", "pimsrv", "type", "veth", "peer", "name", "pimcli"});
+  mustRun({"ip", "link", "set", "pimcli", "netns", kClientNs});
+  mustRun({"ip", "addr", "add", std::string(kServer4) + "/24", "dev", "pimsrv"});
+  mustRun({"ip", "addr", "add", std::string(kServer6) + "/64", "dev", "pimsrv", "nodad"});
+  mustRun({"ip", "link", "set", "pimsrv", "up"});
+  client({"ip", "link", "set", "lo", "up"});
+  for (const auto& a : clientAddresses) {
+    if (a.find(':') == std::string::npos) {
+      client({"ip", "addr", "add", a + "/24", "dev", "pimcli"});
+    } else {
+      client({"ip", "addr", "add", a + "/64", "dev", "pimcli", "nodad"});
+    }
+  }
+  client({"ip", "link", "set", "pimcli", "up"});
+  // The link carries packets once both ends are up (the carrier comes a moment later).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!contains(runCommand({"ip", "link", "show", "pimsrv"}).out, "LOWER_UP")) {
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+ClientNetwork::~ClientNetwork() {
+  runCommand({"ip", "link", "del", "pimsrv"});
+  runCommand({"ip", "netns", "del", kClientNs});
+}
+
+NetPath ClientNetwork::from(const std::string& address) const {
+  return NetPath{
+      {"ip", "netns", "exec", kClientNs}, address, address.find(':') == std::string::npos ? kServer4 : kServer6};
+}
+
 std::string agentBinary() {
   // PIM_E2E_AGENT runs the scenarios against another build of the agent (an installed package,
   // or a deliberately broken copy to check that the scenarios notice).
@@ -539,7 +675,9 @@ std::string renderDocument(const DocSpec& spec) {
     const DocKey& k = spec.keys[i];
     o << (i ? "," : "") << "\n    {\"id\": " << jsonString(k.id) << ", \"owner\": " << jsonString(k.id + "@example.com")
       << ", \"public_key\": " << jsonString(k.publicKey) << ", \"active\": " << (k.active ? "true" : "false")
-      << ", \"expires_at\": " << jsonOrNull(k.expiresAt) << "}";
+      << ", \"expires_at\": " << jsonOrNull(k.expiresAt);
+    if (!k.allowedSources.empty()) o << ", \"allowed_sources\": " << jsonStrings(k.allowedSources);
+    o << "}";
   }
   o << "\n  ]},\n  \"sftp\": {\"accounts\": [";
   for (size_t i = 0; i < spec.accounts.size(); ++i) {
@@ -548,6 +686,7 @@ std::string renderDocument(const DocSpec& spec) {
       << ", \"password_hash\": " << jsonOrNull(a.passwordHash) << ", \"folder\": " << jsonString(a.folder)
       << ", \"active\": " << (a.active ? "true" : "false") << ", \"public_keys\": " << jsonStrings(a.publicKeys);
     if (auto it = spec.access.find(a.id); it != spec.access.end()) o << ", \"access\": " << jsonString(it->second);
+    if (!a.allowedSources.empty()) o << ", \"allowed_sources\": " << jsonStrings(a.allowedSources);
     o << "}";
   }
   o << "\n  ]},\n  \"network\": {\"allowed_sources\": " << jsonStrings(spec.allowedSources) << "}";
@@ -565,13 +704,13 @@ std::string renderDocument(const DocSpec& spec) {
   return o.str();
 }
 
-ManagedHost::ManagedHost(std::map<std::string, std::string> settings)
-    : sshd_(TestSshd::Options{"/etc/ssh/sshd_config.d/*.conf", {}, true}) {
+ManagedHost::ManagedHost(std::map<std::string, std::string> settings, std::vector<std::string> sshdListen)
+    : sshd_(TestSshd::Options{"/etc/ssh/sshd_config.d/*.conf", {}, true, std::move(sshdListen)}) {
   std::map<std::string, std::string> all{
       {"state.db", "/srv/pim-access-agent/state.db"}, {"host.transfer_root", "/srv/transfer/pim"},
       {"host.chroot_base", "/srv/pim-sftp"},          {"host.always_allow", "127.0.0.1/32"},
       {"sshd.main_config", sshd_.configPath()},       {"sshd.dropin", kDropin},
-      {"sshd.reload_command", sshd_.reloadCommand()},
+      {"sshd.reload_command", sshd_.reloadCommand()}, {"defender.log_file", sshd_.logPath()},
   };
   for (auto& [k, v] : settings) all[k] = v;
   agent_ = std::make_unique<AgentSandbox>(all);
@@ -629,35 +768,8 @@ Poco::JSON::Array::Ptr ManagedHost::history() {
   return a;
 }
 
-AgentDaemon::AgentDaemon(const std::string& config, const std::string& log) : log_(log) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-  const std::string binary = agentBinary();
-  std::vector<char*> argv{const_cast<char*>(binary.c_str()), const_cast<char*>("--config"),
-                          const_cast<char*>(config.c_str()), const_cast<char*>("run"), nullptr};
-  REQUIRE(posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ) == 0);
-  posix_spawn_file_actions_destroy(&actions);
-}
-
-AgentDaemon::~AgentDaemon() {
-  ::kill(pid_, SIGTERM);
-  for (int i = 0; i < 40; ++i) {
-    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  ::kill(pid_, SIGKILL);
-  ::waitpid(pid_, nullptr, 0);
-}
-
 bool eventually(const std::function<bool()>& condition, int seconds) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-  return condition();
+  return eventually(condition, std::chrono::seconds(seconds));
 }
 
 CommandOutput runAs(const std::string& user, const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {

@@ -118,6 +118,31 @@ struct Credential {
   static Credential withPassword(const std::string& pw) { return {{}, pw}; }
 };
 
+/// What a client connects over: the command prefix that enters its network namespace
+/// ({"ip", "netns", "exec", "pimclient"}), its source address there, and the server's address.
+struct NetPath {
+  std::vector<std::string> via;
+  std::string from;
+  std::string to;
+};
+
+/// A client network namespace ("pimclient") joined to the test's own by a veth pair, for what
+/// loopback cannot show (the firewall always lets loopback through). The test's side holds
+/// kServer4/24 and kServer6/64; the client's side holds every address given (IPv4 addresses from
+/// 198.51.100.0/24, IPv6 from 2001:db8:1::/64, added with nodad so they work at once). Removed on
+/// destruction. REQUIREs that `ip` sets it up.
+class ClientNetwork {
+ public:
+  explicit ClientNetwork(const std::vector<std::string>& clientAddresses);
+  ~ClientNetwork();
+  ClientNetwork(const ClientNetwork&) = delete;
+  ClientNetwork& operator=(const ClientNetwork&) = delete;
+  static constexpr const char* kServer4 = "198.51.100.1";
+  static constexpr const char* kServer6 = "2001:db8:1::1";
+  /// From `address` (one of the client's) to the server address of the same family.
+  NetPath from(const std::string& address) const;
+};
+
 /// A real sshd on 127.0.0.1:<free port> with its own host key, started with
 /// `/usr/sbin/sshd -D -f <cfg> -E <log>`, stopped (SIGTERM, then SIGKILL) on destruction.
 /// Its config mirrors Debian's sshd_config: `Include <options.include>` first, UsePAM yes,
@@ -129,6 +154,7 @@ class TestSshd {
     std::string include;                   // Include pattern (the drop-in or its directory glob)
     std::vector<std::string> extraConfig;  // appended lines, after the Debian-like defaults
     bool usePam = true;
+    std::vector<std::string> listenAddresses = {};  // besides 127.0.0.1 (ClientNetwork's kServer4, ...)
   };
   /// Writes the config, generates the host key, starts sshd and waits until it listens.
   /// REQUIREs success (the failure shows sshd's log).
@@ -142,6 +168,8 @@ class TestSshd {
   const std::string& configPath() const { return config_; }
   /// sshd's log so far (-E file).
   std::string log() const;
+  /// The -E file sshd logs to (the defender reads it: ManagedHost's defender.log_file).
+  const std::string& logPath() const { return logPath_; }
   /// How many times sshd started listening (1 after start, +1 per completed reload).
   size_t starts() const;
   /// The agent's sshd.reload_command for this daemon: "/bin/kill -HUP <pid>".
@@ -160,6 +188,12 @@ class TestSshd {
   /// PasswordAuthentication=no for a key / PubkeyAuthentication=no for a password.
   CommandOutput sshRun(const std::string& user, const Credential& cred, const std::string& command,
                        const std::vector<std::string>& extraOpts = {}, const std::string& bindAddr = "127.0.0.1") const;
+  /// sshRun() over a ClientNetwork path: from its client address to the server address.
+  CommandOutput sshOver(const NetPath& path, const std::string& user, const Credential& cred,
+                        const std::string& command, const std::vector<std::string>& extraOpts = {}) const;
+  /// sftpBatch() over a ClientNetwork path.
+  CommandOutput sftpOver(const NetPath& path, const std::string& user, const Credential& cred,
+                         const std::string& batch) const;
   /// Runs an sftp batch ("put a b\nls\n", fed on stdin with -b -) as `user` from `bindAddr`;
   /// the batch stops at the first failing command, and the exit code says so.
   CommandOutput sftpBatch(const std::string& user, const Credential& cred, const std::string& batch,
@@ -223,6 +257,7 @@ struct DocKey {
   std::string publicKey;
   bool active = true;
   std::string expiresAt;
+  std::vector<std::string> allowedSources = {};  // rendered only when not empty
 };
 
 /// One entry of `sftp.accounts` for renderDocument(). An empty passwordHash renders as null
@@ -234,6 +269,7 @@ struct DocAccount {
   std::string folder = ".";
   bool active = true;
   std::vector<std::string> publicKeys;
+  std::vector<std::string> allowedSources = {};  // rendered only when not empty
 };
 
 /// One entry of `sudo.tasks` for renderDocument(). An empty runAs is not written (root).
@@ -266,10 +302,12 @@ std::string renderDocument(const DocSpec& spec);
 /// sshd, and state.db, transfer_root and chroot_base live under /srv (tmpfs):
 ///   state.db = /srv/pim-access-agent/state.db   host.transfer_root = /srv/transfer/pim
 ///   host.chroot_base = /srv/pim-sftp            host.always_allow = 127.0.0.1/32
-/// so that 127.0.0.2 stands for an address outside the operator ranges. `settings` override.
+/// so that 127.0.0.2 stands for an address outside the operator ranges; defender.log_file is the
+/// sshd's -E file (a daemon's defender counts its failed passwords). `settings` override.
 class ManagedHost {
  public:
-  explicit ManagedHost(std::map<std::string, std::string> settings = {});
+  /// `sshdListen`: addresses the sshd listens on besides 127.0.0.1 (ClientNetwork's servers).
+  explicit ManagedHost(std::map<std::string, std::string> settings = {}, std::vector<std::string> sshdListen = {});
   ManagedHost(const ManagedHost&) = delete;
   ManagedHost& operator=(const ManagedHost&) = delete;
 
@@ -298,8 +336,8 @@ class ManagedHost {
   std::unique_ptr<AgentSandbox> agent_;
 };
 
-/// `pim-access-agent --config <config> run` in the background (stdout and stderr appended to
-/// `log`), stopped with SIGTERM (then SIGKILL) on destruction.
+/// `pim-access-agent --config <config> run` in the background (stdout and stderr to `log`),
+/// stopped with SIGTERM (then SIGKILL) on destruction.
 class AgentDaemon {
  public:
   AgentDaemon(const std::string& config, const std::string& log);
@@ -313,8 +351,24 @@ class AgentDaemon {
   pid_t pid_ = -1;
 };
 
-/// Polls `condition` every 200 ms for up to `seconds`; its last answer.
-bool eventually(const std::function<bool()>& condition, int seconds = 20);
+/// A command (argv[0] looked up in PATH) in the background in a process group of its own,
+/// stdout and stderr appended to `log`; the group is stopped (SIGTERM, then SIGKILL) on
+/// destruction. For services a scenario needs (journald, a log forwarder).
+class Background {
+ public:
+  Background(const std::vector<std::string>& argv, const std::string& log);
+  ~Background();
+  Background(const Background&) = delete;
+  Background& operator=(const Background&) = delete;
+
+ private:
+  pid_t pid_ = -1;
+};
+
+/// Polls `condition` every 100 ms for up to `timeout`.
+bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout = std::chrono::seconds(20));
+/// The same, for up to `seconds`.
+bool eventually(const std::function<bool()>& condition, int seconds);
 
 /// Runs argv as `user` (runuser -u USER --, no shell), like runCommand().
 CommandOutput runAs(const std::string& user, const std::vector<std::string>& argv,

@@ -9,7 +9,9 @@
 #     listed in PIM_E2E_KEEP, colon-separated: the source and build trees) are bind-mounted back
 #     at their own paths when a tmpfs hides them, so the suite passes wherever the checkout lives
 #     (under /tmp or /home too);
-#   - network namespace with only the loopback interface up (when `ip` is available);
+#   - network namespace with only the loopback interface up: always (the agent keeps its nftables
+#     table there, never in the machine's own namespace); tests add veth pairs into client
+#     namespaces of their own (tests/e2e/harness.h: ClientNetwork);
 #   - PID namespace: every process the tests start (sshd, ssh, the agent) ends with it.
 # Each test case runs in its own fresh namespaces (a fresh /etc and /tmp, no users, mounts or state
 # left by an earlier case): the test cases are listed with --list-test-names-only and the binary
@@ -100,9 +102,9 @@ fi
 if [[ "$(id -u)" != 0 ]]; then
   skip "needs root (real useradd, mounts and sshd inside a private namespace); run as root or in CI"
 fi
-for tool in unshare mount runuser /usr/sbin/sshd ssh sftp ssh-keygen sshpass useradd chpasswd sudo /usr/sbin/visudo; do
+for tool in unshare mount runuser /usr/sbin/sshd ssh sftp ssh-keygen sshpass useradd chpasswd sudo /usr/sbin/visudo ip /usr/sbin/nft; do
   if ! command -v "$tool" >/dev/null 2>&1; then
-    skip "$tool is not installed (apt-get install openssh-server openssh-client sshpass passwd util-linux sudo)"
+    skip "$tool is not installed (apt-get install openssh-server openssh-client sshpass passwd util-linux sudo iproute2 nftables)"
   fi
 done
 
@@ -119,14 +121,9 @@ cleanup() { rmdir "$stage" 2>/dev/null || rm -rf --one-file-system "$stage"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-netflag=()
-privnet=0
-if command -v ip >/dev/null 2>&1; then
-  netflag=(--net)
-  privnet=1
-else
-  echo "e2e: note: 'ip' not found; sharing the host's network namespace (tests bind to 127.0.0.x only)" >&2
-fi
+# Always a private network namespace: the agent under test keeps a firewall table there.
+netflag=(--net)
+privnet=1
 
 in_namespace() {
   unshare --mount --propagation private --pid --fork --mount-proc "${netflag[@]}" \

@@ -1,6 +1,9 @@
 #include "agent/config/config.h"
 
 #include <catch2/catch.hpp>
+#include <string>
+#include <utility>
+#include <vector>
 
 TEST_CASE("config: defaults", "[config]") {
   auto c = pim::parseConfig("");
@@ -23,6 +26,45 @@ TEST_CASE("config: sshd.permit_root_login is no or prohibit-password", "[config]
     REQUIRE_FALSE(r.isOk());
     CHECK(r.status().code() == pim::ErrorCode::kInvalid);
     CHECK(r.status().message().find("sshd.permit_root_login") != std::string::npos);
+  }
+}
+
+TEST_CASE("config: [network] firewall and [defender]", "[config][firewall]") {
+  auto d = pim::parseConfig("");
+  REQUIRE(d.isOk());
+  CHECK(d->network.firewall == pim::FirewallMode::kNftables);
+  CHECK(d->network.managed);
+  CHECK(d->network.nftBinary == "/usr/sbin/nft");
+  CHECK(d->defender.enabled);
+  CHECK(d->defender.maxFailures == 10);
+  CHECK(d->defender.windowS == 600);
+  CHECK(d->defender.banS == 900);
+  CHECK(d->defender.logFile.empty());
+  auto c = pim::parseConfig(
+      "[network]\nfirewall = off\nnft_binary = /opt/nft\n[defender]\nenabled = false\nmax_failures = 3\n"
+      "window_s = 60\nban_s = 30\nlog_file = /var/log/auth.log\n");
+  REQUIRE(c.isOk());
+  CHECK(c->network.firewall == pim::FirewallMode::kOff);
+  CHECK(c->network.nftBinary == "/opt/nft");
+  CHECK_FALSE(c->defender.enabled);
+  CHECK(c->defender.maxFailures == 3);
+  CHECK(c->defender.windowS == 60);
+  CHECK(c->defender.banS == 30);
+  CHECK(c->defender.logFile == "/var/log/auth.log");
+  for (const auto& [text, key] :
+       std::vector<std::pair<std::string, std::string>>{{"[network]\nfirewall = iptables\n", "network.firewall"},
+                                                        {"[network]\nfirewall =\n", "network.firewall"},
+                                                        {"[network]\nnft_binary = nft\n", "network.nft_binary"},
+                                                        {"[defender]\nenabled = yes\n", "defender.enabled"},
+                                                        {"[defender]\nmax_failures = 0\n", "defender.max_failures"},
+                                                        {"[defender]\nwindow_s = -1\n", "defender.window_s"},
+                                                        {"[defender]\nban_s = soon\n", "defender.ban_s"},
+                                                        {"[defender]\nlog_file = auth.log\n", "defender.log_file"},
+                                                        {"[defender]\nbogus = 1\n", "defender.bogus"}}) {
+    INFO(text);
+    auto r = pim::parseConfig(text);
+    REQUIRE_FALSE(r.isOk());
+    CHECK(r.status().message().find(key) != std::string::npos);
   }
 }
 

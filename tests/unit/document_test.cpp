@@ -668,3 +668,41 @@ TEST_CASE("document: an account's access; an unknown value skips and locks the a
   CHECK(skipped.at("list") == "access: must be a string, got an array");
   CHECK(d.lockedUsernames == std::vector<std::string>{"u5", "u6", "u7", "u8"});
 }
+
+TEST_CASE("document: an entry's own allowed_sources narrow it, and a bad one skips it (fail closed)",
+          "[document][sources]") {
+  const std::string ok = R"(,"allowed_sources":["203.0.113.0/28","2001:db8::/32","203.0.113.0/28"])";
+  AccessDocument d =
+      parseOk(doc(key("k-own", ok) + "," + key("k-all"), account("s-own", "ownsftp", ok), R"("203.0.113.0/24")"));
+  REQUIRE(d.keys.size() == 2);
+  CHECK(d.keys[0].allowedSources == std::vector<std::string>{"2001:db8::/32", "203.0.113.0/28"});
+  CHECK(d.keys[1].allowedSources.empty());
+  REQUIRE(d.accounts.size() == 1);
+  CHECK(d.accounts[0].allowedSources == std::vector<std::string>{"2001:db8::/32", "203.0.113.0/28"});
+  CHECK(d.skipped.empty());
+  CHECK(d.unknownFields.empty());
+  // null is the document's list.
+  CHECK(parseOk(doc(key("k-null", R"(,"allowed_sources":null)"), "", "")).keys.size() == 1);
+
+  // Hostile or wrong values skip the entry; an account is kept locked.
+  for (const std::string& bad :
+       {std::string(R"(,"allowed_sources":[])"), std::string(R"(,"allowed_sources":"203.0.113.0/28")"),
+        std::string(R"(,"allowed_sources":["203.0.113.1/28"])"), std::string(R"(,"allowed_sources":["x"])"),
+        std::string(R"(,"allowed_sources":[5])"), std::string(R"(,"allowed_sources":["10.0.0.0/8\" ssh-rsa"])"),
+        std::string(R"(,"allowed_sources":["10.0.0.0/8,*"])"), std::string(R"(,"allowed_sources":{"a":1})"),
+        std::string(R"(,"allowed_sources":["fe80::/10%eth0"])")}) {
+    INFO(bad);
+    AccessDocument k = parseOk(doc(key("k-bad", bad), account("s-bad", "badsftp", bad), ""));
+    CHECK(k.keys.empty());
+    CHECK(k.accounts.empty());
+    CHECK(k.lockedUsernames == std::vector<std::string>{"badsftp"});
+    REQUIRE(k.skipped.size() == 2);
+    CHECK(k.skipped[0].id == "k-bad");
+    CHECK(k.skipped[0].reason.find("allowed_sources") != std::string::npos);
+    CHECK(k.skipped[1].id == "s-bad");
+  }
+  std::string many = R"(,"allowed_sources":[)";
+  for (int i = 0; i < 257; ++i) many += std::string(i ? "," : "") + "\"10.0." + std::to_string(i % 256) + ".0/24\"";
+  many += "]";
+  CHECK(parseOk(doc(key("k-many", many), "", "")).keys.empty());
+}

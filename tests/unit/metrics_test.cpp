@@ -59,6 +59,7 @@ MetricsSnapshot fullSnapshot() {
   s.sftpAccountsInactive = 1;
   s.skippedEntries = 4;
   s.permissionFixes = 15;
+  s.bansTotal = 2;
   s.errors = {{"store", 5}, {"apply", 1}, {"internal", 0}, {"rejected", 2}, {"permissions", 3}};
   return s;
 }
@@ -163,6 +164,7 @@ TEST_CASE("metrics: every metric has HELP and TYPE before its samples", "[metric
                                           "pim_access_agent_sftp_accounts",
                                           "pim_access_agent_skipped_entries",
                                           "pim_access_agent_permission_fixes_total",
+                                          "pim_access_agent_bans_total",
                                           "pim_access_agent_errors_total"};
   REQUIRE(sampled == expected);
   REQUIRE(typed == expected);
@@ -384,4 +386,12 @@ TEST_CASE("config: [state] metrics_file", "[config][metrics]") {
   auto relative = pim::parseConfig("[state]\nmetrics_file = metrics.prom\n");
   REQUIRE_FALSE(relative.isOk());
   CHECK(relative.status().message().find("state.metrics_file") != std::string::npos);
+}
+
+TEST_CASE("metrics: the defender's bans are counted", "[metrics][defender]") {
+  MetricsCounters c;
+  CHECK(c.bans() == 0);
+  c.countBan();
+  c.countBan();
+  CHECK(c.bans() == 2);
 }

@@ -82,6 +82,13 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
   CHECK(c.sshd.binary == d.sshd.binary);
   CHECK(c.sshd.reloadCommand == d.sshd.reloadCommand);
   CHECK(c.sshd.permitRootLogin == d.sshd.permitRootLogin);
+  CHECK(c.network.firewall == d.network.firewall);
+  CHECK(c.network.nftBinary == d.network.nftBinary);
+  CHECK(c.defender.enabled == d.defender.enabled);
+  CHECK(c.defender.maxFailures == d.defender.maxFailures);
+  CHECK(c.defender.windowS == d.defender.windowS);
+  CHECK(c.defender.banS == d.defender.banS);
+  CHECK(c.defender.logFile == d.defender.logFile);
   CHECK(c.state.db == d.state.db);
   CHECK(c.state.metricsFile == d.state.metricsFile);
 
@@ -107,6 +114,13 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
                                           "sshd.binary",
                                           "sshd.reload_command",
                                           "sshd.permit_root_login",
+                                          "network.firewall",
+                                          "network.nft_binary",
+                                          "defender.enabled",
+                                          "defender.max_failures",
+                                          "defender.window_s",
+                                          "defender.ban_s",
+                                          "defender.log_file",
                                           "state.db",
                                           "state.metrics_file"};
   CHECK(keysOf(text) == expected);

@@ -479,3 +479,32 @@ TEST_CASE("inspectHomeKeys counts key lines and never fails or blocks", "[ssh_ke
     CHECK_FALSE(r.unreadable.empty());
   }
 }
+
+TEST_CASE("renderKeysFile writes a key's own allowed_sources as from=, and only CIDRs", "[ssh_keys][sources]") {
+  SshKey alice = key("k-alice", kAlice);
+  alice.allowedSources = {"198.51.100.0/24", "2001:db8::/32"};
+  SshKey bob = key("k-bob", kBob);
+  const std::string text = renderKeysFile("akeneo", {alice, bob}, kNow);
+  CHECK(text == file({"from=\"198.51.100.0/24,2001:db8::/32\" ssh-ed25519 " + std::string(kAlice) + " pim:k-alice\n",
+                      line("k-bob", kBob)}));
+  CHECK(installedKeyIds(text) == std::vector<std::string>{"k-alice", "k-bob"});
+  // Last line of defence: a source that is not a plain CIDR never reaches the file.
+  for (const char* bad : {"198.51.100.0/24\" command=\"sh", "1.2.3.4/8,*", "*", "10.0.0.0/8 x", ""}) {
+    SshKey k = key("k-evil", kErin);
+    k.allowedSources = {bad};
+    INFO(bad);
+    CHECK(renderKeysFile("akeneo", {k}, kNow) == file({}));
+  }
+}
+
+TEST_CASE("planSshKeys: narrowing a key's sources is revoked before the new line is granted", "[ssh_keys][sources]") {
+  SshKey wide = key("k-alice", kAlice);
+  SshKey narrow = wide;
+  narrow.allowedSources = {"198.51.100.7/32"};
+  auto actions = planSshKeys(desiredKeys({narrow}), existing(renderKeysFile("akeneo", {wide}, kNow)));
+  REQUIRE(actions.size() == 2);
+  CHECK(actions[0].stage == Stage::kRevoke);
+  CHECK(actions[0].payload == file({}));
+  CHECK(actions[1].stage == Stage::kGrant);
+  CHECK(actions[1].payload == renderKeysFile("akeneo", {narrow}, kNow));
+}

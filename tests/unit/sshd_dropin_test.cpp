@@ -1210,3 +1210,43 @@ TEST_CASE("sshd drop-in: sshd -T shows each account's ForceCommand", "[sshd][ssh
   }
   CHECK(denied(sb.effective("lockedro", "203.0.113.9")));
 }
+
+TEST_CASE("sshd drop-in: an account's own allowed_sources: its own block, checked by the probes",
+          "[sshd][sources][probes]") {
+  DropinInput in = minimalInput();
+  in.sftpUsers = {{"ownsftp", true, true, false, pim::SftpAccess::kReadWrite, {"203.0.113.16/28", "2001:db8::/32"}},
+                  {"anysftp", true, true, false, pim::SftpAccess::kReadWrite, {}}};
+  REQUIRE(pim::checkDropinInput(in).isOk());
+  const std::string text = pim::renderDropin(in);
+  CHECK(text.find("Match User ownsftp Address !203.0.113.16/28,!2001:db8::/32,*\n\tDenyUsers *\n") !=
+        std::string::npos);
+  CHECK(text.find("Match User anysftp Address") == std::string::npos);
+  CHECK(pim::summarizeDropin(in).find("1 account with its own sources") != std::string::npos);
+
+  // The probes: from inside its list, and from the document's list outside its own.
+  auto probes = pim::probeMatrix(in, pim::probeAddresses(in), false);
+  std::set<std::string> from;
+  for (const auto& p : probes) {
+    if (p.user == "ownsftp") from.insert(p.address);
+  }
+  CHECK(from.count("203.0.113.17") == 1);
+  CHECK(from.count("127.0.0.1") == 1);
+  pim::Probe outside{"ownsftp", "127.0.0.1", pim::ProbeRole::kSftpAccount};
+  pim::EffectiveConfig notDenied{{"chrootdirectory", {"/srv/pim-sftp/%u"}}};
+  auto mismatches = pim::checkProbe(outside, notDenied, in);
+  REQUIRE_FALSE(mismatches.empty());
+  CHECK(mismatches[0].keyword == "denyusers");
+
+  // A source that is not a CIDR never reaches the file.
+  DropinInput bad = in;
+  bad.sftpUsers[0].sources = {"203.0.113.0/28,*"};
+  CHECK_FALSE(pim::checkDropinInput(bad).isOk());
+
+  if (!sshdRuns()) return;
+  SshdSandbox sb(text);
+  CHECK_FALSE(denied(sb.effective("ownsftp", "203.0.113.17")));
+  CHECK(denied(sb.effective("ownsftp", "2001:db8::5")));  // its own list, not the document's
+  CHECK(denied(sb.effective("ownsftp", "203.0.113.5")));  // the document's list, not its own
+  CHECK(denied(sb.effective("ownsftp", "127.0.0.1")));
+  CHECK_FALSE(denied(sb.effective("anysftp", "203.0.113.5")));
+}
