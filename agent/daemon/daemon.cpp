@@ -1,5 +1,7 @@
 #include "agent/daemon/daemon.h"
 
+#include <strings.h>
+
 #include <malloc.h>
 
 #include <fcntl.h>
@@ -61,6 +63,8 @@ constexpr auto kDriftSpacing = std::chrono::milliseconds(2000);
 constexpr auto kDriftSettle = std::chrono::milliseconds(200);
 constexpr auto kMinRetry = std::chrono::milliseconds(200);
 constexpr auto kMaxBackoffBase = std::chrono::milliseconds(2000);
+// etcd:// without long_poll_s: how long one fetch follows the watch before reading the key again.
+constexpr int64_t kEtcdWatchHold = 300;
 // SIGTERM while a cycle runs: how long it may go on before what it runs is killed (the daemon
 // must stop within 2 s).
 constexpr auto kStopGrace = std::chrono::milliseconds(1200);
@@ -98,6 +102,13 @@ void guardAgainstSigpipe() {
 std::chrono::milliseconds backoffBase(int64_t pollIntervalS) {
   const int64_t pollMs = pollIntervalS > 0 ? pollIntervalS * 1000 : 1;
   return std::chrono::milliseconds(std::min<int64_t>(pollMs, kMaxBackoffBase.count()));
+}
+
+int64_t holdSeconds(const StoreSettings& store) {
+  if (store.longPollS > 0) return store.longPollS;
+  const bool etcd =
+      strncasecmp(store.source.c_str(), "etcd://", 7) == 0 || strncasecmp(store.source.c_str(), "etcds://", 8) == 0;
+  return etcd ? kEtcdWatchHold : 0;
 }
 
 std::string statusLine(const CycleReport& r) {
@@ -232,7 +243,9 @@ int Daemon::run() {
   if (auto mark = readMark()) seenMark_ = *mark;
 
   log_->info("daemon started: source {}, poll every {} s{}", rt_->store->describe(), config->store.pollIntervalS,
-             config->store.longPollS > 0 ? ", long poll " + std::to_string(config->store.longPollS) + " s" : "");
+             holdSeconds(config->store) > 0
+                 ? ", long poll or watch " + std::to_string(holdSeconds(config->store)) + " s"
+                 : "");
   requestWork(Work::kCycle);
   uv_run(&loop_, UV_RUN_DEFAULT);
   if (rt_ && rt_->watcher) {
@@ -287,7 +300,7 @@ void Daemon::startWorkIfIdle() {
   workStarted_ = std::chrono::steady_clock::now();
   // The first cycle never long-polls: the host is checked and READY=1 sent without waiting
   // for the store to have something new.
-  const int64_t wait = readyNotified_ && sourcePath_.empty() ? rt_->config.store.longPollS : 0;
+  const int64_t wait = readyNotified_ && sourcePath_.empty() ? holdSeconds(rt_->config.store) : 0;
   const auto now = std::chrono::steady_clock::now();
   const bool checkHost =
       running_ == Work::kReapply || hostDirty_ || !hostWatched_ || now - lastHostCheck_ >= kHostRecheck;
@@ -475,7 +488,7 @@ void Daemon::workDone() {
         // did not ask to be held; a new document (applied, or recorded under a pin) is a good
         // reason to answer at once.
         const bool newDocument = !r.changes.empty() || r.outcome == "recorded";
-        const bool longPoll = store.longPollS > 0 && sourcePath_.empty() &&
+        const bool longPoll = holdSeconds(store) > 0 && sourcePath_.empty() &&
                               (input_.waitSeconds == 0 || took >= std::chrono::seconds(1) || newDocument);
         delay = longPoll ? std::chrono::milliseconds(0) : std::chrono::milliseconds(store.pollIntervalS * 1000);
       }

@@ -54,6 +54,10 @@ void guardAgainstSigpipe();
 /// The first retry ceiling after a failure: min(poll interval, 2 s) (at least 1 ms).
 std::chrono::milliseconds backoffBase(int64_t pollIntervalS);
 
+/// How long a cycle's fetch may be held by the store: store.long_poll_s when set; otherwise 300 s
+/// for an etcd:// or etcds:// source (the watch), 0 for the others.
+int64_t holdSeconds(const StoreSettings& store);
+
 /// The systemd STATUS= text for a cycle's report: "applied revision 42 (generation 7)",
 /// "waiting for the store: <why>", "document rejected: <why>", "revision 42 (generation 7)
 /// partial, retried: <why>".

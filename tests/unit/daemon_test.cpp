@@ -10,6 +10,7 @@
 #include <Poco/Net/HTTPResponse.h>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <fstream>
@@ -25,7 +26,9 @@
 
 #include "agent/cycle/file_lock.h"
 #include "agent/daemon/daemon.h"
+#include "tests/support/skip.h"
 #include "tests/unit/agent_process.h"
+#include "tests/unit/etcd_test_server.h"
 #include "tests/unit/store_test_server.h"
 
 using namespace pim;
@@ -701,4 +704,32 @@ TEST_CASE("daemon: SIGTERM stops it within 2 s while the store's name look-up ha
   if (!test::runsHere(run.has_value(), why)) return;
   INFO(run->output);
   CHECK(run->exit == 0);
+}
+
+TEST_CASE("daemon: an etcd:// source follows the watch: a change is on the host within a second", "[daemon][etcd]") {
+  PIM_REQUIRE_ROOT();
+  if (!test::runsHere(storetest::EtcdTestServer::available(), "needs etcd-server and etcd-client")) return;
+  storetest::EtcdTestServer etcd;
+  const std::string key = "/pim/instances/test/access";
+  etcd.put(key, keysDocument(1, {"k-one"}));
+  // poll_interval_s stays 3600 (AgentBox's default) and no long_poll_s: only the watch can bring
+  // the change in time.
+  AgentBox box(Settings{{"store.source", etcd.url(key)}});
+  auto daemon = box.startDaemon();
+  requireKey(box, *daemon, "k-one");
+  std::this_thread::sleep_for(milliseconds(500));  // the watch is armed
+  const auto before = SteadyClock::now();
+  etcd.put(key, keysDocument(2, {"k-one", "k-two"}));
+  const auto put = SteadyClock::now();
+  requireKey(box, *daemon, "k-two", seconds(5));
+  const auto now = SteadyClock::now();
+  const auto sincePut = std::chrono::duration_cast<milliseconds>(now - put);
+  const auto sinceBefore = std::chrono::duration_cast<milliseconds>(now - before);
+  WARN("etcd watch -> key file: " << sincePut.count() << " ms after etcdctl put returned, " << sinceBefore.count()
+                                  << " ms after it started");
+  CHECK(sinceBefore < seconds(1));
+  // SIGTERM while the watch is held.
+  std::this_thread::sleep_for(milliseconds(300));
+  const milliseconds took = stopWith(*daemon, SIGTERM);
+  CHECK(took < seconds(2));
 }

@@ -70,6 +70,10 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
   CHECK(c.store.pollIntervalS == d.store.pollIntervalS);
   CHECK(c.store.longPollS == d.store.longPollS);
   CHECK(c.store.maxDocumentBytes == d.store.maxDocumentBytes);
+  CHECK(c.store.clientCert == d.store.clientCert);
+  CHECK(c.store.clientKey == d.store.clientKey);
+  CHECK(c.store.etcdUser == d.store.etcdUser);
+  CHECK(c.store.etcdPasswordFile == d.store.etcdPasswordFile);
   CHECK(c.host.loginUser == d.host.loginUser);
   CHECK(c.host.transferRoot == d.host.transferRoot);
   CHECK(c.host.transferGroup == d.host.transferGroup);
@@ -93,6 +97,10 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
                                           "store.poll_interval_s",
                                           "store.long_poll_s",
                                           "store.max_document_bytes",
+                                          "store.client_cert",
+                                          "store.client_key",
+                                          "store.etcd_user",
+                                          "store.etcd_password_file",
                                           "host.login_user",
                                           "host.transfer_root",
                                           "host.transfer_group",
