@@ -175,7 +175,8 @@ Status Daemon::buildRuntime(const Config& config) {
   rt_ = std::move(rt);
   sourcePath_ = sourcePath;
   sourceSignature_ = sourcePath_.empty() ? "" : statSignature(sourcePath_);
-  backoff_ = std::make_unique<Backoff>(backoffBase(config.store.pollIntervalS), Backoff::kDefaultCap);
+  schedule_ =
+      std::make_unique<PollSchedule>(config.store.pollIntervalS, sourcePath.empty() ? holdSeconds(config.store) : 0);
   return Status::ok();
 }
 
@@ -246,7 +247,19 @@ int Daemon::run() {
              holdSeconds(config->store) > 0
                  ? ", long poll or watch " + std::to_string(holdSeconds(config->store)) + " s"
                  : "");
-  requestWork(Work::kCycle);
+  // A host with a document in force (a reboot, a restart) re-applies it at once, READY follows,
+  // and asks the store after U[0, poll interval]: a fleet that boots together does not ask all
+  // at once. A host with nothing in force asks at once.
+  const bool inForce = sourcePath_.empty() && seenMark_ && seenMark_->generation.has_value();
+  const auto firstPoll = schedule_->firstPoll(inForce);
+  if (inForce) {
+    inForceReapplied_ = true;
+    log_->info("re-applying the generation in force; first store request in {} ms", firstPoll.count());
+    requestWork(Work::kReapply, GenerationCause::kBoot);
+    scheduleNextPoll(firstPoll);
+  } else {
+    requestWork(Work::kCycle);
+  }
   uv_run(&loop_, UV_RUN_DEFAULT);
   if (rt_ && rt_->watcher) {
     rt_->watcher->stop();
@@ -300,7 +313,7 @@ void Daemon::startWorkIfIdle() {
   workStarted_ = std::chrono::steady_clock::now();
   // The first cycle never long-polls: the host is checked and READY=1 sent without waiting
   // for the store to have something new.
-  const int64_t wait = readyNotified_ && sourcePath_.empty() ? holdSeconds(rt_->config.store) : 0;
+  const int64_t wait = readyNotified_ && sourcePath_.empty() ? schedule_->nextHold() : 0;
   const auto now = std::chrono::steady_clock::now();
   const bool checkHost =
       running_ == Work::kReapply || hostDirty_ || !hostWatched_ || now - lastHostCheck_ >= kHostRecheck;
@@ -472,25 +485,19 @@ void Daemon::workDone() {
     if (interrupted) {
       cycleRequested_ = true;
     } else {
-      const auto& store = rt_->config.store;
       std::chrono::milliseconds delay;
       if (r.exitCode == 1 || r.exitCode == 4 || r.exitCode == 5) {
         const auto retryAfter = r.exitCode == 4 ? out.retryAfter : std::nullopt;
-        delay = retryDelay(backoff_->nextDelay(), retryAfter, Backoff::kDefaultCap);
-        log_->warn("retrying in {} ms ({} consecutive failures){}", delay.count(), backoff_->failures(),
+        delay = schedule_->afterFailure(retryAfter);
+        log_->warn("retrying in {} ms ({} consecutive failures){}", delay.count(), schedule_->failures(),
                    retryAfter ? ", as the store asked (Retry-After: " + std::to_string(retryAfter->count()) + " s)"
                               : std::string());
       } else {
-        backoff_->reset();
-        const auto took = std::chrono::steady_clock::now() - workStarted_;
-        // Back-to-back long polls, unless the store answered a long poll at once without
-        // holding it (a store that does not long-poll must not be hammered). The first cycle
-        // did not ask to be held; a new document (applied, or recorded under a pin) is a good
-        // reason to answer at once.
+        const auto took =
+            std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - workStarted_);
+        // A new document (applied, or recorded under a pin) is a reason to ask again at once.
         const bool newDocument = !r.changes.empty() || r.outcome == "recorded";
-        const bool longPoll = holdSeconds(store) > 0 && sourcePath_.empty() &&
-                              (input_.waitSeconds == 0 || took >= std::chrono::seconds(1) || newDocument);
-        delay = longPoll ? std::chrono::milliseconds(0) : std::chrono::milliseconds(store.pollIntervalS * 1000);
+        delay = schedule_->afterSuccess(input_.waitSeconds, took, newDocument);
       }
       scheduleNextPoll(delay);
     }

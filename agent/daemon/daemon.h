@@ -40,6 +40,7 @@
 #include "agent/cycle/file_lock.h"
 #include "agent/daemon/backoff.h"
 #include "agent/daemon/metrics.h"
+#include "agent/daemon/poll_schedule.h"
 #include "providers/core/clock.h"
 #include "providers/core/log.h"
 #include "providers/host/real_host.h"
@@ -161,7 +162,7 @@ class Daemon {
   std::unique_ptr<Runtime> rt_;
   FileLock daemonLock_;
   SystemClock clock_;
-  std::unique_ptr<Backoff> backoff_;
+  std::unique_ptr<PollSchedule> schedule_;
   MetricsCounters metrics_;  // cycles and permission fixes, for the Prometheus text file
 
   uv_loop_t loop_{};

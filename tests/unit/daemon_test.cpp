@@ -733,3 +733,36 @@ TEST_CASE("daemon: an etcd:// source follows the watch: a change is on the host 
   const milliseconds took = stopWith(*daemon, SIGTERM);
   CHECK(took < seconds(2));
 }
+
+TEST_CASE("daemon: a restart with a document in force re-applies it and asks the store after U[0, poll interval]",
+          "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  storetest::StoreTestServer server;
+  server.setDocument(keysDocument(1, {"k-one"}));
+  AgentBox box(Settings{{"store.source", server.url()}, {"store.poll_interval_s", "3600"}});
+  {
+    auto first = box.startDaemon();
+    requireKey(box, *first, "k-one");
+    CHECK_THAT(first->err(), !Catch::Contains("first store request in"));  // nothing in force: at once
+    stopWith(*first, SIGTERM);
+  }
+  // Drift while the daemon is down: the boot re-apply puts the key back without the store.
+  REQUIRE(::unlink(box.authorizedKeysPath().c_str()) == 0);
+  const size_t before = server.requestCount();
+  auto daemon = box.startDaemon();
+  std::smatch m;
+  const std::regex announced("first store request in ([0-9]+) ms");
+  std::string err;
+  REQUIRE(waitUntil(
+      [&] {
+        err = daemon->err();
+        return std::regex_search(err, m, announced);
+      },
+      seconds(10)));
+  const int64_t delayMs = std::stoll(m[1].str());
+  CHECK(delayMs >= 0);
+  CHECK(delayMs <= 3600 * 1000);
+  requireKey(box, *daemon, "k-one");
+  if (delayMs > 15000) CHECK(server.requestCount() == before);  // restored before the store was asked
+  stopWith(*daemon, SIGTERM);
+}
