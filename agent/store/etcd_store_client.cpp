@@ -21,6 +21,8 @@ constexpr int64_t kJsonSlack = 64 * 1024;
 // A watch that ends this many times at once without a change (compaction, a restart) hands the
 // decision back to the caller, whose loop spaces the next attempt.
 constexpr int kImmediateWatches = 3;
+// How long a signature older than its document is waited for.
+constexpr int64_t kSignatureWaitS = 2;
 
 Status invalidUrl(const std::string& why) { return Status::error(ErrorCode::kInvalid, "store.source: " + why); }
 
@@ -350,6 +352,7 @@ Result<FetchOutcome> EtcdStoreClient::range(size_t i, const std::string& etag) {
     }
   }
   revision_ = document->revision;
+  signatureBehind_ = false;
   FetchOutcome out;
   out.etag = "etcd:" + std::to_string(kv.modRevision) + ":" + std::to_string(signatureRevision);
   if (out.etag == etag) {
@@ -364,6 +367,7 @@ Result<FetchOutcome> EtcdStoreClient::range(size_t i, const std::string& etag) {
   }
   if (params_.http.verifier) {
     Status v = params_.http.verifier->verify(kv.value, signature, where);
+    signatureBehind_ = !v && signatureRevision < kv.modRevision;
     if (!v) return v;
   }
   out.kind = FetchOutcome::Kind::kDocument;
@@ -413,6 +417,13 @@ Result<FetchOutcome> EtcdStoreClient::fetch(const std::string& etag, int64_t wai
     for (size_t n = 0; n < clients_.size(); ++n) {
       const size_t i = (current_ + n) % clients_.size();
       auto out = range(i, etag);
+      if (!out && out.status().code() == ErrorCode::kRejected && signatureBehind_) {
+        // A document written before its signature (two puts, not one transaction): the
+        // signature that goes with it is waited for a moment, then both are read again.
+        log_->debug("{}: the signature is older than the document; waiting for it", shown_);
+        watch(i, revision_ + 1, kSignatureWaitS);
+        if (!cancelled_.load()) out = range(i, etag);
+      }
       if (cancelled_.load()) return Status::error(ErrorCode::kUnreachable, shown_ + ": cancelled");
       if (out || out.status().code() != ErrorCode::kUnreachable) {
         if (i != current_) log_->info("{}: now reading from endpoint {}", shown_, params_.source.endpoints[i]);

@@ -97,8 +97,9 @@ class EtcdStoreClient : public StoreClient {
   std::vector<std::unique_ptr<HttpStoreClient>> clients_;  // one per endpoint
   std::vector<std::string> tokens_;                        // per endpoint; "" = none yet
   size_t current_ = 0;
-  int64_t revision_ = 0;  // the etcd revision of the last range
-  std::string lastEtag_;  // the ETag that range gave
+  int64_t revision_ = 0;          // the etcd revision of the last range
+  std::string lastEtag_;          // the ETag that range gave
+  bool signatureBehind_ = false;  // the last range was rejected with a signature older than the document
   std::atomic<bool> cancelled_{false};
 };
 

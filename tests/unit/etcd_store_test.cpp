@@ -395,6 +395,14 @@ TEST_CASE("etcd: with a signing key, an unsigned or tampered value is rejected",
   REQUIRE(w.outcome.isOk());
   CHECK(w.outcome->body == kDoc2);
   CHECK(w.afterPutMs < 1000);
+
+  // Two puts, the document first: its signature, written right after, is waited for.
+  etcd.put(kKey, kDoc1);
+  auto late = fetchAcrossChange(*client, w.outcome->etag, 0, milliseconds(300),
+                                [&] { etcd.put(kKey + ".sig", signer.sign(kDoc1)); });
+  INFO(late.outcome.status().toString());
+  REQUIRE(late.outcome.isOk());
+  CHECK(late.outcome->body == kDoc1);
 }
 
 TEST_CASE("etcd: a value over max_document_bytes is rejected", "[etcd]") {
