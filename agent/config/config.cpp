@@ -136,6 +136,21 @@ const std::map<std::string, Setter>& setters() {
        [](Config& c, const std::string& k, const std::string& v) { return setPath(c.store.signingKey, k, v, true); }},
       {"store.proxy",
        [](Config& c, const std::string& k, const std::string& v) { return setProxy(c.store.proxy, k, v); }},
+      {"store.client_cert",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.store.clientCert, k, v, true); }},
+      {"store.client_key",
+       [](Config& c, const std::string& k, const std::string& v) { return setPath(c.store.clientKey, k, v, true); }},
+      {"store.etcd_user",
+       [](Config& c, const std::string& k, const std::string& v) {
+         if (v.size() > 128 ||
+             std::any_of(v.begin(), v.end(), [](unsigned char ch) { return ch <= 0x20 || ch == 0x7f; })) {
+           return invalid(k, "at most 128 characters, no white space or control character");
+         }
+         c.store.etcdUser = v;
+         return Status::ok();
+       }},
+      {"store.etcd_password_file", [](Config& c, const std::string& k,
+                                      const std::string& v) { return setPath(c.store.etcdPasswordFile, k, v, true); }},
       {"store.poll_interval_s", [](Config& c, const std::string& k,
                                    const std::string& v) { return setInt(c.store.pollIntervalS, k, v, 1, 86400); }},
       {"store.long_poll_s",

@@ -12,12 +12,16 @@
 namespace pim {
 
 struct StoreSettings {
-  std::string source;      // https://..., http://... or file:///path
-  std::string instance;    // when set, must equal the document's "instance"
-  std::string tokenFile;   // host path (prefixed by --root); read at each request
-  std::string caFile;      // host path (prefixed by --root)
-  std::string signingKey;  // host path (prefixed by --root), Ed25519 public key PEM
-  std::string proxy;       // "" = from the environment (HTTPS_PROXY...), "none", or a proxy URL
+  std::string source;            // https://..., http://... or file:///path
+  std::string instance;          // when set, must equal the document's "instance"
+  std::string tokenFile;         // host path (prefixed by --root); read at each request
+  std::string caFile;            // host path (prefixed by --root)
+  std::string signingKey;        // host path (prefixed by --root), Ed25519 public key PEM
+  std::string proxy;             // "" = from the environment (HTTPS_PROXY...), "none", or a proxy URL
+  std::string clientCert;        // etcds://: TLS client certificate (host path, prefixed by --root)
+  std::string clientKey;         // etcds://: its private key (host path, prefixed by --root)
+  std::string etcdUser;          // etcd(s)://: user for /v3/auth/authenticate
+  std::string etcdPasswordFile;  // etcd(s)://: that user's password (host path, prefixed by --root)
   int64_t pollIntervalS = 30;
   int64_t longPollS = 0;
   int64_t maxDocumentBytes = 4194304;

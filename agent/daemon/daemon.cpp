@@ -1,5 +1,7 @@
 #include "agent/daemon/daemon.h"
 
+#include <strings.h>
+
 #include <malloc.h>
 
 #include <fcntl.h>
@@ -63,6 +65,8 @@ constexpr auto kDriftSpacing = std::chrono::milliseconds(2000);
 constexpr auto kDriftSettle = std::chrono::milliseconds(200);
 constexpr auto kMinRetry = std::chrono::milliseconds(200);
 constexpr auto kMaxBackoffBase = std::chrono::milliseconds(2000);
+// etcd:// without long_poll_s: how long one fetch follows the watch before reading the key again.
+constexpr int64_t kEtcdWatchHold = 300;
 // SIGTERM while a cycle runs: how long it may go on before what it runs is killed (the daemon
 // must stop within 2 s).
 constexpr auto kStopGrace = std::chrono::milliseconds(1200);
@@ -100,6 +104,13 @@ void guardAgainstSigpipe() {
 std::chrono::milliseconds backoffBase(int64_t pollIntervalS) {
   const int64_t pollMs = pollIntervalS > 0 ? pollIntervalS * 1000 : 1;
   return std::chrono::milliseconds(std::min<int64_t>(pollMs, kMaxBackoffBase.count()));
+}
+
+int64_t holdSeconds(const StoreSettings& store) {
+  if (store.longPollS > 0) return store.longPollS;
+  const bool etcd =
+      strncasecmp(store.source.c_str(), "etcd://", 7) == 0 || strncasecmp(store.source.c_str(), "etcds://", 8) == 0;
+  return etcd ? kEtcdWatchHold : 0;
 }
 
 std::string statusLine(const CycleReport& r) {
@@ -173,7 +184,8 @@ Status Daemon::buildRuntime(const Config& config) {
   rt_ = std::move(rt);
   sourcePath_ = sourcePath;
   sourceSignature_ = sourcePath_.empty() ? "" : statSignature(sourcePath_);
-  backoff_ = std::make_unique<Backoff>(backoffBase(config.store.pollIntervalS), Backoff::kDefaultCap);
+  schedule_ =
+      std::make_unique<PollSchedule>(config.store.pollIntervalS, sourcePath.empty() ? holdSeconds(config.store) : 0);
   return Status::ok();
 }
 
@@ -243,8 +255,22 @@ int Daemon::run() {
   if (auto mark = readMark()) seenMark_ = *mark;
 
   log_->info("daemon started: source {}, poll every {} s{}", rt_->store->describe(), config->store.pollIntervalS,
-             config->store.longPollS > 0 ? ", long poll " + std::to_string(config->store.longPollS) + " s" : "");
-  requestWork(Work::kCycle);
+             holdSeconds(config->store) > 0
+                 ? ", long poll or watch " + std::to_string(holdSeconds(config->store)) + " s"
+                 : "");
+  // A host with a document in force (a reboot, a restart) re-applies it at once, READY follows,
+  // and asks the store after U[0, poll interval]: a fleet that boots together does not ask all
+  // at once. A host with nothing in force asks at once.
+  const bool inForce = sourcePath_.empty() && seenMark_ && seenMark_->generation.has_value();
+  const auto firstPoll = schedule_->firstPoll(inForce);
+  if (inForce) {
+    inForceReapplied_ = true;
+    log_->info("re-applying the generation in force; first store request in {} ms", firstPoll.count());
+    requestWork(Work::kReapply, GenerationCause::kBoot);
+    scheduleNextPoll(firstPoll);
+  } else {
+    requestWork(Work::kCycle);
+  }
   uv_run(&loop_, UV_RUN_DEFAULT);
   if (rt_ && rt_->watcher) {
     rt_->watcher->stop();
@@ -298,7 +324,7 @@ void Daemon::startWorkIfIdle() {
   workStarted_ = std::chrono::steady_clock::now();
   // The first cycle never long-polls: the host is checked and READY=1 sent without waiting
   // for the store to have something new.
-  const int64_t wait = readyNotified_ && sourcePath_.empty() ? rt_->config.store.longPollS : 0;
+  const int64_t wait = readyNotified_ && sourcePath_.empty() ? schedule_->nextHold() : 0;
   const auto now = std::chrono::steady_clock::now();
   const bool checkHost =
       running_ == Work::kReapply || hostDirty_ || !hostWatched_ || now - lastHostCheck_ >= kHostRecheck;
@@ -490,7 +516,6 @@ void Daemon::workDone() {
     if (interrupted) {
       cycleRequested_ = true;
     } else {
-      const auto& store = rt_->config.store;
       std::chrono::milliseconds delay;
       // 404/410: the store does not know this instance yet (registration comes after boot). Not an
       // outage: asked again at the normal pace, so that access is live within one poll interval
@@ -498,24 +523,20 @@ void Daemon::workDone() {
       const bool notRegistered = r.exitCode == 4 && r.notRegistered != 0;
       if ((r.exitCode == 1 || r.exitCode == 4 || r.exitCode == 5) && !notRegistered) {
         const auto retryAfter = r.exitCode == 4 ? out.retryAfter : std::nullopt;
-        delay = retryDelay(backoff_->nextDelay(), retryAfter, Backoff::kDefaultCap);
-        log_->warn("retrying in {} ms ({} consecutive failures){}", delay.count(), backoff_->failures(),
+        delay = schedule_->afterFailure(retryAfter);
+        log_->warn("retrying in {} ms ({} consecutive failures){}", delay.count(), schedule_->failures(),
                    retryAfter ? ", as the store asked (Retry-After: " + std::to_string(retryAfter->count()) + " s)"
                               : std::string());
       } else {
-        backoff_->reset();
-        const auto took = std::chrono::steady_clock::now() - workStarted_;
-        // Back-to-back long polls, unless the store answered a long poll at once without
-        // holding it (a store that does not long-poll must not be hammered). The first cycle
-        // did not ask to be held; a new document (applied, or recorded under a pin) is a good
-        // reason to answer at once.
+        const auto took =
+            std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - workStarted_);
+        // A new document (applied, or recorded under a pin) is a reason to ask again at once.
         const bool newDocument = !r.changes.empty() || r.outcome == "recorded";
-        const bool longPoll = store.longPollS > 0 && sourcePath_.empty() &&
-                              (input_.waitSeconds == 0 || took >= std::chrono::seconds(1) || newDocument);
-        delay = longPoll ? std::chrono::milliseconds(0) : std::chrono::milliseconds(store.pollIntervalS * 1000);
+        delay = schedule_->afterSuccess(input_.waitSeconds, took, newDocument);
         if (notRegistered) {
           log_->info("the store does not know this instance yet (HTTP {}): asking again {}", r.notRegistered,
-                     longPoll ? std::string("with a long poll") : "in " + std::to_string(store.pollIntervalS) + " s");
+                     delay.count() == 0 ? std::string("with a long poll")
+                                        : "in " + std::to_string(delay.count() / 1000) + " s");
         }
       }
       scheduleNextPoll(delay);

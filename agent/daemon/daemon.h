@@ -52,6 +52,7 @@
 #include "agent/daemon/log_source.h"
 #include "agent/daemon/metrics.h"
 #include "agent/daemon/nft_watch.h"
+#include "agent/daemon/poll_schedule.h"
 #include "agent/daemon/report.h"
 #include "providers/core/clock.h"
 #include "providers/core/log.h"
@@ -66,6 +67,10 @@ void guardAgainstSigpipe();
 
 /// The first retry ceiling after a failure: min(poll interval, 2 s) (at least 1 ms).
 std::chrono::milliseconds backoffBase(int64_t pollIntervalS);
+
+/// How long a cycle's fetch may be held by the store: store.long_poll_s when set; otherwise 300 s
+/// for an etcd:// or etcds:// source (the watch), 0 for the others.
+int64_t holdSeconds(const StoreSettings& store);
 
 /// The systemd STATUS= text for a cycle's report: "applied revision 42 (generation 7)",
 /// "waiting for the store: <why>", "waiting for the store (404: not registered yet)", "document
@@ -184,7 +189,7 @@ class Daemon {
   std::unique_ptr<Runtime> rt_;
   FileLock daemonLock_;
   SystemClock clock_;
-  std::unique_ptr<Backoff> backoff_;
+  std::unique_ptr<PollSchedule> schedule_;
   MetricsCounters metrics_;  // cycles and permission fixes, for the Prometheus text file
 
   uv_loop_t loop_{};

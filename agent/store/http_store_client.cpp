@@ -217,8 +217,9 @@ std::optional<std::chrono::seconds> parseRetryAfter(const std::string& value, in
 // What the header and write callbacks collect of one answer. Interim 1xx answers are forgotten
 // when the next status line comes; trailer fields after a chunked body are ignored.
 struct HttpStoreClient::Answer {
-  enum class Stop { kNone, kStatus, kRefused, kOverLimit };
+  enum class Stop { kNone, kStatus, kRefused, kOverLimit, kEnough };
   int64_t limit = 0;
+  std::function<bool(const std::string&)> enough;  // Exchange::enough
   int status = 0;
   std::string reason;
   bool complete = false;  // the header block of the final answer ended
@@ -235,9 +236,11 @@ struct HttpStoreClient::Answer {
   void startAnswer(const std::string& statusLine) {
     const int64_t keep = limit;
     const bool wanted = anySuccess;
+    auto keepEnough = std::move(enough);
     *this = Answer();
     limit = keep;
     anySuccess = wanted;
+    enough = std::move(keepEnough);
     // "HTTP/1.1 200 OK": the version, the code, the reason (which may be empty).
     const auto sp = statusLine.find(' ');
     if (sp == std::string::npos) return;
@@ -320,6 +323,10 @@ struct HttpStoreClient::Answer {
       return 0;
     }
     a.body.append(data, n);
+    if (a.enough && a.enough(a.body)) {
+      a.stop = Stop::kEnough;
+      return 0;
+    }
     return n;
   }
 };
@@ -423,6 +430,7 @@ Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, 
 
   std::unique_ptr<HttpStoreClient> client(
       new HttpStoreClient(std::move(params), url, shown, host + ":" + port, std::move(log)));
+  client->origin_ = scheme + "://" + host + ":" + port;
   CurlHandles& c = *client->curl_;
   c.caCertificates = std::move(caCertificates);
   c.multi = newMultiHandle();
@@ -471,6 +479,10 @@ Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, 
     set(CURLOPT_SSL_CTX_FUNCTION, addCaCertificates);
     set(CURLOPT_SSL_CTX_DATA, static_cast<void*>(&c.caCertificates));
   }
+  if (!p.clientCertPath.empty()) {
+    set(CURLOPT_SSLCERT, p.clientCertPath.c_str());
+    set(CURLOPT_SSLKEY, p.clientKeyPath.c_str());
+  }
   for (const auto& entry : p.options.resolve) c.resolve = curl_slist_append(c.resolve, entry.c_str());
   if (!ok) return Status::error(ErrorCode::kInternal, "store: this libcurl lacks an option the agent needs (7.87+)");
   return client;
@@ -483,6 +495,11 @@ void HttpStoreClient::cancel() {
   cancelled_.store(true);
   // Wakes curl_multi_poll() in the fetching thread (or makes its next call return at once).
   if (curl_->multi != nullptr) curl_multi_wakeup(curl_->multi);
+}
+
+Result<std::string> HttpStoreClient::bearerToken() const {
+  if (params_.tokenPath.empty()) return std::string();
+  return readToken();
 }
 
 Result<std::string> HttpStoreClient::readToken() const {
@@ -579,10 +596,14 @@ Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t wai
     }
   }
   const auto budget = params_.options.connectTimeout + params_.options.readTimeout + std::chrono::seconds(waitSeconds);
+  auto token = bearerToken();
+  if (!token) return token.status();
+  if (!refreshConnection(where)) return unreachable("libcurl cannot make a multi handle");
   Answer answer;
   answer.limit = params_.maxBytes;
-  auto code = exchange(where, url, budget, answer, nullptr);
-  if (!code) return code.status();
+  curl_easy_setopt(c.easy, CURLOPT_HTTPGET, 1L);
+  const CURLcode code = perform(url, answer, budget, *token);
+  lastStatus_ = answer.complete ? answer.status : 0;
   long connects = 0;
   curl_easy_getinfo(c.easy, CURLINFO_NUM_CONNECTS, &connects);
   const char* how = connects == 0 ? "kept connection" : "new connection";
@@ -592,7 +613,7 @@ Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t wai
     retryAfter_ = parseRetryAfter(*answer.retryAfter, static_cast<int64_t>(std::time(nullptr)));
   }
   if (answer.complete && (answer.status == 404 || answer.status == 410)) notRegistered_ = answer.status;
-  if (*code != CURLE_OK) return failure(*code, answer, where);
+  if (code != CURLE_OK) return failure(code, answer, where);
 
   if (answer.status == 304) {
     if (etag.empty()) return unreachable("HTTP 304 " + answer.reason + " to a request without If-None-Match");
@@ -618,61 +639,108 @@ Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t wai
   return out;
 }
 
-Result<CURLcode> HttpStoreClient::exchange(const std::string& where, const std::string& url,
-                                           std::chrono::milliseconds budget, Answer& answer,
-                                           const std::string* postBody) {
-  std::string token;
-  if (!params_.tokenPath.empty()) {
-    auto t = readToken();
-    if (!t) return t.status();
-    token = std::move(*t);
+bool HttpStoreClient::refreshConnection(const std::string& where) {
+  if (!keptConnectionStale()) return true;
+  // Dropping the multi handle closes the kept connection (and forgets libcurl's caches).
+  log_->debug("{}: the kept connection is idle too long or closed by the store; opening a new one", where);
+  CurlHandles& c = *curl_;
+  CURLM* fresh = newMultiHandle();
+  if (fresh == nullptr) return false;
+  CURLM* old = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(c.multiMutex);
+    old = c.multi;
+    c.multi = fresh;
+    if (cancelled_.load()) curl_multi_wakeup(fresh);
   }
+  curl_multi_cleanup(old);
+  keptFd_ = -1;
+  return true;
+}
+
+CURLcode HttpStoreClient::perform(const std::string& url, Answer& answer, std::chrono::milliseconds budget,
+                                  const std::string& token) {
   CurlHandles& c = *curl_;
   CURL* e = c.easy;
-  if (keptConnectionStale()) {
-    // Dropping the multi handle closes the kept connection (and forgets libcurl's caches).
-    log_->debug("{}: the kept connection is idle too long or closed by the store; opening a new one", where);
-    CURLM* fresh = newMultiHandle();
-    if (fresh == nullptr) return Status::error(ErrorCode::kUnreachable, where + ": libcurl cannot make a multi handle");
-    CURLM* old = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(c.multiMutex);
-      old = c.multi;
-      c.multi = fresh;
-      if (cancelled_.load()) curl_multi_wakeup(fresh);
-    }
-    curl_multi_cleanup(old);
-    keptFd_ = -1;
-  }
   curl_easy_setopt(e, CURLOPT_URL, url.c_str());
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, c.headers);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(budget.count()));
   curl_easy_setopt(e, CURLOPT_XOAUTH2_BEARER, token.empty() ? nullptr : token.c_str());
   curl_easy_setopt(e, CURLOPT_HEADERDATA, &answer);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, &answer);
-  if (postBody != nullptr) {
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(postBody->size()));
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, postBody->data());
-  } else {
-    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-  }
   // libcurl loads these into the multi handle's DNS cache once per setting.
   if (c.resolve != nullptr) curl_easy_setopt(e, CURLOPT_RESOLVE, c.resolve);
   c.error[0] = '\0';
-
   const CURLcode code = transfer();
   curl_easy_setopt(e, CURLOPT_XOAUTH2_BEARER, nullptr);  // libcurl's copy of the token goes now
-  if (postBody != nullptr) curl_easy_setopt(e, CURLOPT_POSTFIELDS, static_cast<const char*>(nullptr));
   return code;
+}
+
+Result<HttpStoreClient::Reply> HttpStoreClient::exchange(const Exchange& x) {
+  retryAfter_.reset();
+  lastStatus_ = 0;
+  const std::string where =
+      "POST " + origin_ + x.path + (params_.proxy.url.empty() ? "" : " via proxy " + params_.proxy.describe());
+  auto unreachable = [&](const std::string& cause) {
+    return Status::error(ErrorCode::kUnreachable, where + ": " + cause);
+  };
+  if (cancelled_.load()) return unreachable("cancelled");
+  if (x.path.empty() || x.path[0] != '/' || hasControlOrSpace(x.path)) return unreachable("malformed request path");
+  CurlHandles& c = *curl_;
+  CURL* e = c.easy;
+  curl_slist_free_all(c.headers);
+  c.headers = curl_slist_append(nullptr, "Accept: application/json");
+  c.headers = curl_slist_append(c.headers, "Content-Type: application/json");
+  c.headers = curl_slist_append(c.headers, "Expect:");
+  for (const auto& h : x.headers) {
+    if (hasControl(h)) return unreachable("a request header has control characters");
+    c.headers = curl_slist_append(c.headers, h.c_str());
+  }
+  if (!refreshConnection(where)) return unreachable("libcurl cannot make a multi handle");
+  Answer answer;
+  answer.limit = params_.maxBytes;
+  answer.enough = x.enough;
+  const auto budget = params_.options.connectTimeout + (x.hold.count() > 0 ? x.hold : params_.options.readTimeout);
+  curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(x.body.size()));
+  curl_easy_setopt(e, CURLOPT_POSTFIELDS, x.body.c_str());
+  const CURLcode code = perform(origin_ + x.path, answer, budget, std::string());
+  curl_easy_setopt(e, CURLOPT_POSTFIELDS, nullptr);
+  curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+  // The headers may hold a secret (etcd's token): not kept past the exchange.
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, nullptr);
+  curl_slist_free_all(c.headers);
+  c.headers = nullptr;
+  lastStatus_ = answer.complete ? answer.status : 0;
+  if (cancelled_.load()) return unreachable("cancelled");
+  Reply reply;
+  if (code == CURLE_WRITE_ERROR && answer.stop == Answer::Stop::kEnough) {
+    reply.body = std::move(answer.body);
+    return reply;
+  }
+  if (code == CURLE_OPERATION_TIMEDOUT && x.hold.count() > 0 && answer.complete && answer.status == 200) {
+    reply.timedOut = true;
+    reply.body = std::move(answer.body);
+    return reply;
+  }
+  if (code != CURLE_OK) return failure(code, answer, where);
+  reply.body = std::move(answer.body);
+  return reply;
 }
 
 Status HttpStoreClient::post(const std::string& body, const std::vector<std::string>& headers) {
   retryAfter_.reset();
   notRegistered_ = 0;
+  lastStatus_ = 0;
   const std::string where =
       "POST " + shown_ + (params_.proxy.url.empty() ? "" : " via proxy " + params_.proxy.describe());
-  if (cancelled_.load()) return Status::error(ErrorCode::kUnreachable, where + ": cancelled");
+  auto unreachable = [&](const std::string& cause) {
+    return Status::error(ErrorCode::kUnreachable, where + ": " + cause);
+  };
+  if (cancelled_.load()) return unreachable("cancelled");
+  auto token = bearerToken();
+  if (!token) return token.status();
   CurlHandles& c = *curl_;
+  CURL* e = c.easy;
   curl_slist_free_all(c.headers);
   c.headers = curl_slist_append(nullptr, "Content-Type: application/json");
   // No "Expect: 100-continue" round trip before the body.
@@ -680,16 +748,21 @@ Status HttpStoreClient::post(const std::string& body, const std::vector<std::str
   for (const auto& h : headers) {
     if (!hasControl(h)) c.headers = curl_slist_append(c.headers, h.c_str());
   }
+  if (!refreshConnection(where)) return unreachable("libcurl cannot make a multi handle");
   Answer answer;
   answer.limit = params_.maxBytes;
   answer.anySuccess = true;
-  auto code = exchange(where, url_, params_.options.connectTimeout + params_.options.readTimeout, answer, &body);
-  if (!code) return code.status();
-  if (cancelled_.load()) return Status::error(ErrorCode::kUnreachable, where + ": cancelled");
+  curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+  curl_easy_setopt(e, CURLOPT_POSTFIELDS, body.data());
+  const CURLcode code = perform(url_, answer, params_.options.connectTimeout + params_.options.readTimeout, *token);
+  curl_easy_setopt(e, CURLOPT_POSTFIELDS, static_cast<const char*>(nullptr));
+  curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+  lastStatus_ = answer.complete ? answer.status : 0;
+  if (cancelled_.load()) return unreachable("cancelled");
   if (answer.complete && (answer.status == 429 || answer.status == 503) && answer.retryAfter) {
     retryAfter_ = parseRetryAfter(*answer.retryAfter, static_cast<int64_t>(std::time(nullptr)));
   }
-  if (*code != CURLE_OK) return failure(*code, answer, where);
+  if (code != CURLE_OK) return failure(code, answer, where);
   log_->debug("{}: HTTP {}", where, answer.status);
   return Status::ok();
 }
@@ -717,6 +790,7 @@ Status HttpStoreClient::failure(CURLcode code, const Answer& answer, const std::
         if (retryAfter_) return unreachable(status + " (Retry-After: " + std::to_string(retryAfter_->count()) + " s)");
         return unreachable(status);
       case Answer::Stop::kNone:
+      case Answer::Stop::kEnough:
         break;
     }
   }

@@ -30,6 +30,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -57,7 +58,34 @@ class HttpStoreClient : public StoreClient {
     StoreProxy proxy;  // direct when empty
     StoreClientOptions options;
     std::string urlKey = "store.source";  // the config key that messages about the URL name
+    std::string clientCertPath;           // full path; TLS client certificate (PEM), with clientKeyPath
+    std::string clientKeyPath;            // full path; its private key (PEM, unencrypted)
   };
+
+  /// One request other than the document GET, for transports built on this one (etcd's JSON
+  /// gateway): a POST of `body` to `path` on the same origin, through the same connection cache,
+  /// proxy, TLS, limits and cancellation. The answer must be 200 (anything else fails as fetch()
+  /// fails); its body is held up to maxBytes (over it: kRejected).
+  struct Exchange {
+    std::string path;                  // "/v3/kv/range": replaces the path of the source URL
+    std::string body;                  // sent as application/json
+    std::vector<std::string> headers;  // extra header lines (secrets allowed: never logged)
+    /// Called after each piece of the body with everything received so far; returning true ends
+    /// the transfer there with success (a stream read far enough). Empty: read to the end.
+    std::function<bool(const std::string& soFar)> enough;
+    /// > 0: the whole exchange may last connectTimeout + this (instead of + readTimeout), and
+    /// running out of it after a 200 header is not an error: `timedOut` is set.
+    std::chrono::milliseconds hold{0};
+  };
+  struct Reply {
+    std::string body;
+    bool timedOut = false;  // the hold ran out (the body holds what came before)
+  };
+  /// Sends one exchange. Errors: as fetch(), "cancelled" included; the status of the answer is
+  /// lastStatus() (0 when none came).
+  Result<Reply> exchange(const Exchange& x);
+  /// The HTTP status of the last fetch or exchange (0: no answer).
+  int lastStatus() const { return lastStatus_; }
 
   /// Checks the URL, loads ca_file and prepares libcurl. Errors: kInvalid for a malformed URL, a
   /// scheme other than http/https, a missing host, credentials in the URL, a fragment, or an
@@ -95,22 +123,24 @@ class HttpStoreClient : public StoreClient {
   struct CurlHandles;
   HttpStoreClient(Params params, std::string url, std::string shown, std::string peer, Logger log);
   Result<std::string> readToken() const;
+  // The token of a request: empty without a token file, else readToken().
+  Result<std::string> bearerToken() const;
   // Runs the transfer prepared on the easy handle to its end, or until cancel(); returns libcurl's
   // result (CURLE_ABORTED_BY_CALLBACK when cancelled).
   CURLcode transfer();
   // Whether the connection kept by the last fetch must not carry the next one.
   bool keptConnectionStale() const;
   Status failure(CURLcode code, const Answer& answer, const std::string& where) const;
-  // Reads the token, opens a new connection when the kept one is stale, and runs one request on
-  // the easy handle with curl_->headers: a GET, or a POST of `postBody`. The token lives in
-  // libcurl only for the request. Errors: the token file's, or no multi handle.
-  Result<CURLcode> exchange(const std::string& where, const std::string& url, std::chrono::milliseconds budget,
-                            Answer& answer, const std::string* postBody);
+  // Drops the kept connection when keptConnectionStale(); false when libcurl failed.
+  bool refreshConnection(const std::string& where);
+  // Sets the request on the easy handle and runs it (transfer()).
+  CURLcode perform(const std::string& url, Answer& answer, std::chrono::milliseconds budget, const std::string& token);
 
   Params params_;
-  std::string url_;    // the URL as libcurl normalised it, query included
-  std::string shown_;  // describe()
-  std::string peer_;   // host:port, for messages
+  std::string url_;     // the URL as libcurl normalised it, query included
+  std::string shown_;   // describe()
+  std::string peer_;    // host:port, for messages
+  std::string origin_;  // scheme://host:port, for exchange()
   bool hasQuery_ = false;
   Logger log_;
   std::unique_ptr<CurlHandles> curl_;
@@ -120,6 +150,7 @@ class HttpStoreClient : public StoreClient {
   std::chrono::steady_clock::time_point keptSince_{};
   std::optional<std::chrono::seconds> retryAfter_;
   int notRegistered_ = 0;
+  int lastStatus_ = 0;
 };
 
 /// The client of the reports (docs/agent.md, "Reports"): settings.reportUrl with the source's

@@ -2,6 +2,7 @@
 
 #include <strings.h>
 
+#include "agent/store/etcd_store_client.h"
 #include "agent/store/file_store_client.h"
 #include "agent/store/http_store_client.h"
 #include "agent/store/signature.h"
@@ -20,7 +21,7 @@ std::string rooted(const std::string& root, const std::string& path) { return pa
 // CA file, proxy and time limits.
 Result<HttpStoreClient::Params> httpParams(const StoreSettings& settings, const std::string& url,
                                            const std::string& root, const StoreClientOptions& options) {
-  const std::string scheme = startsWithNoCase(url, "https://") ? "https" : "http";
+  const std::string scheme = startsWithNoCase(url, "https://") || startsWithNoCase(url, "etcds://") ? "https" : "http";
   auto proxy = chooseStoreProxy(settings.proxy, scheme,
                                 options.environment ? EnvironmentReader(options.environment) : processEnvironment());
   if (!proxy) return proxy.status();
@@ -49,6 +50,28 @@ Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settin
     verifier = *v;
   }
 
+  const bool etcd = startsWithNoCase(settings.source, "etcd://") || startsWithNoCase(settings.source, "etcds://");
+  if (!etcd) {
+    for (const auto& [key, value] : {std::pair<const char*, const std::string*>{"client_cert", &settings.clientCert},
+                                     {"client_key", &settings.clientKey},
+                                     {"etcd_user", &settings.etcdUser},
+                                     {"etcd_password_file", &settings.etcdPasswordFile}}) {
+      if (!value->empty()) {
+        return Status::error(ErrorCode::kInvalid,
+                             std::string("store.") + key + ": only for etcd:// and etcds:// sources");
+      }
+    }
+  }
+  if (settings.clientCert.empty() != settings.clientKey.empty()) {
+    return Status::error(ErrorCode::kInvalid, settings.clientCert.empty()
+                                                  ? "store.client_cert: not set (client_key is)"
+                                                  : "store.client_key: not set (client_cert is)");
+  }
+  if (settings.etcdUser.empty() != settings.etcdPasswordFile.empty()) {
+    return Status::error(ErrorCode::kInvalid, settings.etcdUser.empty()
+                                                  ? "store.etcd_user: not set (etcd_password_file is)"
+                                                  : "store.etcd_password_file: not set (etcd_user is)");
+  }
   if (startsWithNoCase(settings.source, "file:")) {
     auto path = FileStoreClient::parseFileUrl(settings.source);
     if (!path) return path.status();
@@ -56,10 +79,35 @@ Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settin
     return std::unique_ptr<StoreClient>(
         std::make_unique<FileStoreClient>(*path, verifier, settings.maxDocumentBytes, std::move(log)));
   }
-  if (startsWithNoCase(settings.source, "http://") || startsWithNoCase(settings.source, "https://")) {
+  if (startsWithNoCase(settings.source, "http://") || startsWithNoCase(settings.source, "https://") || etcd) {
     auto params = httpParams(settings, settings.source, root, options);
     if (!params) return params.status();
     params->verifier = verifier;
+    if (etcd) {
+      auto source = parseEtcdUrl(settings.source);
+      if (!source) return source.status();
+      if (!settings.tokenFile.empty()) {
+        return Status::error(ErrorCode::kInvalid,
+                             "store.token_file: not for etcd sources (use etcd_user and etcd_password_file)");
+      }
+      for (const auto& [key, path] : {std::pair<const char*, const std::string*>{"client_cert", &settings.clientCert},
+                                      {"client_key", &settings.clientKey}}) {
+        if (path->empty()) continue;
+        auto text = readRegularFile(rooted(root, *path), 1 << 20);
+        if (!text)
+          return Status::error(ErrorCode::kInvalid, std::string("store.") + key + ": " + text.status().message());
+      }
+      EtcdStoreClient::Params etcdParams;
+      etcdParams.source = std::move(*source);
+      etcdParams.user = settings.etcdUser;
+      etcdParams.passwordPath = rooted(root, settings.etcdPasswordFile);
+      params->clientCertPath = rooted(root, settings.clientCert);
+      params->clientKeyPath = rooted(root, settings.clientKey);
+      etcdParams.http = std::move(*params);
+      auto client = EtcdStoreClient::create(std::move(etcdParams), std::move(log));
+      if (!client) return client.status();
+      return std::unique_ptr<StoreClient>(std::move(*client));
+    }
     auto client = HttpStoreClient::create(std::move(*params), std::move(log));
     if (!client) return client.status();
     return std::unique_ptr<StoreClient>(std::move(*client));
@@ -67,8 +115,8 @@ Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settin
   auto colon = settings.source.find(':');
   std::string scheme = colon == std::string::npos ? settings.source : settings.source.substr(0, colon);
   if (scheme.size() > 16) scheme = scheme.substr(0, 16) + "...";
-  return Status::error(ErrorCode::kInvalid,
-                       "store.source: unsupported scheme '" + scheme + "' (expected https://, http:// or file://)");
+  return Status::error(ErrorCode::kInvalid, "store.source: unsupported scheme '" + scheme +
+                                                "' (expected https://, http://, etcd://, etcds:// or file://)");
 }
 
 Result<std::unique_ptr<HttpStoreClient>> makeReportClient(const StoreSettings& settings, const std::string& root,

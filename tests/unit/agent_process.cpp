@@ -349,5 +349,22 @@ std::vector<AgentBox::Generation> AgentBox::history() const {
 
 std::string AgentBox::statusJson() const { return run({"status", "--json"}).out; }
 
+std::string keysDocument(int64_t revision, const std::vector<std::string>& keyIds) {
+  std::vector<DocKey> keys;
+  for (const auto& id : keyIds) keys.push_back(docKey(id, "daemon-" + id));
+  return makeDocument(revision, keys, {}, {"127.0.0.0/8"});
+}
+
+bool hasKey(const AgentBox& box, const std::string& id) {
+  return box.authorizedKeys().find("pim:" + id + "\n") != std::string::npos;
+}
+
+void requireKey(const AgentBox& box, ChildProcess& daemon, const std::string& id, std::chrono::milliseconds deadline) {
+  const bool ok = waitUntil([&] { return hasKey(box, id); }, deadline);
+  INFO("daemon stderr:\n" << daemon.err());
+  REQUIRE(ok);
+}
+
 }  // namespace agenttest
+
 }  // namespace pim

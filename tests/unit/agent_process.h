@@ -125,6 +125,10 @@ std::string makeDocument(int64_t revision, const std::vector<DocKey>& keys, cons
 std::string rfc3339(int64_t unixSeconds);
 int64_t unixNow();
 
+/// A document of the login user's keys `keyIds` (keys generated for "daemon-<id>"), sources
+/// 127.0.0.0/8.
+std::string keysDocument(int64_t revision, const std::vector<std::string>& keyIds);
+
 /// "section.key" -> value.
 using Settings = std::map<std::string, std::string>;
 
@@ -184,5 +188,12 @@ class AgentBox {
   mutable int daemons_ = 0;
 };
 
+/// Whether the agent's key file of the login user in `box` holds key `id`.
+bool hasKey(const AgentBox& box, const std::string& id);
+/// Waits for the daemon to have applied key `id`; fails with the daemon's log when it does not.
+void requireKey(const AgentBox& box, ChildProcess& daemon, const std::string& id,
+                std::chrono::milliseconds deadline = std::chrono::seconds(10));
+
 }  // namespace agenttest
+
 }  // namespace pim

@@ -10,6 +10,7 @@
 #include <Poco/Net/HTTPResponse.h>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <fstream>
@@ -26,7 +27,9 @@
 
 #include "agent/cycle/file_lock.h"
 #include "agent/daemon/daemon.h"
+#include "tests/support/skip.h"
 #include "tests/unit/agent_process.h"
+#include "tests/unit/etcd_test_server.h"
 #include "tests/unit/store_test_server.h"
 
 using namespace pim;
@@ -36,23 +39,6 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 namespace {
-
-std::string keysDocument(int64_t revision, const std::vector<std::string>& keyIds) {
-  std::vector<DocKey> keys;
-  for (const auto& id : keyIds) keys.push_back(docKey(id, "daemon-" + id));
-  return makeDocument(revision, keys, {}, {"127.0.0.0/8"});
-}
-
-bool hasKey(const AgentBox& box, const std::string& id) {
-  return box.authorizedKeys().find("pim:" + id + "\n") != std::string::npos;
-}
-
-/// Waits for the daemon to have applied key `id`; fails with the daemon's log when it does not.
-void requireKey(const AgentBox& box, ChildProcess& daemon, const std::string& id, milliseconds deadline = seconds(10)) {
-  const bool ok = waitUntil([&] { return hasKey(box, id); }, deadline);
-  INFO("daemon stderr:\n" << daemon.err());
-  REQUIRE(ok);
-}
 
 Poco::JSON::Object::Ptr parseObject(const std::string& json) {
   Poco::JSON::Parser parser;
@@ -761,5 +747,66 @@ TEST_CASE("wait: returns within a poll interval after a store that answered 404 
   // that first cycle (under 1 s idle; the bound leaves room for a loaded CI machine).
   CHECK(took < (longPoll ? milliseconds(1500) : milliseconds(3500)));
   if (longPoll) CHECK(server.heldLongPolls() >= 1);  // the 404 long poll was held, then answered
+  stopWith(*daemon, SIGTERM);
+}
+
+TEST_CASE("daemon: an etcd:// source follows the watch: a change is on the host within a second", "[daemon][etcd]") {
+  PIM_REQUIRE_ROOT();
+  if (!test::runsHere(storetest::EtcdTestServer::available(), "needs etcd-server and etcd-client")) return;
+  storetest::EtcdTestServer etcd;
+  const std::string key = "/pim/instances/test/access";
+  etcd.put(key, keysDocument(1, {"k-one"}));
+  // poll_interval_s stays 3600 (AgentBox's default) and no long_poll_s: only the watch can bring
+  // the change in time.
+  AgentBox box(Settings{{"store.source", etcd.url(key)}});
+  auto daemon = box.startDaemon();
+  requireKey(box, *daemon, "k-one");
+  std::this_thread::sleep_for(milliseconds(500));  // the watch is armed
+  const auto before = SteadyClock::now();
+  etcd.put(key, keysDocument(2, {"k-one", "k-two"}));
+  const auto put = SteadyClock::now();
+  requireKey(box, *daemon, "k-two", seconds(5));
+  const auto now = SteadyClock::now();
+  const auto sincePut = std::chrono::duration_cast<milliseconds>(now - put);
+  const auto sinceBefore = std::chrono::duration_cast<milliseconds>(now - before);
+  WARN("etcd watch -> key file: " << sincePut.count() << " ms after etcdctl put returned, " << sinceBefore.count()
+                                  << " ms after it started");
+  CHECK(sinceBefore < seconds(1));
+  // SIGTERM while the watch is held.
+  std::this_thread::sleep_for(milliseconds(300));
+  const milliseconds took = stopWith(*daemon, SIGTERM);
+  CHECK(took < seconds(2));
+}
+
+TEST_CASE("daemon: a restart with a document in force re-applies it and asks the store after U[0, poll interval]",
+          "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  storetest::StoreTestServer server;
+  server.setDocument(keysDocument(1, {"k-one"}));
+  AgentBox box(Settings{{"store.source", server.url()}, {"store.poll_interval_s", "3600"}});
+  {
+    auto first = box.startDaemon();
+    requireKey(box, *first, "k-one");
+    CHECK_THAT(first->err(), !Catch::Contains("first store request in"));  // nothing in force: at once
+    stopWith(*first, SIGTERM);
+  }
+  // Drift while the daemon is down: the boot re-apply puts the key back without the store.
+  REQUIRE(::unlink(box.authorizedKeysPath().c_str()) == 0);
+  const size_t before = server.requestCount();
+  auto daemon = box.startDaemon();
+  std::smatch m;
+  const std::regex announced("first store request in ([0-9]+) ms");
+  std::string err;
+  REQUIRE(waitUntil(
+      [&] {
+        err = daemon->err();
+        return std::regex_search(err, m, announced);
+      },
+      seconds(10)));
+  const int64_t delayMs = std::stoll(m[1].str());
+  CHECK(delayMs >= 0);
+  CHECK(delayMs <= 3600 * 1000);
+  requireKey(box, *daemon, "k-one");
+  if (delayMs > 15000) CHECK(server.requestCount() == before);  // restored before the store was asked
   stopWith(*daemon, SIGTERM);
 }

@@ -72,6 +72,10 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
   CHECK(c.store.maxDocumentBytes == d.store.maxDocumentBytes);
   CHECK(c.store.reportUrl == d.store.reportUrl);
   CHECK(c.store.reportIntervalS == d.store.reportIntervalS);
+  CHECK(c.store.clientCert == d.store.clientCert);
+  CHECK(c.store.clientKey == d.store.clientKey);
+  CHECK(c.store.etcdUser == d.store.etcdUser);
+  CHECK(c.store.etcdPasswordFile == d.store.etcdPasswordFile);
   CHECK(c.host.loginUser == d.host.loginUser);
   CHECK(c.host.transferRoot == d.host.transferRoot);
   CHECK(c.host.transferGroup == d.host.transferGroup);
@@ -104,6 +108,10 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
                                           "store.max_document_bytes",
                                           "store.report_url",
                                           "store.report_interval_s",
+                                          "store.client_cert",
+                                          "store.client_key",
+                                          "store.etcd_user",
+                                          "store.etcd_password_file",
                                           "host.login_user",
                                           "host.transfer_root",
                                           "host.transfer_group",

@@ -39,22 +39,6 @@ Poco::JSON::Object::Ptr parseObject(const std::string& json) {
   return parser.parse(json).extract<Poco::JSON::Object::Ptr>();
 }
 
-std::string keysDocument(int64_t revision, const std::vector<std::string>& keyIds) {
-  std::vector<DocKey> keys;
-  for (const auto& id : keyIds) keys.push_back(docKey(id, "report-" + id));
-  return makeDocument(revision, keys, {}, {"127.0.0.0/8"});
-}
-
-bool hasKey(const AgentBox& box, const std::string& id) {
-  return box.authorizedKeys().find("pim:" + id + "\n") != std::string::npos;
-}
-
-void requireKey(const AgentBox& box, ChildProcess& daemon, const std::string& id, milliseconds deadline = seconds(10)) {
-  const bool ok = waitUntil([&] { return hasKey(box, id); }, deadline);
-  INFO("daemon stderr:\n" << daemon.err());
-  REQUIRE(ok);
-}
-
 void stop(ChildProcess& daemon) {
   daemon.signal(SIGTERM);
   auto code = daemon.waitExit(seconds(10));

@@ -51,6 +51,8 @@ std::string lower(std::string s) {
   return s;
 }
 
+}  // namespace
+
 std::string shellQuote(const std::string& s) {
   std::string out = "'";
   for (char c : s) {
@@ -72,7 +74,7 @@ std::string readAll(const std::string& path) {
 
 // Starts argv (looked up in PATH) with stdin from /dev/null, stdout and stderr to `output`, and
 // `env` ("NAME=value") added to the environment. Returns the pid; throws when fork fails.
-pid_t spawn(const std::vector<std::string>& argv, const std::string& output, const std::vector<std::string>& env = {}) {
+pid_t spawn(const std::vector<std::string>& argv, const std::string& output, const std::vector<std::string>& env) {
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
@@ -127,8 +129,6 @@ bool acceptsConnections(uint16_t port) {
 
 constexpr const char* kNamespaceVariable = "PIM_TEST_IN_NETNS";
 constexpr const char* kNamespaceMarker = "pim-test: inside the namespaces";
-
-}  // namespace
 
 // ---- RecordedRequest / Exchange ----
 
@@ -461,6 +461,10 @@ StoreTestPki makeStoreTestPki(const std::string& dir, const std::string& subject
   pki.caCert = dir + "/ca.pem";
   pki.serverCert = dir + "/server.pem";
   pki.serverKey = dir + "/server.key";
+  pki.clientCert = dir + "/client.pem";
+  pki.clientKey = dir + "/client.key";
+  const std::string clientCsr = dir + "/client.csr";
+  const std::string clientExt = dir + "/client.ext";
   const std::string caKey = dir + "/ca.key";
   const std::string csr = dir + "/server.csr";
   const std::string ext = dir + "/server.ext";
@@ -468,7 +472,9 @@ StoreTestPki makeStoreTestPki(const std::string& dir, const std::string& subject
   {
     std::ofstream out(ext);
     out << "subjectAltName=" << subjectAltName << "\nbasicConstraints=CA:FALSE\n"
-        << "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n";
+        << "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n";
+    std::ofstream client(clientExt);
+    client << "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n";
   }
   const std::string q = " 2>>" + shellQuote(log) + " >/dev/null";
   const std::vector<std::string> commands = {
@@ -480,6 +486,11 @@ StoreTestPki makeStoreTestPki(const std::string& dir, const std::string& subject
       "openssl x509 -req -days 2 -in " + shellQuote(csr) + " -CA " + shellQuote(pki.caCert) + " -CAkey " +
           shellQuote(caKey) + " -CAcreateserial -extfile " + shellQuote(ext) + " -out " + shellQuote(pki.serverCert) +
           q,
+      "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj '/CN=pim test client' -keyout " +
+          shellQuote(pki.clientKey) + " -out " + shellQuote(clientCsr) + q,
+      "openssl x509 -req -days 2 -in " + shellQuote(clientCsr) + " -CA " + shellQuote(pki.caCert) + " -CAkey " +
+          shellQuote(caKey) + " -CAcreateserial -extfile " + shellQuote(clientExt) + " -out " +
+          shellQuote(pki.clientCert) + q,
   };
   for (const auto& cmd : commands) {
     if (std::system(cmd.c_str()) != 0) throw std::runtime_error("openssl failed: " + cmd + "\n" + readAll(log));

@@ -14,6 +14,8 @@
 #include <Poco/Net/HTTPServerRequest.h>
 #include <Poco/Net/HTTPServerResponse.h>
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -241,11 +243,26 @@ struct NamespaceRun {
 };
 std::optional<NamespaceRun> runInNetworkNamespace(const std::string& testName, std::string& why);
 
+/// The text quoted for /bin/sh ('...').
+std::string shellQuote(const std::string& s);
+/// The content of a file ("" when unreadable).
+std::string readAll(const std::string& path);
+/// Starts argv (looked up in PATH) with stdin from /dev/null, stdout and stderr to `output`, and
+/// `env` ("NAME=value") added to the environment. Returns the pid; throws when fork fails.
+pid_t spawn(const std::vector<std::string>& argv, const std::string& output, const std::vector<std::string>& env = {});
+/// Waits for pid up to `timeout`, then kills it; its exit code (128 + signal when killed).
+int waitFor(pid_t pid, std::chrono::milliseconds timeout);
+/// Whether something accepts TCP connections on 127.0.0.1:port.
+bool acceptsConnections(uint16_t port);
+
 /// Files of a throw-away PKI.
 struct StoreTestPki {
   std::string caCert;      // the CA certificate (PEM): give it as ca_file
-  std::string serverCert;  // server certificate signed by the CA
+  std::string serverCert;  // server certificate signed by the CA (serverAuth, and clientAuth: etcd's
+                           // gateway presents it to etcd's own gRPC server under --client-cert-auth)
   std::string serverKey;   // its key
+  std::string clientCert;  // a client certificate signed by the CA (CN=pim test client, clientAuth)
+  std::string clientKey;   // its key
 };
 
 /// Creates, in dir, a CA and a server certificate whose subjectAltName is `subjectAltName`
