@@ -552,9 +552,12 @@ void Daemon::workDone() {
   });
   if (tableMade) reinstateBans();
   if (cursorDirty_) saveDefenderCursor();
-  if (!r.changes.empty()) {
-    // The last plan looked at the host before these changes (a new home, a new chroot): one more
-    // check soon records what the host looks like now, and the watches follow it.
+  const bool changedMeanwhile = changedWhileBusy_;
+  changedWhileBusy_ = false;
+  if (!r.changes.empty() || changedMeanwhile) {
+    // The last plan looked at the host before these changes (a new home, a new chroot), or the
+    // host changed while the worker ran: one more check soon records what the host looks like
+    // now, and the watches follow it.
     hostDirty_ = true;
     rewatchHost_ = true;
     uv_timer_start(&hostSettle_, onHostSettle, uint64_t(kDriftSettle.count()), 0);
@@ -659,7 +662,12 @@ void Daemon::onMountsChanged(uv_poll_t* handle, int /*status*/, int /*events*/) 
 
 void Daemon::hostChanged() {
   if (stopping_ || !rt_) return;
-  if (busy_ && !fetching_.load()) return;  // the worker's own changes; it checks the host itself
+  if (busy_ && !fetching_.load()) {
+    // The worker's own changes, or someone's: its check may already have read what changed, so
+    // one more check follows the work (workDone()).
+    changedWhileBusy_ = true;
+    return;
+  }
   hostDirty_ = true;
   hostEvent_ = true;
   rewatchHost_ = true;

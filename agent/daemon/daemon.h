@@ -236,6 +236,7 @@ class Daemon {
 
   // Loop thread only.
   bool busy_ = false;
+  bool changedWhileBusy_ = false;  // a host event arrived while the worker checked or changed the host
   bool stopping_ = false;
   bool reloadPending_ = false;
   bool cycleRequested_ = false;

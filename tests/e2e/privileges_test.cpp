@@ -325,7 +325,10 @@ TEST_CASE("e2e sudo: a hand-edited sudoers file is rewritten by the daemon withi
 
   // Removed by hand: granted again (the document in force says so).
   REQUIRE(::unlink(pim::kSudoersFile) == 0);
-  REQUIRE(eventually([&] { return pathExists(pim::kSudoersFile) && readFile(pim::kSudoersFile) == rendered; }, 10));
+  const bool back =
+      eventually([&] { return pathExists(pim::kSudoersFile) && readFile(pim::kSudoersFile) == rendered; }, 10);
+  INFO("daemon log now:\n" << daemon.log());
+  REQUIRE(back);
   CHECK(contains(daemon.log(), "sudoers"));
 }
 
