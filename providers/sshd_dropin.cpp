@@ -83,6 +83,22 @@ bool validPath(const std::string& p) {
   return true;
 }
 
+/// Runs `argv` (sshd -t or -T): they need sshd's privilege separation directory, which systemd
+/// creates at service start; on a host (or container) where sshd never ran, it is created as the
+/// service would, and sshd run again.
+Result<CommandResult> runSshdCheck(Host& host, const std::vector<std::string>& argv, spdlog::logger* log) {
+  for (int attempt = 0;; ++attempt) {
+    auto r = host.run(argv);
+    if (!r || r->exitCode == 0 || attempt > 0) return r;
+    auto pos = r->err.find(kPrivsepMissing);
+    if (pos == std::string::npos) return r;
+    std::string privsep = trimmed(r->err.substr(pos + std::strlen(kPrivsepMissing)));
+    privsep = privsep.substr(0, privsep.find('\n'));
+    if (!validPath(privsep) || ::mkdir(privsep.c_str(), 0755) != 0 || ::chmod(privsep.c_str(), 0755) != 0) return r;
+    if (log != nullptr) log->info("created sshd's privilege separation directory {}", privsep);
+  }
+}
+
 bool validCidr(const std::string& c) {
   if (c.empty() || std::count(c.begin(), c.end(), '/') != 1) return false;
   for (unsigned char ch : c) {
@@ -818,22 +834,12 @@ Status SshdDropinProvider::checkInto(const std::string& dropinText, const Dropin
   }
   if (Status s = dir.writeFile("sshd_config", config); !s) return s;
 
-  // Runs sshd on the validation configuration; sshd -t and -T need its privilege separation
-  // directory, which systemd creates at service start: on a host (or container) where sshd
-  // never ran, it is created like the service would.
+  // Runs sshd on the validation configuration (runSshdCheck: creates a missing privilege
+  // separation directory).
   auto runSshd = [&](std::vector<std::string> extra) -> Result<CommandResult> {
     std::vector<std::string> argv{sshd.binary, "-f", dir.file("sshd_config"), "-o", "HostKey=" + hostKey};
     argv.insert(argv.begin() + 1, extra.begin(), extra.end());
-    for (int attempt = 0;; ++attempt) {
-      auto r = host.run(argv);
-      if (!r || r->exitCode == 0 || attempt > 0) return r;
-      auto pos = r->err.find(kPrivsepMissing);
-      if (pos == std::string::npos) return r;
-      std::string privsep = trimmed(r->err.substr(pos + std::strlen(kPrivsepMissing)));
-      privsep = privsep.substr(0, privsep.find('\n'));
-      if (!validPath(privsep) || ::mkdir(privsep.c_str(), 0755) != 0 || ::chmod(privsep.c_str(), 0755) != 0) return r;
-      log_->info("created sshd's privilege separation directory {}", privsep);
-    }
+    return runSshdCheck(host, argv, log_.get());
   };
 
   auto t = runSshd({"-t"});
@@ -966,7 +972,7 @@ Result<EffectiveConfig> liveEffectiveConfig(const SshdSettings& sshd, Host& host
     config = *expanded;
   }
   if (Status s = dir.writeFile("sshd_config", config); !s) return s;
-  auto r = host.run({sshd.binary, "-T", "-f", dir.file("sshd_config"), "-o", "HostKey=" + hostKey});
+  auto r = runSshdCheck(host, {sshd.binary, "-T", "-f", dir.file("sshd_config"), "-o", "HostKey=" + hostKey}, nullptr);
   if (!r) return r.status();
   if (r->exitCode != 0) {
     return Status::error(ErrorCode::kCommand, "sshd -T of the installed configuration failed: " + trimmed(r->err));
