@@ -349,11 +349,11 @@ const RuleSpec kRules[] = {
     {"gate", "iifname \"lo\" accept",
      R"([{"match":{"op":"==","left":{"meta":{"key":"iifname"}},"right":"lo"}},{"accept":null}])"},
     {"gate", "ip saddr @ban4 counter reject with tcp reset",
-     R"([{"match":{"op":"==","left":{"meta":{"key":"l4proto"}},"right":"tcp"}},)"
+     R"([{"match":{"op":"==","left":{"meta":{"key":"l4proto"}},"right":6}},)"
      R"({"match":{"op":"==","left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"@ban4"}},)"
      R"({"counter":{"packets":0,"bytes":0}},{"reject":{"type":"tcp reset"}}])"},
     {"gate", "ip6 saddr @ban6 counter reject with tcp reset",
-     R"([{"match":{"op":"==","left":{"meta":{"key":"l4proto"}},"right":"tcp"}},)"
+     R"([{"match":{"op":"==","left":{"meta":{"key":"l4proto"}},"right":6}},)"
      R"({"match":{"op":"==","left":{"payload":{"protocol":"ip6","field":"saddr"}},"right":"@ban6"}},)"
      R"({"counter":{"packets":0,"bytes":0}},{"reject":{"type":"tcp reset"}}])"},
     {"gate", "ip saddr @allow4 accept",
@@ -363,7 +363,7 @@ const RuleSpec kRules[] = {
      R"([{"match":{"op":"==","left":{"payload":{"protocol":"ip6","field":"saddr"}},"right":"@allow6"}},)"
      R"({"accept":null}])"},
     {"gate", "counter reject with tcp reset",
-     R"([{"match":{"op":"==","left":{"meta":{"key":"l4proto"}},"right":"tcp"}},)"
+     R"([{"match":{"op":"==","left":{"meta":{"key":"l4proto"}},"right":6}},)"
      R"({"counter":{"packets":0,"bytes":0}},{"reject":{"type":"tcp reset"}}])"},
 };
 
@@ -595,9 +595,17 @@ Result<FirewallCurrent> parseFirewallJson(const std::string& json) {
     std::map<std::string, std::vector<std::string>> want;
     for (const auto& r : kRules) want[r.chain].push_back(canonicalLiteral(r.json));
     for (const auto& [chain, exprs] : want) {
-      if (rules[chain] != exprs) {
-        drift.push_back("chain " + chain + " holds " + std::to_string(rules[chain].size()) +
-                        " rules, not the agent's " + std::to_string(exprs.size()));
+      const auto& have = rules[chain];
+      if (have.size() != exprs.size()) {
+        drift.push_back("chain " + chain + " holds " + std::to_string(have.size()) + " rules, not the agent's " +
+                        std::to_string(exprs.size()));
+        continue;
+      }
+      for (size_t i = 0; i < exprs.size(); ++i) {
+        if (have[i] != exprs[i]) {
+          drift.push_back("chain " + chain + " rule " + std::to_string(i + 1) + " is not the agent's");
+          break;
+        }
       }
     }
     for (const auto& [chain, exprs] : rules) {
@@ -615,7 +623,7 @@ Result<FirewallCurrent> parseFirewallJson(const std::string& json) {
 }
 
 Result<FirewallCurrent> observeFirewall(Host& host, const NetworkSettings& network) {
-  auto r = host.run({network.nftBinary, "-j", "list", "table", kFirewallFamily, kFirewallTable});
+  auto r = host.run({network.nftBinary, "-j", "-p", "list", "table", kFirewallFamily, kFirewallTable});
   if (!r) return Status::error(ErrorCode::kCommand, "nft -j list table " + tableRef() + ": " + r.status().message());
   if (r->exitCode != 0) {
     // nft says "No such file or directory" for a table that does not exist.

@@ -137,11 +137,13 @@ struct FirewallCurrent {
   std::vector<FirewallBan> bans;
 };
 
-/// Parses `nft -j list table inet pim_access_agent` output. Pure. Errors: kInvalid when it is
+/// Parses `nft -j -p list table inet pim_access_agent` output. Pure. Errors: kInvalid when it is
 /// not the JSON nft prints (never throws on hostile input).
 Result<FirewallCurrent> parseFirewallJson(const std::string& json);
 
-/// Runs `nft -j list table inet pim_access_agent` through `host`. A missing table is a
+/// Runs `nft -j -p list table inet pim_access_agent` through `host` (`-p`: protocols as numbers,
+/// whether or not the host has /etc/protocols; a minbase root has none, and the name nft prints
+/// would otherwise depend on it). A missing table is a
 /// FirewallCurrent with present false. Errors: kCommand (nft missing or failing, with its
 /// message), kInvalid (unreadable output).
 Result<FirewallCurrent> observeFirewall(Host& host, const NetworkSettings& network);
