@@ -116,12 +116,33 @@ ALTER TABLE generations_v2 RENAME TO generations;
 CREATE INDEX generations_by_outcome ON generations (outcome, generation);
 )sql";
 
+// Version 3: the login audit (agent/daemon/login_audit.h): the last successful login per user and
+// key fingerprint ('' for a login without a key), and the connections per source address that
+// ended during authentication. Both are bounded by the writer (kPrune*).
+const char* const kSchemaV3 = R"sql(
+CREATE TABLE logins (
+  user        TEXT NOT NULL,
+  fingerprint TEXT NOT NULL DEFAULT '',
+  method      TEXT NOT NULL DEFAULT '',
+  time        INTEGER NOT NULL,
+  address     TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (user, fingerprint)
+);
+CREATE TABLE login_failures (
+  address   TEXT PRIMARY KEY,
+  count     INTEGER NOT NULL,
+  last_time INTEGER NOT NULL
+);
+CREATE INDEX login_failures_by_time ON login_failures (last_time);
+)sql";
+
 }  // namespace
 
 const std::vector<Migration>& migrations() {
   static const std::vector<Migration> kMigrations = {
       {1, kSchemaV1},
       {2, kSchemaV2, true},
+      {3, kSchemaV3},
   };
   return kMigrations;
 }
@@ -229,6 +250,28 @@ const char* const kMetaStoreRevision = "store_revision";
 const char* const kMetaReloadPending = "sshd_reload_pending";
 const char* const kMetaDefenderCursor = "defender_cursor";
 const char* const kMetaRecoveryAttempts = "recovery_attempts";
+
+// ---- login audit ----
+
+// A later login replaces an earlier one; messages read again (a cursor lost) change nothing.
+const char* const kUpsertLogin =
+    "INSERT INTO logins (user, fingerprint, method, time, address) VALUES (?1, ?2, ?3, ?4, ?5) "
+    "ON CONFLICT (user, fingerprint) DO UPDATE SET method = excluded.method, time = excluded.time, "
+    "address = excluded.address WHERE excluded.time >= logins.time";
+const char* const kCountLoginFailure =
+    "INSERT INTO login_failures (address, count, last_time) VALUES (?1, ?2, ?3) "
+    "ON CONFLICT (address) DO UPDATE SET count = count + excluded.count, "
+    "last_time = MAX(last_time, excluded.last_time)";
+const char* const kPruneLogins =
+    "DELETE FROM logins WHERE rowid NOT IN (SELECT rowid FROM logins ORDER BY time DESC LIMIT ?1)";
+const char* const kPruneLoginFailures =
+    "DELETE FROM login_failures WHERE address NOT IN "
+    "(SELECT address FROM login_failures ORDER BY last_time DESC LIMIT ?1)";
+const char* const kSelectLogins =
+    "SELECT user, fingerprint, method, time, address FROM logins ORDER BY user, fingerprint";
+const char* const kSelectLoginFailures =
+    "SELECT address, count, last_time FROM login_failures ORDER BY count DESC, last_time DESC, address LIMIT ?1";
+const char* const kSumLoginFailures = "SELECT COALESCE(SUM(count), 0), COUNT(*) FROM login_failures";
 
 // ---- owned objects ----
 

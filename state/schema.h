@@ -74,6 +74,13 @@ extern const char* const kMetaHighestStoreRevision;
 extern const char* const kMetaStoreRevision;
 extern const char* const kMetaReloadPending;
 extern const char* const kMetaDefenderCursor;
+extern const char* const kUpsertLogin;
+extern const char* const kCountLoginFailure;
+extern const char* const kPruneLogins;
+extern const char* const kPruneLoginFailures;
+extern const char* const kSelectLogins;
+extern const char* const kSelectLoginFailures;
+extern const char* const kSumLoginFailures;
 extern const char* const kMetaRecoveryAttempts;
 
 // Owned objects.

@@ -173,4 +173,21 @@ struct PendingCycle {
   std::optional<int64_t> previousGeneration;  // nullopt: nothing was in force before
 };
 
+/// The last successful login of one user with one key (or, fingerprint "", with a password or
+/// another method without a key), from sshd's messages (agent/daemon/login_audit.h).
+struct LoginRecord {
+  std::string user;
+  std::string fingerprint;  // "SHA256:..." or ""
+  std::string method;       // publickey, password, keyboard-interactive/pam, ...
+  int64_t time = 0;         // Unix seconds
+  std::string address;
+};
+
+/// The connections from one address that ended during authentication.
+struct LoginFailureRecord {
+  std::string address;
+  int64_t count = 0;
+  int64_t lastTime = 0;  // Unix seconds
+};
+
 }  // namespace pim

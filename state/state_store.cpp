@@ -1156,6 +1156,81 @@ Result<std::string> StateStore::defenderCursor() const {
   return *row ? stmt->columnText(0) : std::string();
 }
 
+Status StateStore::recordLogins(const std::vector<LoginRecord>& logins, const std::vector<LoginFailureRecord>& failures,
+                                const std::string& cursor) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const std::string what = "record logins in";
+  auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
+  if (!txn) return txn.status();
+  if (!logins.empty()) {
+    auto stmt = Statement::prepare(*db_, sql::kUpsertLogin, what);
+    if (!stmt) return stmt.status();
+    for (const auto& l : logins) {
+      stmt->bind(1, l.user).bind(2, l.fingerprint).bind(3, l.method).bind(4, l.time).bind(5, l.address);
+      if (Status st = stmt->run(); !st) return st;
+    }
+    auto prune = Statement::prepare(*db_, sql::kPruneLogins, what);
+    if (!prune) return prune.status();
+    prune->bind(1, kMaxLogins);
+    if (Status st = prune->run(); !st) return st;
+  }
+  if (!failures.empty()) {
+    auto stmt = Statement::prepare(*db_, sql::kCountLoginFailure, what);
+    if (!stmt) return stmt.status();
+    for (const auto& f : failures) {
+      stmt->bind(1, f.address).bind(2, f.count).bind(3, f.lastTime);
+      if (Status st = stmt->run(); !st) return st;
+    }
+    auto prune = Statement::prepare(*db_, sql::kPruneLoginFailures, what);
+    if (!prune) return prune.status();
+    prune->bind(1, kMaxLoginFailures);
+    if (Status st = prune->run(); !st) return st;
+  }
+  if (!cursor.empty()) {
+    if (Status st = setMetaValue(sql::kMetaDefenderCursor, std::nullopt, cursor, what); !st) return st;
+  }
+  return (*txn)->commit();
+}
+
+Result<std::vector<LoginRecord>> StateStore::logins() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto stmt = Statement::prepare(*db_, sql::kSelectLogins, "read logins from");
+  if (!stmt) return stmt.status();
+  std::vector<LoginRecord> out;
+  for (;;) {
+    auto row = stmt->step();
+    if (!row) return row.status();
+    if (!*row) break;
+    out.push_back(
+        {stmt->columnText(0), stmt->columnText(1), stmt->columnText(2), stmt->columnInt(3), stmt->columnText(4)});
+  }
+  return out;
+}
+
+Result<StateStore::LoginFailures> StateStore::loginFailures(int64_t limit) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const std::string what = "read failed logins from";
+  LoginFailures out;
+  auto stmt = Statement::prepare(*db_, sql::kSelectLoginFailures, what);
+  if (!stmt) return stmt.status();
+  stmt->bind(1, limit);
+  for (;;) {
+    auto row = stmt->step();
+    if (!row) return row.status();
+    if (!*row) break;
+    out.top.push_back({stmt->columnText(0), stmt->columnInt(1), stmt->columnInt(2)});
+  }
+  auto sum = Statement::prepare(*db_, sql::kSumLoginFailures, what);
+  if (!sum) return sum.status();
+  auto row = sum->step();
+  if (!row) return row.status();
+  if (*row) {
+    out.total = sum->columnInt(0);
+    out.sources = sum->columnInt(1);
+  }
+  return out;
+}
+
 Result<std::optional<PendingCycle>> StateStore::pendingCycle() const {
   std::lock_guard<std::mutex> lock(mutex_);
   auto stmt = Statement::prepare(*db_, sql::kSelectPendingCycle, "read pending cycle from");

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "providers/core/log.h"
@@ -189,6 +190,27 @@ class StateStore {
   Status setDefenderCursor(const std::string& cursor);
   /// The cursor, or "" when none was kept.
   Result<std::string> defenderCursor() const;
+
+  // ---- login audit ----
+
+  /// Records successful logins (each replaces an older one of the same user and fingerprint),
+  /// adds `failures` (count and last time per address) to the counts, keeps at most kMaxLogins and
+  /// kMaxLoginFailures rows (the newest), and moves the cursor of sshd's messages to `cursor`
+  /// ("" leaves it), all in one transaction: a restart neither counts a message twice nor
+  /// misses one. Errors: kIo.
+  Status recordLogins(const std::vector<LoginRecord>& logins, const std::vector<LoginFailureRecord>& failures,
+                      const std::string& cursor);
+  /// Every login record (at most kMaxLogins).
+  Result<std::vector<LoginRecord>> logins() const;
+  /// The sources with the most failures (at most `limit`), and the totals over all sources.
+  struct LoginFailures {
+    std::vector<LoginFailureRecord> top;
+    int64_t total = 0;    // failures counted, every source kept
+    int64_t sources = 0;  // sources kept
+  };
+  Result<LoginFailures> loginFailures(int64_t limit) const;
+  static constexpr int64_t kMaxLogins = 10000;
+  static constexpr int64_t kMaxLoginFailures = 1000;
 
  private:
   StateStore(std::unique_ptr<sqlite::Database> db, std::string path, Logger log, int64_t keepGenerations);

@@ -11,15 +11,6 @@
 
 namespace pim {
 
-std::string isoTime(int64_t t) {
-  std::time_t tt = std::time_t(t);
-  std::tm tm{};
-  gmtime_r(&tt, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 std::string toJson(const Poco::Dynamic::Var& v) {
   std::ostringstream out;
   Poco::JSON::Stringifier::stringify(v, out, 2);

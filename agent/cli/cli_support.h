@@ -14,11 +14,10 @@
 #include "agent/cycle/cycle.h"
 #include "providers/core/model.h"
 #include "providers/core/result.h"
+#include "providers/core/text_fields.h"  // isoTime
 
 namespace pim {
 
-/// "2026-11-21T10:00:00Z" for Unix seconds.
-std::string isoTime(int64_t t);
 /// Pretty JSON (2 spaces).
 std::string toJson(const Poco::Dynamic::Var& v);
 /// [{"id": ..., "reason": ...}, ...]

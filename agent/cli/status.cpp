@@ -13,6 +13,7 @@
 #include "agent/cli/cli_support.h"
 #include "agent/cycle/cycle.h"
 #include "agent/cycle/open_state.h"
+#include "agent/daemon/login_audit.h"
 #include "agent/document/document.h"
 #include "providers/core/clock.h"
 #include "providers/core/log.h"
@@ -23,6 +24,15 @@
 
 namespace pim {
 namespace {
+
+/// How many sources `status` lists with their failed logins (the most failures first).
+constexpr int64_t kTopFailedSources = 10;
+
+/// "last login 2026-12-06T08:00:00Z from 198.51.100.20" or "no login seen" (since the audit began).
+std::string lastLoginText(const std::optional<LastLogin>& login) {
+  if (!login) return "no login seen";
+  return "last login " + isoTime(login->time) + " from " + login->address;
+}
 
 /// The document in force, parsed without the instance check (it was accepted when it came).
 std::optional<AccessDocument> inForceDocument(const Config& config, const std::optional<GenerationRecord>& record) {
@@ -101,13 +111,16 @@ int cmdStatus(const Config& config, bool json) {
   auto storeRevision = state.storeRevision();
   auto poll = state.pollStatus();
   auto reloadPending = state.reloadPending();
-  if (!applied || !pin || !storeRevision || !poll || !reloadPending) {
-    for (const Status& s :
-         {applied.status(), pin.status(), storeRevision.status(), poll.status(), reloadPending.status()}) {
+  auto logins = state.logins();
+  auto failedLogins = state.loginFailures(kTopFailedSources);
+  if (!applied || !pin || !storeRevision || !poll || !reloadPending || !logins || !failedLogins) {
+    for (const Status& s : {applied.status(), pin.status(), storeRevision.status(), poll.status(),
+                            reloadPending.status(), logins.status(), failedLogins.status()}) {
       if (!s) return fail(s, json);
     }
   }
   const std::optional<GenerationRecord>& inForce = *applied;
+  const LoginView loginView(std::move(*logins));
   std::optional<int64_t> generation, revision;
   std::vector<SkippedEntry> skipped;
   if (inForce) {
@@ -172,6 +185,7 @@ int cmdStatus(const Config& config, bool json) {
         o->set("active", k.active);
         o->set("expires_at", k.expiresAt ? Poco::Dynamic::Var(isoTime(*k.expiresAt)) : Poco::Dynamic::Var());
         o->set("installed", k.installableAt(now));
+        o->set("last_login", lastLoginJson(loginView.lastKeyLogin(config.host.loginUser, k.key.base64)));
         if (!k.allowedSources.empty()) {
           Poco::JSON::Array::Ptr own = new Poco::JSON::Array;
           for (const auto& c : k.allowedSources) own->add(c);
@@ -188,6 +202,7 @@ int cmdStatus(const Config& config, bool json) {
         o->set("password", a.passwordHash.has_value());
         o->set("keys", int64_t(a.publicKeys.size()));
         o->set("access", sftpAccessName(a.access));
+        o->set("last_login", lastLoginJson(loginView.lastUserLogin(a.username)));
         if (!a.allowedSources.empty()) {
           Poco::JSON::Array::Ptr own = new Poco::JSON::Array;
           for (const auto& c : a.allowedSources) own->add(c);
@@ -244,6 +259,7 @@ int cmdStatus(const Config& config, bool json) {
       bans->add(o);
     }
     root->set("bans", bans);
+    root->set("failed_logins", failedLoginsJson(*failedLogins));
     std::cout << toJson(root) << "\n";
     return kExitOk;
   }
@@ -279,14 +295,16 @@ int cmdStatus(const Config& config, bool json) {
       std::cout << "  " << k.id << "  " << k.owner << "  "
                 << (k.expiresAt ? "expires " + isoTime(*k.expiresAt) : std::string("no expiry")) << "  "
                 << (k.installableAt(now) ? "installed" : (!k.active ? "inactive" : "expired"))
-                << (k.allowedSources.empty() ? "" : "  only from " + joinSources(k.allowedSources)) << "\n";
+                << (k.allowedSources.empty() ? "" : "  only from " + joinSources(k.allowedSources)) << "  "
+                << lastLoginText(loginView.lastKeyLogin(config.host.loginUser, k.key.base64)) << "\n";
     }
     std::cout << "sftp accounts:\n";
     for (const auto& a : doc->accounts) {
       std::cout << "  " << a.username << " (" << a.id << ")  folder " << a.folder << "  "
                 << (a.active ? "active" : "locked") << "  " << (a.passwordHash ? "password" : "no password") << ", "
                 << a.publicKeys.size() << " key(s)  " << sftpAccessName(a.access)
-                << (a.allowedSources.empty() ? "" : "  only from " + joinSources(a.allowedSources)) << "\n";
+                << (a.allowedSources.empty() ? "" : "  only from " + joinSources(a.allowedSources)) << "  "
+                << lastLoginText(loginView.lastUserLogin(a.username)) << "\n";
     }
     std::cout << "sudo tasks of " << config.host.loginUser << " (" << kSudoersFile << "):";
     if (doc->sudoTasks.empty()) std::cout << " none";
@@ -307,6 +325,11 @@ int cmdStatus(const Config& config, bool json) {
   std::cout << "bans:           " << (firewall.bans.empty() ? "none" : "") << "\n";
   for (const auto& b : firewall.bans) {
     std::cout << "  " << b.address << "  refused for " << b.expiresIn << " s more (failed password logins)\n";
+  }
+  std::cout << "failed logins:  " << failedLogins->total << " from " << failedLogins->sources
+            << " source(s) (connections that ended during authentication)\n";
+  for (const auto& f : failedLogins->top) {
+    std::cout << "  " << f.address << "  " << f.count << ", last " << isoTime(f.lastTime) << "\n";
   }
   return kExitOk;
 }

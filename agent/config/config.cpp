@@ -216,6 +216,8 @@ const std::map<std::string, Setter>& setters() {
                                const std::string& v) { return setInt(c.defender.windowS, k, v, 1, 86400); }},
       {"defender.ban_s", [](Config& c, const std::string& k,
                             const std::string& v) { return setInt(c.defender.banS, k, v, 1, 30 * 86400); }},
+      {"audit.enabled",
+       [](Config& c, const std::string& k, const std::string& v) { return setBool(c.audit.enabled, k, v); }},
       {"defender.log_file",
        [](Config& c, const std::string& k, const std::string& v) { return setPath(c.defender.logFile, k, v, true); }},
       {"state.db",
@@ -297,7 +299,7 @@ Result<Config> parseConfig(const std::string& iniText) {
         return Status::error(ErrorCode::kInvalid, "config " + where + ": unterminated section header");
       section = trimmed(line.substr(1, line.size() - 2));
       if (section != "store" && section != "host" && section != "sshd" && section != "network" &&
-          section != "defender" && section != "state") {
+          section != "defender" && section != "audit" && section != "state") {
         return Status::error(ErrorCode::kInvalid, "config " + where + ": unknown section [" + section + "]");
       }
       continue;

@@ -47,12 +47,20 @@ struct DefenderSettings {
   std::string logFile;
 };
 
+/// [audit]: the last login per key and SFTP account and the failed logins per source, from
+/// sshd's messages (the defender's source: the journal or defender.log_file), kept in the state
+/// database by the daemon (agent/daemon/login_audit.h).
+struct AuditSettings {
+  bool enabled = true;
+};
+
 struct Config {
   StoreSettings store;
   HostSettings host;
   SshdSettings sshd;
   NetworkSettings network;
   DefenderSettings defender;
+  AuditSettings audit;
   StateSettings state;
   std::string root;  // --root prefix ("" for the real system)
 

@@ -248,7 +248,7 @@ int Daemon::run() {
   watchdog_ = sdWatchdogInterval();
   watchFiles();
   startFirewallWatch();
-  startDefender();
+  startSshdLog();
   lastWatchdog_ = std::chrono::steady_clock::now();
   workReq_.data = this;
   stateSignature_ = stateSignature();
@@ -551,7 +551,7 @@ void Daemon::workDone() {
     return a.provider == "firewall" && (a.verb == "create" || a.verb == "rebuild");
   });
   if (tableMade) reinstateBans();
-  if (cursorDirty_) saveDefenderCursor();
+  if (cursorDirty_) saveSshdLog();
   const bool changedMeanwhile = changedWhileBusy_;
   changedWhileBusy_ = false;
   if (!r.changes.empty() || changedMeanwhile) {
@@ -700,35 +700,43 @@ void Daemon::startFirewallWatch() {
   }
 }
 
-void Daemon::stopDefender() {
+void Daemon::stopSshdLog() {
   if (logPoll_ != nullptr) {
     uv_poll_stop(logPoll_);
     uv_close(reinterpret_cast<uv_handle_t*>(logPoll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
     logPoll_ = nullptr;
   }
-  if (cursorDirty_) saveDefenderCursor();
+  if (cursorDirty_) saveSshdLog();
   logSource_.reset();
   failures_.reset();
 }
 
-void Daemon::startDefender() {
-  stopDefender();
+void Daemon::startSshdLog() {
+  stopSshdLog();
   const Config& config = rt_->config;
-  if (!config.defender.enabled || !config.network.managed || config.network.firewall != FirewallMode::kNftables) {
-    return;
+  const bool defender =
+      config.defender.enabled && config.network.managed && config.network.firewall == FirewallMode::kNftables;
+  // Under --root the journal is the real host's, not the sandbox's: the audit then reads a log
+  // file only.
+  audit_ = config.audit.enabled && (config.root.empty() || !config.defender.logFile.empty());
+  if (!defender && !audit_) return;
+  if (defender) {
+    AddressRanges neverBan;
+    for (const auto& c : config.host.alwaysAllow) neverBan.add(c.text);
+    failures_ = std::make_unique<FailureCounter>(config.defender.maxFailures, config.defender.windowS, neverBan);
+    defenderHost_ = std::make_unique<RealHost>(config.root, makeLogger("defender.host"));
   }
-  AddressRanges neverBan;
-  for (const auto& c : config.host.alwaysAllow) neverBan.add(c.text);
-  failures_ = std::make_unique<FailureCounter>(config.defender.maxFailures, config.defender.windowS, neverBan);
-  defenderHost_ = std::make_unique<RealHost>(config.root, makeLogger("defender.host"));
   auto cursor = rt_->state->defenderCursor();
   const std::string kept = cursor ? *cursor : std::string();
   Result<std::unique_ptr<LogSource>> source =
       config.defender.logFile.empty() ? openJournalSource(kept, clock_.nowSeconds() - config.defender.windowS)
                                       : openFileSource(rt_->host->realPath(config.defender.logFile), kept);
+  const std::string readers = std::string(defender ? "the defender" : "") + (defender && audit_ ? " and " : "") +
+                              (audit_ ? "the login audit" : "");
   if (!source) {
-    log_->error("defender: {}: failed password logins are not counted", source.status().message());
+    log_->error("sshd's messages: {}: {} cannot see logins", source.status().message(), readers);
     failures_.reset();
+    audit_ = false;
     return;
   }
   logSource_ = std::move(*source);
@@ -737,13 +745,18 @@ void Daemon::startDefender() {
   if (uv_poll_init(&loop_, logPoll_, logSource_->fd()) != 0) {
     delete logPoll_;
     logPoll_ = nullptr;
-    log_->error("defender: cannot poll {}", logSource_->describe());
+    log_->error("sshd's messages: cannot poll {}: {} cannot see logins", logSource_->describe(), readers);
     logSource_.reset();
+    failures_.reset();
+    audit_ = false;
     return;
   }
   uv_poll_start(logPoll_, UV_READABLE, onLogReadable);
-  log_->info("defender: {} failed password logins within {} s from one address ban it for {} s; reading {}",
-             config.defender.maxFailures, config.defender.windowS, config.defender.banS, logSource_->describe());
+  if (defender) {
+    log_->info("defender: {} failed password logins within {} s from one address ban it for {} s",
+               config.defender.maxFailures, config.defender.windowS, config.defender.banS);
+  }
+  log_->info("{} read sshd's messages from {}", readers, logSource_->describe());
   readSshdLog();
 }
 
@@ -754,26 +767,50 @@ void Daemon::onLogReadable(uv_poll_t* handle, int status, int /*events*/) {
 }
 
 void Daemon::readSshdLog() {
-  if (!logSource_ || !failures_) return;
+  if (!logSource_) return;
   const int64_t now = clock_.nowSeconds();
   const int64_t window = rt_->config.defender.windowS;
   constexpr size_t kBatch = 1000;
   for (;;) {
     auto messages = logSource_->read(kBatch);
     if (!messages) {
-      log_->warn("defender: {}", messages.status().message());
+      log_->warn("sshd's messages: {}", messages.status().message());
       return;
     }
     for (const auto& m : *messages) {
-      auto source = failedAuthSource(m.text);
-      // Failures older than the window (read again after a restart) ban nobody now.
-      if (!source || m.time <= now - window) continue;
-      if (failures_->failure(*source, m.time)) ban(*source);
+      if (failures_) {
+        auto source = failedAuthSource(m.text);
+        // Failures older than the window (read again after a restart) ban nobody now.
+        if (source && m.time > now - window && failures_->failure(*source, m.time)) ban(*source);
+      }
+      if (audit_) audit(m);
     }
     if (!messages->empty()) cursorDirty_ = true;
     if (messages->size() < kBatch) break;
   }
-  if (cursorDirty_ && !busy_) saveDefenderCursor();
+  if (cursorDirty_ && !busy_) saveSshdLog();
+}
+
+void Daemon::audit(const LogMessage& m) {
+  auto e = parseSshdLogin(m.text);
+  if (!e) return;
+  if (e->kind == SshdLoginEvent::Kind::kAccepted) {
+    auto& r = pendingLogins_[{e->user, e->fingerprint}];
+    if (m.time < r.time) return;
+    r = LoginRecord{e->user, e->fingerprint, e->method, m.time, e->address};
+    log_->info("login audit: {} logged in from {} ({}{}{})", e->user, e->address, e->method,
+               e->fingerprint.empty() ? "" : " ", e->fingerprint);
+    if (pendingLogins_.size() > size_t(StateStore::kMaxLogins)) pendingLogins_.erase(pendingLogins_.begin());
+    return;
+  }
+  auto it = pendingFailures_.find(e->address);
+  if (it == pendingFailures_.end()) {
+    // A flood of new addresses while the worker is busy: the state keeps the newest anyway.
+    if (pendingFailures_.size() >= size_t(StateStore::kMaxLoginFailures)) return;
+    it = pendingFailures_.emplace(e->address, LoginFailureRecord{e->address, 0, 0}).first;
+  }
+  it->second.count += 1;
+  it->second.lastTime = std::max(it->second.lastTime, m.time);
 }
 
 void Daemon::ban(const std::string& address) {
@@ -814,13 +851,25 @@ void Daemon::reinstateBans() {
   }
 }
 
-void Daemon::saveDefenderCursor() {
+void Daemon::saveSshdLog() {
   if (!logSource_ || !rt_) return;
-  if (Status s = rt_->state->setDefenderCursor(logSource_->cursor()); !s) {
-    log_->warn("defender: {}", s.message());
+  std::vector<LoginRecord> logins;
+  for (const auto& [key, r] : pendingLogins_) logins.push_back(r);
+  std::vector<LoginFailureRecord> failures;
+  for (const auto& [address, f] : pendingFailures_) failures.push_back(f);
+  // One transaction: the events and the position after them (kept for the next try on failure).
+  if (Status s = rt_->state->recordLogins(logins, failures, logSource_->cursor()); !s) {
+    log_->warn("login audit: {}", s.message());
     return;
   }
+  pendingLogins_.clear();
+  pendingFailures_.clear();
   cursorDirty_ = false;
+  if (logins.empty() && failures.empty()) return;
+  // The last logins are gauges of the metrics file: it follows them, not only the cycles.
+  if (Status m = publishMetrics(*rt_->host, *rt_->state, rt_->config, metrics_, clock_.nowSeconds()); !m) {
+    log_->warn("metrics: {}", m.message());
+  }
 }
 
 void Daemon::onHostSettle(uv_timer_t* handle) {
@@ -979,7 +1028,7 @@ void Daemon::reload() {
   }
   watchFiles();
   startFirewallWatch();
-  startDefender();
+  startSshdLog();
   log_->info("SIGHUP: configuration reloaded: source {}, poll every {} s", rt_->store->describe(),
              config->store.pollIntervalS);
   cycleRequested_ = true;
@@ -1021,7 +1070,7 @@ void Daemon::closeHandles() {
   for (uv_signal_t* h : {&sigterm_, &sigint_, &sighup_}) uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
   closeHostWatches();
   if (nftWatch_) nftWatch_->stop();
-  stopDefender();
+  stopSshdLog();
   for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_, &stopDeadline_})
     uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
   for (uv_fs_event_t* e : {&stateEvents_, &sourceEvents_}) uv_close(reinterpret_cast<uv_handle_t*>(e), nullptr);

@@ -50,6 +50,7 @@
 #include "agent/daemon/backoff.h"
 #include "agent/daemon/defender.h"
 #include "agent/daemon/log_source.h"
+#include "agent/daemon/login_audit.h"
 #include "agent/daemon/metrics.h"
 #include "agent/daemon/nft_watch.h"
 #include "agent/daemon/poll_schedule.h"
@@ -169,16 +170,20 @@ class Daemon {
   static void onStopDeadline(uv_timer_t* handle);
   void watchHost();
   void hostChanged();
-  /// The firewall's drift watch (netlink) and the defender, (re)started with the config.
+  /// The firewall's drift watch (netlink), and sshd's messages for the defender and the login
+  /// audit, (re)started with the config.
   void startFirewallWatch();
-  void startDefender();
-  void stopDefender();
+  void startSshdLog();
+  void stopSshdLog();
   static void onLogReadable(uv_poll_t* handle, int status, int events);
   void readSshdLog();
+  /// Keeps the login or failed login of one of sshd's messages for the next saveSshdLog().
+  void audit(const LogMessage& m);
   void ban(const std::string& address);
   /// Puts the defender's unexpired bans back (after the firewall provider rebuilt the table).
   void reinstateBans();
-  void saveDefenderCursor();
+  /// Records the login audit's pending events and the position in sshd's messages in the state.
+  void saveSshdLog();
   void closeHostWatches();
   struct HostWatch;
   static void closeHostWatch(HostWatch* watch);
@@ -233,6 +238,11 @@ class Daemon {
   std::unique_ptr<RealHost> defenderHost_;  // its own: the worker's runs in parallel
   std::map<std::string, int64_t> bans_;     // address -> until (Unix seconds)
   bool cursorDirty_ = false;
+  // The login audit (agent/daemon/login_audit.h): what was read and is not in the state yet (the
+  // worker may be busy with it), bounded like the state's tables.
+  bool audit_ = false;
+  std::map<std::pair<std::string, std::string>, LoginRecord> pendingLogins_;  // (user, fingerprint)
+  std::map<std::string, LoginFailureRecord> pendingFailures_;                 // address
 
   // Loop thread only.
   bool busy_ = false;

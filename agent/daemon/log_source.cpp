@@ -32,10 +32,13 @@ class JournalSource : public LogSource {
   Status open(const std::string& cursor, int64_t since) {
     int r = sd_journal_open(&journal_, SD_JOURNAL_LOCAL_ONLY | SD_JOURNAL_SYSTEM);
     if (r < 0) return ioError("open the journal", r);
-    // sshd up to 9.7 logs as "sshd"; 9.8 and later as "sshd-session" for authentications.
+    // sshd up to 9.7 logs as "sshd"; 9.8 and later as "sshd-session" for authentications. Any
+    // local user can log with that identifier (logger -t sshd): only root's messages count
+    // (_UID is set by journald, not by the sender; sshd's unprivileged child logs through its
+    // root monitor). Matches of one field are ORed, of different fields ANDed.
     if ((r = sd_journal_add_match(journal_, "SYSLOG_IDENTIFIER=sshd", 0)) < 0 ||
-        (r = sd_journal_add_disjunction(journal_)) < 0 ||
-        (r = sd_journal_add_match(journal_, "SYSLOG_IDENTIFIER=sshd-session", 0)) < 0) {
+        (r = sd_journal_add_match(journal_, "SYSLOG_IDENTIFIER=sshd-session", 0)) < 0 ||
+        (r = sd_journal_add_match(journal_, "_UID=0", 0)) < 0) {
       return ioError("filter the journal", r);
     }
     bool positioned = false;
@@ -85,7 +88,7 @@ class JournalSource : public LogSource {
   }
 
   std::string cursor() const override { return cursor_; }
-  std::string describe() const override { return "the journal (SYSLOG_IDENTIFIER=sshd, sshd-session)"; }
+  std::string describe() const override { return "the journal (SYSLOG_IDENTIFIER=sshd, sshd-session; _UID=0)"; }
 
  private:
   sd_journal* journal_ = nullptr;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <sstream>
 
+#include "agent/daemon/login_audit.h"
 #include "agent/document/document.h"
 
 namespace pim {
@@ -85,6 +86,20 @@ std::string renderMetrics(const MetricsSnapshot& s) {
                                    [&](const char* k) { return kind == k; });
     if (!known) sample(out, "errors_total", entry.second, "kind=\"" + escapeLabel(kind) + "\"");
   }
+  header(out, "key_last_login_timestamp_seconds", "gauge",
+         "Unix time of the last login with each key of the document in force (0: none seen).");
+  for (const auto& [id, time] : s.keyLastLogin)
+    sample(out, "key_last_login_timestamp_seconds", time, "id=\"" + escapeLabel(id) + "\"");
+  header(out, "sftp_account_last_login_timestamp_seconds", "gauge",
+         "Unix time of the last login of each SFTP account of the document in force (0: none seen).");
+  for (const auto& [user, time] : s.accountLastLogin) {
+    sample(out, "sftp_account_last_login_timestamp_seconds", time, "username=\"" + escapeLabel(user) + "\"");
+  }
+  header(out, "failed_logins", "gauge",
+         "Connections that ended during authentication, summed over the source addresses kept (at most 1000).");
+  sample(out, "failed_logins", s.failedLogins);
+  header(out, "failed_login_sources", "gauge", "Source addresses with failed logins kept by the login audit.");
+  sample(out, "failed_login_sources", s.failedLoginSources);
   return out.str();
 }
 
@@ -160,13 +175,24 @@ Result<MetricsSnapshot> snapshotFrom(const StateStore& state, const Config& conf
       return Status::error(ErrorCode::kInvalid,
                            "metrics: generation " + std::to_string(record.generation) + ": " + doc.status().message());
     }
+    auto logins = state.logins();
+    if (!logins) return logins.status();
+    const LoginView view(std::move(*logins));
     for (const auto& key : doc->keys) {
       if (key.installableAt(now)) ++s.keysInstalled;
+      auto last = view.lastKeyLogin(config.host.loginUser, key.key.base64);
+      s.keyLastLogin.emplace_back(key.id, last ? last->time : 0);
     }
     for (const auto& account : doc->accounts) {
       ++(account.active ? s.sftpAccountsActive : s.sftpAccountsInactive);
+      auto last = view.lastUserLogin(account.username);
+      s.accountLastLogin.emplace_back(account.username, last ? last->time : 0);
     }
   }
+  auto failed = state.loginFailures(0);
+  if (!failed) return failed.status();
+  s.failedLogins = failed->total;
+  s.failedLoginSources = failed->sources;
 
   s.lastSuccessTime = counters.lastSuccessTime();
   if (!s.lastSuccessTime) {

@@ -8,6 +8,8 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "agent/config/config.h"
 #include "agent/cycle/cycle.h"
@@ -42,6 +44,11 @@ struct MetricsSnapshot {
   uint64_t permissionFixes = 0;            // entries whose mode/group was fixed (counter)
   uint64_t bansTotal = 0;                  // addresses the defender banned (counter)
   std::map<std::string, uint64_t> errors;  // kind -> count (counter); kinds above
+  // The login audit, for the keys and accounts of the document in force (0: no login seen).
+  std::vector<std::pair<std::string, int64_t>> keyLastLogin;      // key id -> Unix seconds
+  std::vector<std::pair<std::string, int64_t>> accountLastLogin;  // username -> Unix seconds
+  int64_t failedLogins = 0;                                       // over the sources kept
+  int64_t failedLoginSources = 0;
 };
 
 /// Renders the snapshot in the Prometheus text format (version 0.0.4): HELP and TYPE lines for

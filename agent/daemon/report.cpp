@@ -12,10 +12,12 @@
 #include <ctime>
 #include <sstream>
 
+#include "agent/daemon/login_audit.h"
 #include "agent/document/document.h"
 #include "agent/document/validators.h"
 #include "agent/store/http_store_client.h"
 #include "agent/store/signature.h"
+#include "providers/core/text_fields.h"
 #include "providers/host/real_host.h"
 
 #ifndef PIM_VERSION
@@ -27,15 +29,7 @@ namespace {
 
 constexpr size_t kMaxHostKeyBytes = 16 * 1024;
 constexpr int kReportVersion = 1;
-
-std::string isoUtc(int64_t t) {
-  const std::time_t tt = static_cast<std::time_t>(t);
-  std::tm tm{};
-  gmtime_r(&tt, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
+constexpr int64_t kTopFailedSources = 10;
 
 Poco::Dynamic::Var orNull(const std::optional<int64_t>& v) { return v ? Poco::Dynamic::Var(*v) : Poco::Dynamic::Var(); }
 Poco::Dynamic::Var orNull(const std::string& v) { return v.empty() ? Poco::Dynamic::Var() : Poco::Dynamic::Var(v); }
@@ -87,6 +81,12 @@ Result<ReportSnapshot> snapshotForReport(const StateStore& state, const CycleRep
   auto poll = state.pollStatus();
   if (!poll) return poll.status();
   s.poll = *poll;
+  auto logins = state.logins();
+  if (!logins) return logins.status();
+  s.logins = std::move(*logins);
+  auto failed = state.loginFailures(kTopFailedSources);
+  if (!failed) return failed.status();
+  s.failedLogins = std::move(*failed);
   return s;
 }
 
@@ -161,7 +161,7 @@ std::string reportJson(const Config& config, const ReportSnapshot& s, const std:
   root->set("report_version", kReportVersion);
   root->set("report_id", reportId);
   root->set("sequence", sequence);
-  root->set("time", isoUtc(s.time));
+  root->set("time", isoTime(s.time));
   root->set("instance", orNull(instance));
   root->set("agent_version", std::string(PIM_VERSION));
   root->set("generation", g ? orNull(g->generation) : Poco::Dynamic::Var());
@@ -215,6 +215,7 @@ std::string reportJson(const Config& config, const ReportSnapshot& s, const std:
   };
   auto keys = Poco::JSON::Array::Ptr(new Poco::JSON::Array);
   auto accounts = Poco::JSON::Array::Ptr(new Poco::JSON::Array);
+  const LoginView logins(s.logins);
   if (doc) {
     for (const auto& k : doc->keys) {
       std::string why = skippedReason(k.id);
@@ -226,7 +227,7 @@ std::string reportJson(const Config& config, const ReportSnapshot& s, const std:
       o->set("owner", k.owner);
       o->set("installed", installed(why));
       o->set("reason", orNull(why));
-      o->set("last_login", Poco::Dynamic::Var());  // filled by the login audit
+      o->set("last_login", lastLoginJson(logins.lastKeyLogin(config.host.loginUser, k.key.base64)));
       keys->add(o);
     }
     for (const auto& a : doc->accounts) {
@@ -238,12 +239,13 @@ std::string reportJson(const Config& config, const ReportSnapshot& s, const std:
       o->set("username", a.username);
       o->set("installed", installed(why));
       o->set("reason", orNull(why));
-      o->set("last_login", Poco::Dynamic::Var());  // filled by the login audit
+      o->set("last_login", lastLoginJson(logins.lastUserLogin(a.username)));
       accounts->add(o);
     }
   }
   root->set("keys", keys);
   root->set("accounts", accounts);
+  root->set("failed_logins", failedLoginsJson(s.failedLogins));
 
   auto hostKeyArray = Poco::JSON::Array::Ptr(new Poco::JSON::Array);
   for (const auto& k : hostKeys) {

@@ -37,7 +37,9 @@ struct ReportSnapshot {
   std::optional<GenerationRecord> inForce;  // lastApplied(), body included
   std::optional<int64_t> pin;
   PollStatus poll;
-  int64_t time = 0;  // Unix seconds, when the cycle ended
+  int64_t time = 0;                        // Unix seconds, when the cycle ended
+  std::vector<LoginRecord> logins;         // the login audit's records
+  StateStore::LoginFailures failedLogins;  // the sources with the most failed logins
 };
 
 /// Whether a cycle's report is due: it changed something or did not succeed (exit code != 0;
@@ -47,7 +49,7 @@ bool reportDue(const CycleReport& cycle, std::optional<std::chrono::steady_clock
                std::chrono::seconds interval);
 
 /// Reads what a report needs from the state database (call where the state may be read: the
-/// worker after its cycle, or `once`).
+/// worker after its cycle, or `once`); the report lists the 10 sources with the most failed logins.
 Result<ReportSnapshot> snapshotForReport(const StateStore& state, const CycleReport& cycle, int64_t now);
 
 /// The SHA256 fingerprint of a public key blob as `ssh-keygen -l` prints it: "SHA256:" and the

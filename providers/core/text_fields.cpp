@@ -1,6 +1,7 @@
 #include "providers/core/text_fields.h"
 
 #include <cstdio>
+#include <ctime>
 
 namespace pim {
 
@@ -29,6 +30,15 @@ std::string trimmed(const std::string& s) {
 std::string octalMode(unsigned mode) {
   char buf[16];
   std::snprintf(buf, sizeof buf, "%04o", mode & 07777u);
+  return buf;
+}
+
+std::string isoTime(int64_t unixSeconds) {
+  const std::time_t tt = static_cast<std::time_t>(unixSeconds);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
 }
 

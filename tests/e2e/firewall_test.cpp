@@ -428,15 +428,41 @@ TEST_CASE("e2e firewall: the defender reads sshd's failures from a real journal 
   host.agent().setDocument(renderDocument(doc));
   AgentDaemon daemon(host.agent().configPath(), host.tmp().file("daemon.log"));
   INFO("daemon log:\n" << daemon.log());
-  REQUIRE(eventually([&] { return contains(daemon.log(), "reading the journal"); }));
+  REQUIRE(eventually([&] { return contains(daemon.log(), "sshd's messages from the journal"); }));
   REQUIRE(eventually([] { return contains(nftTable(), "reject with tcp reset"); }));
   auto attempt = [&](const std::string& pw) {
     return host.sshd().sftpOver(net.from(kAllowed4), "akeneosftp", Credential::withPassword(pw), "pwd\n");
   };
   waitForAccount(host, "akeneosftp", password);
+  // Any local user can log as "sshd" (systemd-cat -t sshd): its forged failures frame nobody
+  // (only root's messages count) and its forged logins are not recorded.
+  const std::string forged =
+      "Failed password for akeneosftp from 198.51.100.11 port 1 ssh2\n"
+      "Failed password for akeneosftp from 198.51.100.11 port 2 ssh2\n"
+      "Failed password for akeneosftp from 198.51.100.11 port 3 ssh2\n";
+  auto forge = [](const std::string& lines) {
+    return runCommand({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "systemd-cat", "-t", "sshd"},
+                      lines)
+        .exit;
+  };
+  REQUIRE(forge(forged) == 0);
   REQUIRE(attempt(password).exit == 0);
+  REQUIRE(forge("Accepted password for akeneosftp from 198.51.100.11 port 4 ssh2\n") == 0);
   for (int i = 0; i < 3; ++i) CHECK(attempt("wrong").exit != 0);
   INFO("journal:\n" << runCommand({"journalctl", "-t", "sshd", "--no-pager", "-o", "cat"}).out);
+  // The forged lines are in the journal (written before the real ones, read before them).
+  CHECK(contains(runCommand({"journalctl", "-t", "sshd", "--no-pager", "-o", "cat"}).out, "198.51.100.11 port 3"));
   CHECK(eventually([&] { return contains(attempt(password).err, "Connection refused"); }, std::chrono::seconds(5)));
   CHECK(contains(daemon.log(), "198.51.100.10 banned for 900 s"));
+  CHECK_FALSE(contains(daemon.log(), "198.51.100.11 banned"));
+  CHECK_FALSE(contains(nftTable(), "198.51.100.11"));
+  // The real password login is the account's last one, from the client's address.
+  auto lastLogin = [&]() -> std::string {
+    auto accounts = host.status()->getArray("accounts");
+    if (!accounts || accounts->size() != 1) return "no account";
+    auto last = accounts->getObject(0)->getObject("last_login");
+    return last ? last->getValue<std::string>("address") : "none";
+  };
+  CHECK(eventually([&] { return lastLogin() != "none"; }));
+  CHECK(lastLogin() == "198.51.100.10");
 }

@@ -40,9 +40,10 @@ TEST_CASE("config: [network] firewall and [defender]", "[config][firewall]") {
   CHECK(d->defender.windowS == 600);
   CHECK(d->defender.banS == 900);
   CHECK(d->defender.logFile.empty());
+  CHECK(d->audit.enabled);
   auto c = pim::parseConfig(
       "[network]\nfirewall = off\nnft_binary = /opt/nft\n[defender]\nenabled = false\nmax_failures = 3\n"
-      "window_s = 60\nban_s = 30\nlog_file = /var/log/auth.log\n");
+      "window_s = 60\nban_s = 30\nlog_file = /var/log/auth.log\n[audit]\nenabled = false\n");
   REQUIRE(c.isOk());
   CHECK(c->network.firewall == pim::FirewallMode::kOff);
   CHECK(c->network.nftBinary == "/opt/nft");
@@ -51,6 +52,7 @@ TEST_CASE("config: [network] firewall and [defender]", "[config][firewall]") {
   CHECK(c->defender.windowS == 60);
   CHECK(c->defender.banS == 30);
   CHECK(c->defender.logFile == "/var/log/auth.log");
+  CHECK_FALSE(c->audit.enabled);
   for (const auto& [text, key] :
        std::vector<std::pair<std::string, std::string>>{{"[network]\nfirewall = iptables\n", "network.firewall"},
                                                         {"[network]\nfirewall =\n", "network.firewall"},
@@ -60,7 +62,9 @@ TEST_CASE("config: [network] firewall and [defender]", "[config][firewall]") {
                                                         {"[defender]\nwindow_s = -1\n", "defender.window_s"},
                                                         {"[defender]\nban_s = soon\n", "defender.ban_s"},
                                                         {"[defender]\nlog_file = auth.log\n", "defender.log_file"},
-                                                        {"[defender]\nbogus = 1\n", "defender.bogus"}}) {
+                                                        {"[defender]\nbogus = 1\n", "defender.bogus"},
+                                                        {"[audit]\nenabled = 1\n", "audit.enabled"},
+                                                        {"[audit]\nlog_file = /x\n", "audit.log_file"}}) {
     INFO(text);
     auto r = pim::parseConfig(text);
     REQUIRE_FALSE(r.isOk());

@@ -61,6 +61,10 @@ MetricsSnapshot fullSnapshot() {
   s.permissionFixes = 15;
   s.bansTotal = 2;
   s.errors = {{"store", 5}, {"apply", 1}, {"internal", 0}, {"rejected", 2}, {"permissions", 3}};
+  s.keyLastLogin = {{"k-alice", 1763719100}, {"k-\"odd\"", 0}};
+  s.accountLastLogin = {{"acme", 1763719000}};
+  s.failedLogins = 12;
+  s.failedLoginSources = 3;
   return s;
 }
 
@@ -165,7 +169,11 @@ TEST_CASE("metrics: every metric has HELP and TYPE before its samples", "[metric
                                           "pim_access_agent_skipped_entries",
                                           "pim_access_agent_permission_fixes_total",
                                           "pim_access_agent_bans_total",
-                                          "pim_access_agent_errors_total"};
+                                          "pim_access_agent_errors_total",
+                                          "pim_access_agent_key_last_login_timestamp_seconds",
+                                          "pim_access_agent_sftp_account_last_login_timestamp_seconds",
+                                          "pim_access_agent_failed_logins",
+                                          "pim_access_agent_failed_login_sources"};
   REQUIRE(sampled == expected);
   REQUIRE(typed == expected);
 }
@@ -275,6 +283,24 @@ TEST_CASE("metrics: snapshot counts the document in force", "[metrics]") {
   REQUIRE(pinned.isOk());
   CHECK(pinned->pinned);
   CHECK_FALSE(pinned->reloadPending);
+
+  // The login audit: k-alice's fingerprint (ssh-keygen -l) logged in as the login user, the
+  // account with a password; failures summed over their sources.
+  REQUIRE(store
+              ->recordLogins({{"akeneo", "SHA256:h5SgJuZRFyXhHe1unT758WQC0467LmMwowjsmtdQTyU", "publickey", kNow - 5,
+                               "198.51.100.20"},
+                              {"bob", "SHA256:h5SgJuZRFyXhHe1unT758WQC0467LmMwowjsmtdQTyU", "publickey", kNow, "x"},
+                              {"akeneosftp", "", "password", kNow - 9, "198.51.100.21"}},
+                             {{"203.0.113.9", 4, kNow}, {"2001:db8::9", 1, kNow}}, "")
+              .isOk());
+  auto audited = pim::snapshotFrom(*store, config, counters, kNow);
+  REQUIRE(audited.isOk());
+  using Seen = std::vector<std::pair<std::string, int64_t>>;
+  CHECK(audited->keyLastLogin ==
+        Seen{{"k-alice", kNow - 5}, {"k-bob", 0}, {"k-carol-old", 0}, {"k-dave", 0}});  // k-bad was skipped
+  CHECK(audited->accountLastLogin == Seen{{"akeneosftp", kNow - 9}, {"oldpartner", 0}});
+  CHECK(audited->failedLogins == 5);
+  CHECK(audited->failedLoginSources == 2);
 
   // A reload of sshd owed since a failed one shows until sshd reloads.
   REQUIRE(store->setReloadPending("reload sshd (systemctl reload ssh): exit code 1").isOk());

@@ -93,6 +93,7 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
   CHECK(c.defender.windowS == d.defender.windowS);
   CHECK(c.defender.banS == d.defender.banS);
   CHECK(c.defender.logFile == d.defender.logFile);
+  CHECK(c.audit.enabled == d.audit.enabled);
   CHECK(c.state.db == d.state.db);
   CHECK(c.state.metricsFile == d.state.metricsFile);
 
@@ -129,6 +130,7 @@ TEST_CASE("packaging: every key of agent.ini, uncommented, is known and shows it
                                           "defender.window_s",
                                           "defender.ban_s",
                                           "defender.log_file",
+                                          "audit.enabled",
                                           "state.db",
                                           "state.metrics_file"};
   CHECK(keysOf(text) == expected);

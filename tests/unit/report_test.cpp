@@ -20,7 +20,9 @@
 
 #include "agent/config/config.h"
 #include "agent/daemon/daemon.h"
+#include "agent/daemon/login_audit.h"
 #include "agent/daemon/report.h"
+#include "agent/document/document.h"
 #include "agent/store/http_store_client.h"
 #include "providers/host/real_host.h"
 #include "tests/unit/agent_process.h"
@@ -129,6 +131,41 @@ TEST_CASE("report: host key fingerprints are ssh-keygen's; hostile files are rep
   storetest::StoreTestDir empty;
   RealHost bare(empty.path(), makeLogger("host"));
   CHECK(readHostKeys(bare).empty());
+}
+
+TEST_CASE("report: the login audit's last logins and failed logins", "[report][audit]") {
+  const std::string body = keysDocument(1, {"k-used", "k-idle"});
+  auto doc = parseDocument(body, DocumentOptions{});
+  REQUIRE(doc.isOk());
+  REQUIRE(doc->keys.size() == 2);
+  const std::string usedFp = fingerprintOfBase64(doc->keys[0].key.base64);
+  REQUIRE_FALSE(usedFp.empty());
+  ReportSnapshot s;
+  s.time = 1796544000;
+  GenerationRecord g;
+  g.generation = 3;
+  g.revision = 1;
+  g.body = body;
+  g.outcome = GenerationOutcome::kApplied;
+  s.inForce = g;
+  // The used key's login as the login user; the same key as another user is not its login.
+  s.logins = {{"akeneo", usedFp, "publickey", 1796543000, "198.51.100.20"},
+              {"other", fingerprintOfBase64(doc->keys[1].key.base64), "publickey", 1796543500, "198.51.100.21"}};
+  s.failedLogins.total = 7;
+  s.failedLogins.sources = 1;
+  s.failedLogins.top = {{"203.0.113.9", 7, 1796543900}};
+  auto report = parseObject(reportJson(Config{}, s, {}, "run-1", 1));
+  auto keys = report->getArray("keys");
+  REQUIRE(keys->size() == 2);
+  auto used = keys->getObject(0)->getObject("last_login");
+  REQUIRE(used);
+  CHECK(used->getValue<std::string>("time") == "2026-12-06T07:43:20Z");
+  CHECK(used->getValue<std::string>("address") == "198.51.100.20");
+  CHECK(used->getValue<std::string>("method") == "publickey");
+  CHECK(keys->getObject(1)->isNull("last_login"));
+  auto failed = report->getObject("failed_logins");
+  CHECK(failed->getValue<int64_t>("total") == 7);
+  CHECK(failed->getArray("top")->getObject(0)->getValue<std::string>("address") == "203.0.113.9");
 }
 
 TEST_CASE("report: due after a change or a failure, else once per interval", "[report]") {
