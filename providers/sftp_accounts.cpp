@@ -480,8 +480,10 @@ std::vector<Status> SftpAccountsProvider::applyAll(const std::vector<Action>& ac
     }
   }
 
-  // 4. The rest, in order.
+  // 4. The rest, in order; the removals (last, after the keys they had) as one rewrite of the
+  //    account files instead of a userdel each.
   for (size_t i = 0; i < actions.size(); ++i) {
+    if (!done[i] && actions[i].verb == "remove") removeBatch(actions, i, tool, settle, failed, done);
     if (done[i]) continue;
     if (!mayRun(actions[i], failed)) {
       out[i] = Status::error(ErrorCode::kInternal, kNotAppliedAfterFailure);
@@ -490,6 +492,49 @@ std::vector<Status> SftpAccountsProvider::applyAll(const std::vector<Action>& ac
     settle(i, apply(actions[i], desired, host));
   }
   return out;
+}
+
+void SftpAccountsProvider::removeBatch(const std::vector<Action>& actions, size_t first, AccountsTool& tool,
+                                       const std::function<void(size_t, Status)>& settle,
+                                       const std::set<std::string>& failed, const std::vector<bool>& done) {
+  std::vector<size_t> batch;
+  std::vector<std::string> names;
+  for (size_t i = first; i < actions.size(); ++i) {
+    if (done[i] || actions[i].verb != "remove" || !mayRun(actions[i], failed)) continue;
+    if (!ledger_.owns("user", actions[i].object)) continue;  // apply() refuses it, by name
+    batch.push_back(i);
+    names.push_back(actions[i].object);
+  }
+  if (batch.size() < 2) return;
+  const std::vector<Status> removed = tool.removeUsers(names);
+  std::vector<std::string> gone;
+  std::vector<size_t> goneIdx;
+  for (size_t k = 0; k < batch.size(); ++k) {
+    const size_t i = batch[k];
+    const Status& r = removed[k];
+    if (r) {
+      gone.push_back(names[k]);
+      goneIdx.push_back(i);
+    } else if (r.code() == ErrorCode::kBusy && r.message().find("a process runs as the user") != std::string::npos) {
+      // As userdel's exit 8: an open SFTP session; locked now, removed at the next cycle.
+      Status l = tool.lockAccount(names[k]);
+      if (l) {
+        const std::string report = "user " + names[k] + " still runs processes: locked now, removal retried next cycle";
+        log_->warn("{}", report);
+        reports_.push_back(report);
+      }
+      settle(i, l);
+    } else if (r.code() != ErrorCode::kInvalid) {
+      settle(i, r);
+    }
+    // kInvalid: a name only userdel handles; apply() removes it alone.
+  }
+  if (gone.empty()) return;
+  Status recorded = ledger_.recordRemovedAll("user", gone);
+  for (size_t k = 0; k < goneIdx.size(); ++k) {
+    if (recorded) log_->info("{}", actions[goneIdx[k]].describe());
+    settle(goneIdx[k], recorded);
+  }
 }
 
 std::vector<Action> SftpAccountsProvider::containActions(const std::string& subject, const Desired& desired,

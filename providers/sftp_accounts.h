@@ -50,6 +50,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -153,12 +154,19 @@ class SftpAccountsProvider : public Provider {
   std::vector<std::string> reports() const override { return reports_; }
   /// Batches what one process can do for many accounts: the new accounts (intents in one ledger
   /// write, then one systemd-sysusers run), the passwords (one chpasswd -e), the intents of the
-  /// keys files (one ledger write); the rest goes through apply() in order.
+  /// keys files (one ledger write), the removals (one rewrite of the account files,
+  /// AccountsTool::removeUsers, and one ledger write); the rest goes through apply() in order.
   std::vector<Status> applyAll(const std::vector<Action>& actions, const Desired& desired, Host& host) override;
   /// A "lock" of `subject` when it is an owned, existing account not yet locked for every method.
   std::vector<Action> containActions(const std::string& subject, const Desired& desired, Host& host) override;
 
  private:
+  /// Removes the owned accounts of the "remove" actions from `first` on in one batch (when
+  /// there are two or more), settling each; a name the batch leaves to userdel stays undone.
+  void removeBatch(const std::vector<Action>& actions, size_t first, AccountsTool& tool,
+                   const std::function<void(size_t, Status)>& settle, const std::set<std::string>& failed,
+                   const std::vector<bool>& done);
+
   Ledger& ledger_;
   Logger log_;
   std::vector<SkippedEntry> skipped_;

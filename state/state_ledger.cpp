@@ -29,6 +29,12 @@ Status StateLedger::recordCreatedAll(const std::string& kind, const std::vector<
   return state_.addOwnedAll(*k, names, generation_);
 }
 
+Status StateLedger::recordRemovedAll(const std::string& kind, const std::vector<std::string>& names) {
+  auto k = parseOwnedKind(kind);
+  if (!k) return Status::error(ErrorCode::kInternal, "ledger: unknown kind " + kind);
+  return state_.removeOwnedAll(*k, names);
+}
+
 Status StateLedger::recordRemoved(const std::string& kind, const std::string& name) {
   auto k = parseOwnedKind(kind);
   if (!k) return Status::error(ErrorCode::kInternal, "ledger: unknown kind " + kind);

@@ -19,6 +19,7 @@ class StateLedger : public Ledger {
   Status recordRemoved(const std::string& kind, const std::string& name) override;
   /// One transaction for all of them.
   Status recordCreatedAll(const std::string& kind, const std::vector<std::string>& names) override;
+  Status recordRemovedAll(const std::string& kind, const std::vector<std::string>& names) override;
 
  private:
   StateStore& state_;

@@ -1005,6 +1005,21 @@ Status StateStore::removeOwned(OwnedKind kind, const std::string& name) {
   return stmt->run();
 }
 
+Status StateStore::removeOwnedAll(OwnedKind kind, const std::vector<std::string>& names) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const std::string what =
+      std::string("forget ") + std::to_string(names.size()) + " owned " + ownedKindName(kind) + " in";
+  auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
+  if (!txn) return txn.status();
+  auto stmt = Statement::prepare(*db_, sql::kDeleteOwned, what);
+  if (!stmt) return stmt.status();
+  for (const auto& name : names) {
+    stmt->bind(1, ownedKindName(kind)).bind(2, name);
+    if (Status st = stmt->run(); !st) return st;
+  }
+  return (*txn)->commit();
+}
+
 Result<bool> StateStore::isOwned(OwnedKind kind, const std::string& name) const {
   std::lock_guard<std::mutex> lock(mutex_);
   const std::string what = std::string("read owned ") + ownedKindName(kind) + " " + name + " from";

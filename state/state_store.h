@@ -144,6 +144,8 @@ class StateStore {
   Status addOwnedAll(OwnedKind kind, const std::vector<std::string>& names, std::optional<int64_t> generation);
   /// Forgets an owned object (after the agent removed it). Idempotent.
   Status removeOwned(OwnedKind kind, const std::string& name);
+  /// removeOwned() for several names of one kind, in one transaction.
+  Status removeOwnedAll(OwnedKind kind, const std::vector<std::string>& names);
   /// True when the agent created object `name` of `kind`.
   Result<bool> isOwned(OwnedKind kind, const std::string& name) const;
   /// The names of the owned objects of `kind`, sorted.

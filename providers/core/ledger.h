@@ -31,6 +31,13 @@ class Ledger {
     }
     return Status::ok();
   }
+  /// Forgets several removed objects of one kind at once (one durable write in a database).
+  virtual Status recordRemovedAll(const std::string& kind, const std::vector<std::string>& names) {
+    for (const auto& name : names) {
+      if (Status s = recordRemoved(kind, name); !s) return s;
+    }
+    return Status::ok();
+  }
 };
 
 /// A Ledger in memory (for `plan`, tests, and as the write-back cache of the database ledger).

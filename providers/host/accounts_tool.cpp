@@ -1,10 +1,19 @@
 #include "providers/host/accounts_tool.h"
 #include "providers/host/account_files.h"
 
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 #include "providers/core/text_fields.h"
 
 namespace pim {
@@ -274,6 +283,234 @@ Status AccountsTool::unlockAccount(const std::string& user, const std::optional<
 Status AccountsTool::removeUser(const std::string& user) {
   if (Status s = checkName("user", user); !s) return s;
   return runTool("userdel", {user});
+}
+
+namespace {
+
+// The locks the shadow tools take before they rewrite the account files: an fcntl lock on
+// /etc/.pwd.lock (lckpwdf(3); systemd-sysusers takes the same) and, for each file, FILE.lock
+// holding the owner's pid (shadow's commonio; a lock whose process is gone is stale). Released,
+// in reverse, on destruction. Waits up to 15 s, as lckpwdf does.
+class AccountFilesLock {
+ public:
+  AccountFilesLock(Host& host, std::vector<std::string> files) : host_(host), files_(std::move(files)) {}
+  ~AccountFilesLock() {
+    for (auto it = held_.rbegin(); it != held_.rend(); ++it) ::unlink(it->c_str());
+    if (fd_ >= 0) ::close(fd_);
+  }
+  AccountFilesLock(const AccountFilesLock&) = delete;
+  AccountFilesLock& operator=(const AccountFilesLock&) = delete;
+
+  Status take() {
+    const std::string pwdLock = host_.realPath("/etc/.pwd.lock");
+    fd_ = ::open(pwdLock.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd_ < 0) return Status::error(ErrorCode::kIo, "lock " + pwdLock + ": " + std::strerror(errno), pwdLock);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    while (::fcntl(fd_, F_SETLK, &fl) != 0) {
+      if ((errno != EACCES && errno != EAGAIN) || std::chrono::steady_clock::now() > deadline) {
+        return Status::error(ErrorCode::kBusy, "lock " + pwdLock + ": " + std::strerror(errno), pwdLock);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    for (const auto& f : files_) {
+      if (Status s = lockFile(host_.realPath(f) + ".lock", deadline); !s) return s;
+    }
+    return Status::ok();
+  }
+
+ private:
+  Status lockFile(const std::string& lock, std::chrono::steady_clock::time_point deadline) {
+    const std::string pid = std::to_string(::getpid());
+    for (;;) {
+      int fd = ::open(lock.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+      if (fd >= 0) {
+        const bool written = ::write(fd, pid.data(), pid.size()) == ssize_t(pid.size());
+        ::close(fd);
+        held_.push_back(lock);
+        if (!written) return Status::error(ErrorCode::kIo, "write " + lock, lock);
+        return Status::ok();
+      }
+      if (errno != EEXIST) return Status::error(ErrorCode::kIo, "lock " + lock + ": " + std::strerror(errno), lock);
+      // Held: by a live process (wait), or stale (its process is gone: removed, as shadow does).
+      std::string owner;
+      if (int in = ::open(lock.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW); in >= 0) {
+        char buf[32] = {};
+        const ssize_t n = ::read(in, buf, sizeof buf - 1);
+        ::close(in);
+        if (n > 0) owner.assign(buf, size_t(n));
+      }
+      const long holder = std::atol(owner.c_str());
+      if (holder > 0 && ::kill(pid_t(holder), 0) != 0 && errno == ESRCH) {
+        ::unlink(lock.c_str());
+        continue;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        return Status::error(ErrorCode::kBusy, lock + " is held by process " + trimmed(owner), lock);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+
+  Host& host_;
+  std::vector<std::string> files_;
+  int fd_ = -1;
+  std::vector<std::string> held_;
+};
+
+// Whether a process runs as `uid` (any of its real, effective, saved or file-system uids), as
+// userdel checks before it removes a user (/proc/PID/status, "Uid:").
+bool uidBusy(Host& host, const std::set<int64_t>& uids, std::set<int64_t>& busy) {
+  auto pids = host.listDirectory("/proc");
+  if (!pids) return false;
+  for (const auto& pid : *pids) {
+    if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in("/proc/" + pid + "/status");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("Uid:", 0) != 0) continue;
+      std::istringstream fields(line.substr(4));
+      int64_t id = 0;
+      while (fields >> id) {
+        if (uids.count(id)) busy.insert(id);
+      }
+      break;
+    }
+  }
+  return !busy.empty();
+}
+
+// `text` (group(5) or gshadow(5)) without `names` in the comma-separated lists of fields
+// `listFields`; lines that do not name them are kept byte for byte.
+std::string withoutMembers(const std::string& text, const std::set<std::string>& names,
+                           const std::vector<size_t>& listFields) {
+  std::string out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto fields = splitFields(line, ':');
+    bool changed = false;
+    for (size_t f : listFields) {
+      if (f >= fields.size() || fields[f].empty()) continue;
+      std::string kept;
+      for (const auto& m : splitFields(fields[f], ',')) {
+        if (names.count(m)) {
+          changed = true;
+          continue;
+        }
+        kept += (kept.empty() ? "" : ",") + m;
+      }
+      fields[f] = kept;
+    }
+    if (changed) {
+      line.clear();
+      for (size_t i = 0; i < fields.size(); ++i) line += (i ? ":" : "") + fields[i];
+    }
+    out += line + "\n";
+  }
+  return out;
+}
+
+// `text` (passwd(5) or shadow(5)) without the lines of `names`.
+std::string withoutUsers(const std::string& text, const std::set<std::string>& names) {
+  std::string out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    const std::string name = line.substr(0, line.find(':'));
+    if (line.find(':') != std::string::npos && names.count(name)) continue;
+    out += line + "\n";
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<Status> AccountsTool::removeUsers(const std::vector<std::string>& names) {
+  std::vector<Status> out(names.size(), Status::ok());
+  auto failAll = [&](const Status& s) {
+    for (auto& o : out) {
+      if (o) o = s;
+    }
+    return out;
+  };
+  if (names.empty()) return out;
+  const std::vector<std::string> files = {"/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow"};
+  AccountFilesLock lock(host_, files);
+  if (Status s = lock.take(); !s) return failAll(s);
+  std::map<std::string, std::string> text;
+  auto exists = [&](const std::string& f) {
+    auto st = host_.lstat(f);
+    return st && st->type != FileType::kNone;
+  };
+  for (const auto& f : files) {
+    if (f == "/etc/gshadow" && !exists(f)) continue;  // optional, as for the shadow tools
+    auto t = host_.readFile(f, kMaxShadowBytes);
+    if (!t) return failAll(t.status());
+    text[f] = *t;
+  }
+  std::string subIds;
+  for (const char* f : {"/etc/subuid", "/etc/subgid"}) {
+    if (!exists(f)) continue;
+    auto t = host_.readFile(f, kMaxShadowBytes);
+    if (!t) return failAll(t.status());
+    subIds += "\n" + *t;
+  }
+  const auto users = parsePasswd(text["/etc/passwd"]);
+  const auto groups = parseGroup(text["/etc/group"]);
+  std::set<std::string> removing;
+  std::map<int64_t, std::vector<size_t>> byUid;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const std::string& name = names[i];
+    auto u = users.find(name);
+    if (Status s = checkName("user", name); !s) {
+      out[i] = s;
+    } else if (u == users.end()) {
+      out[i] = Status::error(ErrorCode::kNotFound, "remove user " + name + ": not in /etc/passwd");
+    } else if (groups.count(name) || subIds.find("\n" + name + ":") != std::string::npos) {
+      out[i] = Status::error(ErrorCode::kInvalid, "remove user " + name + ": has its own group or subordinate ids");
+    } else {
+      byUid[u->second.uid].push_back(i);
+    }
+  }
+  if (host_.root().empty() && !byUid.empty()) {
+    std::set<int64_t> uids, busy;
+    for (const auto& [uid, idx] : byUid) uids.insert(uid);
+    if (uidBusy(host_, uids, busy)) {
+      for (int64_t uid : busy) {
+        for (size_t i : byUid[uid]) {
+          out[i] = Status::error(ErrorCode::kBusy, "remove user " + names[i] + ": a process runs as the user");
+        }
+        byUid.erase(uid);
+      }
+    }
+  }
+  for (const auto& [uid, idx] : byUid) {
+    for (size_t i : idx) removing.insert(names[i]);
+  }
+  if (removing.empty()) return out;
+  // Shadow first: a crash part-way leaves an account without its password, never one more.
+  for (const auto& f : {"/etc/shadow", "/etc/gshadow", "/etc/group", "/etc/passwd"}) {
+    auto it = text.find(f);
+    if (it == text.end()) continue;
+    const std::string next = std::string(f) == "/etc/gshadow" ? withoutMembers(it->second, removing, {2, 3})
+                             : std::string(f) == "/etc/group" ? withoutMembers(it->second, removing, {3})
+                                                              : withoutUsers(it->second, removing);
+    if (next == it->second) continue;
+    auto st = host_.lstat(f);
+    if (!st) return failAll(st.status());
+    if (Status s = host_.writeFileAtomic(f, next, Ownership{st->mode & 07777, st->uid, st->gid}); !s) {
+      return failAll(s);
+    }
+  }
+  // Name-service caches, as the shadow tools flush them.
+  if (host_.root().empty() && ::access("/usr/sbin/nscd", X_OK) == 0) {
+    (void)host_.run({"/usr/sbin/nscd", "-i", "passwd"});
+    (void)host_.run({"/usr/sbin/nscd", "-i", "group"});
+  }
+  return out;
 }
 
 Result<std::optional<ShadowEntry>> AccountsTool::shadow(const std::string& user) {

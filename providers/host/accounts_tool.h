@@ -77,6 +77,16 @@ class AccountsTool {
   Status unlockAccount(const std::string& user, const std::optional<std::string>& hash);
   /// userdel NAME (never -r: homes and files are left in place). Errors: kCommand.
   Status removeUser(const std::string& user);
+  /// Removes many accounts at once as userdel (without -r) removes each: their passwd and shadow
+  /// lines go, their names leave the member (and gshadow administrator) lists, homes and files
+  /// stay. No tool does this for many accounts (userdel rewrites and re-reads the four files per
+  /// account): one lock, taken as the shadow tools take it (/etc/.pwd.lock with fcntl, as
+  /// lckpwdf and systemd-sysusers do, and the FILE.lock files), and one atomic rewrite per file
+  /// (shadow, gshadow, group, then passwd) for all of them. One Status per name, in order:
+  /// kNotFound (not in passwd), kBusy (a process runs as the user; checked without --root only,
+  /// as userdel does), kInvalid (a name only userdel handles: a group of the same name, subuid
+  /// or subgid ranges, a bad name: use removeUser), or the error that stopped the rewrite.
+  std::vector<Status> removeUsers(const std::vector<std::string>& names);
   /// Creates many system accounts at once: one run of systemd-sysusers (one lock and one rewrite
   /// of the account files for all of them, where useradd rewrites and re-reads them per account),
   /// each with a free UID of login.defs' system range (SYS_UID_MIN..SYS_UID_MAX, default 100..999,

@@ -315,3 +315,51 @@ TEST_CASE("e2e access: a source outside allowed_sources and always_allow is refu
   requireSftpOk(sftpFrom(Credential::key(accountKey), "127.0.0.1"), host.sshd(), "sftp from .1, empty list");
   checkRefused(sftpFrom(Credential::key(accountKey), "127.0.0.2"), "sftp from .2, empty list");
 }
+
+TEST_CASE("e2e sftp: accounts removed together go at once; one with an open session is locked, removed later",
+          "[e2e][sftp]") {
+  PIM_E2E_REQUIRE_NAMESPACE();
+  ManagedHost host;
+  DocSpec doc;
+  doc.allowedSources = {"203.0.113.0/24"};
+  doc.accounts = {{"sftp-g1", "gone1sftp", cryptHash("Gone-pass-1"), "g1", true, {}},
+                  {"sftp-g2", "gone2sftp", cryptHash("Gone-pass-2"), "g2", true, {}},
+                  {"sftp-busy", "busysftp", cryptHash("Busy-pass-3"), "busy", true, {}},
+                  {"sftp-stay", "staysftp", cryptHash("Stay-pass-4"), "stay", true, {}}};
+  host.apply(doc);
+  requireSftpOk(host.sshd().sftpBatch("gone1sftp", Credential::withPassword("Gone-pass-1"), "pwd\n"), host.sshd(),
+                "gone1sftp");
+  // An open session of busysftp: sftp waits for commands on a pipe that `sleep` holds open; on
+  // the server, its internal-sftp process runs as busysftp.
+  const std::string session =
+      "sleep 600 | SSHPASS=Busy-pass-3 sshpass -e sftp -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+      "-o PubkeyAuthentication=no -P " +
+      std::to_string(host.sshd().port()) + " busysftp@127.0.0.1";
+  auto open = std::make_unique<Background>(std::vector<std::string>{"sh", "-c", session}, host.tmp().file("open.log"));
+  REQUIRE(eventually([] { return runCommand({"pgrep", "-u", "busysftp"}).exit == 0; }));
+
+  doc.revision = 2;
+  doc.accounts = {{"sftp-stay", "staysftp", cryptHash("Stay-pass-4"), "stay", true, {}}};
+  CommandOutput r = host.apply(doc);
+  INFO("once:\n" << r.out << r.err);
+  CHECK_FALSE(userExists("gone1sftp"));
+  CHECK_FALSE(userExists("gone2sftp"));
+  CHECK(userExists("staysftp"));
+  CHECK_FALSE(contains(readFile("/etc/shadow"), "gone1sftp:"));
+  // The one in session: locked for every method now, its removal retried.
+  REQUIRE(userExists("busysftp"));
+  CHECK(shadowPassword("busysftp").substr(0, 1) == "!");
+  CHECK(contains(r.out + r.err, "busysftp still runs processes"));
+  checkRefused(host.sshd().sftpBatch("busysftp", Credential::withPassword("Busy-pass-3"), "pwd\n"),
+               "locked account in removal");
+  requireSftpOk(host.sshd().sftpBatch("staysftp", Credential::withPassword("Stay-pass-4"), "pwd\n"), host.sshd(),
+                "staysftp after the removals");
+
+  // The session ends: the next cycle removes it.
+  open.reset();
+  REQUIRE(eventually([] { return runCommand({"pgrep", "-u", "busysftp"}).exit != 0; }));
+  doc.revision = 3;
+  host.apply(doc);
+  CHECK_FALSE(userExists("busysftp"));
+  CHECK(userExists("staysftp"));
+}

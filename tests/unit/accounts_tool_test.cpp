@@ -252,3 +252,67 @@ TEST_CASE("AccountsTool: many system accounts in one systemd-sysusers run, many 
   CHECK((*tool.shadow("b3"))->password == "$6$s$four");
   CHECK(set[1].message().find("$6$") == std::string::npos);  // never the hash
 }
+
+TEST_CASE("AccountsTool: removing many accounts at once leaves the files one userdel each leaves", "[accounts][root]") {
+  if (!isRoot()) return;
+  // Two identical sandboxes: accounts, a supplementary group and gshadow lists naming some.
+  test::EtcSandbox loop, batch;
+  std::vector<std::string> names;
+  for (int i = 0; i < 6; ++i) names.push_back("r" + std::to_string(i));
+  for (test::EtcSandbox* sb : {&loop, &batch}) {
+    RealHost host(sb->dir(), nullLogger());
+    AccountsTool tool(host);
+    REQUIRE(tool.addGroup("pimtransfer").isOk());
+    REQUIRE(tool.addGroup("extra").isOk());
+    for (const auto& n : names) {
+      REQUIRE(tool.addUser(NewUser{n, "/transfer", false, "/usr/sbin/nologin", "pimtransfer", {}, true}).isOk());
+    }
+    REQUIRE(tool.addUser(NewUser{"keep", "/transfer", false, "/usr/sbin/nologin", "pimtransfer", {}, true}).isOk());
+    for (const char* member : {"r1", "keep", "r4"}) REQUIRE(tool.addToGroup(member, "extra").isOk());
+    REQUIRE(tool.setPasswordHash("r2", "$6$salt$hash").isOk());
+    // gshadow administrators, as gpasswd -A writes them.
+    std::string gshadow = sb->read("/etc/gshadow");
+    const size_t at = gshadow.find("extra:!::");
+    REQUIRE(at != std::string::npos);
+    gshadow.replace(at, 9, "extra:!:r1,keep,r4:");
+    sb->write("/etc/gshadow", gshadow, 0640);
+  }
+  REQUIRE(loop.read("/etc/group") == batch.read("/etc/group"));
+  RealHost loopHost(loop.dir(), nullLogger());
+  AccountsTool loopTool(loopHost);
+  std::vector<std::string> removed = {"r0", "r1", "r2", "r4", "r5"};  // r3 and keep stay
+  for (const auto& n : removed) REQUIRE(loopTool.removeUser(n).isOk());
+
+  RealHost batchHost(batch.dir(), nullLogger());
+  AccountsTool batchTool(batchHost);
+  auto out = batchTool.removeUsers(removed);
+  for (size_t i = 0; i < out.size(); ++i) {
+    INFO(removed[i] << ": " << out[i].message());
+    CHECK(out[i].isOk());
+  }
+  for (const char* f : {"/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow"}) {
+    INFO(f << "\nuserdel each:\n" << loop.read(f) << "\nat once:\n" << batch.read(f));
+    CHECK(loop.read(f) == batch.read(f));
+    struct stat a {
+    }, b{};
+    REQUIRE(::stat(loop.path(f).c_str(), &a) == 0);
+    REQUIRE(::stat(batch.path(f).c_str(), &b) == 0);
+    CHECK((a.st_mode & 07777) == (b.st_mode & 07777));
+  }
+  CHECK(batch.read("/etc/group").find("extra:x:") != std::string::npos);
+  CHECK(batch.read("/etc/gshadow").find("extra:!:keep:keep") != std::string::npos);
+  // No lock is left behind.
+  for (const char* f : {"/etc/passwd.lock", "/etc/shadow.lock", "/etc/group.lock", "/etc/gshadow.lock"}) {
+    CHECK_FALSE(fs::exists(batch.path(f)));
+  }
+
+  // Per name: absent, a name only userdel handles (its own group), and a lock held by a live
+  // process waits, then gives up... not here: a stale lock (dead pid) is taken over.
+  REQUIRE(batchTool.addGroup("r3").isOk());
+  batch.write("/etc/passwd.lock", "999999999", 0600);
+  out = batchTool.removeUsers({"ghost", "r3"});
+  CHECK(out[0].code() == ErrorCode::kNotFound);
+  CHECK(out[1].code() == ErrorCode::kInvalid);
+  CHECK(batchHost.findUser("r3")->has_value());
+  CHECK_FALSE(fs::exists(batch.path("/etc/passwd.lock")));
+}
