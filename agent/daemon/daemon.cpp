@@ -865,7 +865,7 @@ void Daemon::saveSshdLog() {
   pendingLogins_.clear();
   pendingFailures_.clear();
   cursorDirty_ = false;
-  if (logins.empty() && failures.empty()) return;
+  if ((logins.empty() && failures.empty()) || busy_) return;  // the worker's cycle publishes them
   // The last logins are gauges of the metrics file: it follows them, not only the cycles.
   if (Status m = publishMetrics(*rt_->host, *rt_->state, rt_->config, metrics_, clock_.nowSeconds()); !m) {
     log_->warn("metrics: {}", m.message());

@@ -15,6 +15,7 @@
 #include "agent/daemon/login_audit.h"
 #include "agent/document/document.h"
 #include "agent/document/validators.h"
+#include "agent/store/etcd_store_client.h"
 #include "agent/store/http_store_client.h"
 #include "agent/store/signature.h"
 #include "providers/core/text_fields.h"
@@ -265,13 +266,60 @@ std::string reportJson(const Config& config, const ReportSnapshot& s, const std:
 
 // ---- Reporter ----
 
-Result<std::unique_ptr<Reporter>> Reporter::create(const Config& config, Logger log, Options options) {
-  auto client = makeReportClient(config.store, config.root, log, options.client);
+namespace {
+
+class HttpReportSink : public ReportSink {
+ public:
+  explicit HttpReportSink(std::unique_ptr<HttpStoreClient> client) : client_(std::move(client)) {}
+  Status send(const std::string& body, const std::string& reportId) override {
+    return client_->post(body, {"Idempotency-Key: " + reportId});
+  }
+  std::optional<std::chrono::seconds> retryAfter() const override { return client_->retryAfter(); }
+  void cancel() override { client_->cancel(); }
+
+ private:
+  std::unique_ptr<HttpStoreClient> client_;
+};
+
+class EtcdReportSink : public ReportSink {
+ public:
+  EtcdReportSink(std::unique_ptr<EtcdStoreClient> client, int64_t ttlSeconds)
+      : client_(std::move(client)), ttl_(ttlSeconds) {}
+  // The report carries its id: a repeated write of the same report is the same value.
+  Status send(const std::string& body, const std::string& /*reportId*/) override {
+    return client_->putWithLease(body, ttl_);
+  }
+  void cancel() override { client_->cancel(); }
+
+ private:
+  std::unique_ptr<EtcdStoreClient> client_;
+  int64_t ttl_;
+};
+
+bool isEtcdUrl(const std::string& url) { return url.rfind("etcd://", 0) == 0 || url.rfind("etcds://", 0) == 0; }
+
+}  // namespace
+
+Result<std::unique_ptr<ReportSink>> makeReportSink(const Config& config, Logger log,
+                                                   const StoreClientOptions& options) {
+  if (isEtcdUrl(config.store.reportUrl)) {
+    auto client = makeEtcdReportClient(config.store, config.root, std::move(log), options);
+    if (!client) return client.status();
+    const int64_t ttl = std::max<int64_t>(3 * config.store.reportIntervalS, 60);
+    return std::unique_ptr<ReportSink>(std::make_unique<EtcdReportSink>(std::move(*client), ttl));
+  }
+  auto client = makeReportClient(config.store, config.root, std::move(log), options);
   if (!client) return client.status();
-  return std::unique_ptr<Reporter>(new Reporter(config, std::move(log), std::move(options), std::move(*client)));
+  return std::unique_ptr<ReportSink>(std::make_unique<HttpReportSink>(std::move(*client)));
 }
 
-Reporter::Reporter(Config config, Logger log, Options options, std::unique_ptr<HttpStoreClient> client)
+Result<std::unique_ptr<Reporter>> Reporter::create(const Config& config, Logger log, Options options) {
+  auto sink = makeReportSink(config, log, options.client);
+  if (!sink) return sink.status();
+  return std::unique_ptr<Reporter>(new Reporter(config, std::move(log), std::move(options), std::move(*sink)));
+}
+
+Reporter::Reporter(Config config, Logger log, Options options, std::unique_ptr<ReportSink> client)
     : config_(std::move(config)),
       log_(std::move(log)),
       options_(std::move(options)),
@@ -334,10 +382,9 @@ void Reporter::run() {
 }
 
 bool Reporter::deliver(const std::string& body, const std::string& reportId, int64_t sequence) {
-  const std::vector<std::string> headers = {"Idempotency-Key: " + reportId};
   std::chrono::milliseconds retry = options_.firstRetry;
   for (int attempt = 1;; ++attempt) {
-    Status s = client_->post(body, headers);
+    Status s = client_->send(body, reportId);
     if (s) {
       log_->debug("report {} delivered ({} bytes)", sequence, body.size());
       return true;

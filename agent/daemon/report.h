@@ -72,6 +72,24 @@ std::vector<HostKey> readHostKeys(Host& host);
 std::string reportJson(const Config& config, const ReportSnapshot& s, const std::vector<HostKey>& hostKeys,
                        const std::string& reportId, int64_t sequence);
 
+/// Where reports go: store.report_url, an http(s) endpoint (POST, with an Idempotency-Key) or an
+/// etcd key (written under a lease of 3 x report_interval_s, so that the report of an instance
+/// that stopped goes away).
+class ReportSink {
+ public:
+  virtual ~ReportSink() = default;
+  /// Sends one report. Errors: as the transport's.
+  virtual Status send(const std::string& body, const std::string& reportId) = 0;
+  /// A 429/503's Retry-After after a failed send, if any.
+  virtual std::optional<std::chrono::seconds> retryAfter() const { return std::nullopt; }
+  /// Wakes a send in progress, which then fails; permanent.
+  virtual void cancel() = 0;
+};
+
+/// The sink of config.store.report_url: etcd:// and etcds:// URLs write an etcd key (the source
+/// must be etcd), others are POSTed. Errors: as makeReportClient's and makeEtcdReportClient's.
+Result<std::unique_ptr<ReportSink>> makeReportSink(const Config& config, Logger log, const StoreClientOptions& options);
+
 /// Sends reports on a thread of its own (see the top of this file).
 class Reporter {
  public:
@@ -98,7 +116,7 @@ class Reporter {
   int64_t delivered() const;
 
  private:
-  Reporter(Config config, Logger log, Options options, std::unique_ptr<HttpStoreClient> client);
+  Reporter(Config config, Logger log, Options options, std::unique_ptr<ReportSink> sink);
   void run();
   // Sends one report with its retries; false when a newer report or the stop cut it short.
   bool deliver(const std::string& body, const std::string& reportId, int64_t sequence);
@@ -106,7 +124,7 @@ class Reporter {
   Config config_;
   Logger log_;
   Options options_;
-  std::unique_ptr<HttpStoreClient> client_;
+  std::unique_ptr<ReportSink> client_;
   std::unique_ptr<Host> host_;
   std::string runId_;  // random, per process: report ids are unique across restarts
 

@@ -257,6 +257,60 @@ Result<std::unique_ptr<EtcdStoreClient>> EtcdStoreClient::create(Params params, 
 
 std::string EtcdStoreClient::describe() const { return shown_; }
 
+Status EtcdStoreClient::putWithLease(const std::string& value, int64_t ttlSeconds) {
+  Status last = Status::error(ErrorCode::kUnreachable, shown_ + ": no endpoint");
+  const size_t n = clients_.size();
+  for (size_t k = 0; k < n && !cancelled_.load(); ++k) {
+    const size_t i = (current_ + k) % n;
+    const std::string where = shown_ + " (endpoint " + params_.source.endpoints[i] + ")";
+    Poco::JSON::Object grant;
+    grant.set("TTL", ttlSeconds);
+    HttpStoreClient::Exchange x;
+    x.path = "/v3/lease/grant";
+    x.body = jsonText(grant);
+    auto granted = call(i, x);
+    if (!granted) {
+      last = granted.status();
+      continue;
+    }
+    // The gateway writes int64 values as strings.
+    Poco::JSON::Object::Ptr o = parseObject(granted->body);
+    std::string id;
+    try {
+      if (o && o->has("ID")) id = o->get("ID").toString();
+    } catch (const std::exception&) {
+      id.clear();
+    }
+    if (id.empty() || id.size() > 20 || id.find_first_not_of("0123456789") != std::string::npos) {
+      last = Status::error(ErrorCode::kUnreachable, where + ": /v3/lease/grant gave no lease ID");
+      continue;
+    }
+    Poco::JSON::Object put;
+    put.set("key", encodeBase64(params_.source.key));
+    put.set("value", encodeBase64(value));
+    put.set("lease", id);
+    x.path = "/v3/kv/put";
+    x.body = jsonText(put);
+    auto written = call(i, x);
+    if (!written) {
+      last = written.status();  // the new lease expires by itself
+      continue;
+    }
+    if (!leaseId_.empty() && leaseId_ != id) {
+      Poco::JSON::Object revoke;
+      revoke.set("ID", leaseId_);
+      x.path = "/v3/lease/revoke";
+      x.body = jsonText(revoke);
+      // A lease already gone (expired, another endpoint's cluster restarted) is fine: it ends anyway.
+      if (auto r = call(i, x); !r) log_->debug("{}: revoke lease {}: {}", where, leaseId_, r.status().message());
+    }
+    leaseId_ = id;
+    current_ = i;
+    return Status::ok();
+  }
+  return last;
+}
+
 void EtcdStoreClient::cancel() {
   cancelled_.store(true);
   for (auto& c : clients_) c->cancel();

@@ -80,6 +80,11 @@ class EtcdStoreClient : public StoreClient {
 
   Result<FetchOutcome> fetch(const std::string& etag, int64_t waitSeconds) override;
   void cancel() override;
+  /// Writes `value` to the key under a new lease of `ttlSeconds` (/v3/lease/grant, /v3/kv/put),
+  /// then revokes the lease of the previous write: one live lease per writer, and the key goes
+  /// away `ttlSeconds` after the last write (the reports of a dead instance expire). The
+  /// endpoints are tried in turn. Errors: kUnreachable as fetch().
+  Status putWithLease(const std::string& value, int64_t ttlSeconds);
   std::string describe() const override;
 
  private:
@@ -101,6 +106,15 @@ class EtcdStoreClient : public StoreClient {
   std::string lastEtag_;          // the ETag that range gave
   bool signatureBehind_ = false;  // the last range was rejected with a signature older than the document
   std::atomic<bool> cancelled_{false};
+  std::string leaseId_;  // putWithLease(): the lease of the last write ("" = none)
 };
+
+/// The client of the reports to etcd (docs/agent.md, "Reports"): settings.reportUrl, an etcd://
+/// or etcds:// URL naming the report's key (by convention the source's key + "/report"), on the
+/// source's cluster credentials (etcd_user and password file, client certificates, CA file,
+/// proxy). Errors: kInvalid when the source is not etcd, or as makeStoreClient's (messages name
+/// store.report_url).
+Result<std::unique_ptr<EtcdStoreClient>> makeEtcdReportClient(const StoreSettings& settings, const std::string& root,
+                                                              Logger log, const StoreClientOptions& options = {});
 
 }  // namespace pim

@@ -35,6 +35,33 @@ Result<HttpStoreClient::Params> httpParams(const StoreSettings& settings, const 
   return params;
 }
 
+// The etcd client for `url` (the source or the report URL) on the http(s) parameters `http`:
+// the same etcd user, password file and client certificates.
+Result<std::unique_ptr<EtcdStoreClient>> makeEtcdClient(const StoreSettings& settings, const std::string& url,
+                                                        HttpStoreClient::Params http, const std::string& root,
+                                                        Logger log) {
+  auto source = parseEtcdUrl(url);
+  if (!source) return source.status();
+  if (!settings.tokenFile.empty()) {
+    return Status::error(ErrorCode::kInvalid,
+                         "store.token_file: not for etcd sources (use etcd_user and etcd_password_file)");
+  }
+  for (const auto& [key, path] : {std::pair<const char*, const std::string*>{"client_cert", &settings.clientCert},
+                                  {"client_key", &settings.clientKey}}) {
+    if (path->empty()) continue;
+    auto text = readRegularFile(rooted(root, *path), 1 << 20);
+    if (!text) return Status::error(ErrorCode::kInvalid, std::string("store.") + key + ": " + text.status().message());
+  }
+  EtcdStoreClient::Params etcdParams;
+  etcdParams.source = std::move(*source);
+  etcdParams.user = settings.etcdUser;
+  etcdParams.passwordPath = rooted(root, settings.etcdPasswordFile);
+  http.clientCertPath = rooted(root, settings.clientCert);
+  http.clientKeyPath = rooted(root, settings.clientKey);
+  etcdParams.http = std::move(http);
+  return EtcdStoreClient::create(std::move(etcdParams), std::move(log));
+}
+
 }  // namespace
 
 Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settings, const std::string& root, Logger log,
@@ -84,27 +111,7 @@ Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settin
     if (!params) return params.status();
     params->verifier = verifier;
     if (etcd) {
-      auto source = parseEtcdUrl(settings.source);
-      if (!source) return source.status();
-      if (!settings.tokenFile.empty()) {
-        return Status::error(ErrorCode::kInvalid,
-                             "store.token_file: not for etcd sources (use etcd_user and etcd_password_file)");
-      }
-      for (const auto& [key, path] : {std::pair<const char*, const std::string*>{"client_cert", &settings.clientCert},
-                                      {"client_key", &settings.clientKey}}) {
-        if (path->empty()) continue;
-        auto text = readRegularFile(rooted(root, *path), 1 << 20);
-        if (!text)
-          return Status::error(ErrorCode::kInvalid, std::string("store.") + key + ": " + text.status().message());
-      }
-      EtcdStoreClient::Params etcdParams;
-      etcdParams.source = std::move(*source);
-      etcdParams.user = settings.etcdUser;
-      etcdParams.passwordPath = rooted(root, settings.etcdPasswordFile);
-      params->clientCertPath = rooted(root, settings.clientCert);
-      params->clientKeyPath = rooted(root, settings.clientKey);
-      etcdParams.http = std::move(*params);
-      auto client = EtcdStoreClient::create(std::move(etcdParams), std::move(log));
+      auto client = makeEtcdClient(settings, settings.source, std::move(*params), root, std::move(log));
       if (!client) return client.status();
       return std::unique_ptr<StoreClient>(std::move(*client));
     }
@@ -117,6 +124,26 @@ Result<std::unique_ptr<StoreClient>> makeStoreClient(const StoreSettings& settin
   if (scheme.size() > 16) scheme = scheme.substr(0, 16) + "...";
   return Status::error(ErrorCode::kInvalid, "store.source: unsupported scheme '" + scheme +
                                                 "' (expected https://, http://, etcd://, etcds:// or file://)");
+}
+
+Result<std::unique_ptr<EtcdStoreClient>> makeEtcdReportClient(const StoreSettings& settings, const std::string& root,
+                                                              Logger log, const StoreClientOptions& options) {
+  if (!startsWithNoCase(settings.source, "etcd://") && !startsWithNoCase(settings.source, "etcds://")) {
+    return Status::error(ErrorCode::kInvalid,
+                         "store.report_url: an etcd:// or etcds:// report needs an etcd source (its cluster and "
+                         "credentials)");
+  }
+  auto params = httpParams(settings, settings.reportUrl, root, options);
+  if (!params) return params.status();
+  params->urlKey = "store.report_url";
+  params->maxBytes = 1 << 20;  // etcd's answers to a lease grant and a put are small
+  auto client = makeEtcdClient(settings, settings.reportUrl, std::move(*params), root, std::move(log));
+  if (!client) {
+    std::string message = client.status().message();
+    if (message.rfind("store.source", 0) == 0) message = "store.report_url" + message.substr(12);
+    return Status::error(client.status().code(), message, client.status().path());
+  }
+  return client;
 }
 
 Result<std::unique_ptr<HttpStoreClient>> makeReportClient(const StoreSettings& settings, const std::string& root,

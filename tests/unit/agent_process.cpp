@@ -355,6 +355,11 @@ std::string keysDocument(int64_t revision, const std::vector<std::string>& keyId
   return makeDocument(revision, keys, {}, {"127.0.0.0/8"});
 }
 
+Poco::JSON::Object::Ptr parseObject(const std::string& json) {
+  Poco::JSON::Parser parser;
+  return parser.parse(json).extract<Poco::JSON::Object::Ptr>();
+}
+
 bool hasKey(const AgentBox& box, const std::string& id) {
   return box.authorizedKeys().find("pim:" + id + "\n") != std::string::npos;
 }

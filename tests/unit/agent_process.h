@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include <Poco/JSON/Object.h>
+
 #include <catch2/catch.hpp>
 
 #include "tests/support/skip.h"
@@ -128,6 +130,9 @@ int64_t unixNow();
 /// A document of the login user's keys `keyIds` (keys generated for "daemon-<id>"), sources
 /// 127.0.0.0/8.
 std::string keysDocument(int64_t revision, const std::vector<std::string>& keyIds);
+
+/// A JSON object (status --json, a report); throws when `json` is not one.
+Poco::JSON::Object::Ptr parseObject(const std::string& json);
 
 /// "section.key" -> value.
 using Settings = std::map<std::string, std::string>;

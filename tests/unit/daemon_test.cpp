@@ -40,11 +40,6 @@ using std::chrono::seconds;
 
 namespace {
 
-Poco::JSON::Object::Ptr parseObject(const std::string& json) {
-  Poco::JSON::Parser parser;
-  return parser.parse(json).extract<Poco::JSON::Object::Ptr>();
-}
-
 /// Sends `signum` and returns how long the daemon took to exit with code 0 (REQUIREs both).
 milliseconds stopWith(ChildProcess& daemon, int signum) {
   const auto sent = SteadyClock::now();

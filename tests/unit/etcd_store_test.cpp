@@ -10,6 +10,8 @@
 
 #include <spdlog/sinks/ostream_sink.h>
 
+#include "agent/config/config.h"
+#include "agent/daemon/report.h"
 #include "agent/store/etcd_store_client.h"
 #include "agent/store/signature.h"
 #include "agent/store/store_client.h"
@@ -509,4 +511,77 @@ TEST_CASE("etcd: etcds:// with a CA file, and client certificates", "[etcd]") {
     REQUIRE(with.isOk());
     CHECK(with->body == kDoc1);
   }
+}
+
+namespace {
+
+// The lease of `key` as `etcdctl get -w json` shows it (decimal), 0 when none.
+int64_t leaseOf(const EtcdTestServer& etcd, const std::string& key) {
+  const std::string json = etcd.ctl({"get", "-w", "json", key});
+  const size_t at = json.find("\"lease\":");
+  return at == std::string::npos ? 0 : std::stoll(json.substr(at + 8));
+}
+
+std::string timeToLive(const EtcdTestServer& etcd, int64_t lease) {
+  std::ostringstream hex;
+  hex << std::hex << lease;
+  return etcd.ctl({"lease", "timetolive", hex.str()});
+}
+
+}  // namespace
+
+TEST_CASE("etcd: reports go to their key under a lease; each write revokes the previous lease", "[etcd][report]") {
+  if (!etcdHere()) return;
+  EtcdTestServer etcd;
+  StoreSettings settings = settingsFor(etcd.url(kKey));
+  settings.reportUrl = etcd.url(kKey + "/report");
+  auto client = pim::makeEtcdReportClient(settings, "", pim::nullLogger(), fastOptions());
+  INFO(client.status().toString());
+  REQUIRE(client.isOk());
+  REQUIRE((*client)->putWithLease(R"({"sequence": 1})", 900).isOk());
+  CHECK(etcd.ctl({"get", "--print-value-only", kKey + "/report"}) == "{\"sequence\": 1}\n");
+  const int64_t first = leaseOf(etcd, kKey + "/report");
+  REQUIRE(first != 0);
+  CHECK_THAT(timeToLive(etcd, first), Contains("granted with TTL(900s)"));
+
+  REQUIRE((*client)->putWithLease(R"({"sequence": 2})", 900).isOk());
+  CHECK(etcd.ctl({"get", "--print-value-only", kKey + "/report"}) == "{\"sequence\": 2}\n");
+  const int64_t second = leaseOf(etcd, kKey + "/report");
+  CHECK(second != first);
+  CHECK_THAT(timeToLive(etcd, first), Contains("already expired"));  // revoked
+  CHECK_THAT(timeToLive(etcd, second), Contains("granted with TTL(900s)"));
+
+  // The report of a writer that stopped goes away with its lease.
+  REQUIRE((*client)->putWithLease(R"({"sequence": 3})", 2).isOk());
+  const auto deadline = SteadyClock::now() + std::chrono::seconds(10);
+  while (etcd.ctl({"get", "--print-value-only", kKey + "/report"}) != "" && SteadyClock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(200));
+  }
+  CHECK(etcd.ctl({"get", "--print-value-only", kKey + "/report"}).empty());
+
+  // The reporter writes the report there.
+  pim::Config config;
+  config.store = settings;
+  pim::Reporter::Options options;
+  options.client = fastOptions();
+  auto reporter = pim::Reporter::create(config, pim::nullLogger(), options);
+  INFO(reporter.status().toString());
+  REQUIRE(reporter.isOk());
+  (*reporter)->submit(pim::ReportSnapshot{});
+  REQUIRE((*reporter)->flush(std::chrono::seconds(10)));
+  CHECK((*reporter)->delivered() == 1);
+  CHECK_THAT(etcd.ctl({"get", "--print-value-only", kKey + "/report"}), Contains("\"report_version\":1"));
+  CHECK_THAT(timeToLive(etcd, leaseOf(etcd, kKey + "/report")), Contains("granted with TTL(900s)"));  // 3 x 300 s
+
+  // An etcd report needs an etcd source.
+  StoreSettings http = settings;
+  http.source = "https://store.example/pim/test";
+  auto refused = pim::makeEtcdReportClient(http, "", pim::nullLogger(), fastOptions());
+  REQUIRE_FALSE(refused.isOk());
+  CHECK_THAT(refused.status().message(), Contains("store.report_url"));
+  StoreSettings bad = settings;
+  bad.reportUrl = "etcd://127.0.0.1:1/";
+  auto malformed = pim::makeEtcdReportClient(bad, "", pim::nullLogger(), fastOptions());
+  REQUIRE_FALSE(malformed.isOk());
+  CHECK_THAT(malformed.status().message(), Contains("store.report_url"));
 }

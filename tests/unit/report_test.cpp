@@ -36,11 +36,6 @@ using std::chrono::seconds;
 
 namespace {
 
-Poco::JSON::Object::Ptr parseObject(const std::string& json) {
-  Poco::JSON::Parser parser;
-  return parser.parse(json).extract<Poco::JSON::Object::Ptr>();
-}
-
 void stop(ChildProcess& daemon) {
   daemon.signal(SIGTERM);
   auto code = daemon.waitExit(seconds(10));
