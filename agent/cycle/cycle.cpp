@@ -67,6 +67,11 @@ void Agent::noteStateWrite(const Status& written, const char* what) const {
   if (!written) log_->error("state database: {}: {}", what, written.message());
 }
 
+namespace {
+constexpr const char* kReloadUnconfirmed =
+    "the drop-in was replaced and sshd's reload not confirmed (the agent stopped in between)";
+}  // namespace
+
 Agent::Applied Agent::applyDocument(const AccessDocument& doc, int64_t generation, bool forward, bool revokeOnly) {
   StateLedger ledger(state_);
   ledger.setGeneration(generation);  // what this cycle creates is recorded as created by it
@@ -74,6 +79,13 @@ Agent::Applied Agent::applyDocument(const AccessDocument& doc, int64_t generatio
   Desired desired{doc, config_.host, config_.sshd, clock_.nowSeconds(), config_.network};
   auto pending = state_.reloadPending();
   if (!pending) return Applied{pending.status(), {}, {}, {}, false};
+  // Owed from the moment the drop-in changes until sshd is known to have loaded it, so that a
+  // kill between the two leaves the next cycle a reload to make before it grants anything.
+  bool owedNoted = false;
+  reconciler.onDropinWrite([this, &owedNoted] {
+    owedNoted = true;
+    return state_.setReloadPending(kReloadUnconfirmed);
+  });
   auto outcome = reconciler.converge(desired, host_, !pending->empty(), revokeOnly);
   Applied applied{outcome.status(), std::move(outcome.applied), std::move(outcome.warnings), std::move(outcome.refused),
                   outcome.confined};
@@ -84,8 +96,10 @@ Agent::Applied Agent::applyDocument(const AccessDocument& doc, int64_t generatio
     noted = state_.setReloadPending(outcome.reloadFailure);
     log_->warn("{}; sshd keeps its previous configuration and nothing is granted until it reloads",
                outcome.reloadFailure);
-  } else if (outcome.sshdReloaded && !pending->empty()) {
+  } else if (outcome.sshdReloaded && (!pending->empty() || outcome.dropinWritten)) {
     noted = state_.setReloadPending("");
+  } else if (owedNoted && pending->empty() && !outcome.dropinWritten) {
+    noted = state_.setReloadPending("");  // the write did not happen: sshd's drop-in is the one it loaded
   }
   if (!noted) {
     log_->error("record the sshd reload: {}", noted.message());

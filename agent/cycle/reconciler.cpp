@@ -302,7 +302,12 @@ Reconciler::Outcome Reconciler::converge(const Desired& desired, Host& host, boo
       }
     } else {
       const size_t failuresBefore = out.failures.size();
-      for (const auto& action : *actions) applyOne(*sshd, action);
+      Status owed = beforeDropinWrite_ ? beforeDropinWrite_() : Status::ok();
+      if (!owed) {
+        out.failures.push_back(FailedPart{sshd->name(), "sshd: record the reload owed", "", owed.message()});
+      } else {
+        for (const auto& action : *actions) applyOne(*sshd, action);
+      }
       if (out.failures.size() > failuresBefore || stopped) {
         out.confined = false;
       } else {

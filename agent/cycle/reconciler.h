@@ -20,6 +20,7 @@
 // mount point) are converged as locked entries: an account that cannot be confined is never
 // granted anything ("skipped means locked").
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -76,10 +77,17 @@ class Reconciler {
   /// throws, except for a failpoint crash hook's own exception.
   Outcome converge(const Desired& desired, Host& host, bool reloadPending, bool revokeOnly = false) const;
 
+  /// Called before the sshd provider replaces the drop-in, to record that a reload is owed from
+  /// then on (intent first): an agent killed between the write and the reload leaves the next
+  /// cycle a drop-in that matches the document but that sshd never loaded. An error stops the
+  /// write (nothing is granted).
+  void onDropinWrite(std::function<Status()> hook) { beforeDropinWrite_ = std::move(hook); }
+
  private:
   std::vector<std::unique_ptr<Provider>> providers_;
   Logger log_;
   FailPoints failpoints_;
+  std::function<Status()> beforeDropinWrite_;
 };
 
 }  // namespace pim

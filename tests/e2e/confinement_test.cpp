@@ -364,6 +364,42 @@ TEST_CASE("e2e confinement: random SIGKILLs of cycles never leave a grant before
   }
 }
 
+TEST_CASE("e2e confinement: killed between the drop-in and sshd's reload, the next cycle reloads before it grants",
+          "[e2e][confinement][crash]") {
+  PIM_E2E_REQUIRE_NAMESPACE();
+  // The reload command kills the agent the first time (the window a SIGKILL can hit: the new
+  // drop-in written, sshd not told), then reloads sshd.
+  TempDir scripts;
+  const std::string marker = scripts.file("killed-once");
+  const std::string realReload = scripts.file("reload-command");
+  writeFile(scripts.file("reload.sh"),
+            "#!/bin/sh\nif [ ! -e " + marker + " ]; then : >" + marker +
+                "; kill -9 $PPID; sleep 5; exit 1; fi\nexec $(cat " + realReload + ")\n",
+            0755);
+  ManagedHost host(std::map<std::string, std::string>{{"sshd.reload_command", scripts.file("reload.sh")}});
+  writeFile(realReload, host.sshd().reloadCommand() + "\n");
+  DocSpec doc;
+  doc.allowedSources = {"203.0.113.0/24"};
+  doc.accounts = {{"sftp-new", "newsftp", hashOf("Pass-newsftp"), ".", true, {}}};
+  const size_t starts = host.sshd().starts();
+  host.agent().setDocument(renderDocument(doc));
+  CommandOutput killed = runCommand({agentBinary(), "--config", host.agent().configPath(), "once"});
+  INFO("killed once: exit " << killed.exit << "\n" << killed.out << killed.err);
+  REQUIRE(pathExists(marker));
+  CHECK(killed.exit != 0);
+  REQUIRE(contains(readFile(ManagedHost::kDropin), "newsftp"));  // the new drop-in is in place...
+  CHECK(host.sshd().starts() == starts);                         // ...and sshd never loaded it
+  // The reload is owed, and says so.
+  CHECK_FALSE(host.status()->isNull("sshd_reload_pending"));
+
+  CommandOutput next = host.run({"once"});
+  INFO("next once:\n" << next.out << next.err);
+  CHECK(next.exit == 0);
+  CHECK(host.sshd().starts() > starts);
+  CHECK(sftpLogsIn(host, "newsftp", "Pass-newsftp"));
+  CHECK(host.status()->isNull("sshd_reload_pending"));
+}
+
 TEST_CASE("e2e confinement: kill -9 during useradd (or systemd-sysusers), 30 times: no account the agent does not know",
           "[e2e][confinement][crash]") {
   PIM_E2E_REQUIRE_NAMESPACE();
