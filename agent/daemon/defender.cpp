@@ -18,26 +18,30 @@ std::optional<std::string> failedAuthSource(const std::string& message) {
   if (from == std::string::npos || from < at) return std::nullopt;
   const size_t start = from + 6;
   const size_t end = message.find(' ', start);
-  if (end == std::string::npos || message.compare(end, 6, " port ") != 0) return std::nullopt;
-  // After " port ": digits, then the end of the message or " ssh2".
-  size_t p = end + 6;
-  const size_t digits = p;
-  while (p < message.size() && std::isdigit(static_cast<unsigned char>(message[p]))) ++p;
-  if (p == digits || p - digits > 5) return std::nullopt;
+  if (end == std::string::npos) return std::nullopt;
+  // After " port N": the end of the message or " ssh2".
+  const size_t p = afterPort(message, end);
+  if (p == std::string::npos) return std::nullopt;
   const std::string rest = message.substr(p);
   if (!rest.empty() && rest != " ssh2" && rest != " ssh2\r") return std::nullopt;
-  const std::string address = message.substr(start, end - start);
+  return canonicalAddress(message.substr(start, end - start));
+}
+
+std::optional<std::string> canonicalAddress(const std::string& text) {
   char buf[INET6_ADDRSTRLEN] = {};
   unsigned char bin[16];
-  if (::inet_pton(AF_INET, address.c_str(), bin) == 1) {
-    ::inet_ntop(AF_INET, bin, buf, sizeof buf);
-    return std::string(buf);
-  }
-  if (::inet_pton(AF_INET6, address.c_str(), bin) == 1) {
-    ::inet_ntop(AF_INET6, bin, buf, sizeof buf);
-    return std::string(buf);
-  }
+  if (::inet_pton(AF_INET, text.c_str(), bin) == 1) return std::string(::inet_ntop(AF_INET, bin, buf, sizeof buf));
+  if (::inet_pton(AF_INET6, text.c_str(), bin) == 1) return std::string(::inet_ntop(AF_INET6, bin, buf, sizeof buf));
   return std::nullopt;
+}
+
+size_t afterPort(const std::string& message, size_t at) {
+  if (message.compare(at, 6, " port ") != 0) return std::string::npos;
+  size_t p = at + 6;
+  const size_t digits = p;
+  while (p < message.size() && std::isdigit(static_cast<unsigned char>(message[p]))) ++p;
+  if (p == digits || p - digits > 5) return std::string::npos;
+  return p;
 }
 
 FailureCounter::FailureCounter(int64_t maxFailures, int64_t windowS, AddressRanges neverBan)

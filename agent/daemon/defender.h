@@ -29,6 +29,12 @@ namespace pim {
 /// writes after the user name: a name made to look like "x from 1.2.3.4 port 1" frames nobody.
 std::optional<std::string> failedAuthSource(const std::string& message);
 
+/// The pieces of sshd's lines that the defender and the login audit (agent/daemon/login_audit.h)
+/// both read: an IPv4 or IPv6 address in canonical form (inet_ntop), nullopt when `text` is not
+/// one; and " port N" (1 to 5 digits) at `at`, returning the position after the digits, or npos.
+std::optional<std::string> canonicalAddress(const std::string& text);
+size_t afterPort(const std::string& message, size_t at);
+
 /// Failures per address within a sliding window. Pure: time comes in with each call.
 class FailureCounter {
  public:
