@@ -120,7 +120,7 @@ int cmdStatus(const Config& config, bool json) {
     }
   }
   const std::optional<GenerationRecord>& inForce = *applied;
-  const LoginView loginView(std::move(*logins));
+  const LoginView loginView(*logins);
   std::optional<int64_t> generation, revision;
   std::vector<SkippedEntry> skipped;
   if (inForce) {

@@ -8,6 +8,7 @@
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 
+#include "agent/daemon/defender.h"
 #include "agent/daemon/report.h"
 #include "providers/core/base64.h"
 #include "providers/core/text_fields.h"
@@ -16,24 +17,6 @@ namespace pim {
 namespace {
 
 constexpr size_t kMaxUser = 256;
-
-std::optional<std::string> canonicalAddress(const std::string& text) {
-  char buf[INET6_ADDRSTRLEN] = {};
-  unsigned char bin[16];
-  if (::inet_pton(AF_INET, text.c_str(), bin) == 1) return std::string(::inet_ntop(AF_INET, bin, buf, sizeof buf));
-  if (::inet_pton(AF_INET6, text.c_str(), bin) == 1) return std::string(::inet_ntop(AF_INET6, bin, buf, sizeof buf));
-  return std::nullopt;
-}
-
-// Reads " port DIGITS" at `at`; returns the position after the digits, or npos.
-size_t afterPort(const std::string& m, size_t at) {
-  if (m.compare(at, 6, " port ") != 0) return std::string::npos;
-  size_t p = at + 6;
-  const size_t digits = p;
-  while (p < m.size() && std::isdigit(static_cast<unsigned char>(m[p]))) ++p;
-  if (p == digits || p - digits > 5) return std::string::npos;
-  return p;
-}
 
 bool printableName(const std::string& s) {
   if (s.empty() || s.size() > kMaxUser) return false;
@@ -133,24 +116,28 @@ std::string fingerprintOfBase64(const std::string& keyBase64) {
   return sshFingerprint(blob);
 }
 
+LoginView::LoginView(const std::vector<LoginRecord>& logins) {
+  for (const auto& r : logins) {
+    const LastLogin l{r.time, r.address, r.method};
+    auto k = byKey_.emplace(std::make_pair(r.user, r.fingerprint), l);
+    if (!k.second && r.time > k.first->second.time) k.first->second = l;
+    auto u = byUser_.emplace(r.user, l);
+    if (!u.second && r.time > u.first->second.time) u.first->second = l;
+  }
+}
+
 std::optional<LastLogin> LoginView::lastKeyLogin(const std::string& user, const std::string& keyBase64) const {
   const std::string fp = fingerprintOfBase64(keyBase64);
   if (fp.empty()) return std::nullopt;
-  std::optional<LastLogin> best;
-  for (const auto& r : logins_) {
-    if (r.user != user || r.fingerprint != fp) continue;
-    if (!best || r.time > best->time) best = LastLogin{r.time, r.address, r.method};
-  }
-  return best;
+  auto it = byKey_.find({user, fp});
+  if (it == byKey_.end()) return std::nullopt;
+  return it->second;
 }
 
 std::optional<LastLogin> LoginView::lastUserLogin(const std::string& user) const {
-  std::optional<LastLogin> best;
-  for (const auto& r : logins_) {
-    if (r.user != user) continue;
-    if (!best || r.time > best->time) best = LastLogin{r.time, r.address, r.method};
-  }
-  return best;
+  auto it = byUser_.find(user);
+  if (it == byUser_.end()) return std::nullopt;
+  return it->second;
 }
 
 Poco::Dynamic::Var lastLoginJson(const std::optional<LastLogin>& login) {

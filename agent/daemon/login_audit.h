@@ -52,14 +52,17 @@ struct LastLogin {
 /// What the document in force's keys and accounts last did, from the state's login records.
 class LoginView {
  public:
-  explicit LoginView(std::vector<LoginRecord> logins) : logins_(std::move(logins)) {}
+  /// Indexes `logins` once: each look-up is then a map search (status and the metrics ask for
+  /// every key of a document that may hold 10,000).
+  explicit LoginView(const std::vector<LoginRecord>& logins);
   /// The last login of `user` with the key whose blob (base64, as in the document) is `keyBase64`.
   std::optional<LastLogin> lastKeyLogin(const std::string& user, const std::string& keyBase64) const;
   /// The last login of `user`, any method.
   std::optional<LastLogin> lastUserLogin(const std::string& user) const;
 
  private:
-  std::vector<LoginRecord> logins_;
+  std::map<std::pair<std::string, std::string>, LastLogin> byKey_;  // (user, fingerprint): the newest
+  std::map<std::string, LastLogin> byUser_;                         // user: the newest, any method
 };
 
 /// {"time": "2026-12-06T08:00:00Z", "address": "198.51.100.20", "method": "publickey"}, or null

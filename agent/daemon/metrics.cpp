@@ -177,7 +177,7 @@ Result<MetricsSnapshot> snapshotFrom(const StateStore& state, const Config& conf
     }
     auto logins = state.logins();
     if (!logins) return logins.status();
-    const LoginView view(std::move(*logins));
+    const LoginView view(*logins);
     for (const auto& key : doc->keys) {
       if (key.installableAt(now)) ++s.keysInstalled;
       auto last = view.lastKeyLogin(config.host.loginUser, key.key.base64);
