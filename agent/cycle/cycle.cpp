@@ -1,5 +1,7 @@
 #include "agent/cycle/cycle.h"
 
+#include <memory>
+
 #include "agent/cycle/decision.h"
 #include "agent/cycle/reconciler.h"
 #include "agent/document/document.h"
@@ -72,11 +74,28 @@ constexpr const char* kReloadUnconfirmed =
     "the drop-in was replaced and sshd's reload not confirmed (the agent stopped in between)";
 }  // namespace
 
-Agent::Applied Agent::applyDocument(const AccessDocument& doc, int64_t generation, bool forward, bool revokeOnly) {
-  StateLedger ledger(state_);
-  ledger.setGeneration(generation);  // what this cycle creates is recorded as created by it
-  Reconciler reconciler(factory_(ledger), log_, forward ? failpoints_ : FailPoints{});
-  Desired desired{doc, config_.host, config_.sshd, clock_.nowSeconds(), config_.network};
+// The providers of one convergence (their ledger first: they keep a reference to it), the desired
+// state, and the drift check's plan when one was made.
+struct Agent::Prepared {
+  Prepared(StateStore& state, const ProviderFactory& factory, Logger log, FailPoints failpoints, const Desired& d)
+      : ledger(state), reconciler(factory(ledger), std::move(log), std::move(failpoints)), desired(d) {}
+  StateLedger ledger;
+  Reconciler reconciler;
+  Desired desired;
+  std::optional<Reconciler::Plan> plan;
+};
+
+Agent::Applied Agent::applyDocument(const AccessDocument& doc, int64_t generation, bool forward, bool revokeOnly,
+                                    Prepared* prepared) {
+  std::unique_ptr<Prepared> own;
+  if (prepared == nullptr) {
+    own = std::make_unique<Prepared>(state_, factory_, log_, forward ? failpoints_ : FailPoints{},
+                                     Desired{doc, config_.host, config_.sshd, clock_.nowSeconds(), config_.network});
+    prepared = own.get();
+  }
+  prepared->ledger.setGeneration(generation);  // what this cycle creates is recorded as created by it
+  Reconciler& reconciler = prepared->reconciler;
+  const Desired& desired = prepared->desired;
   auto pending = state_.reloadPending();
   if (!pending) return Applied{pending.status(), {}, {}, {}, false};
   // Owed from the moment the drop-in changes until sshd is known to have loaded it, so that a
@@ -86,7 +105,9 @@ Agent::Applied Agent::applyDocument(const AccessDocument& doc, int64_t generatio
     owedNoted = true;
     return state_.setReloadPending(kReloadUnconfirmed);
   });
-  auto outcome = reconciler.converge(desired, host_, !pending->empty(), revokeOnly);
+  auto outcome = prepared->plan && !revokeOnly
+                     ? reconciler.converge(std::move(*prepared->plan), desired, host_, !pending->empty())
+                     : reconciler.converge(desired, host_, !pending->empty(), revokeOnly);
   Applied applied{outcome.status(), std::move(outcome.applied), std::move(outcome.warnings), std::move(outcome.refused),
                   outcome.confined};
   // A drop-in in place that sshd did not load is owed a reload, by every later cycle, a SIGHUP
@@ -195,7 +216,7 @@ Status Agent::recoverInterruptedCycle() {
 
 CycleReport Agent::applyNew(const std::string& source, const std::string& etag, const std::string& body,
                             const AccessDocument& doc, GenerationOutcome successOutcome,
-                            std::optional<int64_t> rollbackOf, GenerationCause cause) {
+                            std::optional<int64_t> rollbackOf, GenerationCause cause, Prepared* prepared) {
   GenerationInput input;
   input.time = clock_.nowSeconds();
   input.source = source;
@@ -213,7 +234,7 @@ CycleReport Agent::applyNew(const std::string& source, const std::string& etag, 
   auto generation = state_.recordGeneration(input);
   if (!generation) return failure(1, "failed", generation.status().message());
 
-  Applied applied = applyDocument(doc, *generation, true);
+  Applied applied = applyDocument(doc, *generation, true, false, prepared);
   // Entries the providers refused (a host account the agent did not create, an unsafe folder)
   // are reported with the document's own skipped entries.
   std::vector<SkippedEntry> skipped = skippedWithRefused(doc, applied);
@@ -417,10 +438,10 @@ CycleReport Agent::reapplyInForce(GenerationCause cause) {
   }
   auto pending = state_.reloadPending();
   if (!pending) return failure(1, "failed", pending.status().message());
-  StateLedger ledger(state_);
-  Reconciler reconciler(factory_(ledger), log_);
-  Desired desired{**current, config_.host, config_.sshd, clock_.nowSeconds(), config_.network};
-  auto planned = reconciler.plan(desired, host_);
+  // The drift check's plan is the one the convergence starts from (the host is observed once).
+  Prepared prepared(state_, factory_, log_, failpoints_,
+                    Desired{**current, config_.host, config_.sshd, clock_.nowSeconds(), config_.network});
+  auto planned = prepared.reconciler.plan(prepared.desired, host_);
   CycleReport r;
   r.revision = record->revision;
   r.generation = record->generation;
@@ -431,10 +452,11 @@ CycleReport Agent::reapplyInForce(GenerationCause cause) {
   }
   // Drift, expiry or a reload still owed: apply the document in force again as a generation of
   // its own, so the change log says what was corrected.
+  prepared.plan = std::move(planned);
   return applyNew(
       record->source, record->etag, record->body, **current,
       record->outcome == GenerationOutcome::kRolledBack ? GenerationOutcome::kRolledBack : GenerationOutcome::kApplied,
-      record->rollbackOf, cause);
+      record->rollbackOf, cause, &prepared);
 }
 
 CycleReport Agent::inForceReport() {

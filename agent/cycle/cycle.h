@@ -135,13 +135,17 @@ class Agent {
   /// Converges the host to `doc` (agent/reconciler.h) as generation `generation` (the objects
   /// it creates are recorded as created by it), with the failpoints when `forward`, and records
   /// what became of the pending sshd reload.
-  Applied applyDocument(const AccessDocument& doc, int64_t generation, bool forward, bool revokeOnly = false);
+  /// With `prepared` (a drift check's providers, desired state and plan), converges from that
+  /// plan with those providers: the host is observed once per cycle.
+  struct Prepared;
+  Applied applyDocument(const AccessDocument& doc, int64_t generation, bool forward, bool revokeOnly = false,
+                        Prepared* prepared = nullptr);
   Result<AccessDocument> parseStored(const GenerationRecord& record) const;
   Result<std::optional<AccessDocument>> inForceDocument(std::optional<GenerationRecord>* record) const;
   /// Records `doc` as a new generation, converges to it and records the outcome.
   CycleReport applyNew(const std::string& source, const std::string& etag, const std::string& body,
                        const AccessDocument& doc, GenerationOutcome successOutcome, std::optional<int64_t> rollbackOf,
-                       GenerationCause cause);
+                       GenerationCause cause, Prepared* prepared = nullptr);
   /// Converges to the document of `record` (a partial or failed generation) again, as another
   /// attempt of that same generation.
   CycleReport retry(const GenerationRecord& record, const AccessDocument& doc);

@@ -23,13 +23,7 @@ bool refusalLocksAccount(const std::string& provider) {
 
 constexpr Stage kStages[] = {Stage::kRevoke, Stage::kConfine, Stage::kPrepare, Stage::kGrant};
 
-struct ProviderPlans {
-  std::vector<std::vector<Action>> actions;  // per provider, in the provider's order
-  std::vector<bool> planned;                 // false: the provider could not plan
-  std::vector<FailedPart> failures;
-  std::vector<SkippedEntry> refused;
-  std::set<std::string> lockIds;  // account ids refused by a provider that confines them
-};
+using ProviderPlans = Reconciler::ProviderPlans;
 
 void addRefused(ProviderPlans& plans, const std::string& provider, std::vector<SkippedEntry> entries) {
   for (auto& entry : entries) {
@@ -140,16 +134,31 @@ Reconciler::Plan Reconciler::plan(const Desired& desired, Host& host) const {
       }
     }
   }
-  out.refused = std::move(plans.refused);
-  out.failures = std::move(plans.failures);
+  out.refused = plans.refused;
+  out.failures = plans.failures;
+  out.byProvider = std::move(plans);
   return out;
 }
 
 Reconciler::Outcome Reconciler::converge(const Desired& desired, Host& host, bool reloadPending,
                                          bool revokeOnly) const {
-  Outcome out;
   AccessDocument effective;
   ProviderPlans plans = planEffective(providers_, desired, host, failpoints_, &effective);
+  return convergeFrom(std::move(plans), effective, desired, host, reloadPending, revokeOnly);
+}
+
+Reconciler::Outcome Reconciler::converge(Plan planned, const Desired& desired, Host& host, bool reloadPending) const {
+  if (!failpoints_.crashBeforeProvider.empty() || !failpoints_.failBeforeProvider.empty() ||
+      planned.byProvider.planned.size() != providers_.size()) {
+    return converge(desired, host, reloadPending);
+  }
+  return convergeFrom(std::move(planned.byProvider), planned.effective, desired, host, reloadPending, false);
+}
+
+Reconciler::Outcome Reconciler::convergeFrom(ProviderPlans plans, const AccessDocument& effective,
+                                             const Desired& desired, Host& host, bool reloadPending,
+                                             bool revokeOnly) const {
+  Outcome out;
   const Desired d{effective, desired.host, desired.sshd, desired.now, desired.network};
   out.refused = plans.refused;
   out.failures = plans.failures;

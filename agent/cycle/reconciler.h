@@ -22,6 +22,7 @@
 
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,14 @@ class Reconciler {
   /// to forward cycles only.
   Reconciler(std::vector<std::unique_ptr<Provider>> providers, Logger log, FailPoints failpoints = {});
 
+  /// Every provider's plan, in the providers' order, as converge() applies them.
+  struct ProviderPlans {
+    std::vector<std::vector<Action>> actions;  // per provider, in the provider's order
+    std::vector<bool> planned;                 // false: the provider could not plan
+    std::vector<FailedPart> failures;
+    std::vector<SkippedEntry> refused;
+    std::set<std::string> lockIds;  // account ids refused by a provider that confines them
+  };
   /// What a convergence would start from: the refused entries, the document as it will be
   /// converged (refused accounts locked) and every action in the order converge() applies them
   /// (by stage, then provider). Changes nothing. Reads each file of the host once.
@@ -56,6 +65,7 @@ class Reconciler {
     std::vector<SkippedEntry> refused;  // by the providers, by id, without duplicates
     std::vector<FailedPart> failures;   // providers that could not observe the host
     AccessDocument effective;           // the document with refused accounts moved to lockedUsernames
+    ProviderPlans byProvider;           // what converge(plan, ...) starts from
   };
   Plan plan(const Desired& desired, Host& host) const;
 
@@ -76,6 +86,12 @@ class Reconciler {
   /// `revokeOnly`, only the revoke stage runs (recovery from a cycle that keeps crashing). Never
   /// throws, except for a failpoint crash hook's own exception.
   Outcome converge(const Desired& desired, Host& host, bool reloadPending, bool revokeOnly = false) const;
+  /// The same, starting from `planned`: what plan() of this reconciler (the same providers) made
+  /// for the same `desired`, nothing having changed on the host since (the drift check of a
+  /// cycle, handed to its convergence: the host is observed once per cycle). The sshd drop-in is
+  /// still planned again after the revocations, as in the other form. With a failpoint armed
+  /// before a provider (tests), the providers plan again so that it fires.
+  Outcome converge(Plan planned, const Desired& desired, Host& host, bool reloadPending) const;
 
   /// Called before the sshd provider replaces the drop-in, to record that a reload is owed from
   /// then on (intent first): an agent killed between the write and the reload leaves the next
@@ -88,6 +104,9 @@ class Reconciler {
   Logger log_;
   FailPoints failpoints_;
   std::function<Status()> beforeDropinWrite_;
+
+  Outcome convergeFrom(ProviderPlans plans, const AccessDocument& effective, const Desired& desired, Host& host,
+                       bool reloadPending, bool revokeOnly) const;
 };
 
 }  // namespace pim

@@ -311,6 +311,41 @@ TEST_CASE("reconciler: every revocation of every provider runs before any grant"
 
 // ---- the cycle in process ----
 
+TEST_CASE("a cycle observes the host once: the drift check's plan is the one it converges from", "[cycle]") {
+  InProcess p;
+  std::vector<std::string> calls;
+  auto agent = [&] {
+    return Agent(
+        p.config, *p.host, *p.state, p.clock, [&](Ledger&) { return keyFileProviders(&calls); }, nullLogger());
+  };
+  p.publish(1, {"a", "b"});
+  REQUIRE(agent().cycle(p.store, 0).exitCode == 0);
+  REQUIRE(p.files("beta") == std::set<std::string>{"a", "b"});
+
+  // Drift: a key file is gone. The store is unchanged, so the cycle checks the host, finds the
+  // difference and repairs it as a generation of its own, planning each provider once.
+  REQUIRE(p.host->removeFile("/out/beta/a").isOk());
+  calls.clear();
+  CycleReport repaired = agent().cycle(p.store, 0);
+  REQUIRE(repaired.exitCode == 0);
+  CHECK(repaired.outcome == "applied");
+  CHECK(p.files("beta") == std::set<std::string>{"a", "b"});
+  for (const char* provider : {"alpha", "beta", "gamma"}) {
+    INFO(provider);
+    CHECK(std::count(calls.begin(), calls.end(), std::string("plan:") + provider) == 1);
+  }
+  CHECK(std::count(calls.begin(), calls.end(), "apply:beta:a") == 1);
+  CHECK(calls.size() == 4);  // three plans, one write
+  CHECK(p.state->history()->size() == 2);
+
+  // Nothing to do: one plan each, nothing applied, no generation.
+  calls.clear();
+  CycleReport quiet = agent().cycle(p.store, 0);
+  CHECK(quiet.outcome == "unchanged");
+  CHECK(calls == std::vector<std::string>{"plan:alpha", "plan:beta", "plan:gamma"});
+  CHECK(p.state->history()->size() == 2);
+}
+
 TEST_CASE("a cycle that fails part-way keeps its revocations, is partial, and is finished by the next one", "[cycle]") {
   InProcess p;
   p.publish(1, {"a", "b"});
