@@ -17,6 +17,7 @@
 #include "agent/cycle/adopt.h"
 #include "agent/cycle/open_state.h"
 #include "agent/cycle/sandbox.h"
+#include "agent/daemon/curl_uv.h"
 #include "agent/daemon/metrics.h"
 #include "agent/daemon/perm_watcher.h"
 #include "agent/daemon/sd_notify.h"
@@ -41,6 +42,9 @@ struct Daemon::HostWatch {
 };
 
 struct Daemon::Runtime {
+  // First, so that it goes last: the loop's transfer driver (agent/daemon/curl_uv.h) of the store
+  // clients made for this config (none for file://); closed with the runtime, on the loop thread.
+  StoreClientOptions storeOptions;
   Config config;
   std::unique_ptr<RealHost> host;
   std::unique_ptr<StateStore> state;
@@ -156,7 +160,12 @@ Status Daemon::buildRuntime(const Config& config) {
   auto state = openStateForCycles(config, *rt->host);
   if (!state) return state.status();
   rt->state = std::move(*state);
-  auto store = makeStoreClient(config.store, config.root, makeLogger("store"));
+  if (config.store.source.rfind("file:", 0) != 0) {
+    auto driver = CurlUvDriver::create(&loop_, makeLogger("store"));
+    if (!driver) return driver.status();
+    rt->storeOptions.driver = std::move(*driver);
+  }
+  auto store = makeStoreClient(config.store, config.root, makeLogger("store"), rt->storeOptions);
   if (!store) return store.status();
   rt->store = std::move(*store);
   if (!config.store.reportUrl.empty()) {
@@ -221,14 +230,16 @@ int Daemon::run() {
     }
     daemonLock_ = std::move(*lock);
   }
+  // The loop first: the store's transfer driver lives on it.
+  uv_loop_init(&loop_);
+  loop_.data = this;
   Status s = buildRuntime(*config);
   if (!s) {
+    uv_run(&loop_, UV_RUN_DEFAULT);  // the close callbacks of a driver made before the failure
+    uv_loop_close(&loop_);
     log_->error("start: {}", s.message());
     return s.code() == ErrorCode::kInvalid ? 2 : 1;
   }
-
-  uv_loop_init(&loop_);
-  loop_.data = this;
   for (uv_signal_t* h : {&sigterm_, &sigint_, &sighup_}) {
     uv_signal_init(&loop_, h);
     h->data = this;
@@ -496,7 +507,7 @@ void Daemon::workDone() {
   }
   if (interrupted_.exchange(false)) {
     // cancel() is for good: the next fetch needs a client of its own.
-    auto store = makeStoreClient(rt_->config.store, rt_->config.root, makeLogger("store"));
+    auto store = makeStoreClient(rt_->config.store, rt_->config.root, makeLogger("store"), rt_->storeOptions);
     if (store) {
       rt_->store = std::move(*store);
     } else {

@@ -10,12 +10,15 @@
 // cycle fetches WITHOUT the cycle lock (a long poll may be held for minutes while a CLI `once`
 // or `rollback` runs) and reconciles WITH it. Anything that needs the worker while it is held
 // in a fetch (a signal, an expiring key, an operator command, a new config) cancels that fetch;
-// the cycle then starts again at once with a fresh store client. The http(s) fetch is libcurl's
-// multi interface polled on that worker (agent/store/http_store_client.h), not driven by this
-// loop: the fetch is a step inside the cycle the worker runs (Agent::fetch, then reconcile), `once`
-// and `plan` have no loop and go the same way, and libuv stays out of agent/store. cancel() wakes
-// the worker's poll (curl_multi_wakeup) and the transfer is dropped, a hanging name look-up
-// included, so SIGTERM still stops the daemon within 2 s.
+// the cycle then starts again at once with a fresh store client. The http(s) and etcd fetch is
+// libcurl's multi interface driven by this loop (agent/daemon/curl_uv.h: a uv_poll_t per socket,
+// a uv_timer_t, curl_multi_socket_action), one multi handle per config, shared by the store
+// clients made for it: the fetch is still a step inside the cycle the worker runs (Agent::fetch,
+// then reconcile), so the worker hands the transfer to the loop and waits for its end; `once` and
+// `plan` have no loop and poll a multi handle of their own (agent/store/transfer_driver.h), and
+// libuv stays out of agent/store. cancel() makes the loop remove the transfer and wake the
+// worker, a hanging name look-up included, so SIGTERM still stops the daemon within 2 s. Reports
+// are sent on the Reporter's thread with a multi handle of their own.
 //
 // Reports (store.report_url, agent/daemon/report.h): after a cycle that changed something or
 // failed, and every report_interval_s otherwise, the worker copies the state rows a report needs

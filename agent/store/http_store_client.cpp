@@ -1,8 +1,6 @@
 #include "agent/store/http_store_client.h"
 #include "providers/core/text_fields.h"
 
-#include <dirent.h>
-#include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -11,8 +9,6 @@
 #include <poll.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -21,8 +17,6 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <mutex>
-#include <set>
 
 #include "agent/store/file_store_client.h"
 
@@ -72,54 +66,14 @@ bool startsWithNoCase(const std::string& s, const char* prefix) {
   return s.size() >= n && strncasecmp(s.c_str(), prefix, n) == 0;
 }
 
-// curl_global_init once per process, before the first handle (libcurl's own lazy initialisation
-// is not guaranteed to be thread-safe). Never cleaned up: the process ends with it.
-bool initCurl() {
-  static const bool ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK;
-  return ok;
-}
-
 // ---- close-on-exec ----
 
-// libcurl 7.88 opens its connection sockets and the multi handle's wake-up socket pair without
-// close-on-exec (fixed in 8.19.0 and 8.8.0); the agent runs useradd, sshd -t and the reload
-// command while a connection is kept, and they must not inherit it.
+// libcurl 7.88 opens its connection sockets without close-on-exec (fixed in 8.19.0); the agent
+// runs useradd, sshd -t and the reload command while a connection is kept, and they must not
+// inherit it. The multi handle's sockets: newCloexecMultiHandle() (transfer_driver.h).
 curl_socket_t openSocketCloseOnExec(void* /*clientp*/, curlsocktype /*purpose*/, struct curl_sockaddr* address) {
   const int fd = ::socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
   return fd < 0 ? CURL_SOCKET_BAD : fd;
-}
-
-// The descriptors of this process that an exec would pass on.
-std::set<int> inheritableDescriptors() {
-  std::set<int> out;
-  DIR* dir = ::opendir("/proc/self/fd");
-  if (dir == nullptr) return out;
-  const int own = ::dirfd(dir);
-  while (dirent* entry = ::readdir(dir)) {
-    char* end = nullptr;
-    const long fd = std::strtol(entry->d_name, &end, 10);
-    if (end == entry->d_name || *end != '\0' || fd == own) continue;
-    const int flags = ::fcntl(static_cast<int>(fd), F_GETFD);
-    if (flags >= 0 && (flags & FD_CLOEXEC) == 0) out.insert(static_cast<int>(fd));
-  }
-  ::closedir(dir);
-  return out;
-}
-
-// curl_multi_init() with its wake-up socket pair made close-on-exec: there is no API to reach the
-// pair, so the sockets that appeared during the call without close-on-exec are marked (everything
-// else in the agent opens its descriptors close-on-exec).
-CURLM* newMultiHandle() {
-  const std::set<int> before = inheritableDescriptors();
-  CURLM* multi = curl_multi_init();
-  if (multi == nullptr) return nullptr;
-  for (int fd : inheritableDescriptors()) {
-    struct stat st {};
-    if (before.count(fd) == 0 && ::fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-  }
-  // One connection at most: the one kept for the next poll.
-  curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 1L);
-  return multi;
 }
 
 // ---- TLS: the system CAs plus ca_file ----
@@ -333,8 +287,6 @@ struct HttpStoreClient::Answer {
 
 // The libcurl handles of one client, and what they point to.
 struct HttpStoreClient::CurlHandles {
-  std::mutex multiMutex;  // cancel() (any thread) against a new multi handle (the fetching thread)
-  CURLM* multi = nullptr;
   CURL* easy = nullptr;
   curl_slist* headers = nullptr;
   curl_slist* resolve = nullptr;
@@ -343,14 +295,13 @@ struct HttpStoreClient::CurlHandles {
 
   ~CurlHandles() {
     if (easy != nullptr) curl_easy_cleanup(easy);
-    if (multi != nullptr) curl_multi_cleanup(multi);
     curl_slist_free_all(headers);
     curl_slist_free_all(resolve);
   }
 };
 
 bool HttpStoreClient::asynchronousDns() {
-  initCurl();
+  initLibcurl();
   const curl_version_info_data* info = curl_version_info(CURLVERSION_NOW);
   return info != nullptr && (info->features & CURL_VERSION_ASYNCHDNS) != 0;
 }
@@ -380,7 +331,7 @@ Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, 
   if (hasControlOrSpace(params.url)) {
     return Status::error(ErrorCode::kInvalid, key + ": white space or control character in URL");
   }
-  if (!initCurl()) return Status::error(ErrorCode::kInternal, "store: libcurl cannot be initialised");
+  if (!initLibcurl()) return Status::error(ErrorCode::kInternal, "store: libcurl cannot be initialised");
   std::unique_ptr<CURLU, decltype(&curl_url_cleanup)> parsed(curl_url(), curl_url_cleanup);
   if (!parsed) return Status::error(ErrorCode::kInternal, "store: out of memory");
   if (CURLUcode rc = curl_url_set(parsed.get(), CURLUPART_URL, params.url.c_str(), 0); rc != CURLUE_OK) {
@@ -433,9 +384,14 @@ Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, 
   client->origin_ = scheme + "://" + host + ":" + port;
   CurlHandles& c = *client->curl_;
   c.caCertificates = std::move(caCertificates);
-  c.multi = newMultiHandle();
   c.easy = curl_easy_init();
-  if (c.multi == nullptr || c.easy == nullptr) {
+  if (client->params_.options.driver) {
+    client->driver_ = client->params_.options.driver;
+  } else {
+    auto polling = std::make_shared<PollingTransferDriver>();
+    if (polling->valid()) client->driver_ = std::move(polling);
+  }
+  if (c.easy == nullptr || !client->driver_) {
     return Status::error(ErrorCode::kInternal, "store: libcurl cannot make its handles");
   }
   const Params& p = client->params_;
@@ -491,10 +447,9 @@ Result<std::unique_ptr<HttpStoreClient>> HttpStoreClient::create(Params params, 
 std::string HttpStoreClient::describe() const { return shown_; }
 
 void HttpStoreClient::cancel() {
-  std::lock_guard<std::mutex> lock(curl_->multiMutex);
   cancelled_.store(true);
-  // Wakes curl_multi_poll() in the fetching thread (or makes its next call return at once).
-  if (curl_->multi != nullptr) curl_multi_wakeup(curl_->multi);
+  // Wakes the transfer in progress, which then drops it (a later one sees the flag at its start).
+  if (driver_) driver_->wake(curl_->easy);
 }
 
 Result<std::string> HttpStoreClient::bearerToken() const {
@@ -527,49 +482,11 @@ bool HttpStoreClient::keptConnectionStale() const {
 }
 
 CURLcode HttpStoreClient::transfer() {
-  CURL* easy = curl_->easy;
-  CURLM* multi = curl_->multi;
-  if (curl_multi_add_handle(multi, easy) != CURLM_OK) return CURLE_OUT_OF_MEMORY;
-  CURLcode result = CURLE_OK;
-  bool done = false;
-  for (;;) {
-    int running = 0;
-    CURLMcode mc = curl_multi_perform(multi, &running);
-    int left = 0;
-    while (CURLMsg* msg = curl_multi_info_read(multi, &left)) {
-      if (msg->msg == CURLMSG_DONE && msg->easy_handle == easy) {
-        result = msg->data.result;
-        done = true;
-      }
-    }
-    if (done) break;
-    if (mc != CURLM_OK || running == 0) {
-      std::snprintf(curl_->error, sizeof curl_->error, "libcurl: %s", curl_multi_strerror(mc));
-      result = CURLE_SEND_ERROR;
-      break;
-    }
-    if (cancelled_.load()) break;
-    // Returns when a socket of the transfer is ready, when libcurl's next time-out is due, or
-    // when cancel() wakes it.
-    mc = curl_multi_poll(multi, nullptr, 0, 60000, nullptr);
-    if (mc != CURLM_OK) {
-      std::snprintf(curl_->error, sizeof curl_->error, "libcurl: %s", curl_multi_strerror(mc));
-      result = CURLE_RECV_ERROR;
-      break;
-    }
-    if (cancelled_.load()) break;
-  }
-  if (!done && cancelled_.load()) result = CURLE_ABORTED_BY_CALLBACK;
-  // The connection libcurl kept for the next fetch (asked while the transfer is still in the
-  // multi handle); none after a failure, whose connection libcurl closed.
-  curl_socket_t kept = CURL_SOCKET_BAD;
-  if (done && result == CURLE_OK) curl_easy_getinfo(easy, CURLINFO_ACTIVESOCKET, &kept);
-  keptFd_ = kept == CURL_SOCKET_BAD ? -1 : kept;
+  const TransferEnd end = driver_->run(curl_->easy, cancelled_);
+  if (!end.error.empty()) std::snprintf(curl_->error, sizeof curl_->error, "%s", end.error.c_str());
+  keptFd_ = end.kept == CURL_SOCKET_BAD ? -1 : end.kept;
   keptSince_ = SteadyClock::now();
-  // Removing an unfinished transfer closes its connection; a name look-up in progress is left to
-  // its thread (CURLOPT_QUICK_EXIT).
-  curl_multi_remove_handle(multi, easy);
-  return result;
+  return end.result;
 }
 
 Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t waitSeconds) {
@@ -598,7 +515,7 @@ Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t wai
   const auto budget = params_.options.connectTimeout + params_.options.readTimeout + std::chrono::seconds(waitSeconds);
   auto token = bearerToken();
   if (!token) return token.status();
-  if (!refreshConnection(where)) return unreachable("libcurl cannot make a multi handle");
+  refreshConnection(where);
   Answer answer;
   answer.limit = params_.maxBytes;
   curl_easy_setopt(c.easy, CURLOPT_HTTPGET, 1L);
@@ -639,23 +556,16 @@ Result<FetchOutcome> HttpStoreClient::fetch(const std::string& etag, int64_t wai
   return out;
 }
 
-bool HttpStoreClient::refreshConnection(const std::string& where) {
-  if (!keptConnectionStale()) return true;
-  // Dropping the multi handle closes the kept connection (and forgets libcurl's caches).
-  log_->debug("{}: the kept connection is idle too long or closed by the store; opening a new one", where);
-  CurlHandles& c = *curl_;
-  CURLM* fresh = newMultiHandle();
-  if (fresh == nullptr) return false;
-  CURLM* old = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(c.multiMutex);
-    old = c.multi;
-    c.multi = fresh;
-    if (cancelled_.load()) curl_multi_wakeup(fresh);
+void HttpStoreClient::refreshConnection(const std::string& where) {
+  bool fresh = false;
+  if (keptConnectionStale()) {
+    log_->debug("{}: the kept connection is idle too long or closed by the store; opening a new one", where);
+    // A driver whose connections are shared (the daemon's) cannot close this one: the transfer
+    // asks for a new connection, and libcurl closes the old one when it keeps the new one.
+    fresh = !driver_->dropConnections();
+    keptFd_ = -1;
   }
-  curl_multi_cleanup(old);
-  keptFd_ = -1;
-  return true;
+  curl_easy_setopt(curl_->easy, CURLOPT_FRESH_CONNECT, fresh ? 1L : 0L);
 }
 
 CURLcode HttpStoreClient::perform(const std::string& url, Answer& answer, std::chrono::milliseconds budget,
@@ -696,7 +606,7 @@ Result<HttpStoreClient::Reply> HttpStoreClient::exchange(const Exchange& x) {
     if (hasControl(h)) return unreachable("a request header has control characters");
     c.headers = curl_slist_append(c.headers, h.c_str());
   }
-  if (!refreshConnection(where)) return unreachable("libcurl cannot make a multi handle");
+  refreshConnection(where);
   Answer answer;
   answer.limit = params_.maxBytes;
   answer.enough = x.enough;
@@ -748,7 +658,7 @@ Status HttpStoreClient::post(const std::string& body, const std::vector<std::str
   for (const auto& h : headers) {
     if (!hasControl(h)) c.headers = curl_slist_append(c.headers, h.c_str());
   }
-  if (!refreshConnection(where)) return unreachable("libcurl cannot make a multi handle");
+  refreshConnection(where);
   Answer answer;
   answer.limit = params_.maxBytes;
   answer.anySuccess = true;

@@ -4,26 +4,32 @@
 // polling, a size limit enforced while reading, time limits, optional Ed25519 signatures, the
 // proxy of agent/store/store_proxy.h, and HTTP/1.1 only (the rules below are HTTP/1.1's).
 //
-// One libcurl multi handle and one easy handle per client. The fetch runs in the calling thread:
-// curl_multi_perform / curl_multi_poll until the transfer is done; cancel() sets a flag and wakes
-// that poll with curl_multi_wakeup() from any thread, and the transfer is removed. Name look-ups
-// run on libcurl's resolver thread and a cancelled one is abandoned to it (CURLOPT_QUICK_EXIT),
-// so a look-up that hangs delays neither cancel() nor the client's destruction.
+// One easy handle per client; its transfers are run by a TransferDriver
+// (agent/store/transfer_driver.h): by default a multi handle of the client's own, polled in the
+// calling thread (curl_multi_perform / curl_multi_poll); in the daemon, the multi handle the
+// daemon's libuv loop drives (agent/daemon/curl_uv.h), shared by its clients, while the fetching
+// thread waits. Either way fetch() blocks its caller until the transfer ends; cancel() sets a flag
+// and wakes the driver from any thread, and the transfer is removed. Name look-ups run on
+// libcurl's resolver thread and a cancelled one is abandoned to it (CURLOPT_QUICK_EXIT), so a
+// look-up that hangs delays neither cancel() nor the client's destruction.
 //
-// Connections are kept between fetches in the multi handle's connection cache (one connection at
+// Connections are kept between fetches in the driver's connection cache (one connection at
 // most): libcurl keeps a connection after an answer it read to its end when the store did not say
 // "Connection: close", and closes it after an error, an aborted transfer (an error status, whose
 // body is not read, a refused or oversized answer) or an answer with bytes beyond its
 // Content-Length. Before each fetch the client itself refuses the kept connection when it has
 // been idle longer than options.maxIdle (libcurl's CURLOPT_MAXAGE_CONN counts whole seconds) or
-// when anything is readable on it (the store closed it, or sent bytes nobody asked for); a GET
+// when anything is readable on it (the store closed it, or sent bytes nobody asked for): its own
+// driver drops it; with a shared driver the fetch asks for a new connection
+// (CURLOPT_FRESH_CONNECT) and libcurl closes the refused one when it keeps the new; a GET
 // that meets a reused connection closed before any byte of the answer is sent again once on a
 // new connection (libcurl's retry of a request on a dead reused connection).
 //
 // TLS: libcurl's OpenSSL with the system CAs (its default bundle) plus the certificates of
 // ca_file, added to the verification store by CURLOPT_SSL_CTX_FUNCTION (CURLOPT_CAINFO would
 // replace the system bundle); TLS >= 1.2, peer and host name (or IP address) verified, SNI.
-// Sockets are opened close-on-exec (libcurl 7.88 does not do it).
+// Sockets are opened close-on-exec (libcurl 7.88 does not do it), the drivers' multi handles'
+// included.
 
 #include <curl/curl.h>
 
@@ -39,6 +45,7 @@
 #include "agent/store/signature.h"
 #include "agent/store/store_client.h"
 #include "agent/store/store_proxy.h"
+#include "agent/store/transfer_driver.h"
 
 namespace pim {
 
@@ -131,8 +138,8 @@ class HttpStoreClient : public StoreClient {
   // Whether the connection kept by the last fetch must not carry the next one.
   bool keptConnectionStale() const;
   Status failure(CURLcode code, const Answer& answer, const std::string& where) const;
-  // Drops the kept connection when keptConnectionStale(); false when libcurl failed.
-  bool refreshConnection(const std::string& where);
+  // Drops the kept connection when keptConnectionStale() (or has the next transfer open a new one).
+  void refreshConnection(const std::string& where);
   // Sets the request on the easy handle and runs it (transfer()).
   CURLcode perform(const std::string& url, Answer& answer, std::chrono::milliseconds budget, const std::string& token);
 
@@ -143,6 +150,7 @@ class HttpStoreClient : public StoreClient {
   std::string origin_;  // scheme://host:port, for exchange()
   bool hasQuery_ = false;
   Logger log_;
+  std::shared_ptr<TransferDriver> driver_;  // outlives curl_ (the easy handle is cleaned up first)
   std::unique_ptr<CurlHandles> curl_;
   std::atomic<bool> cancelled_{false};
   // Only fetch() touches these.

@@ -17,6 +17,8 @@
 
 namespace pim {
 
+class TransferDriver;
+
 /// What one successful fetch brought.
 struct FetchOutcome {
   enum class Kind { kDocument, kUnchanged };
@@ -42,6 +44,11 @@ struct StoreClientOptions {
   /// Tests only: name resolutions that bypass the resolver, as libcurl's CURLOPT_RESOLVE
   /// ("HOST:PORT:ADDRESS[,ADDRESS...]", addresses tried in that order).
   std::vector<std::string> resolve;
+  /// http(s) and etcd: what runs the transfers (agent/store/transfer_driver.h); shared by the
+  /// clients made with these options and kept alive by them. Null: each client polls a multi
+  /// handle of its own in the fetching thread (PollingTransferDriver). The daemon gives its
+  /// libuv-driven one (agent/daemon/curl_uv.h).
+  std::shared_ptr<TransferDriver> driver;
 };
 
 class StoreClient {
