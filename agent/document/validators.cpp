@@ -2,6 +2,7 @@
 #include "providers/core/base64.h"
 
 #include <arpa/inet.h>
+#include <crypt.h>
 #include <netinet/in.h>
 #include <openssl/ec.h>
 #include <openssl/obj_mac.h>
@@ -241,7 +242,7 @@ bool allCryptChars(std::string_view s) {
   return true;
 }
 
-const char* kUnsupportedHash = "not a supported crypt(3) hash ($y$, $6$, $5$, $2b$)";
+const char* kUnsupportedHash = "not a supported crypt(3) hash ($y$, $6$, $2b$)";
 
 // The number of '$'-separated fields, so that messages can say what is wrong without echoing.
 std::vector<std::string_view> splitDollar(std::string_view s) {
@@ -417,6 +418,27 @@ Status checkBcrypt(std::string_view hash) {
   return Status::ok();
 }
 
+// The host's libxcrypt has the last word on the method: one it was built without, disabled, or
+// deems legacy (too weak for new passwords: $5$) is refused even when its shape is right.
+// crypt_checksalt() looks at the method (and, in 4.4.33, the characters), not at the structure
+// or the cost, so the checks above stay: their messages are precise, and their bounds keep a
+// hash from making every login attempt expensive.
+Status checkMethod(std::string_view hash, const std::string& method) {
+  const std::string setting(hash);
+  switch (crypt_checksalt(setting.c_str())) {
+    case CRYPT_SALT_OK:
+      return Status::ok();
+    case CRYPT_SALT_METHOD_LEGACY:
+      return invalid(method + " is a legacy method that libxcrypt deems too weak (use $y$, $6$ or $2b$)");
+    case CRYPT_SALT_METHOD_DISABLED:
+      return invalid(method + " is disabled in this host's libxcrypt");
+    case CRYPT_SALT_INVALID:
+      return invalid(method + " is not supported by this host's libxcrypt");
+    default:
+      return invalid(method + " is refused by this host's libxcrypt (crypt_checksalt)");
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // RFC 3339
 // ---------------------------------------------------------------------------------------------
@@ -531,11 +553,23 @@ Status checkCryptHash(std::string_view hash) {
   for (unsigned char c : hash) {
     if (!isPrintableAscii(c)) return invalid(kUnsupportedHash);
   }
-  if (hash.substr(0, 3) == "$y$") return checkYescrypt(hash);
-  if (hash.substr(0, 3) == "$6$") return checkShaCrypt(hash, true);
-  if (hash.substr(0, 3) == "$5$") return checkShaCrypt(hash, false);
-  if (hash.substr(0, 4) == "$2b$") return checkBcrypt(hash);
-  return invalid(kUnsupportedHash);
+  Status shape = invalid(kUnsupportedHash);
+  std::string method;
+  if (hash.substr(0, 3) == "$y$") {
+    shape = checkYescrypt(hash);
+    method = "$y$ (yescrypt)";
+  } else if (hash.substr(0, 3) == "$6$") {
+    shape = checkShaCrypt(hash, true);
+    method = "$6$ (sha512crypt)";
+  } else if (hash.substr(0, 3) == "$5$") {
+    shape = checkShaCrypt(hash, false);  // well-formed, then refused as legacy
+    method = "$5$ (sha256crypt)";
+  } else if (hash.substr(0, 4) == "$2b$") {
+    shape = checkBcrypt(hash);
+    method = "$2b$ (bcrypt)";
+  }
+  if (!shape) return shape;
+  return checkMethod(hash, method);
 }
 
 Status checkSudoProgram(std::string_view path) {

@@ -13,7 +13,6 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,6 +24,7 @@
 #include <sstream>
 #include "providers/core/paths.h"
 #include "providers/core/text_fields.h"
+#include "providers/host/subprocess.h"
 
 namespace pim {
 namespace {
@@ -670,89 +670,24 @@ Result<CommandResult> RealHost::run(const std::vector<std::string>& argv, std::s
   forgetReads();
   if (argv.empty()) return Status::error(ErrorCode::kInvalid, "run: empty command");
   if (aborted_.load()) return Status::error(ErrorCode::kCommand, "run " + argv[0] + ": the agent is stopping");
-  int inPipe[2], outPipe[2], errPipe[2];
-  if (::pipe2(inPipe, O_CLOEXEC) != 0) return ioError("pipe for", argv[0], errno);
-  if (::pipe2(outPipe, O_CLOEXEC) != 0) {
-    ::close(inPipe[0]);
-    ::close(inPipe[1]);
-    return ioError("pipe for", argv[0], errno);
-  }
-  if (::pipe2(errPipe, O_CLOEXEC) != 0) {
-    for (int fd : {inPipe[0], inPipe[1], outPipe[0], outPipe[1]}) ::close(fd);
-    return ioError("pipe for", argv[0], errno);
-  }
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  static char kPath[] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-  static char kLang[] = "LC_ALL=C";
-  char* env[] = {kPath, kLang, nullptr};
-  pid_t pid = ::fork();
-  if (pid < 0) {
-    for (int fd : {inPipe[0], inPipe[1], outPipe[0], outPipe[1], errPipe[0], errPipe[1]}) ::close(fd);
-    return ioError("fork for", argv[0], errno);
-  }
-  if (pid == 0) {
-    ::setpgid(0, 0);  // its own process group: abortCommands() kills it with what it started
-    ::dup2(inPipe[0], 0);
-    ::dup2(outPipe[1], 1);
-    ::dup2(errPipe[1], 2);
-    ::execve(args[0], args.data(), env);
-    ::_exit(127);
-  }
-  ::setpgid(pid, pid);  // (also here: no race with a kill before the child ran setpgid)
-  runningChild_.store(pid);
-  if (aborted_.load()) ::kill(-pid, SIGKILL);
-  ::close(inPipe[0]);
-  ::close(outPipe[1]);
-  ::close(errPipe[1]);
-  Fd in(inPipe[1]), out(outPipe[0]), err(errPipe[0]);
-  ::fcntl(in.get(), F_SETFL, O_NONBLOCK);
-  if (input.empty()) in.reset();
+  SpawnOptions options;
+  options.in = Redirect::pipe();
+  options.env = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"};
+  options.group = SpawnOptions::Group::kOwnGroup;  // abortCommands() kills it with what it started
+  auto spawned = Subprocess::spawn(argv, options);
+  if (!spawned) return spawned.status();
+  Subprocess child = std::move(*spawned);
+  runningChild_.store(child.pid());
+  // abortCommands() may have run between the check above and the store: it saw no pid to kill.
+  if (aborted_.load()) child.kill(SIGKILL);
+  Subprocess::Output output =
+      child.communicate(input, std::chrono::steady_clock::now() + std::chrono::minutes(5), size_t{16} << 20);
+  if (output.timedOut) child.kill(SIGKILL);
   CommandResult result;
-  size_t written = 0;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
-  while (out.valid() || err.valid()) {
-    std::vector<pollfd> fds;
-    if (in.valid()) fds.push_back({in.get(), POLLOUT, 0});
-    if (out.valid()) fds.push_back({out.get(), POLLIN, 0});
-    if (err.valid()) fds.push_back({err.get(), POLLIN, 0});
-    int r = ::poll(fds.data(), fds.size(), 1000);
-    if (r < 0 && errno != EINTR) break;
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      break;
-    }
-    for (const auto& p : fds) {
-      if (p.revents == 0) continue;
-      if (in.valid() && p.fd == in.get()) {
-        ssize_t n = ::write(in.get(), input.data() + written, input.size() - written);
-        if (n > 0) written += size_t(n);
-        if (n < 0 && errno != EAGAIN && errno != EINTR) in.reset();
-        if (written >= input.size()) in.reset();
-        continue;
-      }
-      Fd& target = (out.valid() && p.fd == out.get()) ? out : err;
-      std::string& sink = (&target == &out) ? result.out : result.err;
-      char buf[8192];
-      ssize_t n = ::read(target.get(), buf, sizeof buf);
-      if (n > 0) {
-        if (sink.size() < (16u << 20)) sink.append(buf, size_t(n));
-      } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-        target.reset();
-      }
-    }
-  }
-  in.reset();
-  int wstatus = 0;
-  while (::waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
-  }
+  result.exitCode = child.wait();
   runningChild_.store(-1);
-  if (WIFEXITED(wstatus)) {
-    result.exitCode = WEXITSTATUS(wstatus);
-  } else if (WIFSIGNALED(wstatus)) {
-    result.exitCode = 128 + WTERMSIG(wstatus);
-  }
+  result.out = std::move(output.out);
+  result.err = std::move(output.err);
   if (result.exitCode == 127 && result.out.empty() && result.err.empty()) {
     result.err = "cannot execute " + argv[0];
   }

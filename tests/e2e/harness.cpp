@@ -1,17 +1,12 @@
 #include "tests/e2e/harness.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <pwd.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdlib.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -25,8 +20,7 @@
 #include <Poco/JSON/Parser.h>
 
 #include "providers/host/scratch_dir.h"
-
-extern char** environ;
+#include "providers/host/subprocess.h"
 
 namespace pim::e2e {
 namespace {
@@ -92,104 +86,36 @@ CommandOutput runCommand(const std::vector<std::string>& argv, const std::string
                          std::chrono::milliseconds timeout, const std::vector<std::string>& env) {
   CommandOutput result;
   if (argv.empty()) return result;
-  int inPipe[2], outPipe[2], errPipe[2];
-  if (::pipe2(inPipe, O_CLOEXEC) != 0 || ::pipe2(outPipe, O_CLOEXEC) != 0 || ::pipe2(errPipe, O_CLOEXEC) != 0) {
-    fail("pipe");
+  SpawnOptions options;
+  options.in = Redirect::pipe();
+  options.group = SpawnOptions::Group::kNewSession;
+  options.env = env;
+  options.inheritEnvironment = true;
+  options.searchPath = true;
+  auto spawned = Subprocess::spawn(argv, options);
+  if (!spawned) throw std::runtime_error(spawned.status().message());
+  Subprocess child = std::move(*spawned);
+  if (child.execError() != 0) {
+    result.exit = 127;
+    result.err = "exec " + argv[0] + ": " + std::strerror(child.execError()) + "\n";
+    return result;
   }
-  std::vector<std::string> envStrings;
-  for (char** e = environ; *e != nullptr; ++e) envStrings.emplace_back(*e);
-  for (const auto& e : env) envStrings.push_back(e);
-  std::vector<char*> envp;
-  for (auto& e : envStrings) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-
-  pid_t pid = ::fork();
-  if (pid < 0) fail("fork");
-  if (pid == 0) {
-    ::setsid();
-    ::dup2(inPipe[0], 0);
-    ::dup2(outPipe[1], 1);
-    ::dup2(errPipe[1], 2);
-    ::execvpe(args[0], args.data(), envp.data());
-    std::string msg = std::string("exec ") + args[0] + ": " + std::strerror(errno) + "\n";
-    (void)!::write(2, msg.data(), msg.size());
-    ::_exit(127);
-  }
-  ::close(inPipe[0]);
-  ::close(outPipe[1]);
-  ::close(errPipe[1]);
-  int in = inPipe[1], out = outPipe[0], err = errPipe[0];
-  ::fcntl(in, F_SETFL, O_NONBLOCK);
-  ::signal(SIGPIPE, SIG_IGN);
-  if (input.empty()) {
-    ::close(in);
-    in = -1;
-  }
-  size_t written = 0;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (out >= 0 || err >= 0) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) {
-      result.timedOut = true;
-      ::kill(-pid, SIGKILL);
-      ::kill(pid, SIGKILL);
-      break;
-    }
-    std::vector<pollfd> fds;
-    if (in >= 0) fds.push_back({in, POLLOUT, 0});
-    if (out >= 0) fds.push_back({out, POLLIN, 0});
-    if (err >= 0) fds.push_back({err, POLLIN, 0});
-    int r = ::poll(fds.data(), fds.size(), int(std::min<int64_t>(left.count(), 200)));
-    if (r < 0 && errno != EINTR) break;
-    for (const auto& p : fds) {
-      if (p.revents == 0) continue;
-      if (p.fd == in) {
-        ssize_t n = ::write(in, input.data() + written, input.size() - written);
-        if (n > 0) written += size_t(n);
-        if ((n < 0 && errno != EAGAIN && errno != EINTR) || written >= input.size()) {
-          ::close(in);
-          in = -1;
-        }
-        continue;
-      }
-      char buf[8192];
-      ssize_t n = ::read(p.fd, buf, sizeof buf);
-      if (n > 0) {
-        (p.fd == out ? result.out : result.err).append(buf, size_t(n));
-      } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-        if (p.fd == out) {
-          ::close(out);
-          out = -1;
-        } else {
-          ::close(err);
-          err = -1;
-        }
-      }
-    }
-  }
-  for (int fd : {in, out, err}) {
-    if (fd >= 0) ::close(fd);
-  }
-  int status = 0;
+  Subprocess::Output output = child.communicate(input, deadline);
+  result.out = std::move(output.out);
+  result.err = std::move(output.err);
   // The output is complete; a process that keeps running past the deadline is killed.
-  while (true) {
-    pid_t w = ::waitpid(pid, &status, WNOHANG);
-    if (w == pid) break;
-    if (w < 0 && errno != EINTR) return result;
-    if (std::chrono::steady_clock::now() > deadline) {
-      result.timedOut = true;
-      ::kill(-pid, SIGKILL);
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::optional<int> code;
+  if (!output.timedOut) {
+    code = child.waitFor(std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::max(deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero())));
   }
-  if (WIFEXITED(status)) result.exit = WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) result.exit = 128 + WTERMSIG(status);
+  if (!code) {
+    result.timedOut = true;
+    child.kill(SIGKILL);
+    code = child.wait();
+  }
+  result.exit = *code;
   return result;
 }
 
@@ -310,38 +236,29 @@ TestSshd::TestSshd(Options options) : options_(std::move(options)) {
   writeFile(config_, cfg.str(), 0644);
   writeFile(logPath_, "", 0600);
 
-  pid_ = ::fork();
-  if (pid_ < 0) fail("fork sshd");
-  if (pid_ == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the test process
-    int devnull = ::open("/dev/null", O_RDONLY);
-    int log = ::open(logPath_.c_str(), O_WRONLY | O_APPEND);
-    ::dup2(devnull, 0);
-    ::dup2(log, 1);
-    ::dup2(log, 2);
-    ::execl("/usr/sbin/sshd", "/usr/sbin/sshd", "-D", "-f", config_.c_str(), "-E", logPath_.c_str(),
-            static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
+  SpawnOptions spawn;
+  // setpriv sets sshd's parent-death signal and execs it (same pid): never outlive the test
+  // process.
+  spawn.out = Redirect::append(logPath_);
+  spawn.err = Redirect::toStdout();
+  spawn.group = SpawnOptions::Group::kInherit;
+  spawn.inheritEnvironment = true;
+  auto spawned = Subprocess::spawn(
+      {"/usr/bin/setpriv", "--pdeathsig", "TERM", "--", "/usr/sbin/sshd", "-D", "-f", config_, "-E", logPath_}, spawn);
+  if (!spawned) throw std::runtime_error("start sshd: " + spawned.status().message());
+  sshd_.emplace(std::move(*spawned));
   if (!waitForStart(0, std::chrono::seconds(15))) {
-    // The destructor does not run for a constructor that throws: stop sshd here.
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-    pid_ = -1;
+    // Stopped (and reaped) before its log is shown.
+    sshd_.reset();
     INFO("sshd log:\n" << log());
     FAIL("sshd did not start listening on 127.0.0.1:" << port_);
   }
 }
 
 TestSshd::~TestSshd() {
-  if (pid_ <= 0) return;
-  ::kill(pid_, SIGTERM);
-  for (int i = 0; i < 500; ++i) {
-    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ::kill(pid_, SIGKILL);
-  ::waitpid(pid_, nullptr, 0);
+  if (!sshd_) return;
+  sshd_->kill(SIGTERM);
+  (void)sshd_->waitFor(std::chrono::seconds(5));  // else SIGKILL as the Subprocess goes away
 }
 
 std::string TestSshd::log() const {
@@ -354,13 +271,13 @@ std::string TestSshd::log() const {
 
 size_t TestSshd::starts() const { return countOccurrences(log(), "Server listening on 127.0.0.1 port"); }
 
-std::string TestSshd::reloadCommand() const { return "/bin/kill -HUP " + std::to_string(pid_); }
+std::string TestSshd::reloadCommand() const { return "/bin/kill -HUP " + std::to_string(pid()); }
 
 bool TestSshd::waitForStart(size_t previous, std::chrono::milliseconds timeout) const {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     if (starts() > previous) return true;
-    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return false;  // sshd died
+    if (!sshd_->running()) return false;  // sshd died
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return false;
@@ -368,7 +285,7 @@ bool TestSshd::waitForStart(size_t previous, std::chrono::milliseconds timeout) 
 
 void TestSshd::reload() {
   const size_t before = starts();
-  REQUIRE(::kill(pid_, SIGHUP) == 0);
+  REQUIRE(sshd_->kill(SIGHUP));
   bool ok = waitForStart(before);
   INFO("sshd log:\n" << log());
   REQUIRE(ok);
@@ -467,55 +384,41 @@ constexpr const char* kClientNs = "pimclient";
 }  // namespace
 
 AgentDaemon::AgentDaemon(const std::string& config, const std::string& log) : log_(log) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-  const std::string binary = agentBinary();
-  std::vector<char*> argv{const_cast<char*>(binary.c_str()), const_cast<char*>("--config"),
-                          const_cast<char*>(config.c_str()), const_cast<char*>("run"), nullptr};
-  REQUIRE(posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ) == 0);
-  posix_spawn_file_actions_destroy(&actions);
+  SpawnOptions options;
+  options.in = Redirect::inherit();
+  options.out = Redirect::append(log);
+  options.err = Redirect::toStdout();
+  options.group = SpawnOptions::Group::kInherit;
+  options.inheritEnvironment = true;
+  auto spawned = Subprocess::spawn({agentBinary(), "--config", config, "run"}, options);
+  REQUIRE(spawned.isOk());
+  REQUIRE(spawned->execError() == 0);
+  process_.emplace(std::move(*spawned));
 }
 
 AgentDaemon::~AgentDaemon() {
-  ::kill(pid_, SIGTERM);
-  for (int i = 0; i < 40; ++i) {
-    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  ::kill(pid_, SIGKILL);
-  ::waitpid(pid_, nullptr, 0);
+  process_->kill(SIGTERM);
+  (void)process_->waitFor(std::chrono::seconds(2));  // else SIGKILL as the Subprocess goes away
 }
 
 Background::Background(const std::vector<std::string>& argv, const std::string& log) {
-  pid_ = ::fork();
-  REQUIRE(pid_ >= 0);
-  if (pid_ == 0) {
-    ::setpgid(0, 0);
-    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-    const int in = ::open("/dev/null", O_RDONLY);
-    const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-    ::dup2(in, 0);
-    ::dup2(out, 1);
-    ::dup2(out, 2);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    ::execvp(args[0], args.data());
-    ::_exit(127);
-  }
-  ::setpgid(pid_, pid_);
+  // setpriv sets the parent-death signal and execs the command: never outlive the test process.
+  std::vector<std::string> command{"setpriv", "--pdeathsig", "TERM", "--"};
+  command.insert(command.end(), argv.begin(), argv.end());
+  SpawnOptions options;
+  options.out = Redirect::append(log);
+  options.err = Redirect::toStdout();
+  options.group = SpawnOptions::Group::kOwnGroup;
+  options.inheritEnvironment = true;
+  options.searchPath = true;
+  auto spawned = Subprocess::spawn(command, options);
+  REQUIRE(spawned.isOk());
+  process_.emplace(std::move(*spawned));
 }
 
 Background::~Background() {
-  ::kill(-pid_, SIGTERM);
-  for (int i = 0; i < 100; ++i) {
-    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  ::kill(-pid_, SIGKILL);
-  ::waitpid(pid_, nullptr, 0);
+  process_->kill(SIGTERM);                           // the whole group
+  (void)process_->waitFor(std::chrono::seconds(2));  // else SIGKILL as the Subprocess goes away
 }
 
 bool eventually(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {

@@ -18,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,7 @@
 #include <Poco/JSON/Object.h>
 #include <catch2/catch.hpp>
 
+#include "providers/host/subprocess.h"
 #include "tests/support/skip.h"
 
 namespace pim::e2e {
@@ -144,7 +146,8 @@ class ClientNetwork {
 };
 
 /// A real sshd on 127.0.0.1:<free port> with its own host key, started with
-/// `/usr/sbin/sshd -D -f <cfg> -E <log>`, stopped (SIGTERM, then SIGKILL) on destruction.
+/// `/usr/sbin/sshd -D -f <cfg> -E <log>` (through `setpriv --pdeathsig TERM`, which execs it),
+/// stopped (SIGTERM, then SIGKILL) on destruction.
 /// Its config mirrors Debian's sshd_config: `Include <options.include>` first, UsePAM yes,
 /// KbdInteractiveAuthentication no, Subsystem sftp /usr/lib/openssh/sftp-server, LogLevel
 /// VERBOSE. Clients may connect from any 127.0.0.0/8 address (bindAddr) to test sources.
@@ -164,7 +167,7 @@ class TestSshd {
   TestSshd& operator=(const TestSshd&) = delete;
 
   int port() const { return port_; }
-  pid_t pid() const { return pid_; }
+  pid_t pid() const { return sshd_ ? sshd_->pid() : -1; }
   const std::string& configPath() const { return config_; }
   /// sshd's log so far (-E file).
   std::string log() const;
@@ -210,7 +213,7 @@ class TestSshd {
   std::string config_;
   std::string logPath_;
   int port_ = 0;
-  pid_t pid_ = -1;
+  mutable std::optional<Subprocess> sshd_;  // mutable: waitForStart() reaps an sshd that died
 };
 
 /// Paths of the programs under test, from the build (PIM_AGENT_BINARY, PIM_SOURCE_DIR); the
@@ -348,7 +351,7 @@ class AgentDaemon {
 
  private:
   std::string log_;
-  pid_t pid_ = -1;
+  std::optional<Subprocess> process_;
 };
 
 /// A command (argv[0] looked up in PATH) in the background in a process group of its own,
@@ -362,7 +365,7 @@ class Background {
   Background& operator=(const Background&) = delete;
 
  private:
-  pid_t pid_ = -1;
+  std::optional<Subprocess> process_;
 };
 
 /// Polls `condition` every 100 ms for up to `timeout`.

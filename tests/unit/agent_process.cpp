@@ -3,10 +3,8 @@
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -68,71 +66,29 @@ std::string agentBinary() { return PIM_AGENT_BINARY; }
 ChildProcess::ChildProcess(const std::vector<std::string>& argv, const std::vector<std::string>& env,
                            std::string stdoutPath, std::string stderrPath)
     : stdoutPath_(std::move(stdoutPath)), stderrPath_(std::move(stderrPath)) {
-  std::vector<std::string> envStrings;
-  for (char** e = environ; *e != nullptr; ++e) envStrings.emplace_back(*e);
-  for (const auto& e : env) envStrings.push_back(e);
-  std::vector<char*> envp;
-  for (auto& e : envStrings) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> args = argv;
-  std::vector<char*> argp;
-  for (auto& a : args) argp.push_back(a.data());
-  argp.push_back(nullptr);
-  const int out = ::open(stdoutPath_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  const int err = ::open(stderrPath_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  const int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (out < 0 || err < 0 || in < 0) throw std::runtime_error("ChildProcess: cannot open output files");
-  pid_ = ::fork();
-  if (pid_ == 0) {
-    // Default dispositions and an empty mask whatever the test binary set (SIGPIPE ignored by
-    // the store test server, say): the child must meet signals as in production.
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    for (int s : {SIGPIPE, SIGTERM, SIGINT, SIGHUP}) ::signal(s, SIG_DFL);
-    ::dup2(in, 0);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    ::execvpe(argp[0], argp.data(), envp.data());
-    ::_exit(127);
-  }
-  ::close(out);
-  ::close(err);
-  ::close(in);
-  if (pid_ < 0) throw std::runtime_error("ChildProcess: fork failed");
+  // Subprocess gives the child default dispositions and an empty mask whatever the test binary
+  // set (SIGPIPE ignored by the store test server, say): it meets signals as in production.
+  SpawnOptions options;
+  options.out = Redirect::truncate(stdoutPath_);
+  options.err = Redirect::truncate(stderrPath_);
+  options.group = SpawnOptions::Group::kInherit;
+  options.env = env;
+  options.inheritEnvironment = true;
+  options.searchPath = true;
+  auto spawned = Subprocess::spawn(argv, options);
+  if (!spawned) throw std::runtime_error("ChildProcess: " + spawned.status().message());
+  process_.emplace(std::move(*spawned));
 }
 
-ChildProcess::~ChildProcess() {
-  if (running()) {
-    ::kill(pid_, SIGKILL);
-    (void)waitExit(std::chrono::seconds(10));
-  }
-}
+ChildProcess::~ChildProcess() = default;  // Subprocess: SIGKILL and reap when it still runs
 
-void ChildProcess::signal(int signum) {
-  if (running()) ::kill(pid_, signum);
-}
+pid_t ChildProcess::pid() const { return process_->pid(); }
 
-std::optional<int> ChildProcess::waitExit(std::chrono::milliseconds timeout) {
-  if (exit_) return exit_;
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (true) {
-    int status = 0;
-    const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-    if (r == pid_) {
-      exit_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      return exit_;
-    }
-    if (r < 0 && errno != EINTR) {
-      exit_ = -1;
-      return exit_;
-    }
-    if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-}
+void ChildProcess::signal(int signum) { process_->kill(signum); }
 
-bool ChildProcess::running() { return pid_ > 0 && !waitExit(std::chrono::milliseconds(0)); }
+std::optional<int> ChildProcess::waitExit(std::chrono::milliseconds timeout) { return process_->waitFor(timeout); }
+
+bool ChildProcess::running() { return process_->running(); }
 
 std::string ChildProcess::out() const { return readText(stdoutPath_); }
 std::string ChildProcess::err() const { return readText(stderrPath_); }

@@ -25,6 +25,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "providers/host/subprocess.h"
 #include "tests/support/skip.h"
 
 namespace pim {
@@ -60,7 +61,8 @@ class ChildProcess {
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;
 
-  pid_t pid() const { return pid_; }
+  /// -1 when the program could not be executed (waitExit() then says 127).
+  pid_t pid() const;
   /// Sends a signal (no-op once reaped).
   void signal(int signum);
   /// Waits up to `timeout` for the exit; returns the exit code (128 + signal when killed by a
@@ -73,10 +75,9 @@ class ChildProcess {
   std::string err() const;
 
  private:
-  pid_t pid_ = -1;
-  std::optional<int> exit_;
   std::string stdoutPath_;
   std::string stderrPath_;
+  std::optional<Subprocess> process_;
 };
 
 /// Runs a program to its end (killed after `timeout`) and returns its output.

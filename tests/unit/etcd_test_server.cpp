@@ -1,6 +1,5 @@
 #include "tests/unit/etcd_test_server.h"
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -48,7 +47,7 @@ void EtcdTestServer::start() {
       argv.push_back("--trusted-ca-file=" + options_.tls->caCert);
     }
   }
-  pid_ = spawn(argv, dir_.file("etcd.log"));
+  process_.emplace(spawn(argv, dir_.file("etcd.log")));
   for (int i = 0; i < 400; ++i) {
     if (acceptsConnections(clientPort_)) {
       // Serving once a read goes through (the member elected itself).
@@ -58,9 +57,8 @@ void EtcdTestServer::start() {
       } catch (const std::exception&) {
       }
     }
-    int status = 0;
-    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
+    if (!process_->running()) {
+      process_.reset();
       throw std::runtime_error("etcd exited at start: " + readAll(dir_.file("etcd.log")));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -69,10 +67,10 @@ void EtcdTestServer::start() {
 }
 
 void EtcdTestServer::stop() {
-  if (pid_ < 0) return;
-  ::kill(pid_, SIGTERM);
-  waitFor(pid_, std::chrono::seconds(10));
-  pid_ = -1;
+  if (!process_) return;
+  process_->kill(SIGTERM);
+  (void)waitFor(*process_, std::chrono::seconds(10));
+  process_.reset();
 }
 
 std::string EtcdTestServer::ctl(const std::vector<std::string>& args) const {
@@ -88,7 +86,8 @@ std::string EtcdTestServer::ctl(const std::vector<std::string>& args) const {
   if (auth_) argv.push_back("--user=root:rootpw");
   argv.insert(argv.end(), args.begin(), args.end());
   const std::string out = dir_.file("etcdctl.out");
-  const int rc = waitFor(spawn(argv, out, {"ETCDCTL_API=3"}), std::chrono::seconds(15));
+  Subprocess etcdctl = spawn(argv, out, {"ETCDCTL_API=3"});
+  const int rc = waitFor(etcdctl, std::chrono::seconds(15));
   const std::string text = readAll(out);
   if (rc != 0) throw std::runtime_error("etcdctl " + (args.empty() ? "" : args[0]) + " failed: " + text);
   return text;

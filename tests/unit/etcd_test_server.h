@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,7 +52,7 @@ class EtcdTestServer {
   StoreTestDir dir_;
   uint16_t clientPort_ = 0;
   uint16_t peerPort_ = 0;
-  pid_t pid_ = -1;
+  std::optional<Subprocess> process_;
   bool auth_ = false;
 };
 

@@ -1,5 +1,6 @@
 #include "providers/host/real_host.h"
 
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -7,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "tests/support/banner_listener.h"
 
@@ -167,6 +169,30 @@ TEST_CASE("RealHost runs commands without a shell and feeds standard input", "[h
   auto missing = host.run({"/no/such/binary"});
   REQUIRE(missing.isOk());
   CHECK(missing->exitCode == 127);
+  CHECK(missing->err == "cannot execute /no/such/binary");
+  // A fixed environment, whatever the agent's own.
+  auto env = host.run({"/usr/bin/env"});
+  REQUIRE(env.isOk());
+  CHECK(env->out == "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nLC_ALL=C\n");
+}
+
+TEST_CASE("RealHost::abortCommands kills the running command's group and refuses later ones", "[host]") {
+  RealHost host("", pim::nullLogger());
+  std::thread aborter([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    host.abortCommands();
+  });
+  const auto start = std::chrono::steady_clock::now();
+  // The grandchild (sleep) holds stdout: run() returns once the whole group is gone.
+  auto r = host.run({"/bin/sh", "-c", "sleep 300 & wait"});
+  aborter.join();
+  REQUIRE(r.isOk());
+  CHECK(r->exitCode == 128 + SIGKILL);
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
+  auto later = host.run({"/bin/true"});
+  REQUIRE_FALSE(later.isOk());
+  CHECK(later.status().code() == ErrorCode::kCommand);
+  CHECK_THAT(later.status().message(), Catch::Contains("the agent is stopping"));
 }
 
 TEST_CASE("RealHost keeps reads only while asked and forgets them on any change", "[host]") {

@@ -24,7 +24,6 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -72,48 +71,23 @@ std::string readAll(const std::string& path) {
   return ss.str();
 }
 
-// Starts argv (looked up in PATH) with stdin from /dev/null, stdout and stderr to `output`, and
-// `env` ("NAME=value") added to the environment. Returns the pid; throws when fork fails.
-pid_t spawn(const std::vector<std::string>& argv, const std::string& output, const std::vector<std::string>& env) {
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  std::vector<std::string> envStrings;
-  for (char** e = environ; *e != nullptr; ++e) envStrings.emplace_back(*e);
-  envStrings.insert(envStrings.end(), env.begin(), env.end());
-  std::vector<char*> envp;
-  for (auto& e : envStrings) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  const pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
-  if (pid == 0) {
-    const int in = ::open("/dev/null", O_RDONLY);
-    const int out = ::open(output.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (in < 0 || out < 0) ::_exit(126);
-    ::dup2(in, 0);
-    ::dup2(out, 1);
-    ::dup2(out, 2);
-    ::execvpe(args[0], args.data(), envp.data());
-    ::_exit(127);
-  }
-  return pid;
+Subprocess spawn(const std::vector<std::string>& argv, const std::string& output, const std::vector<std::string>& env) {
+  SpawnOptions options;
+  options.out = Redirect::truncate(output);
+  options.err = Redirect::toStdout();
+  options.group = SpawnOptions::Group::kInherit;
+  options.env = env;
+  options.inheritEnvironment = true;
+  options.searchPath = true;
+  auto spawned = Subprocess::spawn(argv, options);
+  if (!spawned) throw std::runtime_error(spawned.status().message());
+  return std::move(*spawned);
 }
 
-// Waits for pid up to `timeout`, then kills it; its exit code (128 + signal when killed).
-int waitFor(pid_t pid, std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (;;) {
-    int status = 0;
-    const pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    if (r < 0) return -1;
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      return 128 + SIGKILL;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+int waitFor(Subprocess& process, std::chrono::milliseconds timeout) {
+  if (auto code = process.waitFor(timeout)) return *code;
+  process.kill(SIGKILL);
+  return process.wait();
 }
 
 bool acceptsConnections(uint16_t port) {
@@ -509,12 +483,10 @@ StoreTestProxy::StoreTestProxy() {
                                    "\nListen 127.0.0.1\nTimeout 60\nMaxClients 20\nAllow 127.0.0.1\n"
                                    "LogLevel Info\nLogFile \"" +
                                    dir_.file("tinyproxy.log") + "\"\n");
-  pid_ = spawn({"/usr/bin/tinyproxy", "-d", "-c", dir_.file("tinyproxy.conf")}, dir_.file("tinyproxy.out"));
+  process_.emplace(spawn({"/usr/bin/tinyproxy", "-d", "-c", dir_.file("tinyproxy.conf")}, dir_.file("tinyproxy.out")));
   for (int i = 0; i < 250; ++i) {
     if (acceptsConnections(port_)) return;
-    int status = 0;
-    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
+    if (!process_->running()) {
       throw std::runtime_error("tinyproxy exited at start: " + readAll(dir_.file("tinyproxy.out")) +
                                readAll(dir_.file("tinyproxy.log")));
     }
@@ -524,9 +496,9 @@ StoreTestProxy::StoreTestProxy() {
 }
 
 StoreTestProxy::~StoreTestProxy() {
-  if (pid_ <= 0) return;
-  ::kill(pid_, SIGTERM);
-  if (waitFor(pid_, std::chrono::seconds(5)) < 0) ::kill(pid_, SIGKILL);
+  if (!process_) return;
+  process_->kill(SIGTERM);
+  (void)waitFor(*process_, std::chrono::seconds(5));
 }
 
 std::string StoreTestProxy::url() const { return "http://127.0.0.1:" + std::to_string(port_); }
@@ -612,9 +584,9 @@ std::optional<NamespaceRun> runInNetworkNamespace(const std::string& testName, s
   argv.insert(argv.end(), {"--net", "--mount", "--propagation", "private", self, testName});
   StoreTestDir dir;
   const std::string output = dir.file("output");
-  const pid_t pid = spawn(argv, output, {std::string(kNamespaceVariable) + "=1"});
+  Subprocess process = spawn(argv, output, {std::string(kNamespaceVariable) + "=1"});
   NamespaceRun run;
-  run.exit = waitFor(pid, std::chrono::seconds(120));
+  run.exit = waitFor(process, std::chrono::seconds(120));
   run.output = readAll(output);
   if (run.output.find(kNamespaceMarker) == std::string::npos) {
     why = "cannot make network and mount namespaces here (unshare: exit " + std::to_string(run.exit) + ", " +

@@ -28,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include "providers/host/subprocess.h"
+
 namespace Poco {
 class ThreadPool;
 namespace Net {
@@ -206,7 +208,7 @@ class StoreTestProxy {
  private:
   StoreTestDir dir_;
   uint16_t port_ = 0;
-  int pid_ = -1;
+  std::optional<Subprocess> process_;
 };
 
 /// A port on 127.0.0.1 where nothing listens (bound once, then closed).
@@ -248,10 +250,12 @@ std::string shellQuote(const std::string& s);
 /// The content of a file ("" when unreadable).
 std::string readAll(const std::string& path);
 /// Starts argv (looked up in PATH) with stdin from /dev/null, stdout and stderr to `output`, and
-/// `env` ("NAME=value") added to the environment. Returns the pid; throws when fork fails.
-pid_t spawn(const std::vector<std::string>& argv, const std::string& output, const std::vector<std::string>& env = {});
-/// Waits for pid up to `timeout`, then kills it; its exit code (128 + signal when killed).
-int waitFor(pid_t pid, std::chrono::milliseconds timeout);
+/// `env` ("NAME=value") added to the environment; throws when it cannot be started (a program
+/// that cannot be executed exits with 127).
+Subprocess spawn(const std::vector<std::string>& argv, const std::string& output,
+                 const std::vector<std::string>& env = {});
+/// Waits for the process up to `timeout`, then kills it; its exit code (128 + signal when killed).
+int waitFor(Subprocess& process, std::chrono::milliseconds timeout);
 /// Whether something accepts TCP connections on 127.0.0.1:port.
 bool acceptsConnections(uint16_t port);
 
