@@ -242,7 +242,7 @@ bool allCryptChars(std::string_view s) {
   return true;
 }
 
-const char* kUnsupportedHash = "not a supported crypt(3) hash ($y$, $6$, $2b$)";
+const char* kUnsupportedHash = "not a supported crypt(3) hash ($y$, $6$, $5$, $2b$)";
 
 // The number of '$'-separated fields, so that messages can say what is wrong without echoing.
 std::vector<std::string_view> splitDollar(std::string_view s) {
@@ -418,8 +418,10 @@ Status checkBcrypt(std::string_view hash) {
   return Status::ok();
 }
 
-// The host's libxcrypt has the last word on the method: one it was built without, disabled, or
-// deems legacy (too weak for new passwords: $5$) is refused even when its shape is right.
+// The host's libxcrypt has the last word on the method: one it was built without or disabled is
+// refused even when its shape is right. A method it deems legacy ($5$, sha256crypt, in 4.4.33) is
+// still one the contract accepts (docs/access-document.md): it verifies logins, the document
+// says which hash an account has, and refusing it would lock accounts that work today.
 // crypt_checksalt() looks at the method (and, in 4.4.33, the characters), not at the structure
 // or the cost, so the checks above stay: their messages are precise, and their bounds keep a
 // hash from making every login attempt expensive.
@@ -427,9 +429,8 @@ Status checkMethod(std::string_view hash, const std::string& method) {
   const std::string setting(hash);
   switch (crypt_checksalt(setting.c_str())) {
     case CRYPT_SALT_OK:
-      return Status::ok();
     case CRYPT_SALT_METHOD_LEGACY:
-      return invalid(method + " is a legacy method that libxcrypt deems too weak (use $y$, $6$ or $2b$)");
+      return Status::ok();
     case CRYPT_SALT_METHOD_DISABLED:
       return invalid(method + " is disabled in this host's libxcrypt");
     case CRYPT_SALT_INVALID:

@@ -35,10 +35,10 @@ Status checkUsername(std::string_view name);
 /// point on its curve, RSA modulus >= 2048 bits, nothing left over); printable ASCII only, single
 /// spaces between type and base64 and before the comment. Errors: kInvalid, never echoing the key.
 Result<PublicKey> parsePublicKey(std::string_view text);
-/// A crypt(3) hash with prefix $y$, $6$ or $2b$ in the shape libxcrypt accepts (and whose
+/// A crypt(3) hash with prefix $y$, $6$, $5$ or $2b$ in the shape libxcrypt accepts (and whose
 /// encoded digest is canonical, so that it can ever match), within bounds on its cost (yescrypt
 /// memory and time, sha-crypt rounds, bcrypt cost), and of a method that this host's libxcrypt
-/// accepts as strong (crypt_checksalt() says CRYPT_SALT_OK; a $5$ hash is well-formed but legacy).
+/// supports and has not disabled (crypt_checksalt(): OK, or legacy for $5$).
 /// Errors: kInvalid; the message never contains the hash or any part of it.
 Status checkCryptHash(std::string_view hash);
 /// A folder relative to the transfer root: "." or "a/b"; no "..", no "." component, no leading or

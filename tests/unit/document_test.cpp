@@ -142,7 +142,7 @@ TEST_CASE("document: some-entries-invalid.json skips exactly six entries", "[doc
   CHECK_THAT(reasonFor(d, "k-bad"), Catch::StartsWith("public_key: not valid base64"));
   CHECK_THAT(reasonFor(d, "k-opts"), Catch::Contains("options"));
   CHECK_THAT(reasonFor(d, "k-weak"), Catch::Contains("1024 bits"));
-  CHECK(reasonFor(d, "sftp-plain") == "password_hash: not a supported crypt(3) hash ($y$, $6$, $2b$)");
+  CHECK(reasonFor(d, "sftp-plain") == "password_hash: not a supported crypt(3) hash ($y$, $6$, $5$, $2b$)");
   CHECK(reasonFor(d, "sftp-escape") == "folder: '..' is not allowed");
   CHECK_THAT(reasonFor(d, "not-a-cidr"), Catch::Contains("not a CIDR"));
   // As full.json otherwise.
@@ -378,7 +378,7 @@ TEST_CASE("document: bad accounts are skipped and their users kept locked", "[do
       {R"({"id":"a","password_hash":null,"folder":"."})", "a", "username: missing", {}},
       {R"({"id":"a","username":"u","password_hash":"hunter2","folder":"."})",
        "a",
-       "password_hash: not a supported crypt(3) hash ($y$, $6$, $2b$)",
+       "password_hash: not a supported crypt(3) hash ($y$, $6$, $5$, $2b$)",
        {"u"}},
       {R"({"id":"a","username":"u","password_hash":"!","folder":"."})", "a", "password_hash: not a supported", {"u"}},
       {R"({"id":"a","username":"u","password_hash":"$1$abc$qjXMvbEw8oaL.CzflDugX/","folder":"."})",
