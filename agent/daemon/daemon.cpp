@@ -144,8 +144,8 @@ std::chrono::milliseconds retryDelay(std::chrono::milliseconds backoffDraw,
   return delay;
 }
 
-Daemon::Daemon(std::function<Result<Config>()> loadConfig, Logger log, FailPoints failpoints)
-    : loadConfig_(std::move(loadConfig)), log_(std::move(log)), failpoints_(std::move(failpoints)) {}
+Daemon::Daemon(std::function<Result<Config>()> loadConfig, const Clock& clock, Logger log, FailPoints failpoints)
+    : loadConfig_(std::move(loadConfig)), log_(std::move(log)), failpoints_(std::move(failpoints)), clock_(clock) {}
 
 Daemon::~Daemon() = default;
 
@@ -730,7 +730,7 @@ void Daemon::startSshdLog() {
   const std::string kept = cursor ? *cursor : std::string();
   Result<std::unique_ptr<LogSource>> source =
       config.defender.logFile.empty() ? openJournalSource(kept, clock_.nowSeconds() - config.defender.windowS)
-                                      : openFileSource(rt_->host->realPath(config.defender.logFile), kept);
+                                      : openFileSource(rt_->host->realPath(config.defender.logFile), kept, clock_);
   const std::string readers = std::string(defender ? "the defender" : "") + (defender && audit_ ? " and " : "") +
                               (audit_ ? "the login audit" : "");
   if (!source) {
@@ -887,11 +887,8 @@ void Daemon::scheduleNextPoll(std::chrono::milliseconds delay) {
 void Daemon::scheduleExpiry() {
   uv_timer_stop(&expiryTimer_);
   if (!nextExpiry_) return;
-  const auto nowMs =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count();
   // Fire just after the expiry second begins: installableAt() compares whole seconds.
-  int64_t delay = *nextExpiry_ * 1000 - nowMs + 5;
+  int64_t delay = *nextExpiry_ * 1000 - clock_.nowMilliseconds() + 5;
   if (delay < 0) delay = 0;
   uv_timer_start(&expiryTimer_, onExpiryTimer, uint64_t(delay), 0);
 }

@@ -17,6 +17,13 @@
 // the worker's poll (curl_multi_wakeup) and the transfer is dropped, a hanging name look-up
 // included, so SIGTERM still stops the daemon within 2 s.
 //
+// Time: wall time comes from the injected Clock (a SystemClock in production): key expiry and
+// its timer's delay, the defender's window and bans, where the journal is read from, the time of
+// sshd's lines read from a log file (the login audit), the metrics' and reports' timestamps, and
+// the cycles' Agent. Durations use monotonic clocks: libuv's timers (uv_now), and
+// std::chrono::steady_clock for the watchdog, the host's re-checks and drift spacing, the report
+// interval and how long a cycle took.
+//
 // Reports (store.report_url, agent/daemon/report.h): after a cycle that changed something or
 // failed, and every report_interval_s otherwise, the worker copies the state rows a report needs
 // and the loop hands them to the Reporter's thread, which makes and sends the report: a store that
@@ -87,9 +94,10 @@ std::chrono::milliseconds retryDelay(std::chrono::milliseconds backoffDraw,
 
 class Daemon {
  public:
-  /// `loadConfig` is called at start and on each SIGHUP; `failpoints` (tests) go to every Agent
-  /// the daemon builds.
-  Daemon(std::function<Result<Config>()> loadConfig, Logger log, FailPoints failpoints = {});
+  /// `loadConfig` is called at start and on each SIGHUP; `clock` (a SystemClock in production)
+  /// must outlive the daemon and is read on the loop thread and the worker; `failpoints` (tests) go
+  /// to every Agent the daemon builds.
+  Daemon(std::function<Result<Config>()> loadConfig, const Clock& clock, Logger log, FailPoints failpoints = {});
   ~Daemon();
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
@@ -193,7 +201,7 @@ class Daemon {
   FailPoints failpoints_;
   std::unique_ptr<Runtime> rt_;
   FileLock daemonLock_;
-  SystemClock clock_;
+  const Clock& clock_;
   std::unique_ptr<PollSchedule> schedule_;
   MetricsCounters metrics_;  // cycles and permission fixes, for the Prometheus text file
 
