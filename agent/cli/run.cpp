@@ -2,12 +2,14 @@
 #include "agent/cli/commands.h"
 
 #include "agent/daemon/daemon.h"
+#include "providers/core/clock.h"
 #include "providers/core/log.h"
 
 namespace pim {
 
 int cmdRun(const std::function<Result<Config>()>& loadConfig, const FailPoints& failpoints) {
-  Daemon daemon(loadConfig, makeLogger("daemon"), failpoints);
+  SystemClock clock;
+  Daemon daemon(loadConfig, clock, makeLogger("daemon"), failpoints);
   return daemon.run();
 }
 

@@ -34,9 +34,9 @@
 namespace pim {
 
 // One inotify watch on a directory the last check of the host read from, and the names in it
-// that matter ("" in `names`: any entry).
+// that matter ("" in `names`: any entry). The handle's data is the watch (closed with it).
 struct Daemon::HostWatch {
-  uv_fs_event_t handle{};
+  UvHandle<uv_fs_event_t> handle;
   Daemon* daemon = nullptr;
   std::set<std::string> names;
 };
@@ -148,8 +148,8 @@ std::chrono::milliseconds retryDelay(std::chrono::milliseconds backoffDraw,
   return delay;
 }
 
-Daemon::Daemon(std::function<Result<Config>()> loadConfig, Logger log, FailPoints failpoints)
-    : loadConfig_(std::move(loadConfig)), log_(std::move(log)), failpoints_(std::move(failpoints)) {}
+Daemon::Daemon(std::function<Result<Config>()> loadConfig, const Clock& clock, Logger log, FailPoints failpoints)
+    : loadConfig_(std::move(loadConfig)), log_(std::move(log)), failpoints_(std::move(failpoints)), clock_(clock) {}
 
 Daemon::~Daemon() = default;
 
@@ -240,21 +240,25 @@ int Daemon::run() {
     log_->error("start: {}", s.message());
     return s.code() == ErrorCode::kInvalid ? 2 : 1;
   }
-  for (uv_signal_t* h : {&sigterm_, &sigint_, &sighup_}) {
-    uv_signal_init(&loop_, h);
-    h->data = this;
+  // uv_signal_init can fail (the loop's signal pipe); uv_timer_init and uv_fs_event_init cannot.
+  int rc = 0;
+  for (UvHandle<uv_signal_t>* h : {&sigterm_, &sigint_, &sighup_}) {
+    if (rc == 0) rc = h->init(&loop_, this, uv_signal_init);
   }
-  uv_signal_start(&sigterm_, onSignal, SIGTERM);
-  uv_signal_start(&sigint_, onSignal, SIGINT);
-  uv_signal_start(&sighup_, onSignal, SIGHUP);
-  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_, &stopDeadline_}) {
-    uv_timer_init(&loop_, t);
-    t->data = this;
+  if (rc != 0) {
+    log_->error("start: signal handlers: {}", uv_strerror(rc));
+    for (UvHandle<uv_signal_t>* h : {&sigterm_, &sigint_, &sighup_}) h->reset();
+    rt_.reset();  // the store's transfer driver closes its handles on the loop too
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    uv_loop_close(&loop_);
+    return 1;
   }
-  for (uv_fs_event_t* e : {&stateEvents_, &sourceEvents_}) {
-    uv_fs_event_init(&loop_, e);
-    e->data = this;
-  }
+  uv_signal_start(sigterm_.get(), onSignal, SIGTERM);
+  uv_signal_start(sigint_.get(), onSignal, SIGINT);
+  uv_signal_start(sighup_.get(), onSignal, SIGHUP);
+  for (UvHandle<uv_timer_t>* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_, &stopDeadline_})
+    t->init(&loop_, this, uv_timer_init);
+  for (UvHandle<uv_fs_event_t>* e : {&stateEvents_, &sourceEvents_}) e->init(&loop_, this, uv_fs_event_init);
   handlesOpen_ = true;
   watchdog_ = sdWatchdogInterval();
   watchFiles();
@@ -327,7 +331,7 @@ void Daemon::startWorkIfIdle() {
   } else if (cycleRequested_) {
     running_ = Work::kCycle;
     cycleRequested_ = false;
-    uv_timer_stop(&pollTimer_);
+    uv_timer_stop(pollTimer_.get());
   } else {
     return;
   }
@@ -571,7 +575,7 @@ void Daemon::workDone() {
     // now, and the watches follow it.
     hostDirty_ = true;
     rewatchHost_ = true;
-    uv_timer_start(&hostSettle_, onHostSettle, uint64_t(kDriftSettle.count()), 0);
+    uv_timer_start(hostSettle_.get(), onHostSettle, uint64_t(kDriftSettle.count()), 0);
   }
   watchHost();
   startWorkIfIdle();
@@ -607,33 +611,29 @@ void Daemon::watchHost() {
       ++it;
       continue;
     }
-    closeHostWatch(it->second);
-    it = hostWatches_.erase(it);
+    it = hostWatches_.erase(it);  // closes its handle
   }
   bool ok = true;
   for (const auto& [dir, names] : wanted) {
     if (hostWatches_.count(dir) != 0) continue;
-    auto* w = new HostWatch;
+    auto w = std::make_unique<HostWatch>();
     w->daemon = this;
     w->names = names;
-    uv_fs_event_init(&loop_, &w->handle);
-    w->handle.data = w;
-    if (uv_fs_event_start(&w->handle, onHostEvent, dir.c_str(), 0) != 0) {
-      closeHostWatch(w);
+    if (w->handle.init(&loop_, w.get(), uv_fs_event_init) != 0 ||
+        uv_fs_event_start(w->handle.get(), onHostEvent, dir.c_str(), 0) != 0) {
       ok = false;  // e.g. a directory that does not exist yet: check the host at every poll
       continue;
     }
-    hostWatches_.emplace(dir, w);
+    hostWatches_.emplace(dir, std::move(w));
   }
   if (reads.mounts && mountsFd_ < 0) {
     // The mount table: poll(2) reports POLLPRI on /proc/self/mountinfo after any change.
     mountsFd_ = ::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
-    if (mountsFd_ < 0 || uv_poll_init(&loop_, &mountsPoll_, mountsFd_) != 0) {
+    if (mountsFd_ < 0 || mountsPoll_.init(&loop_, this, uv_poll_init, mountsFd_) != 0) {
       if (mountsFd_ >= 0) ::close(mountsFd_);
       mountsFd_ = -1;
     } else {
-      mountsPoll_.data = this;
-      uv_poll_start(&mountsPoll_, UV_PRIORITIZED, onMountsChanged);
+      uv_poll_start(mountsPoll_.get(), UV_PRIORITIZED, onMountsChanged);
     }
   }
   // The firewall's table counts as watched only with its netlink watch.
@@ -643,20 +643,12 @@ void Daemon::watchHost() {
   watchedReads_ = std::move(reads);
 }
 
-void Daemon::closeHostWatch(HostWatch* watch) {
-  uv_close(reinterpret_cast<uv_handle_t*>(&watch->handle),
-           [](uv_handle_t* h) { delete static_cast<HostWatch*>(h->data); });
-}
-
 void Daemon::closeHostWatches() {
-  for (auto& [dir, w] : hostWatches_) closeHostWatch(w);
-  hostWatches_.clear();
+  hostWatches_.clear();  // closes their handles
   if (mountsFd_ >= 0) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&mountsPoll_), [](uv_handle_t* h) {
-      auto* self = static_cast<Daemon*>(h->data);
-      ::close(self->mountsFd_);
-      self->mountsFd_ = -1;
-    });
+    mountsPoll_.reset();  // the fd is no longer polled once uv_close() returns
+    ::close(mountsFd_);
+    mountsFd_ = -1;
   }
   hostWatched_ = false;
 }
@@ -686,7 +678,7 @@ void Daemon::hostChanged() {
   const auto sinceCheck = std::chrono::steady_clock::now() - lastHostCheck_;
   auto delay =
       std::max(std::chrono::duration_cast<std::chrono::milliseconds>(kDriftSpacing - sinceCheck), kDriftSettle);
-  uv_timer_start(&hostSettle_, onHostSettle, uint64_t(delay.count()), 0);
+  uv_timer_start(hostSettle_.get(), onHostSettle, uint64_t(delay.count()), 0);
 }
 
 void Daemon::startFirewallWatch() {
@@ -712,11 +704,7 @@ void Daemon::startFirewallWatch() {
 }
 
 void Daemon::stopSshdLog() {
-  if (logPoll_ != nullptr) {
-    uv_poll_stop(logPoll_);
-    uv_close(reinterpret_cast<uv_handle_t*>(logPoll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-    logPoll_ = nullptr;
-  }
+  logPoll_.reset();  // before the source and its fd go
   if (cursorDirty_) saveSshdLog();
   logSource_.reset();
   failures_.reset();
@@ -741,7 +729,7 @@ void Daemon::startSshdLog() {
   const std::string kept = cursor ? *cursor : std::string();
   Result<std::unique_ptr<LogSource>> source =
       config.defender.logFile.empty() ? openJournalSource(kept, clock_.nowSeconds() - config.defender.windowS)
-                                      : openFileSource(rt_->host->realPath(config.defender.logFile), kept);
+                                      : openFileSource(rt_->host->realPath(config.defender.logFile), kept, clock_);
   const std::string readers = std::string(defender ? "the defender" : "") + (defender && audit_ ? " and " : "") +
                               (audit_ ? "the login audit" : "");
   if (!source) {
@@ -751,18 +739,14 @@ void Daemon::startSshdLog() {
     return;
   }
   logSource_ = std::move(*source);
-  logPoll_ = new uv_poll_t;
-  logPoll_->data = this;
-  if (uv_poll_init(&loop_, logPoll_, logSource_->fd()) != 0) {
-    delete logPoll_;
-    logPoll_ = nullptr;
+  if (logPoll_.init(&loop_, this, uv_poll_init, logSource_->fd()) != 0) {
     log_->error("sshd's messages: cannot poll {}: {} cannot see logins", logSource_->describe(), readers);
     logSource_.reset();
     failures_.reset();
     audit_ = false;
     return;
   }
-  uv_poll_start(logPoll_, UV_READABLE, onLogReadable);
+  uv_poll_start(logPoll_.get(), UV_READABLE, onLogReadable);
   if (defender) {
     log_->info("defender: {} failed password logins within {} s from one address ban it for {} s",
                config.defender.maxFailures, config.defender.windowS, config.defender.banS);
@@ -892,19 +876,16 @@ void Daemon::onHostSettle(uv_timer_t* handle) {
 }
 
 void Daemon::scheduleNextPoll(std::chrono::milliseconds delay) {
-  uv_timer_start(&pollTimer_, onPollTimer, uint64_t(delay.count()), 0);
+  uv_timer_start(pollTimer_.get(), onPollTimer, uint64_t(delay.count()), 0);
 }
 
 void Daemon::scheduleExpiry() {
-  uv_timer_stop(&expiryTimer_);
+  uv_timer_stop(expiryTimer_.get());
   if (!nextExpiry_) return;
-  const auto nowMs =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count();
   // Fire just after the expiry second begins: installableAt() compares whole seconds.
-  int64_t delay = *nextExpiry_ * 1000 - nowMs + 5;
+  int64_t delay = *nextExpiry_ * 1000 - clock_.nowMilliseconds() + 5;
   if (delay < 0) delay = 0;
-  uv_timer_start(&expiryTimer_, onExpiryTimer, uint64_t(delay), 0);
+  uv_timer_start(expiryTimer_.get(), onExpiryTimer, uint64_t(delay), 0);
 }
 
 void Daemon::startWatcherIfReady() {
@@ -933,18 +914,18 @@ void Daemon::watchFiles() {
   if (!handlesOpen_ || !rt_) return;
   if (!stateWatched_) {
     const std::string dir = parentOf(rt_->host->realPath(rt_->config.state.db));
-    int rc = uv_fs_event_start(&stateEvents_, onFileEvent, dir.c_str(), 0);
+    int rc = uv_fs_event_start(stateEvents_.get(), onFileEvent, dir.c_str(), 0);
     stateWatched_ = rc == 0;
     if (rc != 0) log_->warn("cannot watch {} ({}): checking it every {} ms", dir, uv_strerror(rc), kTick.count());
   }
   const std::string sourceDir = sourcePath_.empty() ? std::string() : parentOf(sourcePath_);
   if (sourceWatched_ && sourceDir != sourceWatchedDir_) {
-    uv_fs_event_stop(&sourceEvents_);
+    uv_fs_event_stop(sourceEvents_.get());
     sourceWatched_ = false;
   }
   bool sourceOk = true;
   if (!sourceDir.empty() && !sourceWatched_) {
-    int rc = uv_fs_event_start(&sourceEvents_, onFileEvent, sourceDir.c_str(), 0);
+    int rc = uv_fs_event_start(sourceEvents_.get(), onFileEvent, sourceDir.c_str(), 0);
     sourceWatched_ = rc == 0;
     sourceWatchedDir_ = sourceWatched_ ? sourceDir : std::string();
     sourceOk = sourceWatched_;
@@ -955,7 +936,7 @@ void Daemon::watchFiles() {
     tick = std::min(tick, std::chrono::duration_cast<std::chrono::milliseconds>(*watchdog_ / 2));
     tick = std::max(tick, std::chrono::milliseconds(100));
   }
-  uv_timer_start(&tickTimer_, onTickTimer, tick.count(), tick.count());
+  uv_timer_start(tickTimer_.get(), onTickTimer, tick.count(), tick.count());
 }
 
 void Daemon::onFileEvent(uv_fs_event_t* handle, const char* /*filename*/, int /*events*/, int /*status*/) {
@@ -964,7 +945,7 @@ void Daemon::onFileEvent(uv_fs_event_t* handle, const char* /*filename*/, int /*
   // The worker's own writes: what changed meanwhile is looked at when it is done.
   if (self->busy_ && !self->fetching_.load()) return;
   self->settleChecks_ = 2;
-  uv_timer_start(&self->settleTimer_, onSettleTimer, 50, 0);  // restarted by every event
+  uv_timer_start(self->settleTimer_.get(), onSettleTimer, 50, 0);  // restarted by every event
 }
 
 void Daemon::onSettleTimer(uv_timer_t* handle) {
@@ -972,7 +953,7 @@ void Daemon::onSettleTimer(uv_timer_t* handle) {
   if (self->stopping_ || !self->rt_) return;
   self->checkSource();
   self->checkOperatorCommands();
-  if (--self->settleChecks_ > 0) uv_timer_start(&self->settleTimer_, onSettleTimer, 500, 0);
+  if (--self->settleChecks_ > 0) uv_timer_start(self->settleTimer_.get(), onSettleTimer, 500, 0);
 }
 
 std::string Daemon::stateSignature() const {
@@ -1059,7 +1040,7 @@ void Daemon::stop() {
   // A cycle under way is given a moment to end; then whatever it runs is killed and it is left
   // to the crash recovery of the next start (its journal is open), so that the daemon stops
   // within its 2 s whatever runs (a slow sshd -t, useradd).
-  uv_timer_start(&stopDeadline_, onStopDeadline, uint64_t(kStopGrace.count()), 0);
+  uv_timer_start(stopDeadline_.get(), onStopDeadline, uint64_t(kStopGrace.count()), 0);
 }
 
 void Daemon::onStopDeadline(uv_timer_t* handle) {
@@ -1078,13 +1059,13 @@ void Daemon::closeHandles() {
   if (!handlesOpen_) return;
   handlesOpen_ = false;
   if (rt_ && rt_->watcher) rt_->watcher->stop();
-  for (uv_signal_t* h : {&sigterm_, &sigint_, &sighup_}) uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
+  for (UvHandle<uv_signal_t>* h : {&sigterm_, &sigint_, &sighup_}) h->reset();
   closeHostWatches();
   if (nftWatch_) nftWatch_->stop();
   stopSshdLog();
-  for (uv_timer_t* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_, &stopDeadline_})
-    uv_close(reinterpret_cast<uv_handle_t*>(t), nullptr);
-  for (uv_fs_event_t* e : {&stateEvents_, &sourceEvents_}) uv_close(reinterpret_cast<uv_handle_t*>(e), nullptr);
+  for (UvHandle<uv_timer_t>* t : {&pollTimer_, &expiryTimer_, &tickTimer_, &settleTimer_, &hostSettle_, &stopDeadline_})
+    t->reset();
+  for (UvHandle<uv_fs_event_t>* e : {&stateEvents_, &sourceEvents_}) e->reset();
 }
 
 void Daemon::onSignal(uv_signal_t* handle, int signum) {

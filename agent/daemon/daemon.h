@@ -20,6 +20,17 @@
 // worker, a hanging name look-up included, so SIGTERM still stops the daemon within 2 s. Reports
 // are sent on the Reporter's thread with a multi handle of their own.
 //
+// Handles: every libuv handle is a UvHandle (agent/daemon/uv_handle.h), closed once by
+// closeHandles() (on SIGTERM/SIGINT, or when the cycle under way ends after one); run() then runs
+// the loop until every close is done and closes it.
+//
+// Time: wall time comes from the injected Clock (a SystemClock in production): key expiry and
+// its timer's delay, the defender's window and bans, where the journal is read from, the time of
+// sshd's lines read from a log file (the login audit), the metrics' and reports' timestamps, and
+// the cycles' Agent. Durations use monotonic clocks: libuv's timers (uv_now), and
+// std::chrono::steady_clock for the watchdog, the host's re-checks and drift spacing, the report
+// interval and how long a cycle took.
+//
 // Reports (store.report_url, agent/daemon/report.h): after a cycle that changed something or
 // failed, and every report_interval_s otherwise, the worker copies the state rows a report needs
 // and the loop hands them to the Reporter's thread, which makes and sends the report: a store that
@@ -58,6 +69,7 @@
 #include "agent/daemon/nft_watch.h"
 #include "agent/daemon/poll_schedule.h"
 #include "agent/daemon/report.h"
+#include "agent/daemon/uv_handle.h"
 #include "providers/core/clock.h"
 #include "providers/core/log.h"
 #include "providers/host/real_host.h"
@@ -90,9 +102,10 @@ std::chrono::milliseconds retryDelay(std::chrono::milliseconds backoffDraw,
 
 class Daemon {
  public:
-  /// `loadConfig` is called at start and on each SIGHUP; `failpoints` (tests) go to every Agent
-  /// the daemon builds.
-  Daemon(std::function<Result<Config>()> loadConfig, Logger log, FailPoints failpoints = {});
+  /// `loadConfig` is called at start and on each SIGHUP; `clock` (a SystemClock in production)
+  /// must outlive the daemon and is read on the loop thread and the worker; `failpoints` (tests) go
+  /// to every Agent the daemon builds.
+  Daemon(std::function<Result<Config>()> loadConfig, const Clock& clock, Logger log, FailPoints failpoints = {});
   ~Daemon();
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
@@ -189,37 +202,38 @@ class Daemon {
   void saveSshdLog();
   void closeHostWatches();
   struct HostWatch;
-  static void closeHostWatch(HostWatch* watch);
 
   std::function<Result<Config>()> loadConfig_;
   Logger log_;
   FailPoints failpoints_;
   std::unique_ptr<Runtime> rt_;
   FileLock daemonLock_;
-  SystemClock clock_;
+  const Clock& clock_;
   std::unique_ptr<PollSchedule> schedule_;
   MetricsCounters metrics_;  // cycles and permission fixes, for the Prometheus text file
 
+  // Declared before every handle: run() closes them all, and runs the loop until they are closed,
+  // before the loop itself is closed and goes away.
   uv_loop_t loop_{};
-  uv_signal_t sigterm_{}, sigint_{}, sighup_{};
-  uv_timer_t pollTimer_{}, expiryTimer_{}, tickTimer_{};
+  UvHandle<uv_signal_t> sigterm_, sigint_, sighup_;
+  UvHandle<uv_timer_t> pollTimer_, expiryTimer_, tickTimer_;
   // inotify (through libuv) on the state database's directory and on the file:// source's
   // directory: an idle daemon sleeps until something changes instead of stat'ing every tick.
-  uv_fs_event_t stateEvents_{}, sourceEvents_{};
+  UvHandle<uv_fs_event_t> stateEvents_, sourceEvents_;
   // An event is looked at 50 ms later and once more 500 ms after that: SQLite's last write to the
   // WAL comes before the commit is visible (the wal-index is shared memory, which raises no
   // event), and a writer may still be writing.
-  uv_timer_t settleTimer_{};
+  UvHandle<uv_timer_t> settleTimer_;
   int settleChecks_ = 0;
   // Drift: inotify on every directory the last check of the host read from (and the mount table,
   // polled for POLLPRI). While none of them changed, an unchanged store needs no new plan; a
   // change is repaired at once (a re-apply 200 ms after the last event) instead of at the next
   // poll. Without the watches (a directory missing, no inotify), every poll checks the host.
-  std::map<std::string, HostWatch*> hostWatches_;  // real path -> watch
-  uv_poll_t mountsPoll_{};
+  std::map<std::string, std::unique_ptr<HostWatch>> hostWatches_;  // real path -> watch
+  UvHandle<uv_poll_t> mountsPoll_;
   int mountsFd_ = -1;
-  uv_timer_t hostSettle_{};
-  uv_timer_t stopDeadline_{};                      // SIGTERM during a cycle: what still runs then is killed
+  UvHandle<uv_timer_t> hostSettle_;
+  UvHandle<uv_timer_t> stopDeadline_;              // SIGTERM during a cycle: what still runs then is killed
   bool hostWatched_ = false;                       // every directory of the last check is watched
   bool hostDirty_ = true;                          // something changed since the last check began
   bool hostEvent_ = false;                         // ... as reported by a watch (logged), not after our own changes
@@ -236,7 +250,7 @@ class Daemon {
   // (agent/daemon/defender.h) on sshd's log. Loop thread only.
   std::unique_ptr<NftWatch> nftWatch_;
   std::unique_ptr<LogSource> logSource_;
-  uv_poll_t* logPoll_ = nullptr;
+  UvHandle<uv_poll_t> logPoll_;
   std::unique_ptr<FailureCounter> failures_;
   std::unique_ptr<RealHost> defenderHost_;  // its own: the worker's runs in parallel
   std::map<std::string, int64_t> bans_;     // address -> until (Unix seconds)

@@ -11,7 +11,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
 
 namespace pim {
 namespace {
@@ -98,7 +97,7 @@ class JournalSource : public LogSource {
 
 class FileSource : public LogSource {
  public:
-  explicit FileSource(std::string path) : path_(std::move(path)) {}
+  FileSource(std::string path, const Clock& clock) : path_(std::move(path)), clock_(clock) {}
   ~FileSource() override {
     if (file_ >= 0) ::close(file_);
     if (inotify_ >= 0) ::close(inotify_);
@@ -147,7 +146,7 @@ class FileSource : public LogSource {
       offset_ = 0;  // truncated
       partial_.clear();
     }
-    const int64_t now = int64_t(std::time(nullptr));
+    const int64_t now = clock_.nowSeconds();
     std::string chunk(64 * 1024, '\0');
     size_t total = 0;
     while (out.size() < max && total < kMaxChunk) {
@@ -183,6 +182,7 @@ class FileSource : public LogSource {
   }
 
   std::string path_;
+  const Clock& clock_;
   int inotify_ = -1;
   int file_ = -1;
   off_t offset_ = 0;
@@ -197,8 +197,9 @@ Result<std::unique_ptr<LogSource>> openJournalSource(const std::string& cursor, 
   return std::unique_ptr<LogSource>(std::move(s));
 }
 
-Result<std::unique_ptr<LogSource>> openFileSource(const std::string& path, const std::string& cursor) {
-  auto s = std::make_unique<FileSource>(path);
+Result<std::unique_ptr<LogSource>> openFileSource(const std::string& path, const std::string& cursor,
+                                                  const Clock& clock) {
+  auto s = std::make_unique<FileSource>(path, clock);
   if (Status st = s->open(cursor); !st) return st;
   return std::unique_ptr<LogSource>(std::move(s));
 }

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "providers/core/clock.h"
 #include "providers/core/result.h"
 
 namespace pim {
@@ -40,7 +41,9 @@ Result<std::unique_ptr<LogSource>> openJournalSource(const std::string& cursor, 
 
 /// The lines appended to `path` (a real path) from `cursor` ("file:<inode>:<offset>", kept from
 /// an earlier run, for the same file) or from its end. A file replaced (rotated) or truncated is
-/// read again from its start. Errors: kIo when the file cannot be watched.
-Result<std::unique_ptr<LogSource>> openFileSource(const std::string& path, const std::string& cursor);
+/// read again from its start. A line has no time of its own: it gets `clock`'s when it is read
+/// (`clock` must outlive the source). Errors: kIo when the file cannot be watched.
+Result<std::unique_ptr<LogSource>> openFileSource(const std::string& path, const std::string& cursor,
+                                                  const Clock& clock);
 
 }  // namespace pim

@@ -82,9 +82,7 @@ NftWatch::NftWatch(uv_loop_t* loop, std::string table, std::set<std::string> ign
       onChange_(std::move(onChange)),
       log_(std::move(log)) {}
 
-NftWatch::~NftWatch() {
-  if (poll_ == nullptr && fd_ >= 0) ::close(fd_);
-}
+NftWatch::~NftWatch() { stop(); }
 
 Status NftWatch::start() {
   fd_ = ::socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_NETFILTER);
@@ -99,16 +97,12 @@ Status NftWatch::start() {
     fd_ = -1;
     return Status::error(ErrorCode::kIo, std::string("join the nftables netlink group: ") + std::strerror(err));
   }
-  poll_ = new uv_poll_t;
-  poll_->data = this;
-  if (uv_poll_init(loop_, poll_, fd_) != 0) {
-    delete poll_;
-    poll_ = nullptr;
+  if (poll_.init(loop_, this, uv_poll_init, fd_) != 0) {
     ::close(fd_);
     fd_ = -1;
     return Status::error(ErrorCode::kIo, "poll the nftables netlink socket");
   }
-  uv_poll_start(poll_, UV_READABLE, onReadable);
+  uv_poll_start(poll_.get(), UV_READABLE, onReadable);
   return Status::ok();
 }
 
@@ -143,16 +137,9 @@ void NftWatch::onReadable(uv_poll_t* handle, int status, int /*events*/) {
 }
 
 void NftWatch::stop() {
-  if (poll_ == nullptr) return;
-  uv_poll_stop(poll_);
-  const int fd = fd_;
+  poll_.reset();  // the socket is no longer polled once uv_close() returns: it can go at once
+  if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
-  poll_->data = reinterpret_cast<void*>(intptr_t(fd));
-  uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) {
-    ::close(int(reinterpret_cast<intptr_t>(h->data)));
-    delete reinterpret_cast<uv_poll_t*>(h);
-  });
-  poll_ = nullptr;
 }
 
 }  // namespace pim

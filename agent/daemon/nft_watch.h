@@ -13,6 +13,7 @@
 #include <set>
 #include <string>
 
+#include "agent/daemon/uv_handle.h"
 #include "providers/core/log.h"
 #include "providers/core/result.h"
 
@@ -30,6 +31,7 @@ class NftWatch {
   /// lost message: the socket's buffer overflowed).
   NftWatch(uv_loop_t* loop, std::string table, std::set<std::string> ignoredSets, std::function<void()> onChange,
            Logger log);
+  /// Calls stop() (on the loop's thread, the loop still open).
   ~NftWatch();
   NftWatch(const NftWatch&) = delete;
   NftWatch& operator=(const NftWatch&) = delete;
@@ -39,7 +41,7 @@ class NftWatch {
   Status start();
   /// Reads and drops what is queued: the agent's own changes, once its work is done.
   void drain();
-  /// Stops polling and closes the socket (the handle closes on the loop).
+  /// Stops polling and closes the socket (the handle closes on the loop). Idempotent.
   void stop();
 
  private:
@@ -53,7 +55,7 @@ class NftWatch {
   std::function<void()> onChange_;
   Logger log_;
   int fd_ = -1;
-  uv_poll_t* poll_ = nullptr;
+  UvHandle<uv_poll_t> poll_;
 };
 
 }  // namespace pim

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -23,12 +22,6 @@ uint64_t millis(std::chrono::seconds s) {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(s).count());
 }
 
-// Allocates a zeroed handle with malloc (freed by UvCloser's close callback whatever its type).
-template <class T>
-T* allocHandle() {
-  return static_cast<T*>(std::calloc(1, sizeof(T)));
-}
-
 std::string readSysctl(const char* path) {
   std::string value = "?";
   if (FILE* f = std::fopen(path, "re")) {
@@ -43,13 +36,6 @@ std::string readSysctl(const char* path) {
 }
 
 }  // namespace
-
-void PermWatcher::UvCloser::operator()(uv_handle_t* handle) const {
-  if (handle == nullptr) return;
-  handle->data = nullptr;
-  if (uv_is_closing(handle)) return;
-  uv_close(handle, [](uv_handle_t* h) { std::free(h); });
-}
 
 PermWatcher::PermWatcher(uv_loop_t* loop, PermEnforcer& enforcer, std::string realRoot, Logger log,
                          std::chrono::seconds safetyInterval, PermWatcherLimits limits)
@@ -83,35 +69,17 @@ Status PermWatcher::start() {
     inotifyFd_ = -1;
     return Status::error(ErrorCode::kIo, std::string(what) + ": " + uv_strerror(rc), realRoot_);
   };
-  auto* poll = allocHandle<uv_poll_t>();
-  int rc = uv_poll_init(loop_, poll, inotifyFd_);
-  if (rc != 0) {
-    std::free(poll);
-    return failUv("uv_poll_init", rc);
-  }
-  poll_.reset(reinterpret_cast<uv_handle_t*>(poll));
-  poll->data = this;
-  auto* async = allocHandle<uv_async_t>();
-  rc = uv_async_init(loop_, async, &PermWatcher::onAsync);
-  if (rc != 0) {
-    std::free(async);
-    return failUv("uv_async_init", rc);
-  }
-  async_.reset(reinterpret_cast<uv_handle_t*>(async));
-  async->data = this;
-  auto* safety = allocHandle<uv_timer_t>();
-  uv_timer_init(loop_, safety);  // cannot fail
-  safetyTimer_.reset(reinterpret_cast<uv_handle_t*>(safety));
-  safety->data = this;
-  auto* fallback = allocHandle<uv_timer_t>();
-  uv_timer_init(loop_, fallback);
-  fallbackTimer_.reset(reinterpret_cast<uv_handle_t*>(fallback));
-  fallback->data = this;
+  int rc = poll_.init(loop_, this, uv_poll_init, inotifyFd_);
+  if (rc != 0) return failUv("uv_poll_init", rc);
+  rc = async_.init(loop_, this, uv_async_init, &PermWatcher::onAsync);
+  if (rc != 0) return failUv("uv_async_init", rc);
+  safetyTimer_.init(loop_, this, uv_timer_init);  // cannot fail
+  fallbackTimer_.init(loop_, this, uv_timer_init);
 
-  rc = uv_poll_start(poll, UV_READABLE, &PermWatcher::onReadable);
+  rc = uv_poll_start(poll_.get(), UV_READABLE, &PermWatcher::onReadable);
   if (rc != 0) return failUv("uv_poll_start", rc);
   if (safetyInterval_.count() > 0) {
-    uv_timer_start(safety, &PermWatcher::onSafetyTimer, millis(safetyInterval_), millis(safetyInterval_));
+    uv_timer_start(safetyTimer_.get(), &PermWatcher::onSafetyTimer, millis(safetyInterval_), millis(safetyInterval_));
   }
 
   {
@@ -235,7 +203,7 @@ void PermWatcher::onFallbackTimer(uv_timer_t* handle) {
 void PermWatcher::onAsync(uv_async_t* handle) {
   auto* self = static_cast<PermWatcher*>(handle->data);
   if (self == nullptr || !self->fallbackTimer_) return;
-  auto* timer = reinterpret_cast<uv_timer_t*>(self->fallbackTimer_.get());
+  uv_timer_t* timer = self->fallbackTimer_.get();
   bool want = self->degraded_.load();
   if (want && !self->fallbackRunning_) {
     uint64_t ms = millis(self->limits_.fallbackInterval);
@@ -420,7 +388,7 @@ void PermWatcher::watchShortage(int err, const std::string& rel) {
 void PermWatcher::setDegraded(bool degraded) {
   if (degraded_.exchange(degraded) == degraded) return;
   if (!degraded) log_->info("every directory under {} is watched again", realRoot_);
-  if (async_) uv_async_send(reinterpret_cast<uv_async_t*>(async_.get()));
+  if (async_) uv_async_send(async_.get());
 }
 
 void PermWatcher::forgetWd(int wd) {

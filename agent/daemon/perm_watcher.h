@@ -25,6 +25,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "agent/daemon/uv_handle.h"
 #include "providers/core/log.h"
 #include "providers/core/result.h"
 #include "providers/host/transfer_perms.h"
@@ -96,12 +97,6 @@ class PermWatcher {
     std::string path;  // relative to the root, "" for the root
     uint64_t generation = 0;
   };
-  // Frees a libuv handle in its close callback, so the memory outlives uv_close().
-  struct UvCloser {
-    void operator()(uv_handle_t* handle) const;
-  };
-  using UvPtr = std::unique_ptr<uv_handle_t, UvCloser>;
-
   // Loop thread.
   static void onReadable(uv_poll_t* handle, int status, int events);
   static void onSafetyTimer(uv_timer_t* handle);
@@ -131,10 +126,10 @@ class PermWatcher {
   int inotifyFd_ = -1;
   bool started_ = false;
   bool procFd_ = true;  // /proc/self/fd usable to add watches on open directory fds
-  UvPtr poll_;
-  UvPtr safetyTimer_;
-  UvPtr fallbackTimer_;
-  UvPtr async_;
+  UvHandle<uv_poll_t> poll_;
+  UvHandle<uv_timer_t> safetyTimer_;
+  UvHandle<uv_timer_t> fallbackTimer_;
+  UvHandle<uv_async_t> async_;
   bool fallbackRunning_ = false;
 
   std::thread worker_;

@@ -11,12 +11,19 @@ class Clock {
   virtual ~Clock() = default;
   /// Current time in Unix seconds (UTC).
   virtual int64_t nowSeconds() const = 0;
+  /// Current time in Unix milliseconds (UTC), for timers aimed at a given second; by default the
+  /// start of nowSeconds()'s second.
+  virtual int64_t nowMilliseconds() const { return nowSeconds() * 1000; }
 };
 
 class SystemClock : public Clock {
  public:
   int64_t nowSeconds() const override {
     return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+  int64_t nowMilliseconds() const override {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
         .count();
   }
 };

@@ -3,13 +3,18 @@
 // a long poll is held), key expiry with no new document, file:// changes and long-poll changes
 // applied at once, retries with growing gaps while the store is down, SIGHUP, the daemon lock,
 // the cycle lock shared with the command line, rollback/resume from the command line, and a
-// failing cycle retried. Needs root (useradd --prefix, unshare).
+// failing cycle retried; the daemon's injected clock (a Daemon in a forked child). Needs root
+// (useradd --prefix, unshare).
 
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
 #include <Poco/Net/HTTPResponse.h>
 
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -25,8 +30,11 @@
 #include <thread>
 #include <vector>
 
+#include "agent/config/config.h"
 #include "agent/cycle/file_lock.h"
 #include "agent/daemon/daemon.h"
+#include "providers/core/clock.h"
+#include "providers/core/log.h"
 #include "tests/support/skip.h"
 #include "tests/unit/agent_process.h"
 #include "tests/unit/etcd_test_server.h"
@@ -804,4 +812,104 @@ TEST_CASE("daemon: a restart with a document in force re-applies it and asks the
   requireKey(box, *daemon, "k-one");
   if (delayMs > 15000) CHECK(server.requestCount() == before);  // restored before the store was asked
   stopWith(*daemon, SIGTERM);
+}
+
+namespace {
+
+// The machine's time shifted by `offsetS`: the daemon's timers still run in real time.
+class ShiftedClock : public Clock {
+ public:
+  explicit ShiftedClock(int64_t offsetS) : offsetS_(offsetS) {}
+  int64_t nowSeconds() const override { return system_.nowSeconds() + offsetS_; }
+  int64_t nowMilliseconds() const override { return system_.nowMilliseconds() + offsetS_ * 1000; }
+
+ private:
+  SystemClock system_;
+  int64_t offsetS_;
+};
+
+// A Daemon with `clock` on `box`, in a forked child in a mount namespace of its own (what
+// `unshare -m --propagation private` does for the binary); stderr to `errPath`. Killed (SIGKILL)
+// and reaped on destruction unless stop() reaped it.
+class ForkedDaemon {
+ public:
+  ForkedDaemon(const AgentBox& box, const Clock& clock, const std::string& errPath) {
+    pid_ = ::fork();
+    if (pid_ != 0) return;
+    const int fd = ::open(errPath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || ::dup2(fd, STDERR_FILENO) < 0) ::_exit(120);
+    if (::unshare(CLONE_NEWNS) != 0 || ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+      ::_exit(121);
+    }
+    setLogLevel(spdlog::level::info);
+    auto loadConfig = [&box]() -> Result<Config> {
+      auto config = parseConfig(readText(box.configPath()));
+      if (!config) return config;
+      config->root = box.root();
+      config->network.managed = false;  // as under --root
+      return config;
+    };
+    int code = 0;
+    {
+      Daemon daemon(loadConfig, clock, makeLogger("daemon"));
+      code = daemon.run();
+    }
+    ::_exit(code);
+  }
+  ~ForkedDaemon() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  ForkedDaemon(const ForkedDaemon&) = delete;
+  ForkedDaemon& operator=(const ForkedDaemon&) = delete;
+
+  bool started() const { return pid_ > 0; }
+  /// SIGTERM, then its exit code (nullopt when it did not exit within 10 s).
+  std::optional<int> stop() {
+    ::kill(pid_, SIGTERM);
+    int status = 0;
+    const bool exited = waitUntil([&] { return ::waitpid(pid_, &status, WNOHANG) == pid_; }, seconds(10));
+    if (!exited) return std::nullopt;
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+}  // namespace
+
+TEST_CASE("daemon: key expiry follows the injected clock, not the machine's", "[daemon]") {
+  PIM_REQUIRE_ROOT();
+  // The daemon's clock is 30 days ahead of the machine's. A key that expires 3 s from now by it
+  // (in 30 days by the machine's) is installed, then removed by the expiry timer 3 s later: the
+  // timer is set from the injected clock. With the machine's clock it would stay for 30 days.
+  const ShiftedClock clock(30 * 86400);
+  const int64_t expiresAt = clock.nowSeconds() + 3;
+  AgentBox box;
+  box.setDocument(
+      makeDocument(1, {docKey("k-stay", "daemon-stay"), docKey("k-expiring", "daemon-expiring", true, expiresAt)}, {},
+                   {"127.0.0.0/8"}));
+  const std::string err = box.dir() + "/daemon-clock.err";
+  ForkedDaemon daemon(box, clock, err);
+  REQUIRE(daemon.started());
+  if (!waitUntil([&] { return hasKey(box, "k-expiring"); }, seconds(10))) {
+    FAIL("k-expiring was not installed; daemon stderr:\n" << readText(err));
+  }
+  CHECK(hasKey(box, "k-stay"));
+  const auto expiry = std::chrono::system_clock::time_point(seconds(expiresAt - 30 * 86400));
+  const bool gone = waitUntil(
+      [&] { return !hasKey(box, "k-expiring"); },
+      std::chrono::duration_cast<milliseconds>(expiry - std::chrono::system_clock::now()) + milliseconds(1500));
+  const auto late = std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now() - expiry);
+  INFO("removed " << late.count() << " ms after expires_at by the daemon's clock\n" << readText(err));
+  CHECK(gone);
+  CHECK(late.count() >= -50);  // not before its time by the daemon's clock
+  CHECK(hasKey(box, "k-stay"));
+  const auto code = daemon.stop();
+  INFO(readText(err));
+  REQUIRE(code.has_value());
+  CHECK(*code == 0);
 }

@@ -20,6 +20,7 @@
 
 #include "agent/daemon/log_source.h"
 #include "agent/daemon/nft_watch.h"
+#include "providers/core/clock.h"
 #include "tests/support/skip.h"
 #include "tests/support/temp_dir.h"
 
@@ -79,7 +80,8 @@ TEST_CASE("defender: a log file is read from its end, line by line, and after a 
     out << text;
   };
   append("Failed password for old from 198.51.100.1 port 1 ssh2\n");
-  auto source = openFileSource(path, "");
+  FixedClock clock(1'700'000'000);  // a line's time is when it is read
+  auto source = openFileSource(path, "", clock);
   REQUIRE(source);
   LogSource& s = **source;
   CHECK(s.fd() >= 0);
@@ -89,14 +91,17 @@ TEST_CASE("defender: a log file is read from its end, line by line, and after a 
   REQUIRE(got);
   REQUIRE(got->size() == 1);
   CHECK((*got)[0].text == "Failed password for x from 198.51.100.2 port 1 ssh2");
+  CHECK((*got)[0].time == 1'700'000'000);
   append(" line\n");
+  clock.set(1'700'000'042);
   got = s.read(100);
   REQUIRE(got->size() == 1);
   CHECK((*got)[0].text == "partial line");
+  CHECK((*got)[0].time == 1'700'000'042);
   // A cursor resumes where it stopped.
   const std::string cursor = s.cursor();
   append("after the cursor\n");
-  auto again = openFileSource(path, cursor);
+  auto again = openFileSource(path, cursor, clock);
   REQUIRE(again);
   got = (*again)->read(100);
   REQUIRE(got->size() == 1);
