@@ -231,14 +231,8 @@ Result<SftpAccountsCurrent> observeSftpAccounts(const SftpAccountsDesired& desir
 
   auto shadow = readOptional(host, "/etc/shadow");
   if (!shadow) return shadow.status();
-  {
-    std::stringstream ss(*shadow);
-    std::string line;
-    while (std::getline(ss, line)) {
-      const std::string name = line.substr(0, line.find(':'));
-      if (!names.count(name) || current.shadow.count(name)) continue;
-      if (auto e = parseShadowEntry(line, name)) current.shadow.emplace(name, *e);
-    }
+  for (auto& [name, entry] : parseShadow(*shadow)) {
+    if (names.count(name)) current.shadow.emplace(name, entry);
   }
 
   auto dir = host.lstat(desired.sftpKeysDir);
