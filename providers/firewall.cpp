@@ -703,14 +703,7 @@ std::string summary(const AddressRanges& allowed, const SshGate& gate) {
 
 Action makeAction(const std::string& verb, Stage stage, const std::string& detail, const std::string& before,
                   const std::string& after, std::string payload) {
-  Action a;
-  a.provider = kProvider;
-  a.verb = verb;
-  a.object = "table " + tableRef();
-  a.stage = stage;
-  a.detail = detail;
-  a.before = before;
-  a.after = after;
+  Action a = makeProviderAction(kProvider, stage, verb, "table " + tableRef(), detail, before, after);
   a.payload = std::move(payload);
   return a;
 }
@@ -835,7 +828,7 @@ Result<std::vector<Action>> FirewallProvider::plan(const Desired& desired, Host&
   }
   if (current->present && !current->intact) log_->warn("table {} drifted: {}", tableRef(), current->drift);
   auto actions = planFirewall(want, *current);
-  for (const auto& a : actions) log_->debug("plan: {}", a.describe());
+  logPlan(log_, actions);
   return actions;
 }
 

@@ -19,14 +19,10 @@ constexpr const char* kOpLock = "lock-password";
 constexpr const char* kOpHome = "create-home";
 
 Action makeAction(std::string verb, std::string object, std::string detail, std::string op) {
-  Action a;
   // A password on the key-only login user is taken away with the revocations; the rest makes
   // the user (locked) that keys are later granted to.
-  a.stage = op == kOpLock ? Stage::kRevoke : Stage::kPrepare;
-  a.provider = "login_user";
-  a.verb = std::move(verb);
-  a.object = std::move(object);
-  a.detail = std::move(detail);
+  const Stage stage = op == kOpLock ? Stage::kRevoke : Stage::kPrepare;
+  Action a = makeProviderAction("login_user", stage, std::move(verb), std::move(object), std::move(detail));
   a.payload = std::move(op);
   return a;
 }
@@ -114,7 +110,7 @@ Result<std::vector<Action>> LoginUserProvider::plan(const Desired& desired, Host
   auto current = observeLoginUser(host, ledger_, want);
   if (!current) return current.status();
   auto actions = planLoginUser(want, *current);
-  for (const auto& a : actions) log_->debug("plan: {}", a.describe());
+  logPlan(log_, actions);
   return actions;
 }
 

@@ -6,8 +6,10 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "providers/core/log.h"
 #include "providers/core/model.h"
 #include "providers/core/result.h"
 #include "providers/core/settings.h"
@@ -61,6 +63,43 @@ struct Action {
     return s;
   }
 };
+
+/// An action of `provider`: the fields every provider fills (`payload` and `subject` stay empty
+/// for the caller to set when it needs them). Pure.
+inline Action makeProviderAction(std::string provider, Stage stage, std::string verb, std::string object,
+                                 std::string detail, std::string before = {}, std::string after = {}) {
+  Action a;
+  a.provider = std::move(provider);
+  a.verb = std::move(verb);
+  a.object = std::move(object);
+  a.detail = std::move(detail);
+  a.before = std::move(before);
+  a.after = std::move(after);
+  a.stage = stage;
+  return a;
+}
+
+/// Logs a plan at debug: first the entries it skipped, as "`skippedAs` ID: REASON" (the cycle
+/// reports them to the operator), then "plan: " and each action's describe().
+inline void logPlan(const Logger& log, const std::vector<Action>& actions,
+                    const std::vector<SkippedEntry>& skipped = {}, const char* skippedAs = "skipped") {
+  for (const auto& s : skipped) log->debug("{} {}: {}", skippedAs, s.id, s.reason);
+  for (const auto& a : actions) log->debug("plan: {}", a.describe());
+}
+
+/// The plan() of a provider whose whole plan is `plan(observe())`: clears `skipped`, observes the
+/// host with `observe()` (a Result; its error is returned as is), plans with `plan(current)`, which
+/// may add to `skipped`, and logs the plan with logPlan().
+template <class Observe, class Plan>
+Result<std::vector<Action>> observeAndPlan(Observe observe, Plan plan, std::vector<SkippedEntry>& skipped,
+                                           const Logger& log, const char* skippedAs = "skipped") {
+  skipped.clear();
+  auto current = observe();
+  if (!current) return current.status();
+  std::vector<Action> actions = plan(*current);
+  logPlan(log, actions, skipped, skippedAs);
+  return actions;
+}
 
 /// What every provider is asked to reach.
 struct Desired {

@@ -32,15 +32,8 @@ Stage stageOf(const std::string& verb) {
 
 Action makeAction(const std::string& verb, const std::string& object, const std::string& detail,
                   const std::string& before = {}, const std::string& after = {}) {
-  Action a;
-  a.stage = stageOf(verb);
+  Action a = makeProviderAction(kProvider, stageOf(verb), verb, object, detail, before, after);
   a.subject = object;
-  a.provider = kProvider;
-  a.verb = verb;
-  a.object = object;
-  a.detail = detail;
-  a.before = before;
-  a.after = after;
   return a;
 }
 
@@ -231,14 +224,8 @@ Result<SftpAccountsCurrent> observeSftpAccounts(const SftpAccountsDesired& desir
 
   auto shadow = readOptional(host, "/etc/shadow");
   if (!shadow) return shadow.status();
-  {
-    std::stringstream ss(*shadow);
-    std::string line;
-    while (std::getline(ss, line)) {
-      const std::string name = line.substr(0, line.find(':'));
-      if (!names.count(name) || current.shadow.count(name)) continue;
-      if (auto e = parseShadowEntry(line, name)) current.shadow.emplace(name, *e);
-    }
+  for (auto& [name, entry] : parseShadow(*shadow)) {
+    if (names.count(name)) current.shadow.emplace(name, entry);
   }
 
   auto dir = host.lstat(desired.sftpKeysDir);
@@ -552,15 +539,11 @@ std::vector<Action> SftpAccountsProvider::containActions(const std::string& subj
 std::string SftpAccountsProvider::name() const { return kProvider; }
 
 Result<std::vector<Action>> SftpAccountsProvider::plan(const Desired& desired, Host& host) {
-  skipped_.clear();
   reports_.clear();
   const auto d = sftpAccountsDesired(desired);
-  auto current = observeSftpAccounts(d, ledger_, host);
-  if (!current) return current.status();
-  auto actions = planSftpAccounts(d, *current, &skipped_);
-  for (const auto& s : skipped_) log_->debug("skipped {}: {}", s.id, s.reason);  // the cycle logs it
-  for (const auto& a : actions) log_->debug("plan: {}", a.describe());
-  return actions;
+  return observeAndPlan([&] { return observeSftpAccounts(d, ledger_, host); },
+                        [&](const SftpAccountsCurrent& current) { return planSftpAccounts(d, current, &skipped_); },
+                        skipped_, log_);
 }
 
 Status SftpAccountsProvider::apply(const Action& action, const Desired& desired, Host& host) {

@@ -51,15 +51,8 @@ std::string describeOwner(const FileInfo& info) {
 
 Action makeAction(const std::string& verb, const std::string& object, const std::string& detail,
                   const std::string& before = {}, const std::string& after = {}) {
-  Action a;
-  a.stage = (verb == "mkdir" || verb == "fix" || verb == "mount") ? Stage::kPrepare : Stage::kRevoke;
-  a.provider = kProvider;
-  a.verb = verb;
-  a.object = object;
-  a.detail = detail;
-  a.before = before;
-  a.after = after;
-  return a;
+  const Stage stage = (verb == "mkdir" || verb == "fix" || verb == "mount") ? Stage::kPrepare : Stage::kRevoke;
+  return makeProviderAction(kProvider, stage, verb, object, detail, before, after);
 }
 
 Action mkdirAction(const std::string& path) {
@@ -356,15 +349,11 @@ SftpChrootsProvider::SftpChrootsProvider(Logger log, Ledger& ledger) : ledger_(l
 std::string SftpChrootsProvider::name() const { return kProvider; }
 
 Result<std::vector<Action>> SftpChrootsProvider::plan(const Desired& desired, Host& host) {
-  skipped_.clear();
   reports_.clear();
   const auto d = sftpChrootsDesired(desired);
-  auto current = observeSftpChroots(d, ledger_, host);
-  if (!current) return current.status();
-  auto actions = planSftpChroots(d, *current, &skipped_);
-  for (const auto& s : skipped_) log_->debug("no chroot for {}: {}", s.id, s.reason);  // the cycle logs it
-  for (const auto& a : actions) log_->debug("plan: {}", a.describe());
-  return actions;
+  return observeAndPlan([&] { return observeSftpChroots(d, ledger_, host); },
+                        [&](const SftpChrootsCurrent& current) { return planSftpChroots(d, current, &skipped_); },
+                        skipped_, log_, "no chroot for");
 }
 
 Status SftpChrootsProvider::unmountAll(const std::string& target, Host& host) {

@@ -124,15 +124,7 @@ Status unsafe(const std::string& path, const std::string& why) {
 
 Action makeAction(const std::string& verb, const std::string& object, const std::string& detail,
                   const std::string& before, const std::string& after, Stage stage = Stage::kRevoke) {
-  Action a;
-  a.stage = stage;
-  a.provider = kProvider;
-  a.verb = verb;
-  a.object = object;
-  a.detail = detail;
-  a.before = before;
-  a.after = after;
-  return a;
+  return makeProviderAction(kProvider, stage, verb, object, detail, before, after);
 }
 
 std::string stripTrailingSlashes(std::string p) {
@@ -359,7 +351,7 @@ Result<std::vector<Action>> SshKeysProvider::plan(const Desired& desired, Host& 
   }
   SshKeysDesired want{user, desired.host.authorizedKeysDir, desired.document.keys, desired.now};
   auto actions = planSshKeys(want, *current);
-  for (const auto& a : actions) log_->debug("plan: {}", a.describe());
+  logPlan(log_, actions);
   return actions;
 }
 

@@ -767,19 +767,14 @@ Result<std::vector<Action>> SshdDropinProvider::plan(const Desired& desired, Hos
     log_->debug("plan: {} is up to date ({})", path, summarizeDropin(*in));
     return actions;
   }
-  Action a;
-  a.stage = Stage::kConfine;
-  a.provider = name();
-  a.verb = "write";
-  a.object = path;
-  a.detail = summarizeDropin(*in);
+  Action a = makeProviderAction(name(), Stage::kConfine, "write", path, summarizeDropin(*in));
   if (sameBytes && !sameMeta) a.detail += "; mode/owner to 0644 root:root";
   if (*legacy) a.detail += std::string("; removes the drop-in of agent 0.1, ") + kLegacyDropin;
   a.payload = std::move(text);
   a.before = info->exists() ? std::to_string(info->size) + " bytes" : "absent";
   a.after = summarizeDropin(*in);
-  log_->debug("plan: {}", a.describe());
   actions.push_back(std::move(a));
+  logPlan(log_, actions);
   return actions;
 }
 

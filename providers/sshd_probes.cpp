@@ -175,15 +175,17 @@ bool wildcard(const std::string& pattern, const std::string& s) {
   return ::fnmatch(pattern.c_str(), s.c_str(), FNM_NOESCAPE) == 0;
 }
 
-/// sshd's match_pattern_list(): comma-separated, '!' negates; a negated match wins.
-bool patternList(const std::string& list, const std::string& s) {
+/// The list matching of sshd's match_pattern_list() and addr_match_list(): comma-separated
+/// patterns, '!' negates, a negated match wins; `match(pattern)` tests one pattern.
+template <class Match>
+bool matchList(const std::string& list, Match match) {
   bool positive = false;
   std::stringstream ss(list);
   for (std::string p; std::getline(ss, p, ',');) {
     const bool neg = !p.empty() && p[0] == '!';
     if (neg) p = p.substr(1);
     if (p.empty()) continue;
-    if (wildcard(p, s)) {
+    if (match(p)) {
       if (neg) return false;
       positive = true;
     }
@@ -191,28 +193,19 @@ bool patternList(const std::string& list, const std::string& s) {
   return positive;
 }
 
+/// sshd's match_pattern_list(): wildcard patterns.
+bool patternList(const std::string& list, const std::string& s) {
+  return matchList(list, [&](const std::string& p) { return wildcard(p, s); });
+}
+
 /// sshd's addr_match_list(): like patternList, with CIDR entries.
 bool addressList(const std::string& list, const std::string& address) {
-  auto addr = parseAddress(address);
-  bool positive = false;
-  std::stringstream ss(list);
-  for (std::string p; std::getline(ss, p, ',');) {
-    const bool neg = !p.empty() && p[0] == '!';
-    if (neg) p = p.substr(1);
-    if (p.empty()) continue;
-    bool hit = false;
-    if (p.find('/') != std::string::npos) {
-      auto net = parseNet(p);
-      hit = net && addr && contains(*net, *addr);
-    } else {
-      hit = wildcard(p, address);
-    }
-    if (hit) {
-      if (neg) return false;
-      positive = true;
-    }
-  }
-  return positive;
+  const auto addr = parseAddress(address);
+  return matchList(list, [&](const std::string& p) {
+    if (p.find('/') == std::string::npos) return wildcard(p, address);
+    const auto net = parseNet(p);
+    return net && addr && contains(*net, *addr);
+  });
 }
 
 std::string normalValue(const std::string& keyword, std::string value) {

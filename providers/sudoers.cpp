@@ -183,15 +183,7 @@ std::string taskSummary(const std::vector<SudoTask>& tasks) {
 
 Action makeAction(const std::string& verb, Stage stage, const std::string& detail, const std::string& before,
                   const std::string& after) {
-  Action a;
-  a.provider = kProvider;
-  a.verb = verb;
-  a.object = kSudoersFile;
-  a.stage = stage;
-  a.detail = detail;
-  a.before = before;
-  a.after = after;
-  return a;
+  return makeProviderAction(kProvider, stage, verb, kSudoersFile, detail, before, after);
 }
 
 }  // namespace
@@ -715,7 +707,7 @@ Result<std::vector<Action>> SudoersProvider::plan(const Desired& desired, Host& 
   SudoersPlan p = planSudoers(want, *current);
   for (const auto& r : p.refused) log_->debug("sudo task {} skipped: {}", r.id, r.reason);  // the cycle logs it
   refused_ = std::move(p.refused);
-  for (const auto& a : p.actions) log_->debug("plan: {}", a.describe());
+  logPlan(log_, p.actions);
   return p.actions;
 }
 

@@ -35,15 +35,9 @@ std::vector<std::string> folderComponents(const std::string& root, const std::st
 }
 
 Action makeAction(const std::string& verb, const std::string& object, const std::string& detail) {
-  Action a;
   // Correcting a folder's mode or group can only narrow who may use it; creating one grants
   // nothing by itself.
-  a.stage = verb == "fix" ? Stage::kRevoke : Stage::kPrepare;
-  a.provider = kProvider;
-  a.verb = verb;
-  a.object = object;
-  a.detail = detail;
-  return a;
+  return makeProviderAction(kProvider, verb == "fix" ? Stage::kRevoke : Stage::kPrepare, verb, object, detail);
 }
 
 Action mkdirAction(const std::string& path, mode_t mode, bool transferGroup, const std::string& group) {
@@ -195,14 +189,10 @@ TransferTreeProvider::TransferTreeProvider(Logger log) : log_(std::move(log)) {}
 std::string TransferTreeProvider::name() const { return kProvider; }
 
 Result<std::vector<Action>> TransferTreeProvider::plan(const Desired& desired, Host& host) {
-  skipped_.clear();
   const auto d = transferTreeDesired(desired);
-  auto current = observeTransferTree(d, host);
-  if (!current) return current.status();
-  auto actions = planTransferTree(d, *current, &skipped_);
-  for (const auto& s : skipped_) log_->debug("skipped {}: {}", s.id, s.reason);  // the cycle logs it
-  for (const auto& a : actions) log_->debug("plan: {}", a.describe());
-  return actions;
+  return observeAndPlan([&] { return observeTransferTree(d, host); },
+                        [&](const TransferTreeCurrent& current) { return planTransferTree(d, current, &skipped_); },
+                        skipped_, log_);
 }
 
 Status TransferTreeProvider::apply(const Action& action, const Desired& desired, Host& host) {

@@ -342,19 +342,106 @@ Status badOutcomeStatus(const std::string& what, const std::string& path, int64_
                        path);
 }
 
-Status bindBackup(Statement& stmt, int64_t generation, const BackupInput& b) {
-  stmt.bind(1, generation)
+Status noSuchGeneration(const std::string& what, const std::string& path, int64_t generation) {
+  return Status::error(ErrorCode::kNotFound, what + " " + path + ": no generation " + std::to_string(generation), path);
+}
+
+// Inserts backup `b` of `generation` with `sqlText` (kInsertBackup or kInsertBackupKeepFirst).
+Status insertBackup(Database& db, const char* sqlText, int64_t generation, const BackupInput& b,
+                    const std::string& what) {
+  auto stmt = Statement::prepare(db, sqlText, what);
+  if (!stmt) return stmt.status();
+  stmt->bind(1, generation)
       .bind(2, b.path)
       .bind(3, static_cast<int64_t>(b.existed ? 1 : 0))
       .bind(5, static_cast<int64_t>(b.mode))
       .bind(6, static_cast<int64_t>(b.uid))
       .bind(7, static_cast<int64_t>(b.gid));
   if (b.existed) {
-    stmt.bindBlob(4, b.content);
+    stmt->bindBlob(4, b.content);
   } else {
-    stmt.bindNull(4);
+    stmt->bindNull(4);
   }
-  return stmt.run();
+  return stmt->run();
+}
+
+// A row of kSelectChanges, its columns in ChangeRecord's order.
+ChangeRecord readChangeRow(const Statement& s) {
+  return ChangeRecord{s.columnInt(0),  s.columnInt(1),  s.columnText(2), s.columnText(3),
+                      s.columnText(4), s.columnText(5), s.columnText(6)};
+}
+
+// A row of kSelectBackups, its columns in BackupRecord's order.
+BackupRecord readBackupRow(const Statement& s) {
+  auto u32 = [&s](int column) { return static_cast<uint32_t>(s.columnInt(column)); };
+  return BackupRecord{s.columnInt(0), s.columnText(1), s.columnInt(2) != 0, s.columnBlob(3), u32(4), u32(5), u32(6)};
+}
+
+// The statement helpers of StateStore's reads and writes: prepare, bind, step and run, written once.
+
+// Prepares `sqlText` with `args` bound to ?1, ?2, ...
+template <class... Args>
+Result<Statement> prepareWith(Database& db, const char* sqlText, const std::string& what, const Args&... args) {
+  auto stmt = Statement::prepare(db, sqlText, what);
+  if (!stmt) return stmt.status();
+  [[maybe_unused]] int index = 0;
+  (stmt->bind(++index, args), ...);
+  return stmt;
+}
+
+// Prepares `sqlText` with `args` bound and runs it.
+template <class... Args>
+Status runWith(Database& db, const char* sqlText, const std::string& what, const Args&... args) {
+  auto stmt = prepareWith(db, sqlText, what, args...);
+  if (!stmt) return stmt.status();
+  return stmt->run();
+}
+
+// Prepares `sqlText` and runs it once per element of `items`, bound by bind(statement, item).
+// Stops at the first error.
+template <class Items, class Bind>
+Status runEach(Database& db, const char* sqlText, const Items& items, const std::string& what, Bind bind) {
+  auto stmt = Statement::prepare(db, sqlText, what);
+  if (!stmt) return stmt.status();
+  for (const auto& item : items) {
+    bind(*stmt, item);
+    if (Status st = stmt->run(); !st) return st;
+  }
+  return Status::ok();
+}
+
+// Prepares `sqlText` with `args` bound and steps it once: the statement on its first row, or
+// nullopt when it returned none.
+template <class... Args>
+Result<std::optional<Statement>> firstRow(Database& db, const char* sqlText, const std::string& what,
+                                          const Args&... args) {
+  auto stmt = prepareWith(db, sqlText, what, args...);
+  if (!stmt) return stmt.status();
+  auto row = stmt->step();
+  if (!row) return row.status();
+  if (!*row) return std::optional<Statement>();
+  return std::optional<Statement>(std::move(*stmt));
+}
+
+// Steps `stmt` to its end and returns read(stmt) of every row.
+template <class Read>
+auto collectRows(Statement& stmt, Read read) -> Result<std::vector<decltype(read(stmt))>> {
+  std::vector<decltype(read(stmt))> out;
+  for (;;) {
+    auto row = stmt.step();
+    if (!row) return row.status();
+    if (!*row) return out;
+    out.push_back(read(stmt));
+  }
+}
+
+// Prepares `sqlText` with `args` bound and returns read(statement) of every row.
+template <class Read, class... Args>
+auto selectRows(Database& db, const char* sqlText, const std::string& what, Read read, const Args&... args)
+    -> decltype(collectRows(std::declval<Statement&>(), read)) {
+  auto stmt = prepareWith(db, sqlText, what, args...);
+  if (!stmt) return stmt.status();
+  return collectRows(*stmt, read);
 }
 
 }  // namespace
@@ -485,32 +572,30 @@ Result<std::unique_ptr<StateStore>> StateStore::openInMemory(Logger log) {
 
 // ---- private helpers (the mutex is held by the caller) ----
 
-Result<bool> StateStore::exists(int64_t generation, const std::string& what) const {
-  auto stmt = Statement::prepare(*db_, sql::kGenerationExists, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, generation);
-  return stmt->step();
+Status StateStore::requireGeneration(int64_t generation, const std::string& what) const {
+  auto row = firstRow(*db_, sql::kGenerationExists, what, generation);
+  if (!row) return row.status();
+  return *row ? Status::ok() : noSuchGeneration(what, path_, generation);
 }
 
 Result<std::optional<int64_t>> StateStore::metaInt(const char* key, const std::string& what) const {
-  auto stmt = Statement::prepare(*db_, sql::kSelectMeta, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, key);
-  auto row = stmt->step();
+  auto row = firstRow(*db_, sql::kSelectMeta, what, key);
   if (!row) return row.status();
   if (!*row) return std::optional<int64_t>();
-  return stmt->columnOptionalInt(0);
+  return (*row)->columnOptionalInt(0);
+}
+
+Result<std::string> StateStore::metaText(const char* key, const std::string& what) const {
+  auto row = firstRow(*db_, sql::kSelectMeta, what, key);
+  if (!row) return row.status();
+  return *row ? (*row)->columnText(0) : std::string();
 }
 
 Status StateStore::setMetaValue(const char* key, std::optional<int64_t> intValue,
                                 const std::optional<std::string>& textValue, const std::string& what) {
-  const bool remove = !intValue && !textValue;
-  auto stmt = Statement::prepare(*db_, remove ? sql::kDeleteMeta : sql::kUpsertMeta, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, key);
-  if (intValue) stmt->bind(2, *intValue);
-  if (textValue) stmt->bind(2, *textValue);
-  return stmt->run();
+  if (textValue) return runWith(*db_, sql::kUpsertMeta, what, key, *textValue);
+  if (intValue) return runWith(*db_, sql::kUpsertMeta, what, key, *intValue);
+  return runWith(*db_, sql::kDeleteMeta, what, key);
 }
 
 Status StateStore::raiseHighestRevision(int64_t /*generation*/, GenerationOutcome outcome,
@@ -522,23 +607,14 @@ Status StateStore::raiseHighestRevision(int64_t /*generation*/, GenerationOutcom
       outcome != GenerationOutcome::kPartial && outcome != GenerationOutcome::kFailed) {
     return Status::ok();
   }
-  auto stmt = Statement::prepare(*db_, sql::kRaiseMetaMax, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, sql::kMetaHighestStoreRevision).bind(2, *revision);
-  return stmt->run();
+  return runWith(*db_, sql::kRaiseMetaMax, what, sql::kMetaHighestStoreRevision, *revision);
 }
 
 Status StateStore::setOutcomeLocked(int64_t generation, GenerationOutcome outcome, const std::string& error,
                                     const std::string& what) {
-  auto stmt = Statement::prepare(*db_, sql::kUpdateOutcome, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, generation).bind(2, outcomeName(outcome)).bind(3, error);
-  Status st = stmt->run();
+  Status st = runWith(*db_, sql::kUpdateOutcome, what, generation, outcomeName(outcome), error);
   if (!st) return st;
-  if (sqlite3_changes(db_->get()) == 0) {
-    return Status::error(ErrorCode::kNotFound, what + " " + path_ + ": no generation " + std::to_string(generation),
-                         path_);
-  }
+  if (sqlite3_changes(db_->get()) == 0) return noSuchGeneration(what, path_, generation);
   auto record = readOne(sql::kSelectGeneration, generation, what);
   if (!record) return record.status();
   if (!*record) return Status::ok();
@@ -557,16 +633,46 @@ Result<std::optional<GenerationRecord>> StateStore::readOne(const char* sqlText,
   GenerationRecord record = readGenerationRow(*stmt, &badOutcome);
   if (badOutcome) return badOutcomeStatus(what, path_, record.generation);
 
-  auto skipped = Statement::prepare(*db_, sql::kSelectSkipped, what);
+  auto skipped = selectRows(
+      *db_, sql::kSelectSkipped, what,
+      [](const Statement& s) {
+        return SkippedRecord{s.columnText(0), s.columnText(1)};
+      },
+      record.generation);
   if (!skipped) return skipped.status();
-  skipped->bind(1, record.generation);
-  for (;;) {
-    auto more = skipped->step();
-    if (!more) return more.status();
-    if (!*more) break;
-    record.skipped.push_back({skipped->columnText(0), skipped->columnText(1)});
-  }
+  record.skipped = std::move(*skipped);
   return std::optional<GenerationRecord>(std::move(record));
+}
+
+Result<std::optional<GenerationRecord>> StateStore::readOneConsistent(const char* sqlText, std::optional<int64_t> bind,
+                                                                      const std::string& what) const {
+  // One snapshot for the generation and its skipped entries.
+  auto txn = Transaction::begin(*db_, Transaction::Mode::kRead, what);
+  if (!txn) return txn.status();
+  return readOne(sqlText, bind, what);
+}
+
+Result<std::optional<PendingCycle>> StateStore::pendingCycleLocked(const std::string& what) const {
+  auto row = firstRow(*db_, sql::kSelectPendingCycle, what);
+  if (!row) return row.status();
+  if (!*row) return std::optional<PendingCycle>();
+  return std::optional<PendingCycle>(PendingCycle{(*row)->columnInt(0), (*row)->columnOptionalInt(1)});
+}
+
+Status StateStore::noPendingCycleLocked(const std::string& what) const {
+  auto pending = pendingCycleLocked(what);
+  if (!pending) return pending.status();
+  if (!*pending) return Status::ok();
+  return Status::error(
+      ErrorCode::kInvalid,
+      what + " " + path_ + ": a cycle for generation " + std::to_string((*pending)->generation) + " is still pending",
+      path_);
+}
+
+Status StateStore::endCycleLocked(const std::string& what) {
+  Status st = runWith(*db_, sql::kDeletePendingCycle, what);
+  if (!st) return st;
+  return setMetaValue(sql::kMetaRecoveryAttempts, std::nullopt, std::nullopt, what);
 }
 
 // ---- generations ----
@@ -579,73 +685,28 @@ Result<int64_t> StateStore::recordGeneration(const GenerationInput& input) {
 
   std::optional<int64_t> previous;
   if (input.beginCycle) {
-    auto pending = Statement::prepare(*db_, sql::kSelectPendingCycle, what);
-    if (!pending) return pending.status();
-    auto row = pending->step();
-    if (!row) return row.status();
-    if (*row) {
-      return Status::error(ErrorCode::kInvalid,
-                           what + " " + path_ + ": a cycle for generation " + std::to_string(pending->columnInt(0)) +
-                               " is still pending",
-                           path_);
-    }
+    if (Status st = noPendingCycleLocked(what); !st) return st;
     auto applied = readOne(sql::kSelectLastApplied, std::nullopt, what);
     if (!applied) return applied.status();
     if (*applied) previous = (*applied)->generation;
   }
 
-  auto insert = Statement::prepare(*db_, sql::kInsertGeneration, what);
-  if (!insert) return insert.status();
-  insert->bind(1, input.time)
-      .bind(2, input.source)
-      .bind(3, input.revision)
-      .bind(4, input.etag)
-      .bind(5, input.docHash)
-      .bind(6, input.body)
-      .bind(7, outcomeName(input.outcome))
-      .bind(8, input.error)
-      .bind(9, input.rollbackOf)
-      .bind(10, causeName(input.cause));
-  Status st = insert->run();
+  Status st =
+      runWith(*db_, sql::kInsertGeneration, what, input.time, input.source, input.revision, input.etag, input.docHash,
+              input.body, outcomeName(input.outcome), input.error, input.rollbackOf, causeName(input.cause));
   if (!st) return st;
   const int64_t generation = sqlite3_last_insert_rowid(db_->get());
 
-  if (!input.changes.empty()) {
-    auto stmt = Statement::prepare(*db_, sql::kInsertChange, what);
-    if (!stmt) return stmt.status();
-    int64_t seq = 0;
-    for (const auto& c : input.changes) {
-      stmt->bind(1, generation)
-          .bind(2, ++seq)
-          .bind(3, c.provider)
-          .bind(4, c.object)
-          .bind(5, c.action)
-          .bind(6, c.before)
-          .bind(7, c.after);
-      st = stmt->run();
-      if (!st) return st;
-    }
-  }
-  if (!input.skipped.empty()) {
-    auto stmt = Statement::prepare(*db_, sql::kInsertSkipped, what);
-    if (!stmt) return stmt.status();
-    int64_t seq = 0;
-    for (const auto& s : input.skipped) {
-      stmt->bind(1, generation).bind(2, ++seq).bind(3, s.id).bind(4, s.reason);
-      st = stmt->run();
-      if (!st) return st;
-    }
-  }
-  if (!input.backups.empty()) {
+  st = insertChangesLocked(generation, input.changes, what);
+  if (st && !input.skipped.empty()) st = replaceSkippedLocked(generation, input.skipped, what);
+  if (st && !input.backups.empty()) {
     // Plain INSERT: two backups of one path in one input is a caller bug; the UNIQUE constraint
     // fails the whole transaction.
-    auto stmt = Statement::prepare(*db_, sql::kInsertBackup, what);
-    if (!stmt) return stmt.status();
-    for (const auto& b : input.backups) {
-      st = bindBackup(*stmt, generation, b);
-      if (!st) return st;
+    for (size_t i = 0; st && i < input.backups.size(); ++i) {
+      st = insertBackup(*db_, sql::kInsertBackup, generation, input.backups[i], what);
     }
   }
+  if (!st) return st;
 
   if (input.revision && input.outcome != GenerationOutcome::kRolledBack && !input.rollbackOf) {
     st = setMetaValue(sql::kMetaStoreRevision, input.revision, std::nullopt, what);
@@ -655,17 +716,11 @@ Result<int64_t> StateStore::recordGeneration(const GenerationInput& input) {
   if (!st) return st;
 
   if (input.beginCycle) {
-    auto stmt = Statement::prepare(*db_, sql::kInsertPendingCycle, what);
-    if (!stmt) return stmt.status();
-    stmt->bind(1, generation).bind(2, previous);
-    st = stmt->run();
+    st = runWith(*db_, sql::kInsertPendingCycle, what, generation, previous);
     if (!st) return st;
   }
 
-  auto prune = Statement::prepare(*db_, sql::kPruneGenerations, what);
-  if (!prune) return prune.status();
-  prune->bind(1, keepGenerations_);
-  st = prune->run();
+  st = runWith(*db_, sql::kPruneGenerations, what, keepGenerations_);
   if (!st) return st;
   const int pruned = sqlite3_changes(db_->get());
 
@@ -692,12 +747,7 @@ Status StateStore::appendChanges(int64_t generation, const std::vector<ChangeInp
   const std::string what = "record changes in";
   auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
   if (!txn) return txn.status();
-  auto found = exists(generation, what);
-  if (!found) return found.status();
-  if (!*found) {
-    return Status::error(ErrorCode::kNotFound, what + " " + path_ + ": no generation " + std::to_string(generation),
-                         path_);
-  }
+  if (Status st = requireGeneration(generation, what); !st) return st;
   if (Status st = insertChangesLocked(generation, changes, what); !st) return st;
   return (*txn)->commit();
 }
@@ -705,45 +755,25 @@ Status StateStore::appendChanges(int64_t generation, const std::vector<ChangeInp
 Status StateStore::insertChangesLocked(int64_t generation, const std::vector<ChangeInput>& changes,
                                        const std::string& what) {
   if (changes.empty()) return Status::ok();
-  auto maxSeq = Statement::prepare(*db_, sql::kMaxChangeSeq, what);
-  if (!maxSeq) return maxSeq.status();
-  maxSeq->bind(1, generation);
-  auto row = maxSeq->step();
-  if (!row) return row.status();
-  int64_t seq = *row ? maxSeq->columnInt(0) : 0;
-  maxSeq->reset();
-
-  auto stmt = Statement::prepare(*db_, sql::kInsertChange, what);
-  if (!stmt) return stmt.status();
-  for (const auto& c : changes) {
-    stmt->bind(1, generation)
-        .bind(2, ++seq)
-        .bind(3, c.provider)
-        .bind(4, c.object)
-        .bind(5, c.action)
-        .bind(6, c.before)
-        .bind(7, c.after);
-    Status st = stmt->run();
-    if (!st) return st;
-  }
-  return Status::ok();
+  int64_t seq = 0;
+  {
+    auto maxSeq = firstRow(*db_, sql::kMaxChangeSeq, what, generation);
+    if (!maxSeq) return maxSeq.status();
+    if (*maxSeq) seq = (*maxSeq)->columnInt(0);
+  }  // the statement is reset here, before the inserts
+  return runEach(*db_, sql::kInsertChange, changes, what, [&](Statement& s, const ChangeInput& c) {
+    s.bind(1, generation).bind(2, ++seq).bind(3, c.provider).bind(4, c.object).bind(5, c.action);
+    s.bind(6, c.before).bind(7, c.after);
+  });
 }
 
 Status StateStore::replaceSkippedLocked(int64_t generation, const std::vector<SkippedRecord>& skipped,
                                         const std::string& what) {
-  auto clear = Statement::prepare(*db_, sql::kDeleteSkipped, what);
-  if (!clear) return clear.status();
-  clear->bind(1, generation);
-  if (Status st = clear->run(); !st) return st;
-  auto stmt = Statement::prepare(*db_, sql::kInsertSkipped, what);
-  if (!stmt) return stmt.status();
+  if (Status st = runWith(*db_, sql::kDeleteSkipped, what, generation); !st) return st;
   int64_t seq = 0;
-  for (const auto& s : skipped) {
-    stmt->bind(1, generation).bind(2, ++seq).bind(3, s.id).bind(4, s.reason);
-    Status st = stmt->run();
-    if (!st) return st;
-  }
-  return Status::ok();
+  return runEach(*db_, sql::kInsertSkipped, skipped, what, [&](Statement& s, const SkippedRecord& r) {
+    s.bind(1, generation).bind(2, ++seq).bind(3, r.id).bind(4, r.reason);
+  });
 }
 
 Status StateStore::noteRetry(int64_t generation, int64_t time) {
@@ -751,16 +781,9 @@ Status StateStore::noteRetry(int64_t generation, int64_t time) {
   const std::string what = "note a retry of generation " + std::to_string(generation) + " in";
   auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
   if (!txn) return txn.status();
-  auto found = exists(generation, what);
-  if (!found) return found.status();
-  if (!*found) {
-    return Status::error(ErrorCode::kNotFound, what + " " + path_ + ": no generation " + std::to_string(generation),
-                         path_);
-  }
-  auto stmt = Statement::prepare(*db_, sql::kNoteRetry, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, generation).bind(2, time);
-  if (Status st = stmt->run(); !st) return st;
+  Status st = requireGeneration(generation, what);
+  if (st) st = runWith(*db_, sql::kNoteRetry, what, generation, time);
+  if (!st) return st;
   return (*txn)->commit();
 }
 
@@ -769,107 +792,53 @@ Status StateStore::addBackup(int64_t generation, const BackupInput& backup) {
   const std::string what = "record backup of " + backup.path + " in";
   auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
   if (!txn) return txn.status();
-  auto found = exists(generation, what);
-  if (!found) return found.status();
-  if (!*found) {
-    return Status::error(ErrorCode::kNotFound, what + " " + path_ + ": no generation " + std::to_string(generation),
-                         path_);
-  }
-  auto stmt = Statement::prepare(*db_, sql::kInsertBackupKeepFirst, what);
-  if (!stmt) return stmt.status();
-  Status st = bindBackup(*stmt, generation, backup);
+  Status st = requireGeneration(generation, what);
+  if (st) st = insertBackup(*db_, sql::kInsertBackupKeepFirst, generation, backup, what);
   if (!st) return st;
   return (*txn)->commit();
 }
 
 Result<std::optional<GenerationRecord>> StateStore::generation(int64_t n) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  const std::string what = "read generation " + std::to_string(n) + " from";
-  auto txn = Transaction::begin(*db_, Transaction::Mode::kRead, what);
-  if (!txn) return txn.status();
-  return readOne(sql::kSelectGeneration, n, what);
+  return readOneConsistent(sql::kSelectGeneration, n, "read generation " + std::to_string(n) + " from");
 }
 
 Result<std::optional<GenerationRecord>> StateStore::latest() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  const std::string what = "read latest generation from";
-  auto txn = Transaction::begin(*db_, Transaction::Mode::kRead, what);
-  if (!txn) return txn.status();
-  return readOne(sql::kSelectLatest, std::nullopt, what);
+  return readOneConsistent(sql::kSelectLatest, std::nullopt, "read latest generation from");
 }
 
 Result<std::optional<GenerationRecord>> StateStore::lastApplied() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  const std::string what = "read applied generation from";
-  auto txn = Transaction::begin(*db_, Transaction::Mode::kRead, what);
-  if (!txn) return txn.status();
-  return readOne(sql::kSelectLastApplied, std::nullopt, what);
+  return readOneConsistent(sql::kSelectLastApplied, std::nullopt, "read applied generation from");
 }
 
 Result<std::vector<GenerationRecord>> StateStore::history(int limit) const {
   std::lock_guard<std::mutex> lock(mutex_);
   const std::string what = "read history from";
-  auto stmt = Statement::prepare(*db_, sql::kSelectHistory, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, static_cast<int64_t>(limit > 0 ? limit : -1));  // LIMIT -1: no limit
-  std::vector<GenerationRecord> out;
-  for (;;) {
-    auto row = stmt->step();
-    if (!row) return row.status();
-    if (!*row) break;
+  std::optional<int64_t> bad;  // the first generation with an unknown outcome
+  auto read = [&bad](const Statement& s) {
     bool badOutcome = false;
-    out.push_back(readGenerationRow(*stmt, &badOutcome));
-    if (badOutcome) return badOutcomeStatus(what, path_, out.back().generation);
-  }
+    GenerationRecord r = readGenerationRow(s, &badOutcome);
+    if (badOutcome && !bad) bad = r.generation;
+    return r;
+  };
+  const int64_t rows = limit > 0 ? limit : -1;  // LIMIT -1: no limit
+  auto out = selectRows(*db_, sql::kSelectHistory, what, read, rows);
+  if (out && bad) return badOutcomeStatus(what, path_, *bad);
   return out;
 }
 
 Result<std::vector<ChangeRecord>> StateStore::changes(int64_t n) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  const std::string what = "read changes of generation " + std::to_string(n) + " from";
-  auto stmt = Statement::prepare(*db_, sql::kSelectChanges, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, n);
-  std::vector<ChangeRecord> out;
-  for (;;) {
-    auto row = stmt->step();
-    if (!row) return row.status();
-    if (!*row) break;
-    ChangeRecord c;
-    c.generation = stmt->columnInt(0);
-    c.seq = stmt->columnInt(1);
-    c.provider = stmt->columnText(2);
-    c.object = stmt->columnText(3);
-    c.action = stmt->columnText(4);
-    c.before = stmt->columnText(5);
-    c.after = stmt->columnText(6);
-    out.push_back(std::move(c));
-  }
-  return out;
+  return selectRows(*db_, sql::kSelectChanges, "read changes of generation " + std::to_string(n) + " from",
+                    readChangeRow, n);
 }
 
 Result<std::vector<BackupRecord>> StateStore::backups(int64_t n) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  const std::string what = "read backups of generation " + std::to_string(n) + " from";
-  auto stmt = Statement::prepare(*db_, sql::kSelectBackups, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, n);
-  std::vector<BackupRecord> out;
-  for (;;) {
-    auto row = stmt->step();
-    if (!row) return row.status();
-    if (!*row) break;
-    BackupRecord b;
-    b.generation = stmt->columnInt(0);
-    b.path = stmt->columnText(1);
-    b.existed = stmt->columnInt(2) != 0;
-    b.content = stmt->columnBlob(3);
-    b.mode = static_cast<uint32_t>(stmt->columnInt(4));
-    b.uid = static_cast<uint32_t>(stmt->columnInt(5));
-    b.gid = static_cast<uint32_t>(stmt->columnInt(6));
-    out.push_back(std::move(b));
-  }
-  return out;
+  return selectRows(*db_, sql::kSelectBackups, "read backups of generation " + std::to_string(n) + " from",
+                    readBackupRow, n);
 }
 
 Result<int64_t> StateStore::highestAppliedStoreRevision() const {
@@ -892,17 +861,9 @@ Status StateStore::setPin(std::optional<int64_t> generation) {
       generation ? "pin generation " + std::to_string(*generation) + " in" : std::string("lift pin in");
   auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
   if (!txn) return txn.status();
-  if (generation) {
-    auto found = exists(*generation, what);
-    if (!found) return found.status();
-    if (!*found) {
-      return Status::error(ErrorCode::kNotFound, what + " " + path_ + ": no generation " + std::to_string(*generation),
-                           path_);
-    }
-  }
-  Status st = setMetaValue(sql::kMetaPinnedGeneration, generation, std::nullopt, what);
-  if (!st) return st;
-  st = (*txn)->commit();
+  Status st = generation ? requireGeneration(*generation, what) : Status::ok();
+  if (st) st = setMetaValue(sql::kMetaPinnedGeneration, generation, std::nullopt, what);
+  if (st) st = (*txn)->commit();
   if (!st) return st;
   if (generation) {
     log_->info("pinned generation {}", *generation);
@@ -925,16 +886,11 @@ Status StateStore::recordPoll(int64_t time, const std::string& outcome, const st
   // The poll record is written at every poll and is worth no fsync: in WAL mode, synchronous =
   // NORMAL still keeps the database consistent; a power cut may only lose the newest poll times.
   // Every other transaction stays synchronous = FULL.
-  auto normal = Statement::prepare(*db_, sql::kPragmaSynchronousNormal, what);
-  if (!normal) return normal.status();
-  Status relaxed = normal->run();
+  Status relaxed = runWith(*db_, sql::kPragmaSynchronousNormal, what);
   if (!relaxed) return relaxed;
   struct RestoreFull {
     Database& db;
-    ~RestoreFull() {
-      auto full = Statement::prepare(db, sql::kPragmaSynchronousFull, "restore synchronous = FULL in");
-      if (full) (void)full->run();
-    }
+    ~RestoreFull() { (void)runWith(db, sql::kPragmaSynchronousFull, "restore synchronous = FULL in"); }
   } restore{*db_};
   auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
   if (!txn) return txn.status();
@@ -959,12 +915,9 @@ Result<PollStatus> StateStore::pollStatus() const {
   out.time = *time;
   for (auto [key, field] : {std::pair<const char*, std::string*>{sql::kMetaLastPollOutcome, &out.outcome},
                             {sql::kMetaLastError, &out.error}}) {
-    auto stmt = Statement::prepare(*db_, sql::kSelectMeta, what);
-    if (!stmt) return stmt.status();
-    stmt->bind(1, key);
-    auto row = stmt->step();
-    if (!row) return row.status();
-    if (*row) *field = stmt->columnText(0);
+    auto text = metaText(key, what);
+    if (!text) return text.status();
+    *field = std::move(*text);
   }
   return out;
 }
@@ -978,31 +931,23 @@ Status StateStore::addOwnedAll(OwnedKind kind, const std::vector<std::string>& n
       std::string("record ") + std::to_string(names.size()) + " owned " + ownedKindName(kind) + " in";
   auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
   if (!txn) return txn.status();
-  auto stmt = Statement::prepare(*db_, sql::kInsertOwned, what);
-  if (!stmt) return stmt.status();
-  for (const auto& name : names) {
-    stmt->bind(1, ownedKindName(kind)).bind(2, name).bind(3, generation);
-    if (Status st = stmt->run(); !st) return st;
-  }
+  Status st = runEach(*db_, sql::kInsertOwned, names, what, [&](Statement& s, const std::string& name) {
+    s.bind(1, ownedKindName(kind)).bind(2, name).bind(3, generation);
+  });
+  if (!st) return st;
   return (*txn)->commit();
 }
 
 Status StateStore::addOwned(OwnedKind kind, const std::string& name, std::optional<int64_t> generation) {
   std::lock_guard<std::mutex> lock(mutex_);
-  const std::string what = std::string("record owned ") + ownedKindName(kind) + " " + name + " in";
-  auto stmt = Statement::prepare(*db_, sql::kInsertOwned, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, ownedKindName(kind)).bind(2, name).bind(3, generation);
-  return stmt->run();
+  return runWith(*db_, sql::kInsertOwned, std::string("record owned ") + ownedKindName(kind) + " " + name + " in",
+                 ownedKindName(kind), name, generation);
 }
 
 Status StateStore::removeOwned(OwnedKind kind, const std::string& name) {
   std::lock_guard<std::mutex> lock(mutex_);
-  const std::string what = std::string("forget owned ") + ownedKindName(kind) + " " + name + " in";
-  auto stmt = Statement::prepare(*db_, sql::kDeleteOwned, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, ownedKindName(kind)).bind(2, name);
-  return stmt->run();
+  return runWith(*db_, sql::kDeleteOwned, std::string("forget owned ") + ownedKindName(kind) + " " + name + " in",
+                 ownedKindName(kind), name);
 }
 
 Status StateStore::removeOwnedAll(OwnedKind kind, const std::vector<std::string>& names) {
@@ -1011,38 +956,25 @@ Status StateStore::removeOwnedAll(OwnedKind kind, const std::vector<std::string>
       std::string("forget ") + std::to_string(names.size()) + " owned " + ownedKindName(kind) + " in";
   auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
   if (!txn) return txn.status();
-  auto stmt = Statement::prepare(*db_, sql::kDeleteOwned, what);
-  if (!stmt) return stmt.status();
-  for (const auto& name : names) {
-    stmt->bind(1, ownedKindName(kind)).bind(2, name);
-    if (Status st = stmt->run(); !st) return st;
-  }
+  Status st = runEach(*db_, sql::kDeleteOwned, names, what,
+                      [&](Statement& s, const std::string& name) { s.bind(1, ownedKindName(kind)).bind(2, name); });
+  if (!st) return st;
   return (*txn)->commit();
 }
 
 Result<bool> StateStore::isOwned(OwnedKind kind, const std::string& name) const {
   std::lock_guard<std::mutex> lock(mutex_);
   const std::string what = std::string("read owned ") + ownedKindName(kind) + " " + name + " from";
-  auto stmt = Statement::prepare(*db_, sql::kSelectOwnedOne, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, ownedKindName(kind)).bind(2, name);
-  return stmt->step();
+  auto row = firstRow(*db_, sql::kSelectOwnedOne, what, ownedKindName(kind), name);
+  if (!row) return row.status();
+  return row->has_value();
 }
 
 Result<std::vector<std::string>> StateStore::owned(OwnedKind kind) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  const std::string what = std::string("read owned ") + ownedKindName(kind) + "s from";
-  auto stmt = Statement::prepare(*db_, sql::kSelectOwnedKind, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, ownedKindName(kind));
-  std::vector<std::string> out;
-  for (;;) {
-    auto row = stmt->step();
-    if (!row) return row.status();
-    if (!*row) break;
-    out.push_back(stmt->columnText(0));
-  }
-  return out;
+  return selectRows(
+      *db_, sql::kSelectOwnedKind, std::string("read owned ") + ownedKindName(kind) + "s from",
+      [](const Statement& s) { return s.columnText(0); }, ownedKindName(kind));
 }
 
 // ---- pending-cycle journal ----
@@ -1054,27 +986,10 @@ Status StateStore::beginCycle(int64_t generation, std::optional<int64_t> previou
   if (!txn) return txn.status();
   for (auto n : {std::optional<int64_t>(generation), previousGeneration}) {
     if (!n) continue;
-    auto found = exists(*n, what);
-    if (!found) return found.status();
-    if (!*found) {
-      return Status::error(ErrorCode::kNotFound, what + " " + path_ + ": no generation " + std::to_string(*n), path_);
-    }
+    if (Status st = requireGeneration(*n, what); !st) return st;
   }
-  auto pending = Statement::prepare(*db_, sql::kSelectPendingCycle, what);
-  if (!pending) return pending.status();
-  auto row = pending->step();
-  if (!row) return row.status();
-  if (*row) {
-    return Status::error(
-        ErrorCode::kInvalid,
-        what + " " + path_ + ": a cycle for generation " + std::to_string(pending->columnInt(0)) + " is still pending",
-        path_);
-  }
-  pending->reset();
-  auto stmt = Statement::prepare(*db_, sql::kInsertPendingCycle, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, generation).bind(2, previousGeneration);
-  Status st = stmt->run();
+  Status st = noPendingCycleLocked(what);
+  if (st) st = runWith(*db_, sql::kInsertPendingCycle, what, generation, previousGeneration);
   if (!st) return st;
   return (*txn)->commit();
 }
@@ -1086,28 +1001,16 @@ Status StateStore::finishCycle(GenerationOutcome outcome, const std::string& err
   const std::string what = "finish cycle in";
   auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
   if (!txn) return txn.status();
-  auto pending = Statement::prepare(*db_, sql::kSelectPendingCycle, what);
+  auto pending = pendingCycleLocked(what);
   if (!pending) return pending.status();
-  auto row = pending->step();
-  if (!row) return row.status();
-  if (!*row) {
+  if (!*pending) {
     return Status::error(ErrorCode::kNotFound, what + " " + path_ + ": no cycle pending", path_);
   }
-  const int64_t generation = pending->columnInt(0);
-  pending->reset();
+  const int64_t generation = (*pending)->generation;
   Status st = insertChangesLocked(generation, changes, what);
-  if (!st) return st;
-  if (skipped) {
-    st = replaceSkippedLocked(generation, *skipped, what);
-    if (!st) return st;
-  }
-  st = setOutcomeLocked(generation, outcome, error, what);
-  if (!st) return st;
-  auto clear = Statement::prepare(*db_, sql::kDeletePendingCycle, what);
-  if (!clear) return clear.status();
-  st = clear->run();
-  if (!st) return st;
-  st = setMetaValue(sql::kMetaRecoveryAttempts, std::nullopt, std::nullopt, what);
+  if (st && skipped) st = replaceSkippedLocked(generation, *skipped, what);
+  if (st) st = setOutcomeLocked(generation, outcome, error, what);
+  if (st) st = endCycleLocked(what);
   if (!st) return st;
   return (*txn)->commit();
 }
@@ -1117,10 +1020,7 @@ Status StateStore::endCycle() {
   const std::string what = "end cycle in";
   auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
   if (!txn) return txn.status();
-  auto stmt = Statement::prepare(*db_, sql::kDeletePendingCycle, what);
-  if (!stmt) return stmt.status();
-  if (Status st = stmt->run(); !st) return st;
-  if (Status st = setMetaValue(sql::kMetaRecoveryAttempts, std::nullopt, std::nullopt, what); !st) return st;
+  if (Status st = endCycleLocked(what); !st) return st;
   return (*txn)->commit();
 }
 
@@ -1146,12 +1046,7 @@ Status StateStore::setReloadPending(const std::string& error) {
 
 Result<std::string> StateStore::reloadPending() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  auto stmt = Statement::prepare(*db_, sql::kSelectMeta, "read the pending sshd reload from");
-  if (!stmt) return stmt.status();
-  stmt->bind(1, sql::kMetaReloadPending);
-  auto row = stmt->step();
-  if (!row) return row.status();
-  return *row ? stmt->columnText(0) : std::string();
+  return metaText(sql::kMetaReloadPending, "read the pending sshd reload from");
 }
 
 Status StateStore::setDefenderCursor(const std::string& cursor) {
@@ -1163,12 +1058,7 @@ Status StateStore::setDefenderCursor(const std::string& cursor) {
 
 Result<std::string> StateStore::defenderCursor() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  auto stmt = Statement::prepare(*db_, sql::kSelectMeta, "read the defender's journal cursor from");
-  if (!stmt) return stmt.status();
-  stmt->bind(1, sql::kMetaDefenderCursor);
-  auto row = stmt->step();
-  if (!row) return row.status();
-  return *row ? stmt->columnText(0) : std::string();
+  return metaText(sql::kMetaDefenderCursor, "read the defender's journal cursor from");
 }
 
 Status StateStore::recordLogins(const std::vector<LoginRecord>& logins, const std::vector<LoginFailureRecord>& failures,
@@ -1177,86 +1067,55 @@ Status StateStore::recordLogins(const std::vector<LoginRecord>& logins, const st
   const std::string what = "record logins in";
   auto txn = Transaction::begin(*db_, Transaction::Mode::kWrite, what);
   if (!txn) return txn.status();
+  Status st = Status::ok();
   if (!logins.empty()) {
-    auto stmt = Statement::prepare(*db_, sql::kUpsertLogin, what);
-    if (!stmt) return stmt.status();
-    for (const auto& l : logins) {
-      stmt->bind(1, l.user).bind(2, l.fingerprint).bind(3, l.method).bind(4, l.time).bind(5, l.address);
-      if (Status st = stmt->run(); !st) return st;
-    }
-    auto prune = Statement::prepare(*db_, sql::kPruneLogins, what);
-    if (!prune) return prune.status();
-    prune->bind(1, kMaxLogins);
-    if (Status st = prune->run(); !st) return st;
+    st = runEach(*db_, sql::kUpsertLogin, logins, what, [](Statement& s, const LoginRecord& l) {
+      s.bind(1, l.user).bind(2, l.fingerprint).bind(3, l.method).bind(4, l.time).bind(5, l.address);
+    });
+    if (st) st = runWith(*db_, sql::kPruneLogins, what, kMaxLogins);
   }
-  if (!failures.empty()) {
-    auto stmt = Statement::prepare(*db_, sql::kCountLoginFailure, what);
-    if (!stmt) return stmt.status();
-    for (const auto& f : failures) {
-      stmt->bind(1, f.address).bind(2, f.count).bind(3, f.lastTime);
-      if (Status st = stmt->run(); !st) return st;
-    }
-    auto prune = Statement::prepare(*db_, sql::kPruneLoginFailures, what);
-    if (!prune) return prune.status();
-    prune->bind(1, kMaxLoginFailures);
-    if (Status st = prune->run(); !st) return st;
+  if (st && !failures.empty()) {
+    st = runEach(*db_, sql::kCountLoginFailure, failures, what, [](Statement& s, const LoginFailureRecord& f) {
+      s.bind(1, f.address).bind(2, f.count).bind(3, f.lastTime);
+    });
+    if (st) st = runWith(*db_, sql::kPruneLoginFailures, what, kMaxLoginFailures);
   }
-  if (!cursor.empty()) {
-    if (Status st = setMetaValue(sql::kMetaDefenderCursor, std::nullopt, cursor, what); !st) return st;
-  }
+  if (st && !cursor.empty()) st = setMetaValue(sql::kMetaDefenderCursor, std::nullopt, cursor, what);
+  if (!st) return st;
   return (*txn)->commit();
 }
 
 Result<std::vector<LoginRecord>> StateStore::logins() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  auto stmt = Statement::prepare(*db_, sql::kSelectLogins, "read logins from");
-  if (!stmt) return stmt.status();
-  std::vector<LoginRecord> out;
-  for (;;) {
-    auto row = stmt->step();
-    if (!row) return row.status();
-    if (!*row) break;
-    out.push_back(
-        {stmt->columnText(0), stmt->columnText(1), stmt->columnText(2), stmt->columnInt(3), stmt->columnText(4)});
-  }
-  return out;
+  return selectRows(*db_, sql::kSelectLogins, "read logins from", [](const Statement& s) {
+    return LoginRecord{s.columnText(0), s.columnText(1), s.columnText(2), s.columnInt(3), s.columnText(4)};
+  });
 }
 
 Result<StateStore::LoginFailures> StateStore::loginFailures(int64_t limit) const {
   std::lock_guard<std::mutex> lock(mutex_);
   const std::string what = "read failed logins from";
   LoginFailures out;
-  auto stmt = Statement::prepare(*db_, sql::kSelectLoginFailures, what);
-  if (!stmt) return stmt.status();
-  stmt->bind(1, limit);
-  for (;;) {
-    auto row = stmt->step();
-    if (!row) return row.status();
-    if (!*row) break;
-    out.top.push_back({stmt->columnText(0), stmt->columnInt(1), stmt->columnInt(2)});
-  }
-  auto sum = Statement::prepare(*db_, sql::kSumLoginFailures, what);
+  auto top = selectRows(
+      *db_, sql::kSelectLoginFailures, what,
+      [](const Statement& s) {
+        return LoginFailureRecord{s.columnText(0), s.columnInt(1), s.columnInt(2)};
+      },
+      limit);
+  if (!top) return top.status();
+  out.top = std::move(*top);
+  auto sum = firstRow(*db_, sql::kSumLoginFailures, what);
   if (!sum) return sum.status();
-  auto row = sum->step();
-  if (!row) return row.status();
-  if (*row) {
-    out.total = sum->columnInt(0);
-    out.sources = sum->columnInt(1);
+  if (*sum) {
+    out.total = (*sum)->columnInt(0);
+    out.sources = (*sum)->columnInt(1);
   }
   return out;
 }
 
 Result<std::optional<PendingCycle>> StateStore::pendingCycle() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  auto stmt = Statement::prepare(*db_, sql::kSelectPendingCycle, "read pending cycle from");
-  if (!stmt) return stmt.status();
-  auto row = stmt->step();
-  if (!row) return row.status();
-  if (!*row) return std::optional<PendingCycle>();
-  PendingCycle cycle;
-  cycle.generation = stmt->columnInt(0);
-  cycle.previousGeneration = stmt->columnOptionalInt(1);
-  return std::optional<PendingCycle>(cycle);
+  return pendingCycleLocked("read pending cycle from");
 }
 
 }  // namespace pim

@@ -219,10 +219,21 @@ class StateStore {
 
   Result<std::optional<GenerationRecord>> readOne(const char* sql, std::optional<int64_t> bind,
                                                   const std::string& what) const;
+  /// readOne() in a read transaction of its own: the generation and its skipped entries from one snapshot.
+  Result<std::optional<GenerationRecord>> readOneConsistent(const char* sql, std::optional<int64_t> bind,
+                                                            const std::string& what) const;
   Result<std::optional<int64_t>> metaInt(const char* key, const std::string& what) const;
+  /// The meta value of `key` as text; "" when there is none.
+  Result<std::string> metaText(const char* key, const std::string& what) const;
   Status setMetaValue(const char* key, std::optional<int64_t> intValue, const std::optional<std::string>& textValue,
                       const std::string& what);
-  Result<bool> exists(int64_t generation, const std::string& what) const;
+  /// Ok when generation `generation` exists; kNotFound ("WHAT PATH: no generation N") when not.
+  Status requireGeneration(int64_t generation, const std::string& what) const;
+  Result<std::optional<PendingCycle>> pendingCycleLocked(const std::string& what) const;
+  /// Ok when no cycle is pending; kInvalid ("a cycle for generation N is still pending") when one is.
+  Status noPendingCycleLocked(const std::string& what) const;
+  /// Drops the pending-cycle journal and the count of recovery attempts.
+  Status endCycleLocked(const std::string& what);
   Status raiseHighestRevision(int64_t generation, GenerationOutcome outcome, std::optional<int64_t> revision,
                               const std::string& what);
   Status setOutcomeLocked(int64_t generation, GenerationOutcome outcome, const std::string& error,

@@ -16,10 +16,7 @@ Result<std::unique_ptr<StoreClient>> storeFor(const Config& config) {
 Result<std::unique_ptr<Runtime>> openRuntime(const Config& config, bool takeLock, const FailPoints& failpoints) {
   auto rt = std::make_unique<Runtime>();
   rt->config = config;
-  rt->host = std::make_unique<RealHost>(config.root, makeLogger("host"));
-  auto state = openStateForCycles(config, *rt->host);
-  if (!state) return state.status();
-  rt->state = std::move(*state);
+  if (Status s = openHostAndState(config, rt->host, rt->state); !s) return s;
   if (takeLock) {
     auto lock = FileLock::acquire(lockPath(config, *rt->host), 30000);
     if (!lock) return lock.status();

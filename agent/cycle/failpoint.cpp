@@ -7,6 +7,8 @@
 #include <sstream>
 #include <vector>
 
+#include "providers/core/text_fields.h"
+
 namespace pim {
 
 namespace {
@@ -66,9 +68,8 @@ Result<FailPoints> FailPoints::parse(const std::string& spec) {
   std::istringstream in(spec);
   std::string item;
   while (std::getline(in, item, ',')) {
-    const auto begin = item.find_first_not_of(" \t");
-    if (begin == std::string::npos) continue;
-    item = item.substr(begin, item.find_last_not_of(" \t") - begin + 1);
+    item = trimmed(item);
+    if (item.empty()) continue;
     const auto colon = item.find(':');
     const std::string name = item.substr(0, colon);
     const std::string arg = colon == std::string::npos ? std::string() : item.substr(colon + 1);

@@ -37,6 +37,14 @@ Result<std::unique_ptr<StateStore>> openStateForCycles(const Config& config, Hos
   return state;
 }
 
+Status openHostAndState(const Config& config, std::unique_ptr<RealHost>& host, std::unique_ptr<StateStore>& state) {
+  host = std::make_unique<RealHost>(config.root, makeLogger("host"));
+  auto opened = openStateForCycles(config, *host);
+  if (!opened) return opened.status();
+  state = std::move(*opened);
+  return Status::ok();
+}
+
 Result<std::unique_ptr<StateStore>> openStateForReading(const Config& config, Host& host) {
   auto state = StateStore::openReadOnly(host.realPath(config.state.db), makeLogger("state"));
   if (!state && state.status().code() == ErrorCode::kNotFound) return StateStore::openInMemory(makeLogger("state"));

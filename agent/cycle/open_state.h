@@ -8,6 +8,7 @@
 #include "agent/config/config.h"
 #include "providers/core/result.h"
 #include "providers/host/host.h"
+#include "providers/host/real_host.h"
 #include "state/state_store.h"
 
 namespace pim {
@@ -20,6 +21,10 @@ Result<std::unique_ptr<StateStore>> openState(const Config& config, Host& host);
 /// sandbox, the state database, and, when the database had to be rebuilt, the agent's own objects
 /// re-adopted from the host (agent/cycle/adopt.h) before any cycle runs.
 Result<std::unique_ptr<StateStore>> openStateForCycles(const Config& config, Host& host);
+/// What the changing commands and the daemon open first: the host of the config (RealHost below
+/// --root) into `host`, then its state database for cycles (openStateForCycles()) into `state`.
+/// Errors: those of openStateForCycles() (`host` is set all the same).
+Status openHostAndState(const Config& config, std::unique_ptr<RealHost>& host, std::unique_ptr<StateStore>& state);
 /// Opens the state database for the diagnostics (`status`, `history`, `show`, `plan`): read-only,
 /// creating nothing (StateStore::openReadOnly), so it works on a read-only or full disk; an empty
 /// database in memory when none exists yet.

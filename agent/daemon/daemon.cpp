@@ -156,10 +156,7 @@ Daemon::~Daemon() = default;
 Status Daemon::buildRuntime(const Config& config) {
   auto rt = std::make_unique<Runtime>();
   rt->config = config;
-  rt->host = std::make_unique<RealHost>(config.root, makeLogger("host"));
-  auto state = openStateForCycles(config, *rt->host);
-  if (!state) return state.status();
-  rt->state = std::move(*state);
+  if (Status s = openHostAndState(config, rt->host, rt->state); !s) return s;
   if (config.store.source.rfind("file:", 0) != 0) {
     auto driver = CurlUvDriver::create(&loop_, makeLogger("store"));
     if (!driver) return driver.status();

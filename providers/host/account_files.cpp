@@ -27,6 +27,18 @@ GroupInfo groupOf(const std::vector<std::string>& f) {
   return g;
 }
 
+ShadowEntry shadowOf(const std::vector<std::string>& f) {
+  ShadowEntry e;
+  e.name = f[0];
+  e.password = f[1];
+  if (f.size() > 7 && !f[7].empty()) {
+    char* end = nullptr;
+    long long v = std::strtoll(f[7].c_str(), &end, 10);
+    if (end != nullptr && *end == '\0') e.expireDays = v;
+  }
+  return e;
+}
+
 /// The entries of `text` (lines of at least `minFields` fields and a name), by name, the first
 /// line of a name winning; only `name`'s when it is given (and then it stops there).
 template <class Entry>
@@ -63,6 +75,12 @@ std::optional<UserInfo> findPasswdEntry(const std::string& text, const std::stri
 
 std::optional<GroupInfo> findGroupEntry(const std::string& text, const std::string& name) {
   return only(entries(text, 4, groupOf, &name));
+}
+
+std::map<std::string, ShadowEntry> parseShadow(const std::string& text) { return entries(text, 2, shadowOf, nullptr); }
+
+std::optional<ShadowEntry> parseShadowEntry(const std::string& shadowText, const std::string& user) {
+  return only(entries(shadowText, 2, shadowOf, &user));
 }
 
 }  // namespace pim

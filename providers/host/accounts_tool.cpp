@@ -32,26 +32,6 @@ Status checkName(const std::string& what, const std::string& name) {
 
 }  // namespace
 
-std::optional<ShadowEntry> parseShadowEntry(const std::string& shadowText, const std::string& user) {
-  std::stringstream ss(shadowText);
-  std::string line;
-  while (std::getline(ss, line)) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    auto f = splitFields(line, ':');
-    if (f.size() < 2 || f[0] != user) continue;
-    ShadowEntry e;
-    e.name = f[0];
-    e.password = f[1];
-    if (f.size() > 7 && !f[7].empty()) {
-      char* end = nullptr;
-      long long v = std::strtoll(f[7].c_str(), &end, 10);
-      if (end != nullptr && *end == '\0') e.expireDays = v;
-    }
-    return e;
-  }
-  return std::nullopt;
-}
-
 AccountsTool::AccountsTool(Host& host) : host_(host) {}
 
 Status AccountsTool::runTool(const std::string& tool, const std::vector<std::string>& args, const std::string& input) {

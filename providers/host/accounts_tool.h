@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "providers/core/result.h"
+#include "providers/host/account_files.h"  // ShadowEntry
 #include "providers/host/host.h"
 
 namespace pim {
@@ -28,22 +29,6 @@ struct NewUser {
   std::vector<std::string> supplementaryGroups;  // existing groups
   bool system = false;                           // useradd --system (uid below UID_MIN, no aging)
 };
-
-/// One line of <root>/etc/shadow. `password` may hold a hash: never log or print it.
-struct ShadowEntry {
-  std::string name;
-  std::string password;               // "!", "*", "!$y$...", "$y$..."
-  std::optional<int64_t> expireDays;  // field 8, days since 1970-01-01; nullopt when empty
-  /// True when no password can authenticate: the field is empty-locked ("!..." or "*...").
-  bool passwordLocked() const { return !password.empty() && (password[0] == '!' || password[0] == '*'); }
-  /// True when the account is expired on day `nowSeconds / 86400` (pam_unix's rule).
-  bool accountExpired(int64_t nowSeconds) const {
-    return expireDays && *expireDays >= 0 && nowSeconds / 86400 >= *expireDays;
-  }
-};
-
-/// Parses shadow(5) text and returns the entry of `user`, if any. Pure; exposed for tests.
-std::optional<ShadowEntry> parseShadowEntry(const std::string& shadowText, const std::string& user);
 
 class AccountsTool {
  public:

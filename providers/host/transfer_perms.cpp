@@ -301,11 +301,7 @@ mode_t PermEnforcer::targetMode(mode_t stMode) {
 PermStats PermEnforcer::fullPass(const WalkHooks& hooks) {
   PermStats stats;
   Pass pass{hooks, stats};
-  struct stat st {};
-  changesNoted_ = 0;
-  int fd = openRoot(st, pass);
-  if (fd >= 0) walk(fd, st, std::string(), pass);
-  noteUnlisted();
+  walkWholeTree(pass);
   log_->info(
       "permission pass over {}: {} scanned, {} changed, {} hard links, {} symlinks, "
       "{} other skipped, {} errors{}",
@@ -325,11 +321,7 @@ PermStats PermEnforcer::fixPath(const std::string& relative, const WalkHooks& ho
   if (parts.empty()) {
     PermStats stats;
     Pass pass{hooks, stats};
-    struct stat st {};
-    changesNoted_ = 0;
-    int fd = openRoot(st, pass);
-    if (fd >= 0) walk(fd, st, std::string(), pass);
-    noteUnlisted();
+    walkWholeTree(pass);
     return stats;
   }
   std::string name = parts.back();
@@ -373,6 +365,14 @@ PermStats PermEnforcer::fixEntries(const std::string& relativeDir, const std::ve
   return stats;
 }
 
+void PermEnforcer::walkWholeTree(Pass& pass) {
+  struct stat st {};
+  changesNoted_ = 0;
+  int fd = openRoot(st, pass);
+  if (fd >= 0) walk(fd, st, std::string(), pass);
+  noteUnlisted();
+}
+
 int PermEnforcer::openRoot(struct stat& st, Pass& pass) {
   int fd = open(realRoot_.c_str(), kDirOpenFlags);
   if (fd < 0) {
@@ -394,25 +394,12 @@ int PermEnforcer::resolveDirectory(const std::string& relativeDir, struct stat& 
   std::vector<std::string> parts;
   splitRelative(relativeDir, parts);  // already validated by the caller
   for (size_t i = 0; i < parts.size(); ++i) {
-    int next = openat(fd, parts[i].c_str(), kDirOpenFlags);
-    int err = errno;
+    int next = -1;
+    const DirAt found = openDirectoryAt(fd, parts[i], joinAll(parts, i + 1), st, pass, next);
     close(fd);
-    std::string rel = joinAll(parts, i + 1);
-    if (next < 0) {
-      // Gone, replaced by a file, or a symlink: nothing to do below it (events will say more).
-      if (err != ENOENT && err != ENOTDIR && err != ELOOP) fail("open", rel, err, pass);
-      return -1;
-    }
-    if (fstat(next, &st) != 0) {
-      fail("stat", rel, errno, pass);
-      close(next);
-      return -1;
-    }
-    if (st.st_dev != pass.dev) {
-      ++pass.stats.skippedOther;
-      close(next);
-      return -1;
-    }
+    // Gone, replaced by a file, or a symlink: nothing to do below it (events will say more).
+    if (found == DirAt::kOtherDevice) ++pass.stats.skippedOther;
+    if (found != DirAt::kOpened) return -1;
     fd = next;
   }
   return fd;
@@ -650,34 +637,52 @@ void PermEnforcer::fixNonDirectory(int dirFd, const std::string& name, const str
   }
 }
 
-int PermEnforcer::openSubdirectory(int parentFd, const std::string& name, const std::string& rel, struct stat& st,
-                                   Pass& pass) {
-  int fd = openat(parentFd, name.c_str(), kDirOpenFlags);
+PermEnforcer::DirAt PermEnforcer::openDirectoryAt(int parentFd, const std::string& name, const std::string& rel,
+                                                  struct stat& st, Pass& pass, int& fd) {
+  fd = openat(parentFd, name.c_str(), kDirOpenFlags);
   if (fd < 0) {
-    int err = errno;
-    if (err == ELOOP) {  // swapped for a symlink since it was listed: never followed
-      ++pass.stats.scanned;
-      ++pass.stats.skippedSymlinks;
-    } else if (err != ENOENT && err != ENOTDIR) {
-      fail("open", rel, err, pass);
-    }
-    return -1;
+    const int err = errno;
+    if (err == ELOOP) return DirAt::kSymlink;
+    if (err == ENOENT || err == ENOTDIR) return DirAt::kGone;
+    fail("open", rel, err, pass);
+    return DirAt::kFailed;
   }
   if (fstat(fd, &st) != 0) {
     fail("stat", rel, errno, pass);
     close(fd);
-    return -1;
+    fd = -1;
+    return DirAt::kFailed;
   }
   if (st.st_dev != pass.dev) {
-    // A mount point: another file system is not ours to change.
-    ++pass.stats.scanned;
-    ++pass.stats.skippedOther;
-    pass.stats.report("other file system: " + display(rel));
-    log_->warn("skip {}/{}: another file system is mounted there", realRoot_, rel);
     close(fd);
-    return -1;
+    fd = -1;
+    return DirAt::kOtherDevice;
   }
-  return fd;
+  return DirAt::kOpened;
+}
+
+int PermEnforcer::openSubdirectory(int parentFd, const std::string& name, const std::string& rel, struct stat& st,
+                                   Pass& pass) {
+  int fd = -1;
+  switch (openDirectoryAt(parentFd, name, rel, st, pass, fd)) {
+    case DirAt::kOpened:
+      return fd;
+    case DirAt::kSymlink:  // swapped for a symlink since it was listed: never followed
+      ++pass.stats.scanned;
+      ++pass.stats.skippedSymlinks;
+      break;
+    case DirAt::kOtherDevice:
+      // A mount point: another file system is not ours to change.
+      ++pass.stats.scanned;
+      ++pass.stats.skippedOther;
+      pass.stats.report("other file system: " + display(rel));
+      log_->warn("skip {}/{}: another file system is mounted there", realRoot_, rel);
+      break;
+    case DirAt::kGone:
+    case DirAt::kFailed:
+      break;
+  }
+  return -1;
 }
 
 void PermEnforcer::fixDirectory(int fd, const struct stat& st, const std::string& rel, Pass& pass) {

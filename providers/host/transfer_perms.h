@@ -124,6 +124,8 @@ class PermEnforcer {
   struct Frame;
   class Workers;
 
+  /// Walks the whole tree from the root (fullPass(), fixPath("")).
+  void walkWholeTree(Pass& pass);
   int openRoot(struct stat& st, Pass& pass);
   int resolveDirectory(const std::string& relativeDir, struct stat& st, Pass& pass);
   void walk(int fd, const struct stat& st, std::string rel, Pass& pass);
@@ -134,6 +136,14 @@ class PermEnforcer {
   void handleEntry(int dirFd, const std::string& dirRel, const std::string& name, Pass& pass);
   void fixNonDirectory(int dirFd, const std::string& name, const struct stat& st, const std::string& dirRel,
                        Pass& pass);
+  /// What openDirectoryAt() found at a name.
+  enum class DirAt { kOpened, kGone, kSymlink, kOtherDevice, kFailed };
+  /// Opens directory `name` below `parentFd` without following a symbolic link and fstats it into
+  /// `st`; `fd` is its descriptor when kOpened. A failure other than gone (ENOENT, ENOTDIR) or a
+  /// symbolic link (ELOOP) is reported through fail() (kFailed); a directory on another device
+  /// than the pass's is closed (kOtherDevice).
+  DirAt openDirectoryAt(int parentFd, const std::string& name, const std::string& rel, struct stat& st, Pass& pass,
+                        int& fd);
   int openSubdirectory(int parentFd, const std::string& name, const std::string& rel, struct stat& st, Pass& pass);
   void fixDirectory(int fd, const struct stat& st, const std::string& rel, Pass& pass);
   void fixFile(int dirFd, const std::string& name, const struct stat& st, const std::string& rel, Pass& pass);
