@@ -18,13 +18,13 @@ constexpr const char* kOpMember = "add-member";
 constexpr const char* kOpLock = "lock-password";
 constexpr const char* kOpHome = "create-home";
 
-Action makeAction(std::string verb, std::string object, std::string detail, std::string op) {
+Action makeAction(Verb verb, std::string object, std::string detail, std::string op) {
   Action a;
   // A password on the key-only login user is taken away with the revocations; the rest makes
   // the user (locked) that keys are later granted to.
   a.stage = op == kOpLock ? Stage::kRevoke : Stage::kPrepare;
   a.provider = "login_user";
-  a.verb = std::move(verb);
+  a.verb = verb;
   a.object = std::move(object);
   a.detail = std::move(detail);
   a.payload = std::move(op);
@@ -72,13 +72,13 @@ Result<LoginUserCurrent> observeLoginUser(Host& host, const Ledger& ledger, cons
 std::vector<Action> planLoginUser(const LoginUserDesired& desired, const LoginUserCurrent& current) {
   std::vector<Action> actions;
   if (!current.groupExists) {
-    Action a = makeAction("create", "group " + desired.group, "system group", kOpGroup);
+    Action a = makeAction(Verb::kCreate, "group " + desired.group, "system group", kOpGroup);
     a.after = "group " + desired.group;
     actions.push_back(std::move(a));
   }
   if (!current.userExists) {
     Action a = makeAction(
-        "create", "user " + desired.user,
+        Verb::kCreate, "user " + desired.user,
         "home " + current.home + ", shell " + kLoginShell + ", member of " + desired.group + ", password locked",
         kOpUser);
     a.after = "user " + desired.user;
@@ -86,19 +86,19 @@ std::vector<Action> planLoginUser(const LoginUserDesired& desired, const LoginUs
     return actions;
   }
   if (!current.userInGroup) {
-    Action a = makeAction("add", "user " + desired.user + " to group " + desired.group, "", kOpMember);
+    Action a = makeAction(Verb::kAdd, "user " + desired.user + " to group " + desired.group, "", kOpMember);
     a.before = "not a member";
     a.after = "member";
     actions.push_back(std::move(a));
   }
   if (current.userOwned && !current.passwordLocked) {
-    Action a = makeAction("lock", "password of " + desired.user, "key-only login user has a password", kOpLock);
+    Action a = makeAction(Verb::kLock, "password of " + desired.user, "key-only login user has a password", kOpLock);
     a.before = "password set";
     a.after = "password locked";
     actions.push_back(std::move(a));
   }
   if (!current.homeExists) {
-    Action a = makeAction("create", current.home, "missing home of " + desired.user, kOpHome);
+    Action a = makeAction(Verb::kCreate, current.home, "missing home of " + desired.user, kOpHome);
     a.after = "directory";
     actions.push_back(std::move(a));
   }

@@ -49,10 +49,10 @@ std::string describeOwner(const FileInfo& info) {
   return "mode " + octalMode(info.mode) + " owner " + std::to_string(info.uid) + ":" + std::to_string(info.gid);
 }
 
-Action makeAction(const std::string& verb, const std::string& object, const std::string& detail,
-                  const std::string& before = {}, const std::string& after = {}) {
+Action makeAction(Verb verb, const std::string& object, const std::string& detail, const std::string& before = {},
+                  const std::string& after = {}) {
   Action a;
-  a.stage = (verb == "mkdir" || verb == "fix" || verb == "mount") ? Stage::kPrepare : Stage::kRevoke;
+  a.stage = (verb == Verb::kMkdir || verb == Verb::kFix || verb == Verb::kMount) ? Stage::kPrepare : Stage::kRevoke;
   a.provider = kProvider;
   a.verb = verb;
   a.object = object;
@@ -63,11 +63,12 @@ Action makeAction(const std::string& verb, const std::string& object, const std:
 }
 
 Action mkdirAction(const std::string& path) {
-  return makeAction("mkdir", path, "0755 root:root", "missing", "directory 0755 root:root");
+  return makeAction(Verb::kMkdir, path, "0755 root:root", "missing", "directory 0755 root:root");
 }
 
 Action fixAction(const std::string& path, const FileInfo& info) {
-  return makeAction("fix", path, describeOwner(info) + " -> 0755 root:root", describeOwner(info), "0755 root:root");
+  return makeAction(Verb::kFix, path, describeOwner(info) + " -> 0755 root:root", describeOwner(info),
+                    "0755 root:root");
 }
 
 }  // namespace
@@ -251,7 +252,7 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
     if (!src || current.unsafe.count(*src)) {
       // The folder is refused (transfer_tree reports it): whatever is mounted no longer matches.
       if (ownMount)
-        actions.push_back(makeAction("unmount", tdir, "folder '" + acc.folder + "' refused", "mounted", "none"));
+        actions.push_back(makeAction(Verb::kUnmount, tdir, "folder '" + acc.folder + "' refused", "mounted", "none"));
       continue;
     }
     if (stacked > 0) {
@@ -266,7 +267,7 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
         continue;
       }
       if (!same) {
-        Action a = makeAction("remount", tdir,
+        Action a = makeAction(Verb::kRemount, tdir,
                               stacked > 1 ? std::to_string(stacked) + " mounts stacked; bind " + *src
                                           : "mounted subtree is not " + *src + "; bind it",
                               "other mount", *src);
@@ -290,7 +291,7 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
       }
       actions.push_back(fixAction(tdir, tinfo));
     }
-    Action a = makeAction("mount", tdir, "bind " + *src, "not mounted", *src);
+    Action a = makeAction(Verb::kMount, tdir, "bind " + *src, "not mounted", *src);
     a.payload = *src;
     actions.push_back(a);
   }
@@ -308,9 +309,9 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
     if (mountCount(m) > 1) {
       leftMounted.insert(m);
     } else if (mountCount(m) == 1) {
-      actions.push_back(makeAction("unmount", m, "account removed", "mounted", "none"));
+      actions.push_back(makeAction(Verb::kUnmount, m, "account removed", "mounted", "none"));
     } else {
-      Action a = makeAction("forget", m, "mount no longer present", "recorded", "absent");
+      Action a = makeAction(Verb::kForget, m, "mount no longer present", "recorded", "absent");
       a.payload = "mount";
       actions.push_back(a);
     }
@@ -324,7 +325,7 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
       continue;
     }
     if (target != chrootTransferPath(base, *user) || !current.ownedDirs.count(chrootPath(base, *user))) continue;
-    actions.push_back(makeAction("unmount", target, "account removed", "mounted", "none"));
+    actions.push_back(makeAction(Verb::kUnmount, target, "account removed", "mounted", "none"));
   }
   std::vector<std::string> dirs;
   for (const auto& d : current.ownedDirs) {
@@ -338,9 +339,9 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
   for (const auto& d : dirs) {
     if (infoOf(d).exists()) {
       actions.push_back(
-          makeAction("rmdir", d, "account removed (directory only, never recursive)", "directory", "absent"));
+          makeAction(Verb::kRmdir, d, "account removed (directory only, never recursive)", "directory", "absent"));
     } else if (!current.unsafe.count(d)) {
-      Action a = makeAction("forget", d, "directory no longer present", "recorded", "absent");
+      Action a = makeAction(Verb::kForget, d, "directory no longer present", "recorded", "absent");
       a.payload = "file";
       actions.push_back(a);
     }
@@ -398,8 +399,9 @@ std::vector<Status> SftpChrootsProvider::applyAll(const std::vector<Action>& act
   // durable write per directory and mount; apply() then finds them recorded.
   std::vector<std::string> dirs, mounts;
   for (const auto& a : actions) {
-    if (a.verb == "mkdir" && !ledger_.owns("file", a.object)) dirs.push_back(a.object);
-    if ((a.verb == "mount" || a.verb == "remount") && !ledger_.owns("mount", a.object)) mounts.push_back(a.object);
+    if (a.verb == Verb::kMkdir && !ledger_.owns("file", a.object)) dirs.push_back(a.object);
+    if ((a.verb == Verb::kMount || a.verb == Verb::kRemount) && !ledger_.owns("mount", a.object))
+      mounts.push_back(a.object);
   }
   if (dirs.size() >= 2) (void)ledger_.recordCreatedAll("file", dirs);
   if (mounts.size() >= 2) (void)ledger_.recordCreatedAll("mount", mounts);
@@ -409,7 +411,7 @@ std::vector<Status> SftpChrootsProvider::applyAll(const std::vector<Action>& act
 Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, Host& host) {
   (void)desired;
   const std::string& path = action.object;
-  if (action.verb == "mkdir") {
+  if (action.verb == Verb::kMkdir) {
     // Intent first (applyAll() records a batch's at once): a crash between the two leaves a
     // record of a directory that is not there, which the next plan forgets, never a directory
     // the agent would take for someone else's.
@@ -430,7 +432,7 @@ Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, 
     log_->info("created {}", path);
     return Status::ok();
   }
-  if (action.verb == "fix") {
+  if (action.verb == Verb::kFix) {
     auto info = host.lstat(path);
     if (!info) return info.status();
     if (info->type != FileType::kDirectory) {
@@ -441,14 +443,14 @@ Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, 
     log_->warn("corrected {}: {}", path, action.detail);
     return Status::ok();
   }
-  if (action.verb == "mount" || action.verb == "remount") {
+  if (action.verb == Verb::kMount || action.verb == Verb::kRemount) {
     auto src = host.lstat(action.payload);
     if (!src) return src.status();
     if (src->type != FileType::kDirectory) {
       return Status::error(ErrorCode::kNotFound,
                            "bind mount " + action.payload + " on " + path + ": the folder is missing", action.payload);
     }
-    if (action.verb == "remount") {
+    if (action.verb == Verb::kRemount) {
       if (Status s = unmountAll(path, host); !s) return s;
     }
     if (!ledger_.owns("mount", path)) {
@@ -461,13 +463,13 @@ Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, 
     log_->info("mounted {} on {}", action.payload, path);
     return Status::ok();
   }
-  if (action.verb == "unmount") {
+  if (action.verb == Verb::kUnmount) {
     if (Status s = unmountAll(path, host); !s) return s;
     if (Status s = ledger_.recordRemoved("mount", path); !s) return s;
     log_->info("unmounted {}", path);
     return Status::ok();
   }
-  if (action.verb == "rmdir") {
+  if (action.verb == Verb::kRmdir) {
     auto names = host.listDirectory(path);
     if (!names) {
       if (names.status().code() == ErrorCode::kNotFound) return ledger_.recordRemoved("file", path);
@@ -484,10 +486,10 @@ Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, 
     log_->info("removed {}", path);
     return Status::ok();
   }
-  if (action.verb == "forget") {
+  if (action.verb == Verb::kForget) {
     return ledger_.recordRemoved(action.payload, path);
   }
-  return Status::error(ErrorCode::kInternal, "sftp_chroots: unknown action " + action.verb);
+  return Status::error(ErrorCode::kInternal, "sftp_chroots: unknown action " + std::string(verbName(action.verb)));
 }
 
 }  // namespace pim

@@ -770,7 +770,7 @@ Result<std::vector<Action>> SshdDropinProvider::plan(const Desired& desired, Hos
   Action a;
   a.stage = Stage::kConfine;
   a.provider = name();
-  a.verb = "write";
+  a.verb = Verb::kWrite;
   a.object = path;
   a.detail = summarizeDropin(*in);
   if (sameBytes && !sameMeta) a.detail += "; mode/owner to 0644 root:root";
@@ -1004,7 +1004,7 @@ Status SshdDropinProvider::reloadAndVerify(const SshdSettings& sshd, Host& host)
 Status SshdDropinProvider::apply(const Action& action, const Desired& desired, Host& host) {
   lastReloadFailure_.clear();
   lastProbes_.clear();
-  if (action.provider != name() || action.verb != "write" || action.object != desired.sshd.dropin) {
+  if (action.provider != name() || action.verb != Verb::kWrite || action.object != desired.sshd.dropin) {
     return Status::error(ErrorCode::kInternal, "sshd: cannot apply " + action.describe());
   }
   const SshdSettings& sshd = desired.sshd;

@@ -181,7 +181,7 @@ std::string taskSummary(const std::vector<SudoTask>& tasks) {
   return ids.empty() ? s : s + ": " + idList(ids);
 }
 
-Action makeAction(const std::string& verb, Stage stage, const std::string& detail, const std::string& before,
+Action makeAction(Verb verb, Stage stage, const std::string& detail, const std::string& before,
                   const std::string& after) {
   Action a;
   a.provider = kProvider;
@@ -631,7 +631,7 @@ SudoersPlan planSudoers(const SudoersDesired& desired, const SudoersCurrent& cur
 
   if (accepted.empty()) {
     if (exists) {
-      p.actions.push_back(makeAction("remove", Stage::kRevoke, "no sudo task granted", before, "absent"));
+      p.actions.push_back(makeAction(Verb::kRemove, Stage::kRevoke, "no sudo task granted", before, "absent"));
     }
     return p;
   }
@@ -663,7 +663,7 @@ SudoersPlan planSudoers(const SudoersDesired& desired, const SudoersCurrent& cur
 
   if (added.empty()) {
     Action a =
-        makeAction("write", Stage::kRevoke, changes + "; " + taskSummary(accepted), before, taskSummary(accepted));
+        makeAction(Verb::kWrite, Stage::kRevoke, changes + "; " + taskSummary(accepted), before, taskSummary(accepted));
     a.payload = want;
     p.actions.push_back(std::move(a));
     return p;
@@ -672,18 +672,18 @@ SudoersPlan planSudoers(const SudoersDesired& desired, const SudoersCurrent& cur
     // First take away what the document no longer grants; the new tasks wait for confinement.
     if (kept.empty()) {
       p.actions.push_back(
-          makeAction("remove", Stage::kRevoke, "revoked before new tasks are granted", before, "absent"));
+          makeAction(Verb::kRemove, Stage::kRevoke, "revoked before new tasks are granted", before, "absent"));
     } else {
       const std::string narrowed = renderSudoersFile(desired.loginUser, kept, desired.root);
       if (!metaOk || narrowed != *current.content) {
-        Action r = makeAction("write", Stage::kRevoke, "revoked before new tasks are granted; " + taskSummary(kept),
-                              before, taskSummary(kept));
+        Action r = makeAction(Verb::kWrite, Stage::kRevoke,
+                              "revoked before new tasks are granted; " + taskSummary(kept), before, taskSummary(kept));
         r.payload = narrowed;
         p.actions.push_back(std::move(r));
       }
     }
   }
-  Action g = makeAction("write", Stage::kGrant, changes + "; " + taskSummary(accepted),
+  Action g = makeAction(Verb::kWrite, Stage::kGrant, changes + "; " + taskSummary(accepted),
                         kept.empty() ? "absent" : taskSummary(kept), taskSummary(accepted));
   g.payload = want;
   p.actions.push_back(std::move(g));
@@ -739,7 +739,7 @@ Status SudoersProvider::apply(const Action& action, const Desired& desired, Host
   (void)desired;
   try {
     if (action.provider != name() || action.object != kSudoersFile ||
-        (action.verb != "write" && action.verb != "remove")) {
+        (action.verb != Verb::kWrite && action.verb != Verb::kRemove)) {
       return Status::error(ErrorCode::kInternal, "sudoers: cannot apply " + action.describe());
     }
     // Whatever plan() saw, a file that is not the agent's is never touched.
@@ -766,7 +766,7 @@ Status SudoersProvider::apply(const Action& action, const Desired& desired, Host
       log_->info("removed {} ({})", kSudoersFile, action.detail);
       return Status::ok();
     };
-    if (action.verb == "remove") return remove();
+    if (action.verb == Verb::kRemove) return remove();
 
     if (Status s = check(action.payload, host); !s) {
       if (action.stage != Stage::kRevoke || !info->exists()) {

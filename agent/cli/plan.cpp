@@ -86,7 +86,7 @@ int cmdPlan(const Config& config, const CliOptions& o) {
       Poco::JSON::Object::Ptr j = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
       j->set("stage", stageName(a.stage));
       j->set("provider", a.provider);
-      j->set("action", a.verb);
+      j->set("action", std::string(verbName(a.verb)));
       j->set("object", a.object);
       j->set("detail", a.detail);
       j->set("description", a.describe());

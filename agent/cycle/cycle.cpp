@@ -13,7 +13,7 @@ std::vector<ChangeInput> toChangeInputs(const std::vector<Action>& actions) {
   std::vector<ChangeInput> out;
   out.reserve(actions.size());
   for (const auto& a : actions) {
-    out.push_back(ChangeInput{a.provider, a.object, a.verb, a.before, a.after.empty() ? a.detail : a.after});
+    out.push_back(ChangeInput{a.provider, a.object, verbName(a.verb), a.before, a.after.empty() ? a.detail : a.after});
   }
   return out;
 }

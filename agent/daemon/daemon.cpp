@@ -548,7 +548,7 @@ void Daemon::workDone() {
   // The worker's own nftables changes are not drift.
   if (nftWatch_) nftWatch_->drain();
   const bool tableMade = std::any_of(r.changes.begin(), r.changes.end(), [](const Action& a) {
-    return a.provider == "firewall" && (a.verb == "create" || a.verb == "rebuild");
+    return a.provider == "firewall" && (a.verb == Verb::kCreate || a.verb == Verb::kRebuild);
   });
   if (tableMade) reinstateBans();
   if (cursorDirty_) saveSshdLog();

@@ -76,18 +76,18 @@ class KeyFilesProvider : public Provider {
     std::vector<Action> actions;
     for (const auto& id : want) {
       if (std::find(present->begin(), present->end(), id) == present->end()) {
-        actions.push_back(Action{name_, "write", dir + "/" + id, "", id, "", "", Stage::kGrant, ""});
+        actions.push_back(Action{name_, Verb::kWrite, dir + "/" + id, "", id, "", "", Stage::kGrant, ""});
       }
     }
     for (const auto& id : *present) {
       if (!want.count(id))
-        actions.push_back(Action{name_, "remove", dir + "/" + id, "", "", "", "", Stage::kRevoke, ""});
+        actions.push_back(Action{name_, Verb::kRemove, dir + "/" + id, "", "", "", "", Stage::kRevoke, ""});
     }
     return actions;
   }
   Status apply(const Action& action, const Desired&, Host& host) override {
     if (calls_) calls_->push_back("apply:" + name_ + ":" + action.object.substr(action.object.rfind('/') + 1));
-    if (action.verb == "remove") return host.removeFile(action.object);
+    if (action.verb == Verb::kRemove) return host.removeFile(action.object);
     return host.writeFileAtomic(action.object, action.payload, Ownership{0644, ::geteuid(), ::getegid()});
   }
 
@@ -100,7 +100,7 @@ class ThrowingProvider : public Provider {
  public:
   std::string name() const override { return "thrower"; }
   Result<std::vector<Action>> plan(const Desired&, Host&) override {
-    return std::vector<Action>{Action{"thrower", "write", "/x", "", "", "", "", Stage::kGrant, ""}};
+    return std::vector<Action>{Action{"thrower", Verb::kWrite, "/x", "", "", "", "", Stage::kGrant, ""}};
   }
   Status apply(const Action&, const Desired&, Host&) override { throw std::runtime_error("boom"); }
 };

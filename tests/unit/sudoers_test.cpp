@@ -85,7 +85,7 @@ std::string readText(const std::string& path) {
 
 std::vector<std::string> verbs(const SudoersPlan& p) {
   std::vector<std::string> out;
-  for (const auto& a : p.actions) out.push_back(std::string(stageName(a.stage)) + " " + a.verb);
+  for (const auto& a : p.actions) out.push_back(std::string(stageName(a.stage)) + " " + verbName(a.verb));
   return out;
 }
 
@@ -537,7 +537,7 @@ TEST_CASE("sudoers: a file someone else wrote is never touched", "[sudoers][appl
   // Even an action planned earlier is refused at apply time.
   Action a;
   a.provider = "sudoers";
-  a.verb = "remove";
+  a.verb = Verb::kRemove;
   a.object = kSudoersFile;
   a.stage = Stage::kRevoke;
   CHECK(provider.apply(a, desiredOf(doc), sb.host).code() == ErrorCode::kUnsafe);
