@@ -356,7 +356,7 @@ Result<Daemon::StateMark> Daemon::readMark() const {
   StateMark mark;
   if (!newest->empty()) {
     mark.generation = newest->front().generation;
-    mark.outcome = outcomeName(newest->front().outcome);
+    mark.outcome = newest->front().outcome;
   }
   mark.pin = *pin;
   return mark;
@@ -998,13 +998,14 @@ void Daemon::checkOperatorCommands() {
   if (!mark) return;
   // Another command is in the middle of its cycle (a rollback, say): look again when it is done,
   // rather than report a half-made state (its pin is not set yet).
-  if (mark->outcome == "pending") return;
+  if (mark->outcome == GenerationOutcome::kPending) return;
   if (!busy_) stateSignature_ = sig;
   if (seenMark_ && *mark == *seenMark_) return;
   // Another process (rollback, resume, once) changed the state: a cycle now picks up the pin,
   // fetches what a lifted pin lets through, and re-arms the expiry timer.
   log_->info("state changed by another command (generation {} {}, {}): running a cycle",
-             mark->generation ? std::to_string(*mark->generation) : "none", mark->outcome,
+             mark->generation ? std::to_string(*mark->generation) : "none",
+             mark->outcome ? outcomeName(*mark->outcome) : "",
              mark->pin ? "pinned to " + std::to_string(*mark->pin) : std::string("not pinned"));
   seenMark_ = *mark;
   requestWork(Work::kCycle);

@@ -106,7 +106,7 @@ class Daemon {
   /// Another process changed the state when this changes.
   struct StateMark {
     std::optional<int64_t> generation;
-    std::string outcome;
+    std::optional<GenerationOutcome> outcome;  // of that generation
     std::optional<int64_t> pin;
     bool operator==(const StateMark& o) const {
       return generation == o.generation && outcome == o.outcome && pin == o.pin;
