@@ -6,7 +6,7 @@
 
 namespace pim {
 
-int cmdRun(const std::function<Result<Config>()>& loadConfig, const FailPoints& failpoints) {
+ExitCode cmdRun(const std::function<Result<Config>()>& loadConfig, const FailPoints& failpoints) {
   Daemon daemon(loadConfig, makeLogger("daemon"), failpoints);
   return daemon.run();
 }

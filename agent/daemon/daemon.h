@@ -45,6 +45,7 @@
 
 #include "agent/config/config.h"
 #include "agent/cycle/cycle.h"
+#include "agent/cycle/exit_code.h"
 #include "agent/cycle/failpoint.h"
 #include "agent/cycle/file_lock.h"
 #include "agent/daemon/backoff.h"
@@ -94,10 +95,10 @@ class Daemon {
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
-  /// Runs until SIGTERM or SIGINT; returns the exit code: 0 after a clean stop, 1 when another
-  /// daemon holds the daemon lock ("another pim-access-agent daemon is running") or start-up
-  /// failed, 2 for a bad config. Call once.
-  int run();
+  /// Runs until SIGTERM or SIGINT; returns the exit code: kOk after a clean stop, kBusy when
+  /// another daemon holds the daemon lock ("another pim-access-agent daemon is running"),
+  /// kInternal when start-up failed, kUsage for a bad config. Call once.
+  ExitCode run();
 
  private:
   enum class Work { kNone, kCycle, kReapply };

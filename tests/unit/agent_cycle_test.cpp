@@ -317,8 +317,8 @@ TEST_CASE("a cycle that fails part-way keeps its revocations, is partial, and is
   {
     Agent agent = p.agent();
     CycleReport first = agent.cycle(p.store, 0);
-    REQUIRE(first.exitCode == 0);
-    REQUIRE(first.outcome == "applied");
+    REQUIRE(first.exitCode == ExitCode::kOk);
+    REQUIRE(first.outcome == CycleOutcome::kApplied);
   }
   REQUIRE(p.files("gamma") == std::set<std::string>{"a", "b"});
 
@@ -326,8 +326,8 @@ TEST_CASE("a cycle that fails part-way keeps its revocations, is partial, and is
   p.publish(2, {"a", "c", "d"});
   Agent failing = p.agent(failpoints("after-action:4"));
   CycleReport r = failing.cycle(p.store, 0);
-  CHECK(r.exitCode == 5);
-  CHECK(r.outcome == "partial");
+  CHECK(r.exitCode == ExitCode::kApplyFailed);
+  CHECK(r.outcome == CycleOutcome::kPartial);
   CHECK_THAT(r.error, Catch::Contains("failpoint after-action:4"));
   CHECK(p.files("alpha") == std::set<std::string>{"a", "c"});
   for (const char* provider : {"beta", "gamma"}) {
@@ -348,7 +348,7 @@ TEST_CASE("a cycle that fails part-way keeps its revocations, is partial, and is
   // The next cycle retries the same generation and finishes it.
   Agent healthy = p.agent();
   CycleReport again = healthy.cycle(p.store, 0);
-  CHECK(again.exitCode == 0);
+  CHECK(again.exitCode == ExitCode::kOk);
   CHECK(again.generation == generation);
   for (const char* provider : {"alpha", "beta", "gamma"}) {
     INFO(provider);
@@ -366,7 +366,7 @@ TEST_CASE("a crash in the middle of a cycle is finished at the next start, never
     DYNAMIC_SECTION(spec) {
       InProcess p;
       p.publish(1, {"a", "b"});
-      REQUIRE(p.agent().cycle(p.store, 0).exitCode == 0);
+      REQUIRE(p.agent().cycle(p.store, 0).exitCode == ExitCode::kOk);
       p.publish(2, {"c"});
       {
         Agent crashing = p.agent(failpoints(spec));
@@ -401,7 +401,7 @@ TEST_CASE("a crash in the middle of a cycle is finished at the next start, never
       // Recovery is idempotent, and the next cycle has nothing left to do.
       REQUIRE(next.recoverInterruptedCycle().isOk());
       CycleReport after = next.cycle(p.store, 0);
-      CHECK(after.exitCode == 0);
+      CHECK(after.exitCode == ExitCode::kOk);
       CHECK(after.changes.empty());
     }
   }
@@ -410,7 +410,7 @@ TEST_CASE("a crash in the middle of a cycle is finished at the next start, never
 TEST_CASE("a cycle whose recovery keeps crashing is recovered with its revocations only", "[cycle]") {
   InProcess p;
   p.publish(1, {"a", "b"});
-  REQUIRE(p.agent().cycle(p.store, 0).exitCode == 0);
+  REQUIRE(p.agent().cycle(p.store, 0).exitCode == ExitCode::kOk);
   p.publish(2, {"a", "c"});
   {
     Agent crashing = p.agent(failpoints("crash-before-provider:alpha"));
@@ -431,7 +431,7 @@ TEST_CASE("a cycle whose recovery keeps crashing is recovered with its revocatio
   CHECK_THAT((*latest)->error, Catch::Contains("revocations only"));
   CHECK_FALSE(p.state->pendingCycle()->has_value());
   // The next cycle retries it in full.
-  CHECK(next.cycle(p.store, 0).exitCode == 0);
+  CHECK(next.cycle(p.store, 0).exitCode == ExitCode::kOk);
   CHECK(p.files("gamma") == std::set<std::string>{"a", "c"});
 }
 
@@ -471,7 +471,7 @@ TEST_CASE("a state database write that fails is logged, never silently dropped",
   Agent agent(
       p.config, *p.host, *p.state, p.clock, [](Ledger&) { return keyFileProviders(nullptr); }, log, FailPoints{});
   CycleReport r = agent.cycle(p.store, 0);
-  CHECK(r.exitCode == 3);  // the document is still rejected
+  CHECK(r.exitCode == ExitCode::kRejected);  // the document is still rejected
   INFO(logged.str());
   CHECK_THAT(logged.str(), Catch::Contains("state database: record the poll:"));
   CHECK_THAT(logged.str(), Catch::Contains("state database: record the document:"));
