@@ -44,7 +44,7 @@ Result<LoginUserCurrent> observeLoginUser(Host& host, const Ledger& ledger, cons
   auto user = host.findUser(desired.user);
   if (!user) return user.status();
   c.userExists = user->has_value();
-  c.userOwned = ledger.owns("user", desired.user);
+  c.userOwned = ledger.owns(OwnedKind::kUser, desired.user);
   c.home = "/home/" + desired.user;
   if (!c.userExists) return c;
 
@@ -127,7 +127,7 @@ Status LoginUserProvider::apply(const Action& action, const Desired& desired, Ho
   if (op == kOpGroup) {
     if (Status s = tool.addGroup(group, true); !s) return s;
     log_->info("created group {}", group);
-    return ledger_.recordCreated("group", group);
+    return ledger_.recordCreated(OwnedKind::kGroup, group);
   }
   if (op == kOpUser) {
     auto userGroup = host.findGroup(user);
@@ -142,7 +142,7 @@ Status LoginUserProvider::apply(const Action& action, const Desired& desired, Ho
     u.supplementaryGroups = {group};
     if (Status s = tool.addUser(u); !s) return s;
     log_->info("created user {} (home {}, member of {})", user, u.home, group);
-    if (Status s = ledger_.recordCreated("user", user); !s) return s;
+    if (Status s = ledger_.recordCreated(OwnedKind::kUser, user); !s) return s;
     // useradd leaves the password as "!"; make sure of it whatever login.defs says.
     auto entry = tool.shadow(user);
     if (!entry) return entry.status();

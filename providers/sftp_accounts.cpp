@@ -213,7 +213,7 @@ SftpAccountsDesired sftpAccountsDesired(const Desired& desired) {
 
 Result<SftpAccountsCurrent> observeSftpAccounts(const SftpAccountsDesired& desired, const Ledger& ledger, Host& host) {
   SftpAccountsCurrent current;
-  auto owned = ledger.owned("user");
+  auto owned = ledger.owned(OwnedKind::kUser);
   current.ownedUsers.insert(owned.begin(), owned.end());
 
   std::set<std::string> names(current.ownedUsers.begin(), current.ownedUsers.end());
@@ -419,10 +419,11 @@ std::vector<Status> SftpAccountsProvider::applyAll(const std::vector<Action>& ac
       if (!passwd) {
         settle(i, passwd.status());
       } else if (existing.count(name)) {
-        settle(i, ledger_.owns("user", name) ? Status::ok()
-                                             : Status::error(ErrorCode::kUnsafe, "create user " + name +
-                                                                                     ": exists and was not created by "
-                                                                                     "pim-access-agent"));
+        settle(i, ledger_.owns(OwnedKind::kUser, name)
+                      ? Status::ok()
+                      : Status::error(ErrorCode::kUnsafe, "create user " + name +
+                                                              ": exists and was not created by "
+                                                              "pim-access-agent"));
       } else {
         fresh.push_back(i);
         names.push_back(name);
@@ -436,14 +437,14 @@ std::vector<Status> SftpAccountsProvider::applyAll(const std::vector<Action>& ac
       }
     }
     if (!fresh.empty()) {
-      if (Status s = ledger_.recordCreatedAll("user", names); !s) {
+      if (Status s = ledger_.recordCreatedAll(OwnedKind::kUser, names); !s) {
         for (size_t i : fresh) settle(i, s);
       } else {
         const std::vector<Status> made = tool.addSystemUsers(users);
         auto after = host.readFile("/etc/passwd", kMaxAccountsFileBytes);
         const auto now = after ? parsePasswd(*after) : std::map<std::string, UserInfo>{};
         for (size_t k = 0; k < fresh.size(); ++k) {
-          if (!made[k] && after && !now.count(names[k])) (void)ledger_.recordRemoved("user", names[k]);
+          if (!made[k] && after && !now.count(names[k])) (void)ledger_.recordRemoved(OwnedKind::kUser, names[k]);
           settle(fresh[k], made[k]);
         }
         log_->info("created {} SFTP accounts (locked until their passwords or keys are granted)", fresh.size());
@@ -456,7 +457,7 @@ std::vector<Status> SftpAccountsProvider::applyAll(const std::vector<Action>& ac
   std::vector<std::pair<std::string, std::string>> hashes;
   for (size_t i = 0; i < actions.size(); ++i) {
     if (done[i] || actions[i].verb != Verb::kSetPassword || !mayRun(actions[i], failed)) continue;
-    if (!ledger_.owns("user", actions[i].object)) continue;  // apply() refuses it below, by name
+    if (!ledger_.owns(OwnedKind::kUser, actions[i].object)) continue;  // apply() refuses it below, by name
     passwords.push_back(i);
     hashes.emplace_back(actions[i].object, actions[i].payload);
   }
@@ -475,7 +476,7 @@ std::vector<Status> SftpAccountsProvider::applyAll(const std::vector<Action>& ac
       keyFiles.push_back(actions[i].object);
   }
   if (keyFiles.size() >= 2) {
-    if (Status s = ledger_.recordCreatedAll("file", keyFiles); !s) {
+    if (Status s = ledger_.recordCreatedAll(OwnedKind::kFile, keyFiles); !s) {
       for (size_t i = 0; i < actions.size(); ++i) {
         if (!done[i] && actions[i].verb == Verb::kWriteKeys) settle(i, s);
       }
@@ -503,7 +504,7 @@ void SftpAccountsProvider::removeBatch(const std::vector<Action>& actions, size_
   std::vector<std::string> names;
   for (size_t i = first; i < actions.size(); ++i) {
     if (done[i] || actions[i].verb != Verb::kRemove || !mayRun(actions[i], failed)) continue;
-    if (!ledger_.owns("user", actions[i].object)) continue;  // apply() refuses it, by name
+    if (!ledger_.owns(OwnedKind::kUser, actions[i].object)) continue;  // apply() refuses it, by name
     batch.push_back(i);
     names.push_back(actions[i].object);
   }
@@ -532,7 +533,7 @@ void SftpAccountsProvider::removeBatch(const std::vector<Action>& actions, size_
     // kInvalid: a name only userdel handles; apply() removes it alone.
   }
   if (gone.empty()) return;
-  Status recorded = ledger_.recordRemovedAll("user", gone);
+  Status recorded = ledger_.recordRemovedAll(OwnedKind::kUser, gone);
   for (size_t k = 0; k < goneIdx.size(); ++k) {
     if (recorded) log_->info("{}", actions[goneIdx[k]].describe());
     settle(goneIdx[k], recorded);
@@ -542,7 +543,7 @@ void SftpAccountsProvider::removeBatch(const std::vector<Action>& actions, size_
 std::vector<Action> SftpAccountsProvider::containActions(const std::string& subject, const Desired& desired,
                                                          Host& host) {
   (void)desired;
-  if (subject.empty() || !ledger_.owns("user", subject)) return {};
+  if (subject.empty() || !ledger_.owns(OwnedKind::kUser, subject)) return {};
   auto user = host.findUser(subject);
   if (!user || !user->has_value()) return {};
   AccountsTool tool(host);
@@ -573,7 +574,7 @@ Status SftpAccountsProvider::apply(const Action& action, const Desired& desired,
     auto existing = host.findUser(name);
     if (!existing) return existing.status();
     if (*existing) {
-      if (ledger_.owns("user", name)) return Status::ok();
+      if (ledger_.owns(OwnedKind::kUser, name)) return Status::ok();
       return Status::error(ErrorCode::kUnsafe,
                            "create user " + name + ": exists and was not created by pim-access-agent");
     }
@@ -587,10 +588,10 @@ Status SftpAccountsProvider::apply(const Action& action, const Desired& desired,
     // Intent first: the account is recorded before useradd runs, so that a crash between the two
     // can never leave an account that nobody knows about (the next plan removes or keeps it, or
     // forgets the record when useradd never ran).
-    if (Status s = ledger_.recordCreated("user", name); !s) return s;
+    if (Status s = ledger_.recordCreated(OwnedKind::kUser, name); !s) return s;
     if (Status s = tool.addUser(user); !s) {
       auto now = host.findUser(name);
-      if (now && !now->has_value()) (void)ledger_.recordRemoved("user", name);
+      if (now && !now->has_value()) (void)ledger_.recordRemoved(OwnedKind::kUser, name);
       return s;
     }
     log_->info("created SFTP account {} (locked until its password or keys are granted)", name);
@@ -607,7 +608,7 @@ Status SftpAccountsProvider::apply(const Action& action, const Desired& desired,
     if (u.home != kSftpHome || u.shell != kSftpShell || !group->has_value() || u.gid != (*group)->gid) {
       return Status::error(ErrorCode::kUnsafe, "adopt user " + name + ": no longer carries the agent's signature");
     }
-    if (Status s = ledger_.recordCreated("user", name); !s) return s;
+    if (Status s = ledger_.recordCreated(OwnedKind::kUser, name); !s) return s;
     log_->warn("adopted SFTP account {}: not in the state database, but it carries the agent's signature", name);
     return Status::ok();
   }
@@ -623,15 +624,15 @@ Status SftpAccountsProvider::apply(const Action& action, const Desired& desired,
     if (action.verb == Verb::kWriteKeys) {
       if (Status s = host.makeDirectories(desired.host.authorizedKeysDir, {kSftpKeysDirMode, 0, 0}); !s) return s;
       // (Recorded first when applyAll() wrote the intents of a batch: one write for all.)
-      if (!ledger_.owns("file", path)) {
-        if (Status s = ledger_.recordCreated("file", path); !s) return s;
+      if (!ledger_.owns(OwnedKind::kFile, path)) {
+        if (Status s = ledger_.recordCreated(OwnedKind::kFile, path); !s) return s;
       }
       if (Status s = host.writeFileAtomic(path, action.payload, {kSftpKeysFileMode, 0, 0}); !s) return s;
       log_->info("wrote {} ({})", path, action.detail);
       return Status::ok();
     }
     if (Status s = host.removeFile(path); !s) return s;
-    if (Status s = ledger_.recordRemoved("file", path); !s) return s;
+    if (Status s = ledger_.recordRemoved(OwnedKind::kFile, path); !s) return s;
     log_->info("removed {}", path);
     return Status::ok();
   }
@@ -641,11 +642,11 @@ Status SftpAccountsProvider::apply(const Action& action, const Desired& desired,
     if (!existing) return existing.status();
     if (*existing) return Status::error(ErrorCode::kInternal, "forget user " + name + ": the user exists again");
     log_->warn("user {} was removed outside the agent; dropped from the ledger", name);
-    return ledger_.recordRemoved("user", name);
+    return ledger_.recordRemoved(OwnedKind::kUser, name);
   }
 
   // Everything below changes an existing account: only ever one the agent created.
-  if (!ledger_.owns("user", name)) {
+  if (!ledger_.owns(OwnedKind::kUser, name)) {
     return Status::error(ErrorCode::kUnsafe, std::string(verbName(action.verb)) + " user " + name +
                                                  ": refused, the account was not created by pim-access-agent");
   }
@@ -673,7 +674,7 @@ Status SftpAccountsProvider::apply(const Action& action, const Desired& desired,
       reports_.push_back(report);
       return Status::ok();
     }
-    if (s) s = ledger_.recordRemoved("user", name);
+    if (s) s = ledger_.recordRemoved(OwnedKind::kUser, name);
   } else {
     return Status::error(ErrorCode::kInternal, "sftp_accounts: unknown action " + std::string(verbName(action.verb)));
   }

@@ -99,13 +99,13 @@ Result<SftpChrootsCurrent> observeSftpChroots(const SftpChrootsDesired& desired,
   SftpChrootsCurrent current;
   const std::string base = stripSlashes(desired.chrootBase);
 
-  auto mounts = ledger.owned("mount");
+  auto mounts = ledger.owned(OwnedKind::kMount);
   current.ownedMounts.insert(mounts.begin(), mounts.end());
   const std::string basePrefix = (base == "/" ? std::string() : base) + "/";
   std::vector<std::string> chain{"/"};
   for (const auto& p : ancestorsOf(base)) chain.push_back(p);
   if (base != "/") chain.push_back(base);
-  for (const auto& name : ledger.owned("file")) {
+  for (const auto& name : ledger.owned(OwnedKind::kFile)) {
     const bool inChain = std::find(chain.begin(), chain.end(), name) != chain.end();
     if (inChain || chrootUserOf(base, name)) current.ownedDirs.insert(name);
   }
@@ -121,7 +121,8 @@ Result<SftpChrootsCurrent> observeSftpChroots(const SftpChrootsDesired& desired,
   }
   for (const auto& a : desired.accounts) {
     auto user = users.find(a.username);
-    if (user != users.end() && !ledger.owns("user", a.username) && !carriesSftpSignature(user->second, transferGid)) {
+    if (user != users.end() && !ledger.owns(OwnedKind::kUser, a.username) &&
+        !carriesSftpSignature(user->second, transferGid)) {
       current.foreignUsers.insert(a.username);
     }
   }
@@ -312,7 +313,7 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
       actions.push_back(makeAction(Verb::kUnmount, m, "account removed", "mounted", "none"));
     } else {
       Action a = makeAction(Verb::kForget, m, "mount no longer present", "recorded", "absent");
-      a.payload = "mount";
+      a.payload = ownedKindName(OwnedKind::kMount);
       actions.push_back(a);
     }
   }
@@ -342,7 +343,7 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
           makeAction(Verb::kRmdir, d, "account removed (directory only, never recursive)", "directory", "absent"));
     } else if (!current.unsafe.count(d)) {
       Action a = makeAction(Verb::kForget, d, "directory no longer present", "recorded", "absent");
-      a.payload = "file";
+      a.payload = ownedKindName(OwnedKind::kFile);
       actions.push_back(a);
     }
   }
@@ -399,12 +400,12 @@ std::vector<Status> SftpChrootsProvider::applyAll(const std::vector<Action>& act
   // durable write per directory and mount; apply() then finds them recorded.
   std::vector<std::string> dirs, mounts;
   for (const auto& a : actions) {
-    if (a.verb == Verb::kMkdir && !ledger_.owns("file", a.object)) dirs.push_back(a.object);
-    if ((a.verb == Verb::kMount || a.verb == Verb::kRemount) && !ledger_.owns("mount", a.object))
+    if (a.verb == Verb::kMkdir && !ledger_.owns(OwnedKind::kFile, a.object)) dirs.push_back(a.object);
+    if ((a.verb == Verb::kMount || a.verb == Verb::kRemount) && !ledger_.owns(OwnedKind::kMount, a.object))
       mounts.push_back(a.object);
   }
-  if (dirs.size() >= 2) (void)ledger_.recordCreatedAll("file", dirs);
-  if (mounts.size() >= 2) (void)ledger_.recordCreatedAll("mount", mounts);
+  if (dirs.size() >= 2) (void)ledger_.recordCreatedAll(OwnedKind::kFile, dirs);
+  if (mounts.size() >= 2) (void)ledger_.recordCreatedAll(OwnedKind::kMount, mounts);
   return Provider::applyAll(actions, desired, host);
 }
 
@@ -415,9 +416,9 @@ Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, 
     // Intent first (applyAll() records a batch's at once): a crash between the two leaves a
     // record of a directory that is not there, which the next plan forgets, never a directory
     // the agent would take for someone else's.
-    const bool recorded = ledger_.owns("file", path);
+    const bool recorded = ledger_.owns(OwnedKind::kFile, path);
     if (!recorded) {
-      if (Status s = ledger_.recordCreated("file", path); !s) return s;
+      if (Status s = ledger_.recordCreated(OwnedKind::kFile, path); !s) return s;
     }
     Status made = host.makeDirectory(path, {kChrootMode, 0, 0});
     auto info = host.lstat(path);
@@ -426,7 +427,7 @@ Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, 
           Status::error(ErrorCode::kUnsafe, "mkdir " + path + ": found " + describeOwner(*info) + " in the way", path);
     }
     if (!made || !info) {
-      (void)ledger_.recordRemoved("file", path);  // not made by the agent
+      (void)ledger_.recordRemoved(OwnedKind::kFile, path);  // not made by the agent
       return made ? info.status() : made;
     }
     log_->info("created {}", path);
@@ -453,11 +454,11 @@ Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, 
     if (action.verb == Verb::kRemount) {
       if (Status s = unmountAll(path, host); !s) return s;
     }
-    if (!ledger_.owns("mount", path)) {
-      if (Status s = ledger_.recordCreated("mount", path); !s) return s;  // intent first, as for mkdir
+    if (!ledger_.owns(OwnedKind::kMount, path)) {
+      if (Status s = ledger_.recordCreated(OwnedKind::kMount, path); !s) return s;  // intent first, as for mkdir
     }
     if (Status s = host.bindMount(action.payload, path); !s) {
-      (void)ledger_.recordRemoved("mount", path);
+      (void)ledger_.recordRemoved(OwnedKind::kMount, path);
       return s;
     }
     log_->info("mounted {} on {}", action.payload, path);
@@ -465,14 +466,14 @@ Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, 
   }
   if (action.verb == Verb::kUnmount) {
     if (Status s = unmountAll(path, host); !s) return s;
-    if (Status s = ledger_.recordRemoved("mount", path); !s) return s;
+    if (Status s = ledger_.recordRemoved(OwnedKind::kMount, path); !s) return s;
     log_->info("unmounted {}", path);
     return Status::ok();
   }
   if (action.verb == Verb::kRmdir) {
     auto names = host.listDirectory(path);
     if (!names) {
-      if (names.status().code() == ErrorCode::kNotFound) return ledger_.recordRemoved("file", path);
+      if (names.status().code() == ErrorCode::kNotFound) return ledger_.recordRemoved(OwnedKind::kFile, path);
       return names.status();
     }
     if (!names->empty()) {
@@ -482,12 +483,15 @@ Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, 
       return Status::ok();
     }
     if (Status s = host.removeDirectory(path); !s) return s;
-    if (Status s = ledger_.recordRemoved("file", path); !s) return s;
+    if (Status s = ledger_.recordRemoved(OwnedKind::kFile, path); !s) return s;
     log_->info("removed {}", path);
     return Status::ok();
   }
   if (action.verb == Verb::kForget) {
-    return ledger_.recordRemoved(action.payload, path);
+    const auto kind = parseOwnedKind(action.payload);
+    if (!kind)
+      return Status::error(ErrorCode::kInternal, "sftp_chroots: forget " + path + ": unknown kind " + action.payload);
+    return ledger_.recordRemoved(*kind, path);
   }
   return Status::error(ErrorCode::kInternal, "sftp_chroots: unknown action " + std::string(verbName(action.verb)));
 }

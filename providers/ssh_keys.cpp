@@ -212,7 +212,7 @@ Result<SshKeysCurrent> observeSshKeys(Host& host, const std::string& keysDir, co
 
   if (ledger == nullptr || dir == kLegacySftpKeysDir) return c;
   const std::string legacyPrefix = std::string(kLegacySftpKeysDir) + "/";
-  for (const auto& path : ledger->owned("file")) {
+  for (const auto& path : ledger->owned(OwnedKind::kFile)) {
     if (path.compare(0, legacyPrefix.size(), legacyPrefix) == 0 && path.size() > legacyPrefix.size() &&
         path.find('/', legacyPrefix.size()) == std::string::npos) {
       c.legacyFiles.push_back(path);
@@ -389,7 +389,7 @@ Status SshKeysProvider::apply(const Action& action, const Desired& desired, Host
     if (action.verb == Verb::kRemoveLegacy) {
       if (Status s = host.removeFile(action.object); !s) return s;
       if (ledger_ != nullptr) {
-        if (Status s = ledger_->recordRemoved("file", action.object); !s) return s;
+        if (Status s = ledger_->recordRemoved(OwnedKind::kFile, action.object); !s) return s;
       }
       log_->info("removed {} ({})", action.object, action.detail);
       return Status::ok();

@@ -591,7 +591,7 @@ Result<DropinInput> buildDropinInput(const Desired& desired, Host& host, const L
   // An unrecorded account with the agent's signature is the agent's own (sftp_accounts adopts it).
   std::optional<std::optional<gid_t>> transferGid;
   auto foreign = [&](const std::string& name) -> Result<bool> {
-    if (ledger == nullptr || ledger->owns("user", name)) return false;
+    if (ledger == nullptr || ledger->owns(OwnedKind::kUser, name)) return false;
     auto existing = host.findUser(name);
     if (!existing) return existing.status();
     if (!existing->has_value()) return false;

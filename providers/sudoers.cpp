@@ -512,7 +512,7 @@ Result<SudoersCurrent> observeSudoers(Host& host, const SudoersDesired& desired,
     if (!text) return text.status();
     c.content = std::move(*text);
   }
-  c.owned = ledger != nullptr && ledger->owns("file", kSudoersFile);
+  c.owned = ledger != nullptr && ledger->owns(OwnedKind::kFile, kSudoersFile);
 
   bool any = false;
   for (const auto& t : desired.tasks) {
@@ -750,7 +750,7 @@ Status SudoersProvider::apply(const Action& action, const Desired& desired, Host
       if (info->type == FileType::kRegular) {
         auto text = host.readFile(kSudoersFile, kMaxSudoersBytes);
         if (!text) return text.status();
-        ours = (ledger_ != nullptr && ledger_->owns("file", kSudoersFile)) || hasSudoersHeader(*text);
+        ours = (ledger_ != nullptr && ledger_->owns(OwnedKind::kFile, kSudoersFile)) || hasSudoersHeader(*text);
       }
       if (!ours) {
         return Status::error(ErrorCode::kUnsafe,
@@ -761,7 +761,7 @@ Status SudoersProvider::apply(const Action& action, const Desired& desired, Host
     auto remove = [&]() -> Status {
       if (Status s = host.removeFile(kSudoersFile); !s) return s;
       if (ledger_ != nullptr) {
-        if (Status s = ledger_->recordRemoved("file", kSudoersFile); !s) return s;
+        if (Status s = ledger_->recordRemoved(OwnedKind::kFile, kSudoersFile); !s) return s;
       }
       log_->info("removed {} ({})", kSudoersFile, action.detail);
       return Status::ok();
@@ -782,7 +782,7 @@ Status SudoersProvider::apply(const Action& action, const Desired& desired, Host
     }
     // Recorded first: a crash after the write never leaves a file the agent does not know.
     if (ledger_ != nullptr) {
-      if (Status s = ledger_->recordCreated("file", kSudoersFile); !s) return s;
+      if (Status s = ledger_->recordCreated(OwnedKind::kFile, kSudoersFile); !s) return s;
     }
     const std::string dir = parentOf(kSudoersFile);
     if (Status s = host.makeDirectories(dir, {kSudoersDirMode, 0, 0}); !s) return s;

@@ -429,15 +429,15 @@ TEST_CASE("ssh_keys: on upgrade, 0.1's SFTP key files the agent owns are removed
   k.sb.write(legacy + "/acme", "restrict ssh-ed25519 AAAA pim:sftp-acme\n", 0644);
   k.sb.write(legacy + "/beta", "restrict ssh-ed25519 AAAA pim:sftp-beta\n", 0644);
   ::chmod(k.sb.path(legacy).c_str(), 0755);
-  REQUIRE(k.ledger.recordCreated("file", legacy + "/acme").isOk());
-  REQUIRE(k.ledger.recordCreated("file", legacy + "/beta").isOk());
-  REQUIRE(k.ledger.recordCreated("file", legacy + "/gone").isOk());  // removed by hand meanwhile
-  REQUIRE(k.ledger.recordCreated("file", "/srv/pim-sftp/acme").isOk());
+  REQUIRE(k.ledger.recordCreated(OwnedKind::kFile, legacy + "/acme").isOk());
+  REQUIRE(k.ledger.recordCreated(OwnedKind::kFile, legacy + "/beta").isOk());
+  REQUIRE(k.ledger.recordCreated(OwnedKind::kFile, legacy + "/gone").isOk());  // removed by hand meanwhile
+  REQUIRE(k.ledger.recordCreated(OwnedKind::kFile, "/srv/pim-sftp/acme").isOk());
 
   SECTION("nothing else in the directory: all gone") {
     REQUIRE(k.reconcile().isOk());
     CHECK_FALSE(fs::exists(k.sb.path(legacy)));
-    CHECK(k.ledger.owned("file") == std::vector<std::string>{"/srv/pim-sftp/acme"});
+    CHECK(k.ledger.owned(OwnedKind::kFile) == std::vector<std::string>{"/srv/pim-sftp/acme"});
     CHECK(k.planEmpty());
   }
   SECTION("a file the agent did not write keeps the directory") {

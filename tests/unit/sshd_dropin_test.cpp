@@ -940,7 +940,7 @@ TEST_CASE("sshd: an existing host account the agent did not create gets a deny-a
   pim::SshdSettings ss;
   pim::Desired desired{doc, hs, ss, 0};
   pim::MemoryLedger ledger;
-  REQUIRE(ledger.recordCreated("user", "akeneosftp").isOk());
+  REQUIRE(ledger.recordCreated(pim::OwnedKind::kUser, "akeneosftp").isOk());
 
   auto filtered = pim::buildDropinInput(desired, host, &ledger);
   REQUIRE(filtered.isOk());

@@ -446,7 +446,7 @@ TEST_CASE("sudoers: apply on a sandbox with the real visudo; a fresh plan is the
   REQUIRE(::stat(sb.live().c_str(), &st) == 0);
   CHECK((st.st_mode & 07777) == 0440);
   CHECK(st.st_uid == 0);
-  CHECK(ledger.owns("file", kSudoersFile));
+  CHECK(ledger.owns(OwnedKind::kFile, kSudoersFile));
   const std::string text = readText(sb.live());
   CHECK(text.find("NOPASSWD: " + sb.root + "/usr/bin/systemctl restart pim-worker@\\*.service\n") != std::string::npos);
   CHECK(text.find("bash") == std::string::npos);
@@ -478,7 +478,7 @@ TEST_CASE("sudoers: apply on a sandbox with the real visudo; a fresh plan is the
   REQUIRE(plan->size() == 1);
   REQUIRE(provider.apply(plan->front(), desiredOf(doc), sb.host));
   CHECK_FALSE(fs::exists(sb.live()));
-  CHECK_FALSE(ledger.owns("file", kSudoersFile));
+  CHECK_FALSE(ledger.owns(OwnedKind::kFile, kSudoersFile));
 }
 
 TEST_CASE("sudoers: a candidate visudo refuses is never installed; a refused revocation removes the file",
