@@ -5,5 +5,5 @@
 int main(int argc, char** argv) {
   // Writes to a peer that went away (store connection, pipes) fail with EPIPE, never kill.
   pim::guardAgainstSigpipe();
-  return pim::runCli(argc, argv);
+  return static_cast<int>(pim::runCli(argc, argv));
 }

@@ -701,7 +701,7 @@ std::string summary(const AddressRanges& allowed, const SshGate& gate) {
   return std::to_string(n) + (n == 1 ? " range" : " ranges") + " allowed to " + gate.describe();
 }
 
-Action makeAction(const std::string& verb, Stage stage, const std::string& detail, const std::string& before,
+Action makeAction(Verb verb, Stage stage, const std::string& detail, const std::string& before,
                   const std::string& after, std::string payload) {
   Action a = makeProviderAction(kProvider, stage, verb, "table " + tableRef(), detail, before, after);
   a.payload = std::move(payload);
@@ -749,7 +749,7 @@ std::vector<Action> planFirewall(const FirewallDesired& desired, const FirewallC
   if (!desired.present) {
     if (current.present) {
       // Removing the table opens the network: a grant, once sshd confines the document.
-      actions.push_back(makeAction("remove", Stage::kGrant, "[network] firewall = off", "present", "absent",
+      actions.push_back(makeAction(Verb::kRemove, Stage::kGrant, "[network] firewall = off", "present", "absent",
                                    "delete table " + tableRef() + "\n"));
     }
     return actions;
@@ -759,7 +759,7 @@ std::vector<Action> planFirewall(const FirewallDesired& desired, const FirewallC
     // No table (or not the agent's) lets everything through: the whole table only restricts.
     const bool create = !current.present;
     actions.push_back(makeAction(
-        create ? "create" : "rebuild", Stage::kRevoke, create ? want : current.drift + "; rebuilt: " + want,
+        create ? Verb::kCreate : Verb::kRebuild, Stage::kRevoke, create ? want : current.drift + "; rebuilt: " + want,
         create ? "absent" : current.drift, want, renderFirewallTable(desired.allowed, desired.gate, current.bans)));
     return actions;
   }
@@ -773,7 +773,7 @@ std::vector<Action> planFirewall(const FirewallDesired& desired, const FirewallC
   if (!narrow.empty()) {
     std::string detail = rangesDelta(current.allowed, midAllowed);
     if (midGate != current.gate) detail += (detail.empty() ? "" : "; ") + std::string("gate ") + midGate.describe();
-    actions.push_back(makeAction("narrow", Stage::kRevoke, detail, summary(current.allowed, current.gate),
+    actions.push_back(makeAction(Verb::kNarrow, Stage::kRevoke, detail, summary(current.allowed, current.gate),
                                  summary(midAllowed, midGate), narrow));
   }
   const std::string widen = updateScript(mid, end);
@@ -781,7 +781,7 @@ std::vector<Action> planFirewall(const FirewallDesired& desired, const FirewallC
     std::string detail = rangesDelta(midAllowed, desired.allowed);
     if (midGate != desired.gate)
       detail += (detail.empty() ? "" : "; ") + std::string("gate ") + desired.gate.describe();
-    actions.push_back(makeAction("widen", Stage::kGrant, detail, summary(midAllowed, midGate), want, widen));
+    actions.push_back(makeAction(Verb::kWiden, Stage::kGrant, detail, summary(midAllowed, midGate), want, widen));
   }
   return actions;
 }
@@ -838,9 +838,10 @@ Status FirewallProvider::apply(const Action& action, const Desired& desired, Hos
       return Status::error(ErrorCode::kInternal, "firewall: cannot apply " + action.describe());
     }
     if (Status s = runNftScript(host, desired.network, action.payload); !s) {
-      return Status::error(s.code(), "firewall: " + action.verb + " " + action.object + ": " + s.message());
+      return Status::error(
+          s.code(), "firewall: " + std::string(verbName(action.verb)) + " " + action.object + ": " + s.message());
     }
-    log_->info("{} {} ({})", action.verb, action.object, action.detail);
+    log_->info("{} {} ({})", verbName(action.verb), action.object, action.detail);
     return Status::ok();
   } catch (const std::exception& e) {
     return Status::error(ErrorCode::kInternal, "firewall: " + action.describe() + ": " + e.what());

@@ -18,11 +18,11 @@ constexpr const char* kOpMember = "add-member";
 constexpr const char* kOpLock = "lock-password";
 constexpr const char* kOpHome = "create-home";
 
-Action makeAction(std::string verb, std::string object, std::string detail, std::string op) {
+Action makeAction(Verb verb, std::string object, std::string detail, std::string op) {
   // A password on the key-only login user is taken away with the revocations; the rest makes
   // the user (locked) that keys are later granted to.
   const Stage stage = op == kOpLock ? Stage::kRevoke : Stage::kPrepare;
-  Action a = makeProviderAction("login_user", stage, std::move(verb), std::move(object), std::move(detail));
+  Action a = makeProviderAction("login_user", stage, verb, std::move(object), std::move(detail));
   a.payload = std::move(op);
   return a;
 }
@@ -40,7 +40,7 @@ Result<LoginUserCurrent> observeLoginUser(Host& host, const Ledger& ledger, cons
   auto user = host.findUser(desired.user);
   if (!user) return user.status();
   c.userExists = user->has_value();
-  c.userOwned = ledger.owns("user", desired.user);
+  c.userOwned = ledger.owns(OwnedKind::kUser, desired.user);
   c.home = "/home/" + desired.user;
   if (!c.userExists) return c;
 
@@ -68,13 +68,13 @@ Result<LoginUserCurrent> observeLoginUser(Host& host, const Ledger& ledger, cons
 std::vector<Action> planLoginUser(const LoginUserDesired& desired, const LoginUserCurrent& current) {
   std::vector<Action> actions;
   if (!current.groupExists) {
-    Action a = makeAction("create", "group " + desired.group, "system group", kOpGroup);
+    Action a = makeAction(Verb::kCreate, "group " + desired.group, "system group", kOpGroup);
     a.after = "group " + desired.group;
     actions.push_back(std::move(a));
   }
   if (!current.userExists) {
     Action a = makeAction(
-        "create", "user " + desired.user,
+        Verb::kCreate, "user " + desired.user,
         "home " + current.home + ", shell " + kLoginShell + ", member of " + desired.group + ", password locked",
         kOpUser);
     a.after = "user " + desired.user;
@@ -82,19 +82,19 @@ std::vector<Action> planLoginUser(const LoginUserDesired& desired, const LoginUs
     return actions;
   }
   if (!current.userInGroup) {
-    Action a = makeAction("add", "user " + desired.user + " to group " + desired.group, "", kOpMember);
+    Action a = makeAction(Verb::kAdd, "user " + desired.user + " to group " + desired.group, "", kOpMember);
     a.before = "not a member";
     a.after = "member";
     actions.push_back(std::move(a));
   }
   if (current.userOwned && !current.passwordLocked) {
-    Action a = makeAction("lock", "password of " + desired.user, "key-only login user has a password", kOpLock);
+    Action a = makeAction(Verb::kLock, "password of " + desired.user, "key-only login user has a password", kOpLock);
     a.before = "password set";
     a.after = "password locked";
     actions.push_back(std::move(a));
   }
   if (!current.homeExists) {
-    Action a = makeAction("create", current.home, "missing home of " + desired.user, kOpHome);
+    Action a = makeAction(Verb::kCreate, current.home, "missing home of " + desired.user, kOpHome);
     a.after = "directory";
     actions.push_back(std::move(a));
   }
@@ -123,7 +123,7 @@ Status LoginUserProvider::apply(const Action& action, const Desired& desired, Ho
   if (op == kOpGroup) {
     if (Status s = tool.addGroup(group, true); !s) return s;
     log_->info("created group {}", group);
-    return ledger_.recordCreated("group", group);
+    return ledger_.recordCreated(OwnedKind::kGroup, group);
   }
   if (op == kOpUser) {
     auto userGroup = host.findGroup(user);
@@ -138,7 +138,7 @@ Status LoginUserProvider::apply(const Action& action, const Desired& desired, Ho
     u.supplementaryGroups = {group};
     if (Status s = tool.addUser(u); !s) return s;
     log_->info("created user {} (home {}, member of {})", user, u.home, group);
-    if (Status s = ledger_.recordCreated("user", user); !s) return s;
+    if (Status s = ledger_.recordCreated(OwnedKind::kUser, user); !s) return s;
     // useradd leaves the password as "!"; make sure of it whatever login.defs says.
     auto entry = tool.shadow(user);
     if (!entry) return entry.status();

@@ -43,12 +43,104 @@ inline const char* stageName(Stage stage) {
   return "?";
 }
 
+/// What an action does; verbName() is its word in logs, `plan` output and the change log.
+enum class Verb {
+  kAdd,              // login_user: the login user into the transfer group
+  kAdopt,            // sftp_accounts: an account carrying the agent's signature, recorded as its own
+  kCreate,           // login_user, sftp_accounts, firewall (the table)
+  kFix,              // sftp_chroots, transfer_tree: a directory's owner or mode
+  kFixDir,           // ssh_keys: the ~/.ssh directory
+  kFixKeysDir,       // sftp_accounts: the SFTP keys directory
+  kForget,           // sftp_accounts, sftp_chroots: a ledger record of an object no longer on the host
+  kLock,             // login_user, sftp_accounts
+  kLockPassword,     // sftp_accounts
+  kMkdir,            // sftp_chroots, transfer_tree
+  kMount,            // sftp_chroots: a bind mount
+  kNarrow,           // firewall: what both the old and the new lists allow
+  kRebuild,          // firewall: a table whose sets, chains or rules drifted, made again whole
+  kRemount,          // sftp_chroots
+  kRemove,           // sftp_accounts, sudoers, firewall
+  kRemoveKeys,       // sftp_accounts
+  kRemoveLegacy,     // ssh_keys: an SFTP key file of agent 0.1
+  kRemoveLegacyDir,  // ssh_keys
+  kRmdir,            // sftp_chroots
+  kSetGroup,         // sftp_accounts
+  kSetPassword,      // sftp_accounts
+  kSetShell,         // sftp_accounts
+  kUnlock,           // sftp_accounts
+  kUnmount,          // sftp_chroots
+  kWiden,            // firewall: the new list
+  kWrite,            // ssh_keys, sshd_dropin, sudoers: a whole file
+  kWriteKeys,        // sftp_accounts
+};
+
+/// The verb's word: "create", "set-password", "remove-legacy-dir", ...
+inline const char* verbName(Verb verb) {
+  switch (verb) {
+    case Verb::kAdd:
+      return "add";
+    case Verb::kAdopt:
+      return "adopt";
+    case Verb::kCreate:
+      return "create";
+    case Verb::kFix:
+      return "fix";
+    case Verb::kFixDir:
+      return "fix-dir";
+    case Verb::kFixKeysDir:
+      return "fix-keys-dir";
+    case Verb::kForget:
+      return "forget";
+    case Verb::kLock:
+      return "lock";
+    case Verb::kLockPassword:
+      return "lock-password";
+    case Verb::kMkdir:
+      return "mkdir";
+    case Verb::kMount:
+      return "mount";
+    case Verb::kNarrow:
+      return "narrow";
+    case Verb::kRebuild:
+      return "rebuild";
+    case Verb::kRemount:
+      return "remount";
+    case Verb::kRemove:
+      return "remove";
+    case Verb::kRemoveKeys:
+      return "remove-keys";
+    case Verb::kRemoveLegacy:
+      return "remove-legacy";
+    case Verb::kRemoveLegacyDir:
+      return "remove-legacy-dir";
+    case Verb::kRmdir:
+      return "rmdir";
+    case Verb::kSetGroup:
+      return "set-group";
+    case Verb::kSetPassword:
+      return "set-password";
+    case Verb::kSetShell:
+      return "set-shell";
+    case Verb::kUnlock:
+      return "unlock";
+    case Verb::kUnmount:
+      return "unmount";
+    case Verb::kWiden:
+      return "widen";
+    case Verb::kWrite:
+      return "write";
+    case Verb::kWriteKeys:
+      return "write-keys";
+  }
+  return "?";
+}
+
 /// One change to make. A small value: describe() feeds logs and `plan` output and never
 /// contains secrets; `payload` carries what apply() needs (file contents, hashes) and is never
 /// logged.
 struct Action {
   std::string provider;           // "ssh_keys", "sftp_accounts", ...
-  std::string verb;               // "create", "update", "remove", "lock", "write", "mount", ...
+  Verb verb = Verb::kCreate;      // what it does
   std::string object;             // a path, user name or mount point
   std::string detail;             // human-readable detail, no secrets
   std::string payload;            // data for apply(); may hold secrets; never printed
@@ -58,7 +150,7 @@ struct Action {
   std::string subject;            // the SFTP account (username) the action is for; empty: none in particular
 
   std::string describe() const {
-    std::string s = provider + ": " + verb + " " + object;
+    std::string s = provider + ": " + verbName(verb) + " " + object;
     if (!detail.empty()) s += " (" + detail + ")";
     return s;
   }
@@ -66,11 +158,11 @@ struct Action {
 
 /// An action of `provider`: the fields every provider fills (`payload` and `subject` stay empty
 /// for the caller to set when it needs them). Pure.
-inline Action makeProviderAction(std::string provider, Stage stage, std::string verb, std::string object,
-                                 std::string detail, std::string before = {}, std::string after = {}) {
+inline Action makeProviderAction(std::string provider, Stage stage, Verb verb, std::string object, std::string detail,
+                                 std::string before = {}, std::string after = {}) {
   Action a;
   a.provider = std::move(provider);
-  a.verb = std::move(verb);
+  a.verb = verb;
   a.object = std::move(object);
   a.detail = std::move(detail);
   a.before = std::move(before);

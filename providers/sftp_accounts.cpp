@@ -22,16 +22,16 @@ Result<std::string> readOptional(Host& host, const std::string& path) {
 
 // The stage of each verb within a cycle (providers/provider.h): what takes access away runs
 // first, credentials last. "write-keys" is decided by planKeysFile().
-Stage stageOf(const std::string& verb) {
-  if (verb == "create" || verb == "set-group") return Stage::kPrepare;
-  if (verb == "set-password" || verb == "unlock" || verb == "write-keys") return Stage::kGrant;
+Stage stageOf(Verb verb) {
+  if (verb == Verb::kCreate || verb == Verb::kSetGroup) return Stage::kPrepare;
+  if (verb == Verb::kSetPassword || verb == Verb::kUnlock || verb == Verb::kWriteKeys) return Stage::kGrant;
   // adopt, set-shell, lock-password, lock, remove, forget, remove-keys, fix-keys-dir (a keys
   // directory others can write lets them plant keys)
   return Stage::kRevoke;
 }
 
-Action makeAction(const std::string& verb, const std::string& object, const std::string& detail,
-                  const std::string& before = {}, const std::string& after = {}) {
+Action makeAction(Verb verb, const std::string& object, const std::string& detail, const std::string& before = {},
+                  const std::string& after = {}) {
   Action a = makeProviderAction(kProvider, stageOf(verb), verb, object, detail, before, after);
   a.subject = object;
   return a;
@@ -54,13 +54,13 @@ void planCredentials(const SftpAccount& account, const ShadowEntry& shadow, std:
   const std::string& name = account.username;
   if (!account.active) {
     if (!fullyLocked(shadow)) {
-      actions.push_back(makeAction("lock", name, "inactive: password locked and account expired",
+      actions.push_back(makeAction(Verb::kLock, name, "inactive: password locked and account expired",
                                    shadow.expireDays ? "expired" : "usable", "locked"));
     }
     return;
   }
   if (shadow.expireDays) {
-    Action a = makeAction("unlock", name,
+    Action a = makeAction(Verb::kUnlock, name,
                           account.passwordHash ? "active: expiry cleared, password hash from the store"
                                                : "active: expiry cleared, key-only (password locked)",
                           "locked", account.passwordHash ? "password from the store" : "key-only");
@@ -73,16 +73,17 @@ void planCredentials(const SftpAccount& account, const ShadowEntry& shadow, std:
       // The old password is revoked with the other revocations; the new one is a grant, set
       // once the configuration confining the account is live.
       if (!shadow.passwordLocked()) {
-        actions.push_back(makeAction("lock-password", name, "the store changed the password: the old one revoked first",
-                                     "another hash", "locked"));
+        actions.push_back(makeAction(Verb::kLockPassword, name,
+                                     "the store changed the password: the old one revoked first", "another hash",
+                                     "locked"));
       }
-      Action a = makeAction("set-password", name, "password hash from the store",
+      Action a = makeAction(Verb::kSetPassword, name, "password hash from the store",
                             shadow.passwordLocked() ? "locked" : "another hash", "password from the store");
       a.payload = *account.passwordHash;
       actions.push_back(a);
     }
   } else if (!shadow.passwordLocked()) {
-    actions.push_back(makeAction("lock-password", name, "key-only: password locked", "password set", "key-only"));
+    actions.push_back(makeAction(Verb::kLockPassword, name, "key-only: password locked", "password set", "key-only"));
   }
 }
 
@@ -120,7 +121,7 @@ void planKeysFile(const SftpAccountsDesired& desired, const SftpAccountsCurrent&
   if (content.empty()) {
     if (it != current.keysFiles.end()) {
       actions.push_back(
-          withSubject(makeAction("remove-keys", path, "no key allowed for " + name, "keys file", "none")));
+          withSubject(makeAction(Verb::kRemoveKeys, path, "no key allowed for " + name, "keys file", "none")));
     }
     return;
   }
@@ -143,10 +144,10 @@ void planKeysFile(const SftpAccountsDesired& desired, const SftpAccountsCurrent&
       const std::string kept = onlyLinesIn(content, before);
       if (keyLines(kept).empty()) {
         actions.push_back(withSubject(
-            makeAction("remove-keys", path, "keys revoked before new ones for " + name, "keys file", "none")));
+            makeAction(Verb::kRemoveKeys, path, "keys revoked before new ones for " + name, "keys file", "none")));
       } else {
-        Action r = withSubject(
-            makeAction("write-keys", path, "keys revoked before new ones for " + name, "other content", "fewer keys"));
+        Action r = withSubject(makeAction(Verb::kWriteKeys, path, "keys revoked before new ones for " + name,
+                                          "other content", "fewer keys"));
         r.stage = Stage::kRevoke;
         r.payload = kept;
         actions.push_back(r);
@@ -154,7 +155,7 @@ void planKeysFile(const SftpAccountsDesired& desired, const SftpAccountsCurrent&
     }
   }
   Action a =
-      withSubject(makeAction("write-keys", path, detail, it == current.keysFiles.end() ? "none" : "other content",
+      withSubject(makeAction(Verb::kWriteKeys, path, detail, it == current.keysFiles.end() ? "none" : "other content",
                              std::to_string(keyCount) + " keys"));
   a.stage = stage;
   a.payload = content;
@@ -205,7 +206,7 @@ SftpAccountsDesired sftpAccountsDesired(const Desired& desired) {
 
 Result<SftpAccountsCurrent> observeSftpAccounts(const SftpAccountsDesired& desired, const Ledger& ledger, Host& host) {
   SftpAccountsCurrent current;
-  auto owned = ledger.owned("user");
+  auto owned = ledger.owned(OwnedKind::kUser);
   current.ownedUsers.insert(owned.begin(), owned.end());
 
   std::set<std::string> names(current.ownedUsers.begin(), current.ownedUsers.end());
@@ -288,7 +289,7 @@ std::vector<Action> planSftpAccounts(const SftpAccountsDesired& desired, const S
         continue;
       }
       // The state database lost it (new, rebuilt or restored from elsewhere): the host proves it.
-      actions.push_back(makeAction("adopt", name,
+      actions.push_back(makeAction(Verb::kAdopt, name,
                                    std::string("carries the agent's signature: home ") + kSftpHome + ", shell " +
                                        kSftpShell + ", group " + desired.transferGroup,
                                    "not recorded", "recorded as the agent's"));
@@ -296,17 +297,17 @@ std::vector<Action> planSftpAccounts(const SftpAccountsDesired& desired, const S
     managed.insert(name);
     ShadowEntry shadow = freshShadow(name);
     if (!exists) {
-      actions.push_back(makeAction("create", name,
+      actions.push_back(makeAction(Verb::kCreate, name,
                                    "system account, group " + desired.transferGroup + ", shell " + kSftpShell +
                                        ", home " + kSftpHome + " (in the chroot)",
                                    "absent", account.active ? "account" : "locked account"));
     } else {
       const UserInfo& user = current.users.at(name);
       if (user.shell != kSftpShell) {
-        actions.push_back(makeAction("set-shell", name, user.shell + " -> " + kSftpShell, user.shell, kSftpShell));
+        actions.push_back(makeAction(Verb::kSetShell, name, user.shell + " -> " + kSftpShell, user.shell, kSftpShell));
       }
       if (current.groupGid && user.gid != *current.groupGid) {
-        actions.push_back(makeAction("set-group", name,
+        actions.push_back(makeAction(Verb::kSetGroup, name,
                                      "gid " + std::to_string(user.gid) + " -> " + desired.transferGroup,
                                      "gid " + std::to_string(user.gid), desired.transferGroup));
       }
@@ -331,7 +332,8 @@ std::vector<Action> planSftpAccounts(const SftpAccountsDesired& desired, const S
     managed.insert(name);
     auto it = current.shadow.find(name);
     if (it == current.shadow.end() || !fullyLocked(it->second)) {
-      actions.push_back(makeAction("lock", name, "entry invalid in the document: account locked", "usable", "locked"));
+      actions.push_back(
+          makeAction(Verb::kLock, name, "entry invalid in the document: account locked", "usable", "locked"));
     }
     planKeysFile(desired, current, name, "", 0, keyActions);
   }
@@ -348,10 +350,10 @@ std::vector<Action> planSftpAccounts(const SftpAccountsDesired& desired, const S
     planKeysFile(desired, current, name, "", 0, keyActions);
     if (user != current.users.end()) {
       removals.push_back(
-          makeAction("remove", name, "absent from the document: userdel, files kept", "account", "absent"));
+          makeAction(Verb::kRemove, name, "absent from the document: userdel, files kept", "account", "absent"));
     } else {
       removals.push_back(
-          makeAction("forget", name, "no longer on the host: dropped from the ledger", "recorded", "absent"));
+          makeAction(Verb::kForget, name, "no longer on the host: dropped from the ledger", "recorded", "absent"));
     }
   }
 
@@ -360,7 +362,7 @@ std::vector<Action> planSftpAccounts(const SftpAccountsDesired& desired, const S
   const FileInfo& dir = current.keysDir;
   if (dir.exists() && (dir.mode != kSftpKeysDirMode || dir.uid != 0 || dir.gid != 0)) {
     Action fix = makeAction(
-        "fix-keys-dir", desired.sftpKeysDir,
+        Verb::kFixKeysDir, desired.sftpKeysDir,
         octalMode(dir.mode) + " " + std::to_string(dir.uid) + ":" + std::to_string(dir.gid) + " -> 0755 root:root",
         octalMode(dir.mode), "0755 root:root");
     fix.subject.clear();
@@ -391,7 +393,7 @@ std::vector<Status> SftpAccountsProvider::applyAll(const std::vector<Action>& ac
   //    account files every time: 64 ms per account). A single one goes through apply().
   std::vector<size_t> creates;
   for (size_t i = 0; i < actions.size(); ++i) {
-    if (actions[i].verb == "create") creates.push_back(i);
+    if (actions[i].verb == Verb::kCreate) creates.push_back(i);
   }
   if (creates.size() >= 2) {
     auto passwd = host.readFile("/etc/passwd", kMaxAccountsFileBytes);
@@ -404,10 +406,11 @@ std::vector<Status> SftpAccountsProvider::applyAll(const std::vector<Action>& ac
       if (!passwd) {
         settle(i, passwd.status());
       } else if (existing.count(name)) {
-        settle(i, ledger_.owns("user", name) ? Status::ok()
-                                             : Status::error(ErrorCode::kUnsafe, "create user " + name +
-                                                                                     ": exists and was not created by "
-                                                                                     "pim-access-agent"));
+        settle(i, ledger_.owns(OwnedKind::kUser, name)
+                      ? Status::ok()
+                      : Status::error(ErrorCode::kUnsafe, "create user " + name +
+                                                              ": exists and was not created by "
+                                                              "pim-access-agent"));
       } else {
         fresh.push_back(i);
         names.push_back(name);
@@ -421,14 +424,14 @@ std::vector<Status> SftpAccountsProvider::applyAll(const std::vector<Action>& ac
       }
     }
     if (!fresh.empty()) {
-      if (Status s = ledger_.recordCreatedAll("user", names); !s) {
+      if (Status s = ledger_.recordCreatedAll(OwnedKind::kUser, names); !s) {
         for (size_t i : fresh) settle(i, s);
       } else {
         const std::vector<Status> made = tool.addSystemUsers(users);
         auto after = host.readFile("/etc/passwd", kMaxAccountsFileBytes);
         const auto now = after ? parsePasswd(*after) : std::map<std::string, UserInfo>{};
         for (size_t k = 0; k < fresh.size(); ++k) {
-          if (!made[k] && after && !now.count(names[k])) (void)ledger_.recordRemoved("user", names[k]);
+          if (!made[k] && after && !now.count(names[k])) (void)ledger_.recordRemoved(OwnedKind::kUser, names[k]);
           settle(fresh[k], made[k]);
         }
         log_->info("created {} SFTP accounts (locked until their passwords or keys are granted)", fresh.size());
@@ -440,8 +443,8 @@ std::vector<Status> SftpAccountsProvider::applyAll(const std::vector<Action>& ac
   std::vector<size_t> passwords;
   std::vector<std::pair<std::string, std::string>> hashes;
   for (size_t i = 0; i < actions.size(); ++i) {
-    if (done[i] || actions[i].verb != "set-password" || !mayRun(actions[i], failed)) continue;
-    if (!ledger_.owns("user", actions[i].object)) continue;  // apply() refuses it below, by name
+    if (done[i] || actions[i].verb != Verb::kSetPassword || !mayRun(actions[i], failed)) continue;
+    if (!ledger_.owns(OwnedKind::kUser, actions[i].object)) continue;  // apply() refuses it below, by name
     passwords.push_back(i);
     hashes.emplace_back(actions[i].object, actions[i].payload);
   }
@@ -456,13 +459,13 @@ std::vector<Status> SftpAccountsProvider::applyAll(const std::vector<Action>& ac
   // 3. Keys files: their intents in one ledger write.
   std::vector<std::string> keyFiles;
   for (size_t i = 0; i < actions.size(); ++i) {
-    if (!done[i] && actions[i].verb == "write-keys" && mayRun(actions[i], failed))
+    if (!done[i] && actions[i].verb == Verb::kWriteKeys && mayRun(actions[i], failed))
       keyFiles.push_back(actions[i].object);
   }
   if (keyFiles.size() >= 2) {
-    if (Status s = ledger_.recordCreatedAll("file", keyFiles); !s) {
+    if (Status s = ledger_.recordCreatedAll(OwnedKind::kFile, keyFiles); !s) {
       for (size_t i = 0; i < actions.size(); ++i) {
-        if (!done[i] && actions[i].verb == "write-keys") settle(i, s);
+        if (!done[i] && actions[i].verb == Verb::kWriteKeys) settle(i, s);
       }
     }
   }
@@ -470,7 +473,7 @@ std::vector<Status> SftpAccountsProvider::applyAll(const std::vector<Action>& ac
   // 4. The rest, in order; the removals (last, after the keys they had) as one rewrite of the
   //    account files instead of a userdel each.
   for (size_t i = 0; i < actions.size(); ++i) {
-    if (!done[i] && actions[i].verb == "remove") removeBatch(actions, i, tool, settle, failed, done);
+    if (!done[i] && actions[i].verb == Verb::kRemove) removeBatch(actions, i, tool, settle, failed, done);
     if (done[i]) continue;
     if (!mayRun(actions[i], failed)) {
       out[i] = Status::error(ErrorCode::kInternal, kNotAppliedAfterFailure);
@@ -487,8 +490,8 @@ void SftpAccountsProvider::removeBatch(const std::vector<Action>& actions, size_
   std::vector<size_t> batch;
   std::vector<std::string> names;
   for (size_t i = first; i < actions.size(); ++i) {
-    if (done[i] || actions[i].verb != "remove" || !mayRun(actions[i], failed)) continue;
-    if (!ledger_.owns("user", actions[i].object)) continue;  // apply() refuses it, by name
+    if (done[i] || actions[i].verb != Verb::kRemove || !mayRun(actions[i], failed)) continue;
+    if (!ledger_.owns(OwnedKind::kUser, actions[i].object)) continue;  // apply() refuses it, by name
     batch.push_back(i);
     names.push_back(actions[i].object);
   }
@@ -517,7 +520,7 @@ void SftpAccountsProvider::removeBatch(const std::vector<Action>& actions, size_
     // kInvalid: a name only userdel handles; apply() removes it alone.
   }
   if (gone.empty()) return;
-  Status recorded = ledger_.recordRemovedAll("user", gone);
+  Status recorded = ledger_.recordRemovedAll(OwnedKind::kUser, gone);
   for (size_t k = 0; k < goneIdx.size(); ++k) {
     if (recorded) log_->info("{}", actions[goneIdx[k]].describe());
     settle(goneIdx[k], recorded);
@@ -527,13 +530,13 @@ void SftpAccountsProvider::removeBatch(const std::vector<Action>& actions, size_
 std::vector<Action> SftpAccountsProvider::containActions(const std::string& subject, const Desired& desired,
                                                          Host& host) {
   (void)desired;
-  if (subject.empty() || !ledger_.owns("user", subject)) return {};
+  if (subject.empty() || !ledger_.owns(OwnedKind::kUser, subject)) return {};
   auto user = host.findUser(subject);
   if (!user || !user->has_value()) return {};
   AccountsTool tool(host);
   auto shadow = tool.shadow(subject);
   if (shadow && shadow->has_value() && fullyLocked(**shadow)) return {};
-  return {makeAction("lock", subject, "contained: an earlier step for this account failed", "usable", "locked")};
+  return {makeAction(Verb::kLock, subject, "contained: an earlier step for this account failed", "usable", "locked")};
 }
 
 std::string SftpAccountsProvider::name() const { return kProvider; }
@@ -550,11 +553,11 @@ Status SftpAccountsProvider::apply(const Action& action, const Desired& desired,
   AccountsTool tool(host);
   const std::string& name = action.object;
 
-  if (action.verb == "create") {
+  if (action.verb == Verb::kCreate) {
     auto existing = host.findUser(name);
     if (!existing) return existing.status();
     if (*existing) {
-      if (ledger_.owns("user", name)) return Status::ok();
+      if (ledger_.owns(OwnedKind::kUser, name)) return Status::ok();
       return Status::error(ErrorCode::kUnsafe,
                            "create user " + name + ": exists and was not created by pim-access-agent");
     }
@@ -568,17 +571,17 @@ Status SftpAccountsProvider::apply(const Action& action, const Desired& desired,
     // Intent first: the account is recorded before useradd runs, so that a crash between the two
     // can never leave an account that nobody knows about (the next plan removes or keeps it, or
     // forgets the record when useradd never ran).
-    if (Status s = ledger_.recordCreated("user", name); !s) return s;
+    if (Status s = ledger_.recordCreated(OwnedKind::kUser, name); !s) return s;
     if (Status s = tool.addUser(user); !s) {
       auto now = host.findUser(name);
-      if (now && !now->has_value()) (void)ledger_.recordRemoved("user", name);
+      if (now && !now->has_value()) (void)ledger_.recordRemoved(OwnedKind::kUser, name);
       return s;
     }
     log_->info("created SFTP account {} (locked until its password or keys are granted)", name);
     return Status::ok();
   }
 
-  if (action.verb == "adopt") {
+  if (action.verb == Verb::kAdopt) {
     auto existing = host.findUser(name);
     if (!existing) return existing.status();
     if (!existing->has_value()) return Status::error(ErrorCode::kNotFound, "adopt user " + name + ": no such user");
@@ -588,62 +591,62 @@ Status SftpAccountsProvider::apply(const Action& action, const Desired& desired,
     if (u.home != kSftpHome || u.shell != kSftpShell || !group->has_value() || u.gid != (*group)->gid) {
       return Status::error(ErrorCode::kUnsafe, "adopt user " + name + ": no longer carries the agent's signature");
     }
-    if (Status s = ledger_.recordCreated("user", name); !s) return s;
+    if (Status s = ledger_.recordCreated(OwnedKind::kUser, name); !s) return s;
     log_->warn("adopted SFTP account {}: not in the state database, but it carries the agent's signature", name);
     return Status::ok();
   }
 
-  if (action.verb == "write-keys" || action.verb == "remove-keys" || action.verb == "fix-keys-dir") {
+  if (action.verb == Verb::kWriteKeys || action.verb == Verb::kRemoveKeys || action.verb == Verb::kFixKeysDir) {
     const std::string& path = action.object;
-    if (action.verb == "fix-keys-dir") {
+    if (action.verb == Verb::kFixKeysDir) {
       if (Status s = host.setOwner(path, 0, 0); !s) return s;
       if (Status s = host.setMode(path, kSftpKeysDirMode); !s) return s;
       log_->warn("corrected keys directory {}: {}", path, action.detail);
       return Status::ok();
     }
-    if (action.verb == "write-keys") {
+    if (action.verb == Verb::kWriteKeys) {
       if (Status s = host.makeDirectories(desired.host.authorizedKeysDir, {kSftpKeysDirMode, 0, 0}); !s) return s;
       // (Recorded first when applyAll() wrote the intents of a batch: one write for all.)
-      if (!ledger_.owns("file", path)) {
-        if (Status s = ledger_.recordCreated("file", path); !s) return s;
+      if (!ledger_.owns(OwnedKind::kFile, path)) {
+        if (Status s = ledger_.recordCreated(OwnedKind::kFile, path); !s) return s;
       }
       if (Status s = host.writeFileAtomic(path, action.payload, {kSftpKeysFileMode, 0, 0}); !s) return s;
       log_->info("wrote {} ({})", path, action.detail);
       return Status::ok();
     }
     if (Status s = host.removeFile(path); !s) return s;
-    if (Status s = ledger_.recordRemoved("file", path); !s) return s;
+    if (Status s = ledger_.recordRemoved(OwnedKind::kFile, path); !s) return s;
     log_->info("removed {}", path);
     return Status::ok();
   }
 
-  if (action.verb == "forget") {
+  if (action.verb == Verb::kForget) {
     auto existing = host.findUser(name);
     if (!existing) return existing.status();
     if (*existing) return Status::error(ErrorCode::kInternal, "forget user " + name + ": the user exists again");
     log_->warn("user {} was removed outside the agent; dropped from the ledger", name);
-    return ledger_.recordRemoved("user", name);
+    return ledger_.recordRemoved(OwnedKind::kUser, name);
   }
 
   // Everything below changes an existing account: only ever one the agent created.
-  if (!ledger_.owns("user", name)) {
-    return Status::error(ErrorCode::kUnsafe,
-                         action.verb + " user " + name + ": refused, the account was not created by pim-access-agent");
+  if (!ledger_.owns(OwnedKind::kUser, name)) {
+    return Status::error(ErrorCode::kUnsafe, std::string(verbName(action.verb)) + " user " + name +
+                                                 ": refused, the account was not created by pim-access-agent");
   }
   Status s;
-  if (action.verb == "set-shell") {
+  if (action.verb == Verb::kSetShell) {
     s = tool.setShell(name, kSftpShell);
-  } else if (action.verb == "set-group") {
+  } else if (action.verb == Verb::kSetGroup) {
     s = tool.setPrimaryGroup(name, desired.host.transferGroup);
-  } else if (action.verb == "set-password") {
+  } else if (action.verb == Verb::kSetPassword) {
     s = tool.setPasswordHash(name, action.payload);
-  } else if (action.verb == "lock-password") {
+  } else if (action.verb == Verb::kLockPassword) {
     s = tool.lockPassword(name);
-  } else if (action.verb == "lock") {
+  } else if (action.verb == Verb::kLock) {
     s = tool.lockAccount(name);
-  } else if (action.verb == "unlock") {
+  } else if (action.verb == Verb::kUnlock) {
     s = tool.unlockAccount(name, action.payload.empty() ? std::nullopt : std::optional<std::string>(action.payload));
-  } else if (action.verb == "remove") {
+  } else if (action.verb == Verb::kRemove) {
     s = tool.removeUser(name);
     if (!s && s.message().find(": exit 8") != std::string::npos) {
       // userdel refuses while the user runs processes (an open SFTP session): keep the account
@@ -654,9 +657,9 @@ Status SftpAccountsProvider::apply(const Action& action, const Desired& desired,
       reports_.push_back(report);
       return Status::ok();
     }
-    if (s) s = ledger_.recordRemoved("user", name);
+    if (s) s = ledger_.recordRemoved(OwnedKind::kUser, name);
   } else {
-    return Status::error(ErrorCode::kInternal, "sftp_accounts: unknown action " + action.verb);
+    return Status::error(ErrorCode::kInternal, "sftp_accounts: unknown action " + std::string(verbName(action.verb)));
   }
   if (!s) return s;
   log_->info("{}", action.describe());

@@ -49,18 +49,20 @@ std::string describeOwner(const FileInfo& info) {
   return "mode " + octalMode(info.mode) + " owner " + std::to_string(info.uid) + ":" + std::to_string(info.gid);
 }
 
-Action makeAction(const std::string& verb, const std::string& object, const std::string& detail,
-                  const std::string& before = {}, const std::string& after = {}) {
-  const Stage stage = (verb == "mkdir" || verb == "fix" || verb == "mount") ? Stage::kPrepare : Stage::kRevoke;
+Action makeAction(Verb verb, const std::string& object, const std::string& detail, const std::string& before = {},
+                  const std::string& after = {}) {
+  const Stage stage =
+      (verb == Verb::kMkdir || verb == Verb::kFix || verb == Verb::kMount) ? Stage::kPrepare : Stage::kRevoke;
   return makeProviderAction(kProvider, stage, verb, object, detail, before, after);
 }
 
 Action mkdirAction(const std::string& path) {
-  return makeAction("mkdir", path, "0755 root:root", "missing", "directory 0755 root:root");
+  return makeAction(Verb::kMkdir, path, "0755 root:root", "missing", "directory 0755 root:root");
 }
 
 Action fixAction(const std::string& path, const FileInfo& info) {
-  return makeAction("fix", path, describeOwner(info) + " -> 0755 root:root", describeOwner(info), "0755 root:root");
+  return makeAction(Verb::kFix, path, describeOwner(info) + " -> 0755 root:root", describeOwner(info),
+                    "0755 root:root");
 }
 
 }  // namespace
@@ -91,13 +93,13 @@ Result<SftpChrootsCurrent> observeSftpChroots(const SftpChrootsDesired& desired,
   SftpChrootsCurrent current;
   const std::string base = stripSlashes(desired.chrootBase);
 
-  auto mounts = ledger.owned("mount");
+  auto mounts = ledger.owned(OwnedKind::kMount);
   current.ownedMounts.insert(mounts.begin(), mounts.end());
   const std::string basePrefix = (base == "/" ? std::string() : base) + "/";
   std::vector<std::string> chain{"/"};
   for (const auto& p : ancestorsOf(base)) chain.push_back(p);
   if (base != "/") chain.push_back(base);
-  for (const auto& name : ledger.owned("file")) {
+  for (const auto& name : ledger.owned(OwnedKind::kFile)) {
     const bool inChain = std::find(chain.begin(), chain.end(), name) != chain.end();
     if (inChain || chrootUserOf(base, name)) current.ownedDirs.insert(name);
   }
@@ -113,7 +115,8 @@ Result<SftpChrootsCurrent> observeSftpChroots(const SftpChrootsDesired& desired,
   }
   for (const auto& a : desired.accounts) {
     auto user = users.find(a.username);
-    if (user != users.end() && !ledger.owns("user", a.username) && !carriesSftpSignature(user->second, transferGid)) {
+    if (user != users.end() && !ledger.owns(OwnedKind::kUser, a.username) &&
+        !carriesSftpSignature(user->second, transferGid)) {
       current.foreignUsers.insert(a.username);
     }
   }
@@ -244,7 +247,7 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
     if (!src || current.unsafe.count(*src)) {
       // The folder is refused (transfer_tree reports it): whatever is mounted no longer matches.
       if (ownMount)
-        actions.push_back(makeAction("unmount", tdir, "folder '" + acc.folder + "' refused", "mounted", "none"));
+        actions.push_back(makeAction(Verb::kUnmount, tdir, "folder '" + acc.folder + "' refused", "mounted", "none"));
       continue;
     }
     if (stacked > 0) {
@@ -259,7 +262,7 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
         continue;
       }
       if (!same) {
-        Action a = makeAction("remount", tdir,
+        Action a = makeAction(Verb::kRemount, tdir,
                               stacked > 1 ? std::to_string(stacked) + " mounts stacked; bind " + *src
                                           : "mounted subtree is not " + *src + "; bind it",
                               "other mount", *src);
@@ -283,7 +286,7 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
       }
       actions.push_back(fixAction(tdir, tinfo));
     }
-    Action a = makeAction("mount", tdir, "bind " + *src, "not mounted", *src);
+    Action a = makeAction(Verb::kMount, tdir, "bind " + *src, "not mounted", *src);
     a.payload = *src;
     actions.push_back(a);
   }
@@ -301,10 +304,10 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
     if (mountCount(m) > 1) {
       leftMounted.insert(m);
     } else if (mountCount(m) == 1) {
-      actions.push_back(makeAction("unmount", m, "account removed", "mounted", "none"));
+      actions.push_back(makeAction(Verb::kUnmount, m, "account removed", "mounted", "none"));
     } else {
-      Action a = makeAction("forget", m, "mount no longer present", "recorded", "absent");
-      a.payload = "mount";
+      Action a = makeAction(Verb::kForget, m, "mount no longer present", "recorded", "absent");
+      a.payload = ownedKindName(OwnedKind::kMount);
       actions.push_back(a);
     }
   }
@@ -317,7 +320,7 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
       continue;
     }
     if (target != chrootTransferPath(base, *user) || !current.ownedDirs.count(chrootPath(base, *user))) continue;
-    actions.push_back(makeAction("unmount", target, "account removed", "mounted", "none"));
+    actions.push_back(makeAction(Verb::kUnmount, target, "account removed", "mounted", "none"));
   }
   std::vector<std::string> dirs;
   for (const auto& d : current.ownedDirs) {
@@ -331,10 +334,10 @@ std::vector<Action> planSftpChroots(const SftpChrootsDesired& desired, const Sft
   for (const auto& d : dirs) {
     if (infoOf(d).exists()) {
       actions.push_back(
-          makeAction("rmdir", d, "account removed (directory only, never recursive)", "directory", "absent"));
+          makeAction(Verb::kRmdir, d, "account removed (directory only, never recursive)", "directory", "absent"));
     } else if (!current.unsafe.count(d)) {
-      Action a = makeAction("forget", d, "directory no longer present", "recorded", "absent");
-      a.payload = "file";
+      Action a = makeAction(Verb::kForget, d, "directory no longer present", "recorded", "absent");
+      a.payload = ownedKindName(OwnedKind::kFile);
       actions.push_back(a);
     }
   }
@@ -387,24 +390,25 @@ std::vector<Status> SftpChrootsProvider::applyAll(const std::vector<Action>& act
   // durable write per directory and mount; apply() then finds them recorded.
   std::vector<std::string> dirs, mounts;
   for (const auto& a : actions) {
-    if (a.verb == "mkdir" && !ledger_.owns("file", a.object)) dirs.push_back(a.object);
-    if ((a.verb == "mount" || a.verb == "remount") && !ledger_.owns("mount", a.object)) mounts.push_back(a.object);
+    if (a.verb == Verb::kMkdir && !ledger_.owns(OwnedKind::kFile, a.object)) dirs.push_back(a.object);
+    if ((a.verb == Verb::kMount || a.verb == Verb::kRemount) && !ledger_.owns(OwnedKind::kMount, a.object))
+      mounts.push_back(a.object);
   }
-  if (dirs.size() >= 2) (void)ledger_.recordCreatedAll("file", dirs);
-  if (mounts.size() >= 2) (void)ledger_.recordCreatedAll("mount", mounts);
+  if (dirs.size() >= 2) (void)ledger_.recordCreatedAll(OwnedKind::kFile, dirs);
+  if (mounts.size() >= 2) (void)ledger_.recordCreatedAll(OwnedKind::kMount, mounts);
   return Provider::applyAll(actions, desired, host);
 }
 
 Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, Host& host) {
   (void)desired;
   const std::string& path = action.object;
-  if (action.verb == "mkdir") {
+  if (action.verb == Verb::kMkdir) {
     // Intent first (applyAll() records a batch's at once): a crash between the two leaves a
     // record of a directory that is not there, which the next plan forgets, never a directory
     // the agent would take for someone else's.
-    const bool recorded = ledger_.owns("file", path);
+    const bool recorded = ledger_.owns(OwnedKind::kFile, path);
     if (!recorded) {
-      if (Status s = ledger_.recordCreated("file", path); !s) return s;
+      if (Status s = ledger_.recordCreated(OwnedKind::kFile, path); !s) return s;
     }
     Status made = host.makeDirectory(path, {kChrootMode, 0, 0});
     auto info = host.lstat(path);
@@ -413,13 +417,13 @@ Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, 
           Status::error(ErrorCode::kUnsafe, "mkdir " + path + ": found " + describeOwner(*info) + " in the way", path);
     }
     if (!made || !info) {
-      (void)ledger_.recordRemoved("file", path);  // not made by the agent
+      (void)ledger_.recordRemoved(OwnedKind::kFile, path);  // not made by the agent
       return made ? info.status() : made;
     }
     log_->info("created {}", path);
     return Status::ok();
   }
-  if (action.verb == "fix") {
+  if (action.verb == Verb::kFix) {
     auto info = host.lstat(path);
     if (!info) return info.status();
     if (info->type != FileType::kDirectory) {
@@ -430,36 +434,36 @@ Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, 
     log_->warn("corrected {}: {}", path, action.detail);
     return Status::ok();
   }
-  if (action.verb == "mount" || action.verb == "remount") {
+  if (action.verb == Verb::kMount || action.verb == Verb::kRemount) {
     auto src = host.lstat(action.payload);
     if (!src) return src.status();
     if (src->type != FileType::kDirectory) {
       return Status::error(ErrorCode::kNotFound,
                            "bind mount " + action.payload + " on " + path + ": the folder is missing", action.payload);
     }
-    if (action.verb == "remount") {
+    if (action.verb == Verb::kRemount) {
       if (Status s = unmountAll(path, host); !s) return s;
     }
-    if (!ledger_.owns("mount", path)) {
-      if (Status s = ledger_.recordCreated("mount", path); !s) return s;  // intent first, as for mkdir
+    if (!ledger_.owns(OwnedKind::kMount, path)) {
+      if (Status s = ledger_.recordCreated(OwnedKind::kMount, path); !s) return s;  // intent first, as for mkdir
     }
     if (Status s = host.bindMount(action.payload, path); !s) {
-      (void)ledger_.recordRemoved("mount", path);
+      (void)ledger_.recordRemoved(OwnedKind::kMount, path);
       return s;
     }
     log_->info("mounted {} on {}", action.payload, path);
     return Status::ok();
   }
-  if (action.verb == "unmount") {
+  if (action.verb == Verb::kUnmount) {
     if (Status s = unmountAll(path, host); !s) return s;
-    if (Status s = ledger_.recordRemoved("mount", path); !s) return s;
+    if (Status s = ledger_.recordRemoved(OwnedKind::kMount, path); !s) return s;
     log_->info("unmounted {}", path);
     return Status::ok();
   }
-  if (action.verb == "rmdir") {
+  if (action.verb == Verb::kRmdir) {
     auto names = host.listDirectory(path);
     if (!names) {
-      if (names.status().code() == ErrorCode::kNotFound) return ledger_.recordRemoved("file", path);
+      if (names.status().code() == ErrorCode::kNotFound) return ledger_.recordRemoved(OwnedKind::kFile, path);
       return names.status();
     }
     if (!names->empty()) {
@@ -469,14 +473,17 @@ Status SftpChrootsProvider::apply(const Action& action, const Desired& desired, 
       return Status::ok();
     }
     if (Status s = host.removeDirectory(path); !s) return s;
-    if (Status s = ledger_.recordRemoved("file", path); !s) return s;
+    if (Status s = ledger_.recordRemoved(OwnedKind::kFile, path); !s) return s;
     log_->info("removed {}", path);
     return Status::ok();
   }
-  if (action.verb == "forget") {
-    return ledger_.recordRemoved(action.payload, path);
+  if (action.verb == Verb::kForget) {
+    const auto kind = parseOwnedKind(action.payload);
+    if (!kind)
+      return Status::error(ErrorCode::kInternal, "sftp_chroots: forget " + path + ": unknown kind " + action.payload);
+    return ledger_.recordRemoved(*kind, path);
   }
-  return Status::error(ErrorCode::kInternal, "sftp_chroots: unknown action " + action.verb);
+  return Status::error(ErrorCode::kInternal, "sftp_chroots: unknown action " + std::string(verbName(action.verb)));
 }
 
 }  // namespace pim

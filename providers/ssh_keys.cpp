@@ -122,8 +122,8 @@ Status unsafe(const std::string& path, const std::string& why) {
   return Status::error(ErrorCode::kUnsafe, "check " + path + ": " + why + "; refusing to write through it", path);
 }
 
-Action makeAction(const std::string& verb, const std::string& object, const std::string& detail,
-                  const std::string& before, const std::string& after, Stage stage = Stage::kRevoke) {
+Action makeAction(Verb verb, const std::string& object, const std::string& detail, const std::string& before,
+                  const std::string& after, Stage stage = Stage::kRevoke) {
   return makeProviderAction(kProvider, stage, verb, object, detail, before, after);
 }
 
@@ -204,7 +204,7 @@ Result<SshKeysCurrent> observeSshKeys(Host& host, const std::string& keysDir, co
 
   if (ledger == nullptr || dir == kLegacySftpKeysDir) return c;
   const std::string legacyPrefix = std::string(kLegacySftpKeysDir) + "/";
-  for (const auto& path : ledger->owned("file")) {
+  for (const auto& path : ledger->owned(OwnedKind::kFile)) {
     if (path.compare(0, legacyPrefix.size(), legacyPrefix) == 0 && path.size() > legacyPrefix.size() &&
         path.find('/', legacyPrefix.size()) == std::string::npos) {
       c.legacyFiles.push_back(path);
@@ -233,7 +233,7 @@ std::vector<Action> planSshKeys(const SshKeysDesired& desired, const SshKeysCurr
 
   const FileInfo& d = current.keysDir;
   if (d.exists() && (d.mode != kKeysDirMode || d.uid != 0 || d.gid != 0)) {
-    actions.push_back(makeAction("fix-dir", dir,
+    actions.push_back(makeAction(Verb::kFixDir, dir,
                                  "mode " + modeText(d.mode) + " owner " + ownerText(d.uid, d.gid) + " -> " +
                                      modeText(kKeysDirMode) + " root:root",
                                  "mode " + modeText(d.mode) + " owner " + ownerText(d.uid, d.gid),
@@ -278,27 +278,28 @@ std::vector<Action> planSshKeys(const SshKeysDesired& desired, const SshKeysCurr
       }
       const std::string narrowed = renderKeysFile(desired.user, kept, desired.now);
       if (narrowed != *current.content || ownDiffers) {
-        Action r = makeAction("write", file, "keys revoked before new ones are granted", idSummary(have), "fewer keys",
-                              Stage::kRevoke);
+        Action r = makeAction(Verb::kWrite, file, "keys revoked before new ones are granted", idSummary(have),
+                              "fewer keys", Stage::kRevoke);
         r.payload = narrowed;
         actions.push_back(std::move(r));
       }
     }
     const Stage stage = adds ? Stage::kGrant : (current.content ? Stage::kRevoke : Stage::kPrepare);
-    Action a = makeAction("write", file, "", current.content ? idSummary(have) : "missing", idSummary(want), stage);
+    Action a =
+        makeAction(Verb::kWrite, file, "", current.content ? idSummary(have) : "missing", idSummary(want), stage);
     for (const auto& p : parts) a.detail += (a.detail.empty() ? "" : "; ") + p;
     a.payload = content;
     actions.push_back(std::move(a));
   }
 
   for (const auto& path : current.legacyFiles) {
-    actions.push_back(makeAction("remove-legacy", path, "SFTP key file of agent 0.1, replaced by " + dir + "/<user>",
-                                 "keys file", "absent"));
+    actions.push_back(makeAction(Verb::kRemoveLegacy, path,
+                                 "SFTP key file of agent 0.1, replaced by " + dir + "/<user>", "keys file", "absent"));
   }
   if (!current.legacyFiles.empty() && current.legacyDir.type == FileType::kDirectory && current.legacyOthers.empty() &&
       current.legacyDir.uid == 0) {
     actions.push_back(
-        makeAction("remove-legacy-dir", kLegacySftpKeysDir, "empty directory of agent 0.1", "directory", "absent"));
+        makeAction(Verb::kRemoveLegacyDir, kLegacySftpKeysDir, "empty directory of agent 0.1", "directory", "absent"));
   }
   return actions;
 }
@@ -358,14 +359,14 @@ Result<std::vector<Action>> SshKeysProvider::plan(const Desired& desired, Host& 
 Status SshKeysProvider::apply(const Action& action, const Desired& desired, Host& host) {
   try {
     const std::string dir = stripTrailingSlashes(desired.host.authorizedKeysDir);
-    if (action.verb == "fix-dir") {
+    if (action.verb == Verb::kFixDir) {
       // The directory sits in root-owned /etc: setOwner/setMode refuse a symbolic link anyway.
       if (Status s = host.setOwner(dir, 0, 0); !s) return s;
       if (Status s = host.setMode(dir, kKeysDirMode); !s) return s;
       log_->warn("corrected {}: {}", dir, action.detail);
       return Status::ok();
     }
-    if (action.verb == "write") {
+    if (action.verb == Verb::kWrite) {
       if (action.object != loginKeysPath(dir, desired.host.loginUser)) {
         return Status::error(ErrorCode::kInternal, "ssh_keys: cannot apply " + action.describe());
       }
@@ -377,15 +378,15 @@ Status SshKeysProvider::apply(const Action& action, const Desired& desired, Host
       log_->info("wrote {} ({})", action.object, action.detail);
       return Status::ok();
     }
-    if (action.verb == "remove-legacy") {
+    if (action.verb == Verb::kRemoveLegacy) {
       if (Status s = host.removeFile(action.object); !s) return s;
       if (ledger_ != nullptr) {
-        if (Status s = ledger_->recordRemoved("file", action.object); !s) return s;
+        if (Status s = ledger_->recordRemoved(OwnedKind::kFile, action.object); !s) return s;
       }
       log_->info("removed {} ({})", action.object, action.detail);
       return Status::ok();
     }
-    if (action.verb == "remove-legacy-dir") {
+    if (action.verb == Verb::kRemoveLegacyDir) {
       if (Status s = host.removeDirectory(action.object); !s) {
         // Something appeared in it since plan(): it stays, and nothing is lost.
         log_->warn("{} kept: {}", action.object, s.message());

@@ -591,7 +591,7 @@ Result<DropinInput> buildDropinInput(const Desired& desired, Host& host, const L
   // An unrecorded account with the agent's signature is the agent's own (sftp_accounts adopts it).
   std::optional<std::optional<gid_t>> transferGid;
   auto foreign = [&](const std::string& name) -> Result<bool> {
-    if (ledger == nullptr || ledger->owns("user", name)) return false;
+    if (ledger == nullptr || ledger->owns(OwnedKind::kUser, name)) return false;
     auto existing = host.findUser(name);
     if (!existing) return existing.status();
     if (!existing->has_value()) return false;
@@ -767,7 +767,7 @@ Result<std::vector<Action>> SshdDropinProvider::plan(const Desired& desired, Hos
     log_->debug("plan: {} is up to date ({})", path, summarizeDropin(*in));
     return actions;
   }
-  Action a = makeProviderAction(name(), Stage::kConfine, "write", path, summarizeDropin(*in));
+  Action a = makeProviderAction(name(), Stage::kConfine, Verb::kWrite, path, summarizeDropin(*in));
   if (sameBytes && !sameMeta) a.detail += "; mode/owner to 0644 root:root";
   if (*legacy) a.detail += std::string("; removes the drop-in of agent 0.1, ") + kLegacyDropin;
   a.payload = std::move(text);
@@ -999,7 +999,7 @@ Status SshdDropinProvider::reloadAndVerify(const SshdSettings& sshd, Host& host)
 Status SshdDropinProvider::apply(const Action& action, const Desired& desired, Host& host) {
   lastReloadFailure_.clear();
   lastProbes_.clear();
-  if (action.provider != name() || action.verb != "write" || action.object != desired.sshd.dropin) {
+  if (action.provider != name() || action.verb != Verb::kWrite || action.object != desired.sshd.dropin) {
     return Status::error(ErrorCode::kInternal, "sshd: cannot apply " + action.describe());
   }
   const SshdSettings& sshd = desired.sshd;

@@ -181,7 +181,7 @@ std::string taskSummary(const std::vector<SudoTask>& tasks) {
   return ids.empty() ? s : s + ": " + idList(ids);
 }
 
-Action makeAction(const std::string& verb, Stage stage, const std::string& detail, const std::string& before,
+Action makeAction(Verb verb, Stage stage, const std::string& detail, const std::string& before,
                   const std::string& after) {
   return makeProviderAction(kProvider, stage, verb, kSudoersFile, detail, before, after);
 }
@@ -504,7 +504,7 @@ Result<SudoersCurrent> observeSudoers(Host& host, const SudoersDesired& desired,
     if (!text) return text.status();
     c.content = std::move(*text);
   }
-  c.owned = ledger != nullptr && ledger->owns("file", kSudoersFile);
+  c.owned = ledger != nullptr && ledger->owns(OwnedKind::kFile, kSudoersFile);
 
   bool any = false;
   for (const auto& t : desired.tasks) {
@@ -623,7 +623,7 @@ SudoersPlan planSudoers(const SudoersDesired& desired, const SudoersCurrent& cur
 
   if (accepted.empty()) {
     if (exists) {
-      p.actions.push_back(makeAction("remove", Stage::kRevoke, "no sudo task granted", before, "absent"));
+      p.actions.push_back(makeAction(Verb::kRemove, Stage::kRevoke, "no sudo task granted", before, "absent"));
     }
     return p;
   }
@@ -655,7 +655,7 @@ SudoersPlan planSudoers(const SudoersDesired& desired, const SudoersCurrent& cur
 
   if (added.empty()) {
     Action a =
-        makeAction("write", Stage::kRevoke, changes + "; " + taskSummary(accepted), before, taskSummary(accepted));
+        makeAction(Verb::kWrite, Stage::kRevoke, changes + "; " + taskSummary(accepted), before, taskSummary(accepted));
     a.payload = want;
     p.actions.push_back(std::move(a));
     return p;
@@ -664,18 +664,18 @@ SudoersPlan planSudoers(const SudoersDesired& desired, const SudoersCurrent& cur
     // First take away what the document no longer grants; the new tasks wait for confinement.
     if (kept.empty()) {
       p.actions.push_back(
-          makeAction("remove", Stage::kRevoke, "revoked before new tasks are granted", before, "absent"));
+          makeAction(Verb::kRemove, Stage::kRevoke, "revoked before new tasks are granted", before, "absent"));
     } else {
       const std::string narrowed = renderSudoersFile(desired.loginUser, kept, desired.root);
       if (!metaOk || narrowed != *current.content) {
-        Action r = makeAction("write", Stage::kRevoke, "revoked before new tasks are granted; " + taskSummary(kept),
-                              before, taskSummary(kept));
+        Action r = makeAction(Verb::kWrite, Stage::kRevoke,
+                              "revoked before new tasks are granted; " + taskSummary(kept), before, taskSummary(kept));
         r.payload = narrowed;
         p.actions.push_back(std::move(r));
       }
     }
   }
-  Action g = makeAction("write", Stage::kGrant, changes + "; " + taskSummary(accepted),
+  Action g = makeAction(Verb::kWrite, Stage::kGrant, changes + "; " + taskSummary(accepted),
                         kept.empty() ? "absent" : taskSummary(kept), taskSummary(accepted));
   g.payload = want;
   p.actions.push_back(std::move(g));
@@ -731,7 +731,7 @@ Status SudoersProvider::apply(const Action& action, const Desired& desired, Host
   (void)desired;
   try {
     if (action.provider != name() || action.object != kSudoersFile ||
-        (action.verb != "write" && action.verb != "remove")) {
+        (action.verb != Verb::kWrite && action.verb != Verb::kRemove)) {
       return Status::error(ErrorCode::kInternal, "sudoers: cannot apply " + action.describe());
     }
     // Whatever plan() saw, a file that is not the agent's is never touched.
@@ -742,7 +742,7 @@ Status SudoersProvider::apply(const Action& action, const Desired& desired, Host
       if (info->type == FileType::kRegular) {
         auto text = host.readFile(kSudoersFile, kMaxSudoersBytes);
         if (!text) return text.status();
-        ours = (ledger_ != nullptr && ledger_->owns("file", kSudoersFile)) || hasSudoersHeader(*text);
+        ours = (ledger_ != nullptr && ledger_->owns(OwnedKind::kFile, kSudoersFile)) || hasSudoersHeader(*text);
       }
       if (!ours) {
         return Status::error(ErrorCode::kUnsafe,
@@ -753,12 +753,12 @@ Status SudoersProvider::apply(const Action& action, const Desired& desired, Host
     auto remove = [&]() -> Status {
       if (Status s = host.removeFile(kSudoersFile); !s) return s;
       if (ledger_ != nullptr) {
-        if (Status s = ledger_->recordRemoved("file", kSudoersFile); !s) return s;
+        if (Status s = ledger_->recordRemoved(OwnedKind::kFile, kSudoersFile); !s) return s;
       }
       log_->info("removed {} ({})", kSudoersFile, action.detail);
       return Status::ok();
     };
-    if (action.verb == "remove") return remove();
+    if (action.verb == Verb::kRemove) return remove();
 
     if (Status s = check(action.payload, host); !s) {
       if (action.stage != Stage::kRevoke || !info->exists()) {
@@ -774,7 +774,7 @@ Status SudoersProvider::apply(const Action& action, const Desired& desired, Host
     }
     // Recorded first: a crash after the write never leaves a file the agent does not know.
     if (ledger_ != nullptr) {
-      if (Status s = ledger_->recordCreated("file", kSudoersFile); !s) return s;
+      if (Status s = ledger_->recordCreated(OwnedKind::kFile, kSudoersFile); !s) return s;
     }
     const std::string dir = parentOf(kSudoersFile);
     if (Status s = host.makeDirectories(dir, {kSudoersDirMode, 0, 0}); !s) return s;

@@ -34,14 +34,14 @@ std::vector<std::string> folderComponents(const std::string& root, const std::st
   return out;
 }
 
-Action makeAction(const std::string& verb, const std::string& object, const std::string& detail) {
+Action makeAction(Verb verb, const std::string& object, const std::string& detail) {
   // Correcting a folder's mode or group can only narrow who may use it; creating one grants
   // nothing by itself.
-  return makeProviderAction(kProvider, verb == "fix" ? Stage::kRevoke : Stage::kPrepare, verb, object, detail);
+  return makeProviderAction(kProvider, verb == Verb::kFix ? Stage::kRevoke : Stage::kPrepare, verb, object, detail);
 }
 
 Action mkdirAction(const std::string& path, mode_t mode, bool transferGroup, const std::string& group) {
-  Action a = makeAction("mkdir", path, octalMode(mode) + " root:" + (transferGroup ? group : std::string("root")));
+  Action a = makeAction(Verb::kMkdir, path, octalMode(mode) + " root:" + (transferGroup ? group : std::string("root")));
   a.payload = octalMode(mode) + (transferGroup ? ":group" : ":root");
   a.before = "missing";
   a.after = "directory " + a.detail;
@@ -62,7 +62,7 @@ void planTransferDirectory(const std::string& path, const FileInfo& info, const 
   if (fixes.empty()) return;
   std::string detail;
   for (const auto& f : fixes) detail += (detail.empty() ? "" : ", ") + f;
-  Action a = makeAction("fix", path, detail);
+  Action a = makeAction(Verb::kFix, path, detail);
   a.before = octalMode(info.mode) + " gid " + std::to_string(info.gid);
   a.after = octalMode(kTransferDirectoryMode) + " group " + desired.transferGroup;
   actions.push_back(a);
@@ -204,7 +204,7 @@ Status TransferTreeProvider::apply(const Action& action, const Desired& desired,
     return (*g)->gid;
   };
 
-  if (action.verb == "mkdir") {
+  if (action.verb == Verb::kMkdir) {
     const auto colon = action.payload.find(':');
     if (colon == std::string::npos)
       return Status::error(ErrorCode::kInternal, "mkdir " + action.object + ": bad action");
@@ -220,7 +220,7 @@ Status TransferTreeProvider::apply(const Action& action, const Desired& desired,
     return Status::ok();
   }
 
-  if (action.verb == "fix") {
+  if (action.verb == Verb::kFix) {
     auto gid = gidOf();
     if (!gid) return gid.status();
     auto info = host.lstat(action.object);
@@ -236,7 +236,7 @@ Status TransferTreeProvider::apply(const Action& action, const Desired& desired,
     log_->warn("corrected {}: {}", action.object, action.detail);
     return Status::ok();
   }
-  return Status::error(ErrorCode::kInternal, "transfer_tree: unknown action " + action.verb);
+  return Status::error(ErrorCode::kInternal, "transfer_tree: unknown action " + std::string(verbName(action.verb)));
 }
 
 }  // namespace pim

@@ -2,43 +2,29 @@
 
 namespace pim {
 
-bool StateLedger::owns(const std::string& kind, const std::string& name) const {
-  auto k = parseOwnedKind(kind);
-  if (!k) return false;
-  auto r = state_.isOwned(*k, name);
+bool StateLedger::owns(OwnedKind kind, const std::string& name) const {
+  auto r = state_.isOwned(kind, name);
   // An unreadable database must not make the agent take over or remove anything.
   return r.isOk() && *r;
 }
 
-std::vector<std::string> StateLedger::owned(const std::string& kind) const {
-  auto k = parseOwnedKind(kind);
-  if (!k) return {};
-  auto r = state_.owned(*k);
+std::vector<std::string> StateLedger::owned(OwnedKind kind) const {
+  auto r = state_.owned(kind);
   return r.isOk() ? *r : std::vector<std::string>{};
 }
 
-Status StateLedger::recordCreated(const std::string& kind, const std::string& name) {
-  auto k = parseOwnedKind(kind);
-  if (!k) return Status::error(ErrorCode::kInternal, "ledger: unknown kind " + kind);
-  return state_.addOwned(*k, name, generation_);
+Status StateLedger::recordCreated(OwnedKind kind, const std::string& name) {
+  return state_.addOwned(kind, name, generation_);
 }
 
-Status StateLedger::recordCreatedAll(const std::string& kind, const std::vector<std::string>& names) {
-  auto k = parseOwnedKind(kind);
-  if (!k) return Status::error(ErrorCode::kInternal, "ledger: unknown kind " + kind);
-  return state_.addOwnedAll(*k, names, generation_);
+Status StateLedger::recordCreatedAll(OwnedKind kind, const std::vector<std::string>& names) {
+  return state_.addOwnedAll(kind, names, generation_);
 }
 
-Status StateLedger::recordRemovedAll(const std::string& kind, const std::vector<std::string>& names) {
-  auto k = parseOwnedKind(kind);
-  if (!k) return Status::error(ErrorCode::kInternal, "ledger: unknown kind " + kind);
-  return state_.removeOwnedAll(*k, names);
+Status StateLedger::recordRemovedAll(OwnedKind kind, const std::vector<std::string>& names) {
+  return state_.removeOwnedAll(kind, names);
 }
 
-Status StateLedger::recordRemoved(const std::string& kind, const std::string& name) {
-  auto k = parseOwnedKind(kind);
-  if (!k) return Status::error(ErrorCode::kInternal, "ledger: unknown kind " + kind);
-  return state_.removeOwned(*k, name);
-}
+Status StateLedger::recordRemoved(OwnedKind kind, const std::string& name) { return state_.removeOwned(kind, name); }
 
 }  // namespace pim

@@ -13,13 +13,13 @@ class StateLedger : public Ledger {
   /// The generation recorded with objects created from now on (nullopt: unknown).
   void setGeneration(std::optional<int64_t> generation) { generation_ = generation; }
 
-  bool owns(const std::string& kind, const std::string& name) const override;
-  std::vector<std::string> owned(const std::string& kind) const override;
-  Status recordCreated(const std::string& kind, const std::string& name) override;
-  Status recordRemoved(const std::string& kind, const std::string& name) override;
+  bool owns(OwnedKind kind, const std::string& name) const override;
+  std::vector<std::string> owned(OwnedKind kind) const override;
+  Status recordCreated(OwnedKind kind, const std::string& name) override;
+  Status recordRemoved(OwnedKind kind, const std::string& name) override;
   /// One transaction for all of them.
-  Status recordCreatedAll(const std::string& kind, const std::vector<std::string>& names) override;
-  Status recordRemovedAll(const std::string& kind, const std::vector<std::string>& names) override;
+  Status recordCreatedAll(OwnedKind kind, const std::vector<std::string>& names) override;
+  Status recordRemovedAll(OwnedKind kind, const std::vector<std::string>& names) override;
 
  private:
   StateStore& state_;

@@ -28,14 +28,6 @@ constexpr std::array<std::pair<GenerationCause, const char*>, 6> kCauseNames = {
     {GenerationCause::kResume, "resume"},
 }};
 
-constexpr std::array<std::pair<OwnedKind, const char*>, 5> kKindNames = {{
-    {OwnedKind::kUser, "user"},
-    {OwnedKind::kGroup, "group"},
-    {OwnedKind::kMount, "mount"},
-    {OwnedKind::kFile, "file"},
-    {OwnedKind::kKey, "key"},
-}};
-
 }  // namespace
 
 const char* outcomeName(GenerationOutcome outcome) {
@@ -70,20 +62,6 @@ bool outcomeIsInForce(GenerationOutcome outcome) {
   return outcome == GenerationOutcome::kApplied || outcome == GenerationOutcome::kUnchanged ||
          outcome == GenerationOutcome::kRolledBack || outcome == GenerationOutcome::kPartial ||
          outcome == GenerationOutcome::kFailed;
-}
-
-const char* ownedKindName(OwnedKind kind) {
-  for (const auto& [value, name] : kKindNames) {
-    if (value == kind) return name;
-  }
-  return "unknown";
-}
-
-std::optional<OwnedKind> parseOwnedKind(const std::string& name) {
-  for (const auto& [value, text] : kKindNames) {
-    if (name == text) return value;
-  }
-  return std::nullopt;
 }
 
 }  // namespace pim

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "providers/core/ledger.h"  // OwnedKind
+
 namespace pim {
 
 /// What became of a generation. The names are those of `history --json`.
@@ -44,14 +46,6 @@ std::optional<GenerationCause> parseCause(const std::string& name);
 /// partial and failed (a document whose cycle began is in force: its revocations were applied, and
 /// what it grants and the host does not yet is retried, never the previous document's grants).
 bool outcomeIsInForce(GenerationOutcome outcome);
-
-/// Kinds of host objects the agent records as its own, so that it only ever removes those.
-enum class OwnedKind { kUser, kGroup, kMount, kFile, kKey };
-
-/// "user", "group", "mount", "file" or "key".
-const char* ownedKindName(OwnedKind kind);
-/// The kind named `name`, or nullopt.
-std::optional<OwnedKind> parseOwnedKind(const std::string& name);
 
 /// One change a cycle made (or plans to make) on the host. `before`/`after` are short
 /// descriptions for `show N`; the database is 0600 root but callers should still keep key

@@ -154,22 +154,22 @@ Result<Config> loadCheckedConfig(const CliOptions& o) {
 
 }  // namespace
 
-int usageError(const std::string& message) {
+ExitCode usageError(const std::string& message) {
   std::cerr << "pim-access-agent: " << message << "\n" << kUsage;
-  return kExitUsage;
+  return ExitCode::kUsage;
 }
 
 namespace {
 
 /// A usage error: as JSON too when the command line asked for --json.
-int jsonOr(const CliOptions& o, const std::string& message) {
+ExitCode jsonOr(const CliOptions& o, const std::string& message) {
   if (o.json) return fail(Status::error(ErrorCode::kInvalid, message), true);
   return usageError(message);
 }
 
 }  // namespace
 
-int runCli(int argc, char** argv) {
+ExitCode runCli(int argc, char** argv) {
   try {
     auto parsed = parseArgs(argc, argv);
     if (!parsed) return usageError(parsed.status().message());
@@ -177,7 +177,7 @@ int runCli(int argc, char** argv) {
     if (o.command.empty()) return usageError("missing command");
     if (o.command == "help") {
       std::cout << kUsage;
-      return kExitOk;
+      return ExitCode::kOk;
     }
     auto level = parseLevel(o.logLevel);
     if (!level) return usageError(level.status().message());
@@ -216,10 +216,10 @@ int runCli(int argc, char** argv) {
     return jsonOr(o, "unknown command " + c);
   } catch (const Poco::Exception& e) {
     std::cerr << "pim-access-agent: internal error: " << e.displayText() << "\n";
-    return kExitInternal;
+    return ExitCode::kInternal;
   } catch (const std::exception& e) {
     std::cerr << "pim-access-agent: internal error: " << e.what() << "\n";
-    return kExitInternal;
+    return ExitCode::kInternal;
   }
 }
 

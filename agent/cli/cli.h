@@ -6,19 +6,9 @@
 #include <string>
 #include <vector>
 
-namespace pim {
+#include "agent/cycle/exit_code.h"
 
-/// Exit codes of the contract.
-enum ExitCode : int {
-  kExitOk = 0,
-  kExitInternal = 1,
-  kExitUsage = 2,
-  kExitRejected = 3,
-  kExitUnreachable = 4,
-  kExitApplyFailed = 5,
-  kExitBusy = 6,
-  kExitTimedOut = 7,
-};
+namespace pim {
 
 /// The parsed command line; options may stand before or after the command.
 struct CliOptions {
@@ -34,10 +24,10 @@ struct CliOptions {
   std::string revision;  // wait --revision R
 };
 
-/// Prints the message and the usage on stderr; returns kExitUsage.
-int usageError(const std::string& message);
+/// Prints the message and the usage on stderr; returns ExitCode::kUsage.
+ExitCode usageError(const std::string& message);
 
 /// Runs the agent; never throws.
-int runCli(int argc, char** argv);
+ExitCode runCli(int argc, char** argv);
 
 }  // namespace pim

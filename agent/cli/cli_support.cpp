@@ -38,7 +38,7 @@ void printSkipped(std::ostream& out, const std::vector<SkippedEntry>& skipped) {
 }
 
 void printCycle(std::ostream& out, const CycleReport& r) {
-  out << "outcome: " << r.outcome;
+  out << "outcome: " << cycleOutcomeName(r.outcome);
   if (r.generation) out << ", generation " << *r.generation;
   if (r.revision) out << ", revision " << *r.revision;
   out << "\n";
@@ -55,32 +55,32 @@ Poco::Dynamic::Var optionalInt(const std::optional<int64_t>& v) {
 
 std::string optionalText(const std::optional<int64_t>& v) { return v ? std::to_string(*v) : "none"; }
 
-int exitFor(const Status& s) {
+ExitCode exitFor(const Status& s) {
   switch (s.code()) {
     case ErrorCode::kInvalid:
-      return kExitUsage;
+      return ExitCode::kUsage;
     case ErrorCode::kRejected:
-      return kExitRejected;
+      return ExitCode::kRejected;
     case ErrorCode::kBusy:
-      return kExitBusy;
+      return ExitCode::kBusy;
     case ErrorCode::kUnreachable:
-      return kExitUnreachable;
+      return ExitCode::kUnreachable;
     default:
-      return kExitInternal;
+      return ExitCode::kInternal;
   }
 }
 
-int fail(const Status& s) {
+ExitCode fail(const Status& s) {
   std::cerr << "pim-access-agent: " << s.message() << "\n";
   return exitFor(s);
 }
 
-int fail(const Status& s, bool json) {
-  const int code = fail(s);
+ExitCode fail(const Status& s, bool json) {
+  const ExitCode code = fail(s);
   if (json) {
     Poco::JSON::Object::Ptr root = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
     root->set("error", s.message());
-    root->set("exit", code);
+    root->set("exit", static_cast<int>(code));
     std::cout << toJson(root) << "\n";
   }
   return code;

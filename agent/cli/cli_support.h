@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "agent/cycle/cycle.h"
+#include "agent/cycle/exit_code.h"
 #include "providers/core/model.h"
 #include "providers/core/result.h"
 #include "providers/core/text_fields.h"  // isoTime
@@ -31,11 +32,11 @@ Poco::Dynamic::Var optionalInt(const std::optional<int64_t>& v);
 /// The value, or "none" when absent.
 std::string optionalText(const std::optional<int64_t>& v);
 /// The exit code for an error: kInvalid -> 2, kRejected -> 3, kUnreachable -> 4, else 1.
-int exitFor(const Status& s);
+ExitCode exitFor(const Status& s);
 /// Prints the error on stderr and returns exitFor(s).
-int fail(const Status& s);
+ExitCode fail(const Status& s);
 /// fail(s), and with `json` also `{"error": "<message>", "exit": N}` on stdout, so that a `--json`
 /// command prints JSON in every case.
-int fail(const Status& s, bool json);
+ExitCode fail(const Status& s, bool json);
 
 }  // namespace pim

@@ -11,20 +11,20 @@
 
 namespace pim {
 
-int cmdEnforcePerms(const Config& config) {
+ExitCode cmdEnforcePerms(const Config& config) {
   RealHost host(config.root, makeLogger("host"));
   auto group = host.findGroup(config.host.transferGroup);
   if (!group) return fail(group.status());
   if (!group->has_value()) {
     std::cerr << "pim-access-agent: enforce-perms: group " << config.host.transferGroup
               << " does not exist (run once first)\n";
-    return kExitInternal;
+    return ExitCode::kInternal;
   }
   auto info = host.lstat(config.host.transferRoot);
   if (!info) return fail(info.status());
   if (info->type != FileType::kDirectory) {
     std::cerr << "pim-access-agent: enforce-perms: " << config.host.transferRoot << " is not a directory\n";
-    return kExitInternal;
+    return ExitCode::kInternal;
   }
   PermEnforcer enforcer(host.realPath(config.host.transferRoot), (*group)->gid, makeLogger("perms"));
   PermStats stats = enforcer.fullPass();
@@ -36,7 +36,7 @@ int cmdEnforcePerms(const Config& config) {
             << "errors: " << stats.errors << "\n";
   for (const auto& line : stats.reports) std::cout << "  " << line << "\n";
   if (stats.reportsDropped > 0) std::cout << "  (" << stats.reportsDropped << " more not shown)\n";
-  return stats.errors == 0 ? kExitOk : kExitInternal;
+  return stats.errors == 0 ? ExitCode::kOk : ExitCode::kInternal;
 }
 
 }  // namespace pim

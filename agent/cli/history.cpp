@@ -15,7 +15,7 @@
 
 namespace pim {
 
-int cmdHistory(const Config& config, bool json) {
+ExitCode cmdHistory(const Config& config, bool json) {
   RealHost host(config.root, makeLogger("host"));
   auto opened = openStateForReading(config, host);
   if (!opened) return fail(opened.status(), json);
@@ -39,7 +39,7 @@ int cmdHistory(const Config& config, bool json) {
       arr->add(o);
     }
     std::cout << toJson(arr) << "\n";
-    return kExitOk;
+    return ExitCode::kOk;
   }
   std::cout << "generation  time                  revision  outcome      cause     changes\n";
   for (const auto& g : *history) {
@@ -55,7 +55,7 @@ int cmdHistory(const Config& config, bool json) {
     if (!g.error.empty()) std::cout << "  " << g.error;
     std::cout << "\n";
   }
-  return kExitOk;
+  return ExitCode::kOk;
 }
 
 }  // namespace pim

@@ -17,7 +17,7 @@ constexpr auto kReportWait = std::chrono::seconds(5);
 
 // The report of store.report_url, if set: the cycle is over, so this delays only the exit.
 void report(const Config& config, const StateStore& state, const CycleReport& r, int64_t now) {
-  if (config.store.reportUrl.empty() || r.outcome == "interrupted") return;
+  if (config.store.reportUrl.empty() || r.outcome == CycleOutcome::kInterrupted) return;
   auto reporter = Reporter::create(config, makeLogger("report"), {});
   if (!reporter) {
     std::cerr << "pim-access-agent: report: " << reporter.status().message() << "\n";
@@ -37,7 +37,7 @@ void report(const Config& config, const StateStore& state, const CycleReport& r,
 
 }  // namespace
 
-int cmdOnce(const Config& config, const FailPoints& failpoints) {
+ExitCode cmdOnce(const Config& config, const FailPoints& failpoints) {
   auto store = storeFor(config);
   if (!store) return fail(store.status());
   auto rt = openRuntime(config, true, failpoints);

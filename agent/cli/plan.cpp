@@ -25,7 +25,7 @@
 
 namespace pim {
 
-int cmdPlan(const Config& config, const CliOptions& o) {
+ExitCode cmdPlan(const Config& config, const CliOptions& o) {
   auto store = storeFor(config);
   if (!store) return fail(store.status(), o.json);
   auto fetched = (*store)->fetch("", 0);
@@ -86,7 +86,7 @@ int cmdPlan(const Config& config, const CliOptions& o) {
       Poco::JSON::Object::Ptr j = new Poco::JSON::Object(Poco::JSON_PRESERVE_KEY_ORDER);
       j->set("stage", stageName(a.stage));
       j->set("provider", a.provider);
-      j->set("action", a.verb);
+      j->set("action", std::string(verbName(a.verb)));
       j->set("object", a.object);
       j->set("detail", a.detail);
       j->set("description", a.describe());
@@ -95,7 +95,7 @@ int cmdPlan(const Config& config, const CliOptions& o) {
     root->set("actions", arr);
     root->set("skipped", skippedJson(doc->skipped));
     std::cout << toJson(root) << "\n";
-    return kExitOk;
+    return ExitCode::kOk;
   }
   std::cout << "plan for revision " << doc->revision << " (instance " << doc->instance << ") from "
             << (*store)->describe() << "\n";
@@ -105,7 +105,7 @@ int cmdPlan(const Config& config, const CliOptions& o) {
   std::cout << "actions: " << actions.size() << "\n";
   for (const auto& a : actions) std::cout << "  [" << stageName(a.stage) << "] " << a.describe() << "\n";
   printSkipped(std::cout, doc->skipped);
-  return kExitOk;
+  return ExitCode::kOk;
 }
 
 }  // namespace pim

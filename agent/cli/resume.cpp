@@ -9,13 +9,13 @@
 
 namespace pim {
 
-int cmdResume(const Config& config) {
+ExitCode cmdResume(const Config& config) {
   auto rt = openRuntime(config, false);
   if (!rt) return fail(rt.status());
   Status s = (*rt)->agent->resume();
   if (!s) return fail(s);
   std::cout << "pin lifted: the next cycle applies the store's current document\n";
-  return kExitOk;
+  return ExitCode::kOk;
 }
 
 }  // namespace pim

@@ -10,7 +10,7 @@
 
 namespace pim {
 
-int cmdRollback(const Config& config, const CliOptions& o, const FailPoints& failpoints) {
+ExitCode cmdRollback(const Config& config, const CliOptions& o, const FailPoints& failpoints) {
   if (o.args.size() != 1) return usageError("rollback needs one generation number");
   char* end = nullptr;
   long long n = std::strtoll(o.args[0].c_str(), &end, 10);
@@ -21,9 +21,9 @@ int cmdRollback(const Config& config, const CliOptions& o, const FailPoints& fai
   CycleReport r = (*rt)->agent->rollback(n);
   // Nothing applied (no such generation, no valid document in it): an error, not an outcome.
   if (!r.generation)
-    return fail(Status::error(r.exitCode == kExitUsage ? ErrorCode::kInvalid : ErrorCode::kInternal, r.error));
+    return fail(Status::error(r.exitCode == ExitCode::kUsage ? ErrorCode::kInvalid : ErrorCode::kInternal, r.error));
   printCycle(std::cout, r);
-  if (r.exitCode == 0 || r.exitCode == kExitApplyFailed) {
+  if (r.exitCode == ExitCode::kOk || r.exitCode == ExitCode::kApplyFailed) {
     std::cout << "pinned to generation " << *r.generation << " (rollback of generation " << n
               << "; resume lifts the pin)\n";
   }

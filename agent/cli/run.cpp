@@ -7,7 +7,7 @@
 
 namespace pim {
 
-int cmdRun(const std::function<Result<Config>()>& loadConfig, const FailPoints& failpoints) {
+ExitCode cmdRun(const std::function<Result<Config>()>& loadConfig, const FailPoints& failpoints) {
   SystemClock clock;
   Daemon daemon(loadConfig, clock, makeLogger("daemon"), failpoints);
   return daemon.run();

@@ -17,7 +17,7 @@
 
 namespace pim {
 
-int cmdShow(const Config& config, const std::string& arg, bool json) {
+ExitCode cmdShow(const Config& config, const std::string& arg, bool json) {
   char* end = nullptr;
   long long n = std::strtoll(arg.c_str(), &end, 10);
   if (end == arg.c_str() || *end != '\0' || n < 1) {
@@ -59,7 +59,7 @@ int cmdShow(const Config& config, const std::string& arg, bool json) {
     o->set("changes", arr);
     std::cout << toJson(o).substr(0, toJson(o).size() - 1);  // "document" appended verbatim below
     std::cout << ",\n  \"document\": " << masked << "\n}\n";
-    return kExitOk;
+    return ExitCode::kOk;
   }
   std::cout << "generation " << g.generation << "  " << isoTime(g.time) << "  " << outcomeName(g.outcome);
   if (g.revision) std::cout << "  revision " << *g.revision;
@@ -74,7 +74,7 @@ int cmdShow(const Config& config, const std::string& arg, bool json) {
     std::cout << "\n";
   }
   std::cout << "document (secrets masked):\n" << masked << "\n";
-  return kExitOk;
+  return ExitCode::kOk;
 }
 
 }  // namespace pim

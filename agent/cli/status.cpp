@@ -101,7 +101,7 @@ std::string joinSources(const std::vector<std::string>& sources) {
 
 }  // namespace
 
-int cmdStatus(const Config& config, bool json) {
+ExitCode cmdStatus(const Config& config, bool json) {
   RealHost host(config.root, makeLogger("host"));
   auto opened = openStateForReading(config, host);
   if (!opened) return fail(opened.status(), json);
@@ -261,7 +261,7 @@ int cmdStatus(const Config& config, bool json) {
     root->set("bans", bans);
     root->set("failed_logins", failedLoginsJson(*failedLogins));
     std::cout << toJson(root) << "\n";
-    return kExitOk;
+    return ExitCode::kOk;
   }
   std::cout << "generation:     " << optionalText(generation);
   if (inForce) {
@@ -331,7 +331,7 @@ int cmdStatus(const Config& config, bool json) {
   for (const auto& f : failedLogins->top) {
     std::cout << "  " << f.address << "  " << f.count << ", last " << isoTime(f.lastTime) << "\n";
   }
-  return kExitOk;
+  return ExitCode::kOk;
 }
 
 }  // namespace pim

@@ -7,9 +7,9 @@
 
 namespace pim {
 
-int cmdVersion() {
+ExitCode cmdVersion() {
   std::cout << "pim-access-agent " << PIM_VERSION << "\n";
-  return kExitOk;
+  return ExitCode::kOk;
 }
 
 }  // namespace pim

@@ -31,7 +31,7 @@ Result<int64_t> number(const std::string& option, const std::string& text, int64
 
 /// What the state says about a store document of revision >= `revision`: an exit code when the
 /// wait is over, nullopt while it goes on. `why` says it for people.
-Result<std::optional<int>> verdict(const StateStore& state, int64_t revision, std::string* why) {
+Result<std::optional<ExitCode>> verdict(const StateStore& state, int64_t revision, std::string* why) {
   auto inForce = state.lastApplied();
   if (!inForce) return inForce.status();
   if (inForce->has_value()) {
@@ -40,11 +40,11 @@ Result<std::optional<int>> verdict(const StateStore& state, int64_t revision, st
     if (fromStore && g.revision && *g.revision >= revision) {
       if (g.outcome == GenerationOutcome::kApplied || g.outcome == GenerationOutcome::kUnchanged) {
         *why = "revision " + std::to_string(*g.revision) + " applied (generation " + std::to_string(g.generation) + ")";
-        return std::optional<int>(kExitOk);
+        return std::optional<ExitCode>(ExitCode::kOk);
       }
       if (g.outcome == GenerationOutcome::kPartial || g.outcome == GenerationOutcome::kFailed) {
         *why = "revision " + std::to_string(*g.revision) + " " + outcomeName(g.outcome) + ": " + g.error;
-        return std::optional<int>(kExitApplyFailed);
+        return std::optional<ExitCode>(ExitCode::kApplyFailed);
       }
     }
   }
@@ -53,14 +53,14 @@ Result<std::optional<int>> verdict(const StateStore& state, int64_t revision, st
   if (latest->has_value() && (*latest)->outcome == GenerationOutcome::kRejected &&
       (!(*latest)->revision || *(*latest)->revision >= revision)) {
     *why = "document rejected: " + (*latest)->error;
-    return std::optional<int>(kExitRejected);
+    return std::optional<ExitCode>(ExitCode::kRejected);
   }
-  return std::optional<int>();
+  return std::optional<ExitCode>();
 }
 
 }  // namespace
 
-int cmdWait(const Config& config, const CliOptions& o) {
+ExitCode cmdWait(const Config& config, const CliOptions& o) {
   auto timeout = number("--timeout", o.timeout, kDefaultTimeoutS, 0);
   if (!timeout) return fail(timeout.status());
   auto revision = number("--revision", o.revision, 1, 1);
@@ -76,7 +76,8 @@ int cmdWait(const Config& config, const CliOptions& o) {
       auto v = verdict(**state, *revision, &why);
       if (!v) return fail(v.status());
       if (v->has_value()) {
-        (**v == kExitOk ? std::cout : std::cerr) << (**v == kExitOk ? "" : "pim-access-agent: ") << why << "\n";
+        (**v == ExitCode::kOk ? std::cout : std::cerr)
+            << (**v == ExitCode::kOk ? "" : "pim-access-agent: ") << why << "\n";
         return **v;
       }
       auto poll = (*state)->pollStatus();
@@ -88,7 +89,7 @@ int cmdWait(const Config& config, const CliOptions& o) {
   std::cerr << "pim-access-agent: wait: no store document"
             << (o.revision.empty() ? "" : " of revision " + o.revision + " or above") << " applied within " << *timeout
             << " s" << (lastPoll.empty() ? "" : "; last poll: " + lastPoll) << "\n";
-  return lastPoll.rfind("error", 0) == 0 ? kExitUnreachable : kExitTimedOut;
+  return lastPoll.rfind("error", 0) == 0 ? ExitCode::kUnreachable : ExitCode::kTimedOut;
 }
 
 }  // namespace pim

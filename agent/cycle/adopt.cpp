@@ -10,7 +10,7 @@ Result<AdoptionCounts> adoptFromHost(Host& host, const HostSettings& settings, L
   auto group = host.findGroup(settings.transferGroup);
   if (!group) return group.status();
   if (!group->has_value()) return counts;  // nothing of ours can exist without the group
-  if (Status s = ledger.recordCreated("group", settings.transferGroup); !s) return s;
+  if (Status s = ledger.recordCreated(OwnedKind::kGroup, settings.transferGroup); !s) return s;
   ++counts.groups;
 
   auto passwd = host.readFile("/etc/passwd", 64u << 20);
@@ -22,19 +22,19 @@ Result<AdoptionCounts> adoptFromHost(Host& host, const HostSettings& settings, L
   auto mounts = host.listMounts();
   if (!mounts) return mounts.status();
   for (const auto& user : users) {
-    if (Status s = ledger.recordCreated("user", user); !s) return s;
+    if (Status s = ledger.recordCreated(OwnedKind::kUser, user); !s) return s;
     ++counts.users;
     const std::string chroot = settings.chrootBase + "/" + user;
     for (const std::string& path : {chroot, chroot + "/transfer", settings.authorizedKeysDir + "/" + user}) {
       auto info = host.lstat(path);
       if (info && info->exists() && info->type != FileType::kSymlink) {
-        if (Status s = ledger.recordCreated("file", path); !s) return s;
+        if (Status s = ledger.recordCreated(OwnedKind::kFile, path); !s) return s;
         ++counts.files;
       }
     }
     for (const auto& m : *mounts) {
       if (m.target == chroot + "/transfer") {
-        if (Status s = ledger.recordCreated("mount", m.target); !s) return s;
+        if (Status s = ledger.recordCreated(OwnedKind::kMount, m.target); !s) return s;
         ++counts.mounts;
         break;
       }

@@ -11,11 +11,35 @@
 
 namespace pim {
 
+const char* cycleOutcomeName(CycleOutcome outcome) {
+  switch (outcome) {
+    case CycleOutcome::kApplied:
+      return "applied";
+    case CycleOutcome::kUnchanged:
+      return "unchanged";
+    case CycleOutcome::kRejected:
+      return "rejected";
+    case CycleOutcome::kPartial:
+      return "partial";
+    case CycleOutcome::kFailed:
+      return "failed";
+    case CycleOutcome::kRecorded:
+      return "recorded";
+    case CycleOutcome::kRolledBack:
+      return "rolled_back";
+    case CycleOutcome::kUnreachable:
+      return "unreachable";
+    case CycleOutcome::kInterrupted:
+      return "interrupted";
+  }
+  return "?";
+}
+
 std::vector<ChangeInput> toChangeInputs(const std::vector<Action>& actions) {
   std::vector<ChangeInput> out;
   out.reserve(actions.size());
   for (const auto& a : actions) {
-    out.push_back(ChangeInput{a.provider, a.object, a.verb, a.before, a.after.empty() ? a.detail : a.after});
+    out.push_back(ChangeInput{a.provider, a.object, verbName(a.verb), a.before, a.after.empty() ? a.detail : a.after});
   }
   return out;
 }
@@ -30,7 +54,29 @@ DocumentOptions documentOptions(const Config& config) {
   return o;
 }
 
-CycleReport failure(int exitCode, const std::string& outcome, const std::string& error) {
+// The outcome of a cycle that finished its generation with `outcome`.
+CycleOutcome cycleOutcomeOf(GenerationOutcome outcome) {
+  switch (outcome) {
+    case GenerationOutcome::kApplied:
+      return CycleOutcome::kApplied;
+    case GenerationOutcome::kUnchanged:
+      return CycleOutcome::kUnchanged;
+    case GenerationOutcome::kRejected:
+      return CycleOutcome::kRejected;
+    case GenerationOutcome::kPartial:
+      return CycleOutcome::kPartial;
+    case GenerationOutcome::kRolledBack:
+      return CycleOutcome::kRolledBack;
+    case GenerationOutcome::kRecorded:
+      return CycleOutcome::kRecorded;
+    case GenerationOutcome::kFailed:
+    case GenerationOutcome::kPending:  // never: a cycle reports once its generation is finished
+      break;
+  }
+  return CycleOutcome::kFailed;
+}
+
+CycleReport failure(ExitCode exitCode, CycleOutcome outcome, const std::string& error) {
   CycleReport r;
   r.exitCode = exitCode;
   r.outcome = outcome;
@@ -172,8 +218,8 @@ CycleReport Agent::reportOf(const Applied& applied, GenerationOutcome successOut
   report.changes = applied.changes;
   report.warnings = applied.warnings;
   const GenerationOutcome outcome = outcomeOf(applied, successOutcome);
-  report.outcome = outcomeName(outcome);
-  report.exitCode = applied.status ? 0 : 5;
+  report.outcome = cycleOutcomeOf(outcome);
+  report.exitCode = applied.status ? ExitCode::kOk : ExitCode::kApplyFailed;
   if (!applied.status) report.error = applied.status.message();
   return report;
 }
@@ -232,7 +278,7 @@ CycleReport Agent::applyNew(const std::string& source, const std::string& etag, 
   // From here on the journal is open and this document is in force: a crash is finished at the
   // next start.
   auto generation = state_.recordGeneration(input);
-  if (!generation) return failure(1, "failed", generation.status().message());
+  if (!generation) return failure(ExitCode::kInternal, CycleOutcome::kFailed, generation.status().message());
 
   Applied applied = applyDocument(doc, *generation, true, false, prepared);
   // Entries the providers refused (a host account the agent did not create, an unsafe folder)
@@ -245,18 +291,19 @@ CycleReport Agent::applyNew(const std::string& source, const std::string& etag, 
                                 toSkippedRecords(skipped));
   if (!s) {
     log_->error("record outcome of generation {}: {}", *generation, s.message());
-    report.outcome = "failed";
-    report.exitCode = 1;
+    report.outcome = CycleOutcome::kFailed;
+    report.exitCode = ExitCode::kInternal;
     report.error = s.message();
   }
   return report;
 }
 
 CycleReport Agent::retry(const GenerationRecord& record, const AccessDocument& doc) {
-  if (Status s = state_.beginCycle(record.generation, std::nullopt); !s) return failure(1, "failed", s.message());
+  if (Status s = state_.beginCycle(record.generation, std::nullopt); !s)
+    return failure(ExitCode::kInternal, CycleOutcome::kFailed, s.message());
   if (Status s = state_.noteRetry(record.generation, clock_.nowSeconds()); !s) {
     noteStateWrite(state_.endCycle(), "end the cycle");
-    return failure(1, "failed", s.message());
+    return failure(ExitCode::kInternal, CycleOutcome::kFailed, s.message());
   }
   Applied applied = applyDocument(doc, record.generation, true);
   const GenerationOutcome success = record.outcome == GenerationOutcome::kRolledBack || record.rollbackOf
@@ -269,8 +316,8 @@ CycleReport Agent::retry(const GenerationRecord& record, const AccessDocument& d
                                 toSkippedRecords(skipped));
   if (!s) {
     log_->error("record outcome of generation {}: {}", record.generation, s.message());
-    report.outcome = "failed";
-    report.exitCode = 1;
+    report.outcome = CycleOutcome::kFailed;
+    report.exitCode = ExitCode::kInternal;
     report.error = s.message();
   }
   return report;
@@ -313,7 +360,7 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
   const int64_t now = fetched.time;
   if (!fetched.outcome) {
     const Status& st = fetched.outcome.status();
-    if (!fetched.reachedStore) return failure(1, "failed", st.message());
+    if (!fetched.reachedStore) return failure(ExitCode::kInternal, CycleOutcome::kFailed, st.message());
     const bool rejected = st.code() == ErrorCode::kRejected;
     noteStateWrite(state_.recordPoll(now, rejected ? "rejected" : "error", st.message()), "record the poll");
     if (rejected) {
@@ -323,17 +370,19 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
       input.outcome = GenerationOutcome::kRejected;
       input.error = st.message();
       noteStateWrite(state_.recordGeneration(input).status(), "record the document");
-      return failure(3, "rejected", st.message());
+      return failure(ExitCode::kRejected, CycleOutcome::kRejected, st.message());
     }
-    CycleReport r = failure(4, "unreachable", st.message());
+    CycleReport r = failure(ExitCode::kUnreachable, CycleOutcome::kUnreachable, st.message());
     r.notRegistered = fetched.notRegistered;
     return r;
   }
 
   if (fetched.outcome->kind == FetchOutcome::Kind::kUnchanged) {
     CycleReport r = checkHost ? reapplyInForce() : inForceReport();
-    if (r.outcome != "applied" && r.outcome != "rolled_back" && r.exitCode == 0) r.outcome = "unchanged";
-    noteStateWrite(state_.recordPoll(now, r.exitCode == 0 ? "not_modified" : r.outcome, pollError(r.error)),
+    if (r.outcome != CycleOutcome::kApplied && r.outcome != CycleOutcome::kRolledBack && r.exitCode == ExitCode::kOk)
+      r.outcome = CycleOutcome::kUnchanged;
+    noteStateWrite(state_.recordPoll(now, r.exitCode == ExitCode::kOk ? "not_modified" : cycleOutcomeName(r.outcome),
+                                     pollError(r.error)),
                    "record the poll");
     return r;
   }
@@ -341,7 +390,7 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
   // A document: the newest generation (and, in decideDocument(), the pin) as they are now, under
   // the cycle lock (a rollback may have pinned while the fetch was held).
   auto newest = state_.history(1);
-  if (!newest) return failure(1, "failed", newest.status().message());
+  if (!newest) return failure(ExitCode::kInternal, CycleOutcome::kFailed, newest.status().message());
   const std::optional<GenerationRecord> latest =
       newest->empty() ? std::nullopt : std::optional<GenerationRecord>(newest->front());
 
@@ -366,7 +415,7 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
       input.skipped = toSkippedRecords(skipped);
       noteStateWrite(state_.recordGeneration(input).status(), "record the document");
     }
-    auto r = failure(3, "rejected", error);
+    auto r = failure(ExitCode::kRejected, CycleOutcome::kRejected, error);
     r.revision = revision;
     return r;
   };
@@ -378,7 +427,7 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
 
   // One decision for once, the daemon, plan and status (agent/cycle/decision.h).
   auto decision = decideDocument(state_, doc->revision, hash);
-  if (!decision) return failure(1, "failed", decision.status().message());
+  if (!decision) return failure(ExitCode::kInternal, CycleOutcome::kFailed, decision.status().message());
   if (decision->verdict == Verdict::kReplay) return rejectWhole(decision->reason, doc->revision, doc->skipped);
 
   if (decision->verdict == Verdict::kRecord) {
@@ -396,9 +445,11 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
       log_->info("{}: revision {} recorded, not applied", decision->reason, doc->revision);
     }
     CycleReport r = reapplyInForce();
-    if (r.exitCode == 0 && r.outcome != "applied" && r.outcome != "rolled_back") r.outcome = "recorded";
+    if (r.exitCode == ExitCode::kOk && r.outcome != CycleOutcome::kApplied && r.outcome != CycleOutcome::kRolledBack)
+      r.outcome = CycleOutcome::kRecorded;
     r.skipped = doc->skipped;
-    noteStateWrite(state_.recordPoll(now, r.exitCode == 0 ? "recorded" : r.outcome, pollError(r.error)),
+    noteStateWrite(state_.recordPoll(now, r.exitCode == ExitCode::kOk ? "recorded" : cycleOutcomeName(r.outcome),
+                                     pollError(r.error)),
                    "record the poll");
     return r;
   }
@@ -406,10 +457,12 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
   if (decision->verdict == Verdict::kUnchanged) {
     // A no-op for the store; the document in force still gets its drift check.
     CycleReport r = reapplyInForce();
-    if (r.exitCode == 0 && r.outcome != "applied" && r.outcome != "rolled_back") r.outcome = "unchanged";
+    if (r.exitCode == ExitCode::kOk && r.outcome != CycleOutcome::kApplied && r.outcome != CycleOutcome::kRolledBack)
+      r.outcome = CycleOutcome::kUnchanged;
     r.skipped = doc->skipped;
     r.revision = doc->revision;
-    noteStateWrite(state_.recordPoll(now, r.exitCode == 0 ? "unchanged" : r.outcome, pollError(r.error)),
+    noteStateWrite(state_.recordPoll(now, r.exitCode == ExitCode::kOk ? "unchanged" : cycleOutcomeName(r.outcome),
+                                     pollError(r.error)),
                    "record the poll");
     return r;
   }
@@ -419,17 +472,17 @@ CycleReport Agent::reconcile(const Fetched& fetched, bool checkHost) {
   const GenerationCause cause = inForce && inForce->outcome == GenerationOutcome::kRolledBack ? GenerationCause::kResume
                                                                                               : GenerationCause::kStore;
   CycleReport report = applyNew(fetched.source, etag, body, *doc, GenerationOutcome::kApplied, std::nullopt, cause);
-  noteStateWrite(state_.recordPoll(now, report.outcome, pollError(report.error)), "record the poll");
+  noteStateWrite(state_.recordPoll(now, cycleOutcomeName(report.outcome), pollError(report.error)), "record the poll");
   return report;
 }
 
 CycleReport Agent::reapplyInForce(GenerationCause cause) {
   std::optional<GenerationRecord> record;
   auto current = inForceDocument(&record);
-  if (!current) return failure(1, "failed", current.status().message());
+  if (!current) return failure(ExitCode::kInternal, CycleOutcome::kFailed, current.status().message());
   if (!current->has_value()) {
     CycleReport r;
-    r.outcome = "unchanged";
+    r.outcome = CycleOutcome::kUnchanged;
     return r;
   }
   // A generation whose cycle did not apply everything is retried as itself.
@@ -437,7 +490,7 @@ CycleReport Agent::reapplyInForce(GenerationCause cause) {
     return retry(*record, **current);
   }
   auto pending = state_.reloadPending();
-  if (!pending) return failure(1, "failed", pending.status().message());
+  if (!pending) return failure(ExitCode::kInternal, CycleOutcome::kFailed, pending.status().message());
   // The drift check's plan is the one the convergence starts from (the host is observed once).
   Prepared prepared(state_, factory_, log_, failpoints_,
                     Desired{**current, config_.host, config_.sshd, clock_.nowSeconds(), config_.network});
@@ -447,7 +500,7 @@ CycleReport Agent::reapplyInForce(GenerationCause cause) {
   r.generation = record->generation;
   r.skipped = fromSkippedRecords<SkippedEntry>(record->skipped);
   if (planned.actions.empty() && planned.failures.empty() && pending->empty()) {
-    r.outcome = "unchanged";
+    r.outcome = CycleOutcome::kUnchanged;
     return r;
   }
   // Drift, expiry or a reload still owed: apply the document in force again as a generation of
@@ -461,16 +514,16 @@ CycleReport Agent::reapplyInForce(GenerationCause cause) {
 
 CycleReport Agent::inForceReport() {
   auto pending = state_.reloadPending();
-  if (!pending) return failure(1, "failed", pending.status().message());
+  if (!pending) return failure(ExitCode::kInternal, CycleOutcome::kFailed, pending.status().message());
   auto last = state_.lastApplied();
-  if (!last) return failure(1, "failed", last.status().message());
+  if (!last) return failure(ExitCode::kInternal, CycleOutcome::kFailed, last.status().message());
   // What the host needs without looking at it: a reload still owed, or a generation to retry.
   if (!pending->empty() || (last->has_value() && ((*last)->outcome == GenerationOutcome::kPartial ||
                                                   (*last)->outcome == GenerationOutcome::kFailed))) {
     return reapplyInForce();
   }
   CycleReport r;
-  r.outcome = "unchanged";
+  r.outcome = CycleOutcome::kUnchanged;
   if (last->has_value()) {
     r.revision = (*last)->revision;
     r.generation = (*last)->generation;
@@ -481,23 +534,26 @@ CycleReport Agent::inForceReport() {
 
 CycleReport Agent::rollback(int64_t generation) {
   auto record = state_.generation(generation);
-  if (!record) return failure(1, "failed", record.status().message());
+  if (!record) return failure(ExitCode::kInternal, CycleOutcome::kFailed, record.status().message());
   if (!record->has_value())
-    return failure(2, "failed", "rollback: generation " + std::to_string(generation) + " does not exist");
+    return failure(ExitCode::kUsage, CycleOutcome::kFailed,
+                   "rollback: generation " + std::to_string(generation) + " does not exist");
   const GenerationRecord& target = **record;
   if (target.body.empty() || target.outcome == GenerationOutcome::kRejected) {
-    return failure(2, "failed", "rollback: generation " + std::to_string(generation) + " holds no valid document");
+    return failure(ExitCode::kUsage, CycleOutcome::kFailed,
+                   "rollback: generation " + std::to_string(generation) + " holds no valid document");
   }
   auto doc = parseStored(target);
   if (!doc)
-    return failure(2, "failed", "rollback: generation " + std::to_string(generation) + ": " + doc.status().message());
+    return failure(ExitCode::kUsage, CycleOutcome::kFailed,
+                   "rollback: generation " + std::to_string(generation) + ": " + doc.status().message());
   CycleReport report = applyNew("rollback of generation " + std::to_string(generation), target.etag, target.body, *doc,
                                 GenerationOutcome::kRolledBack, generation, GenerationCause::kRollback);
   // The rolled-back document is in force even when a part of it failed (that part is contained
   // and retried): the pin keeps the store's newer documents from replacing it.
-  if ((report.exitCode == 0 || report.exitCode == 5) && report.generation) {
+  if ((report.exitCode == ExitCode::kOk || report.exitCode == ExitCode::kApplyFailed) && report.generation) {
     Status s = state_.setPin(*report.generation);
-    if (!s) return failure(1, "failed", s.message());
+    if (!s) return failure(ExitCode::kInternal, CycleOutcome::kFailed, s.message());
   }
   return report;
 }

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "agent/config/config.h"
+#include "agent/cycle/exit_code.h"
 #include "agent/cycle/failpoint.h"
 #include "agent/store/store_client.h"
 #include "providers/core/clock.h"
@@ -43,11 +44,29 @@ namespace pim {
 /// Builds the providers in their order, bound to a ledger.
 using ProviderFactory = std::function<std::vector<std::unique_ptr<Provider>>(Ledger& ledger)>;
 
+/// What became of a cycle: the `outcome:` line of `once` and `rollback`, the report's "cycle", the
+/// daemon's log and STATUS= line, the last poll in the state database. The outcomes it shares
+/// with GenerationOutcome have the same names.
+enum class CycleOutcome {
+  kApplied,      // a document applied (a new one, or the one in force again after drift)
+  kUnchanged,    // nothing to change
+  kRejected,     // the document was refused; the host did not change
+  kPartial,      // applied except the parts named in the error (GenerationOutcome::kPartial)
+  kFailed,       // nothing granted (GenerationOutcome::kFailed), or an internal error
+  kRecorded,     // a document fetched while pinned, not applied
+  kRolledBack,   // `rollback N` applied generation N's document
+  kUnreachable,  // the store could not be reached or refused the request
+  kInterrupted,  // daemon only: its fetch or lock wait was called off (stopping, a fetch cancelled)
+};
+
+/// "applied", "unchanged", "rejected", "partial", "failed", "recorded", "rolled_back",
+/// "unreachable" or "interrupted".
+const char* cycleOutcomeName(CycleOutcome outcome);
+
 /// What a cycle did, for the summary on stdout and the exit code.
 struct CycleReport {
-  int exitCode = 0;     // the contract's exit code for `once`
-  std::string outcome;  // applied, unchanged, rejected, partial, failed, recorded, rolled_back,
-                        // unreachable (daemon only: interrupted)
+  ExitCode exitCode = ExitCode::kOk;  // the contract's exit code for `once`
+  CycleOutcome outcome = CycleOutcome::kUnchanged;
   std::optional<int64_t> generation;
   std::optional<int64_t> revision;
   std::vector<SkippedEntry> skipped;

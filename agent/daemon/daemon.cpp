@@ -86,8 +86,8 @@ std::string statSignature(const std::string& path) {
 
 CycleReport internalFailure(const std::string& error) {
   CycleReport r;
-  r.exitCode = 1;
-  r.outcome = "failed";
+  r.exitCode = ExitCode::kInternal;
+  r.outcome = CycleOutcome::kFailed;
   r.error = error;
   return r;
 }
@@ -125,17 +125,19 @@ std::string statusLine(const CycleReport& r) {
   const std::string revision = r.revision ? "revision " + std::to_string(*r.revision) : std::string("no document");
   const std::string generation = r.generation ? " (generation " + std::to_string(*r.generation) + ")" : "";
   switch (r.exitCode) {
-    case 0:
+    case ExitCode::kOk:
       if (!r.revision) return "no document in force yet";
-      return (r.outcome == "applied" || r.outcome == "rolled_back" ? "applied " : "in force: ") + revision + generation;
-    case 3:
+      return (r.outcome == CycleOutcome::kApplied || r.outcome == CycleOutcome::kRolledBack ? "applied "
+                                                                                            : "in force: ") +
+             revision + generation;
+    case ExitCode::kRejected:
       return "document rejected: " + cut(r.error);
-    case 4:
+    case ExitCode::kUnreachable:
       if (r.notRegistered != 0)
         return "waiting for the store (" + std::to_string(r.notRegistered) + ": not registered yet)";
       return "waiting for the store: " + cut(r.error);
-    case 5:
-      return revision + generation + " " + r.outcome + ", retried: " + cut(r.error);
+    case ExitCode::kApplyFailed:
+      return revision + generation + " " + cycleOutcomeName(r.outcome) + ", retried: " + cut(r.error);
     default:
       return "error: " + cut(r.error);
   }
@@ -195,7 +197,7 @@ Status Daemon::buildRuntime(const Config& config) {
   return Status::ok();
 }
 
-int Daemon::run() {
+ExitCode Daemon::run() {
   guardAgainstSigpipe();
   // One piece of work runs at a time (a cycle or a re-apply), so one pool thread is enough: the
   // same thread, warm, at every poll, instead of libuv's four each with a malloc arena of its
@@ -206,11 +208,11 @@ int Daemon::run() {
   auto config = loadConfig_();
   if (!config) {
     log_->error("{}", config.status().message());
-    return 2;
+    return ExitCode::kUsage;
   }
   if (config->store.source.empty()) {
     log_->error("store.source is not set (config [store] source, or --source URL)");
-    return 2;
+    return ExitCode::kUsage;
   }
   {
     // The daemon lock first: a second daemon must not even seed the sandbox or open the state.
@@ -218,12 +220,12 @@ int Daemon::run() {
     const std::string db = config->state.db;
     if (Status s = makeStateDirectory(*config, host); !s) {
       log_->error("start: {}", s.message());
-      return 1;
+      return ExitCode::kInternal;
     }
     auto lock = FileLock::acquire(host.realPath(db) + ".daemon.lock", 0);
     if (!lock) {
       log_->error("another pim-access-agent daemon is running ({})", lock.status().message());
-      return lock.status().code() == ErrorCode::kBusy ? 6 : 1;
+      return lock.status().code() == ErrorCode::kBusy ? ExitCode::kBusy : ExitCode::kInternal;
     }
     daemonLock_ = std::move(*lock);
   }
@@ -235,7 +237,7 @@ int Daemon::run() {
     uv_run(&loop_, UV_RUN_DEFAULT);  // the close callbacks of a driver made before the failure
     uv_loop_close(&loop_);
     log_->error("start: {}", s.message());
-    return s.code() == ErrorCode::kInvalid ? 2 : 1;
+    return s.code() == ErrorCode::kInvalid ? ExitCode::kUsage : ExitCode::kInternal;
   }
   // uv_signal_init can fail (the loop's signal pipe); uv_timer_init and uv_fs_event_init cannot.
   int rc = 0;
@@ -248,7 +250,7 @@ int Daemon::run() {
     rt_.reset();  // the store's transfer driver closes its handles on the loop too
     uv_run(&loop_, UV_RUN_DEFAULT);
     uv_loop_close(&loop_);
-    return 1;
+    return ExitCode::kInternal;
   }
   uv_signal_start(sigterm_.get(), onSignal, SIGTERM);
   uv_signal_start(sigint_.get(), onSignal, SIGINT);
@@ -292,7 +294,7 @@ int Daemon::run() {
   uv_run(&loop_, UV_RUN_DEFAULT);
   if (uv_loop_close(&loop_) != 0) log_->warn("event loop closed with handles still open");
   log_->info("daemon stopped");
-  return 0;
+  return ExitCode::kOk;
 }
 
 void Daemon::requestWork(Work work, GenerationCause cause) {
@@ -368,7 +370,7 @@ Result<Daemon::StateMark> Daemon::readMark() const {
   StateMark mark;
   if (!newest->empty()) {
     mark.generation = newest->front().generation;
-    mark.outcome = outcomeName(newest->front().outcome);
+    mark.outcome = newest->front().outcome;
   }
   mark.pin = *pin;
   return mark;
@@ -422,7 +424,7 @@ void Daemon::work() {
     out.retryAfter = rt.store->retryAfter();
     if (!fetched->outcome && (interrupted_.load() || abandon_.load())) {
       // Cancelled on purpose: not a store failure, nothing to record.
-      out.report.outcome = "interrupted";
+      out.report.outcome = CycleOutcome::kInterrupted;
       snapshotState(out);
       finishWork(out);
       return;
@@ -431,7 +433,7 @@ void Daemon::work() {
   auto lock = lockCycle();
   if (!lock) {
     out.report = abandon_.load() ? CycleReport{} : internalFailure(lock.status().message());
-    if (abandon_.load()) out.report.outcome = "interrupted";
+    if (abandon_.load()) out.report.outcome = CycleOutcome::kInterrupted;
     finishWork(out);
     return;
   }
@@ -465,9 +467,9 @@ void Daemon::workDone() {
   result_ = WorkResult{};
   recovered_ = out.recovered;
   const CycleReport& r = out.report;
-  const bool interrupted = r.outcome == "interrupted";
-  if (!r.changes.empty() || r.exitCode != 0) {
-    log_->info("cycle: {}{}{} ({} changes){}", r.outcome,
+  const bool interrupted = r.outcome == CycleOutcome::kInterrupted;
+  if (!r.changes.empty() || r.exitCode != ExitCode::kOk) {
+    log_->info("cycle: {}{}{} ({} changes){}", cycleOutcomeName(r.outcome),
                r.generation ? ", generation " + std::to_string(*r.generation) : "",
                r.revision ? ", revision " + std::to_string(*r.revision) : "", r.changes.size(),
                r.error.empty() ? "" : ": " + r.error);
@@ -517,7 +519,7 @@ void Daemon::workDone() {
   }
   startWatcherIfReady();
   scheduleExpiry();
-  if (finished == Work::kCycle && r.exitCode == 4 && !inForceReapplied_) {
+  if (finished == Work::kCycle && r.exitCode == ExitCode::kUnreachable && !inForceReapplied_) {
     // The store is down at start (after a reboot, say): keep the last good generation in force
     // on the host anyway, so the SFTP bind mounts, which do not survive a reboot, come back.
     inForceReapplied_ = true;
@@ -532,9 +534,11 @@ void Daemon::workDone() {
       // 404/410: the store does not know this instance yet (registration comes after boot). Not an
       // outage: asked again at the normal pace, so that access is live within one poll interval
       // (or at once, through a long poll the store holds) after the instance is registered.
-      const bool notRegistered = r.exitCode == 4 && r.notRegistered != 0;
-      if ((r.exitCode == 1 || r.exitCode == 4 || r.exitCode == 5) && !notRegistered) {
-        const auto retryAfter = r.exitCode == 4 ? out.retryAfter : std::nullopt;
+      const bool notRegistered = r.exitCode == ExitCode::kUnreachable && r.notRegistered != 0;
+      if ((r.exitCode == ExitCode::kInternal || r.exitCode == ExitCode::kUnreachable ||
+           r.exitCode == ExitCode::kApplyFailed) &&
+          !notRegistered) {
+        const auto retryAfter = r.exitCode == ExitCode::kUnreachable ? out.retryAfter : std::nullopt;
         delay = schedule_->afterFailure(retryAfter);
         log_->warn("retrying in {} ms ({} consecutive failures){}", delay.count(), schedule_->failures(),
                    retryAfter ? ", as the store asked (Retry-After: " + std::to_string(retryAfter->count()) + " s)"
@@ -543,7 +547,7 @@ void Daemon::workDone() {
         const auto took =
             std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - workStarted_);
         // A new document (applied, or recorded under a pin) is a reason to ask again at once.
-        const bool newDocument = !r.changes.empty() || r.outcome == "recorded";
+        const bool newDocument = !r.changes.empty() || r.outcome == CycleOutcome::kRecorded;
         delay = schedule_->afterSuccess(input_.waitSeconds, took, newDocument);
         if (notRegistered) {
           log_->info("the store does not know this instance yet (HTTP {}): asking again {}", r.notRegistered,
@@ -560,7 +564,7 @@ void Daemon::workDone() {
   // The worker's own nftables changes are not drift.
   if (nftWatch_) nftWatch_->drain();
   const bool tableMade = std::any_of(r.changes.begin(), r.changes.end(), [](const Action& a) {
-    return a.provider == "firewall" && (a.verb == "create" || a.verb == "rebuild");
+    return a.provider == "firewall" && (a.verb == Verb::kCreate || a.verb == Verb::kRebuild);
   });
   if (tableMade) reinstateBans();
   if (cursorDirty_) saveSshdLog();
@@ -987,13 +991,14 @@ void Daemon::checkOperatorCommands() {
   if (!mark) return;
   // Another command is in the middle of its cycle (a rollback, say): look again when it is done,
   // rather than report a half-made state (its pin is not set yet).
-  if (mark->outcome == "pending") return;
+  if (mark->outcome == GenerationOutcome::kPending) return;
   if (!busy_) stateSignature_ = sig;
   if (seenMark_ && *mark == *seenMark_) return;
   // Another process (rollback, resume, once) changed the state: a cycle now picks up the pin,
   // fetches what a lifted pin lets through, and re-arms the expiry timer.
   log_->info("state changed by another command (generation {} {}, {}): running a cycle",
-             mark->generation ? std::to_string(*mark->generation) : "none", mark->outcome,
+             mark->generation ? std::to_string(*mark->generation) : "none",
+             mark->outcome ? outcomeName(*mark->outcome) : "",
              mark->pin ? "pinned to " + std::to_string(*mark->pin) : std::string("not pinned"));
   seenMark_ = *mark;
   requestWork(Work::kCycle);

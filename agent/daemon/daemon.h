@@ -59,6 +59,7 @@
 
 #include "agent/config/config.h"
 #include "agent/cycle/cycle.h"
+#include "agent/cycle/exit_code.h"
 #include "agent/cycle/failpoint.h"
 #include "agent/cycle/file_lock.h"
 #include "agent/daemon/backoff.h"
@@ -110,10 +111,10 @@ class Daemon {
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
-  /// Runs until SIGTERM or SIGINT; returns the exit code: 0 after a clean stop, 1 when another
-  /// daemon holds the daemon lock ("another pim-access-agent daemon is running") or start-up
-  /// failed, 2 for a bad config. Call once.
-  int run();
+  /// Runs until SIGTERM or SIGINT; returns the exit code: kOk after a clean stop, kBusy when
+  /// another daemon holds the daemon lock ("another pim-access-agent daemon is running"),
+  /// kInternal when start-up failed, kUsage for a bad config. Call once.
+  ExitCode run();
 
  private:
   enum class Work { kNone, kCycle, kReapply };
@@ -122,7 +123,7 @@ class Daemon {
   /// Another process changed the state when this changes.
   struct StateMark {
     std::optional<int64_t> generation;
-    std::string outcome;
+    std::optional<GenerationOutcome> outcome;  // of that generation
     std::optional<int64_t> pin;
     bool operator==(const StateMark& o) const {
       return generation == o.generation && outcome == o.outcome && pin == o.pin;

@@ -105,16 +105,16 @@ std::string renderMetrics(const MetricsSnapshot& s) {
 
 void MetricsCounters::countCycle(const CycleReport& report, int64_t now) {
   switch (report.exitCode) {
-    case 0:
+    case ExitCode::kOk:
       lastSuccess_ = now;
       break;
-    case 3:
+    case ExitCode::kRejected:
       ++errors_["rejected"];
       break;
-    case 4:
+    case ExitCode::kUnreachable:
       ++errors_["store"];
       break;
-    case 5:
+    case ExitCode::kApplyFailed:
       ++errors_["apply"];
       break;
     default:

@@ -62,9 +62,9 @@ bool grantsInForce(const GenerationRecord& g) {
 
 bool reportDue(const CycleReport& cycle, std::optional<std::chrono::steady_clock::duration> sinceLast,
                std::chrono::seconds interval) {
-  if (cycle.outcome == "interrupted") return false;
+  if (cycle.outcome == CycleOutcome::kInterrupted) return false;
   // A store that does not know the instance yet is not a failure to report at every poll.
-  const bool failed = cycle.exitCode != 0 && cycle.notRegistered == 0;
+  const bool failed = cycle.exitCode != ExitCode::kOk && cycle.notRegistered == 0;
   if (!cycle.changes.empty() || failed) return true;
   return !sinceLast || *sinceLast >= interval;
 }
@@ -174,8 +174,8 @@ std::string reportJson(const Config& config, const ReportSnapshot& s, const std:
 
   // The cycle that made this report (a rejected document is not in force: it shows here).
   auto cycle = object();
-  cycle->set("outcome", s.cycle.outcome);
-  cycle->set("exit_code", s.cycle.exitCode);
+  cycle->set("outcome", std::string(cycleOutcomeName(s.cycle.outcome)));
+  cycle->set("exit_code", static_cast<int>(s.cycle.exitCode));
   cycle->set("generation", orNull(s.cycle.generation));
   cycle->set("revision", orNull(s.cycle.revision));
   cycle->set("changes", int64_t(s.cycle.changes.size()));

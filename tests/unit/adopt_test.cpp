@@ -28,12 +28,12 @@ TEST_CASE("adopt: after a rebuilt database, only the agent's own SFTP accounts a
   auto counts = pim::adoptFromHost(host, settings, ledger, pim::nullLogger());
   REQUIRE(counts.isOk());
   CHECK(counts->users == 1);
-  CHECK(ledger.owned("user") == std::vector<std::string>{"akeneosftp"});
-  CHECK(!ledger.owns("user", "akeneo"));
-  CHECK(ledger.owns("group", "pimtransfer"));
-  CHECK(ledger.owns("file", "/srv/pim-sftp/akeneosftp"));
-  CHECK(ledger.owns("file", "/srv/pim-sftp/akeneosftp/transfer"));
-  CHECK(ledger.owns("file", "/etc/pim-access-agent/authorized_keys/akeneosftp"));
+  CHECK(ledger.owned(pim::OwnedKind::kUser) == std::vector<std::string>{"akeneosftp"});
+  CHECK(!ledger.owns(pim::OwnedKind::kUser, "akeneo"));
+  CHECK(ledger.owns(pim::OwnedKind::kGroup, "pimtransfer"));
+  CHECK(ledger.owns(pim::OwnedKind::kFile, "/srv/pim-sftp/akeneosftp"));
+  CHECK(ledger.owns(pim::OwnedKind::kFile, "/srv/pim-sftp/akeneosftp/transfer"));
+  CHECK(ledger.owns(pim::OwnedKind::kFile, "/etc/pim-access-agent/authorized_keys/akeneosftp"));
   fs::remove_all(dir);
 }
 
@@ -48,6 +48,6 @@ TEST_CASE("adopt: a host without the transfer group adopts nothing", "[adopt]") 
   auto counts = pim::adoptFromHost(host, pim::HostSettings{}, ledger, pim::nullLogger());
   REQUIRE(counts.isOk());
   CHECK(counts->users == 0);
-  CHECK(ledger.owned("group").empty());
+  CHECK(ledger.owned(pim::OwnedKind::kGroup).empty());
   fs::remove_all(dir);
 }

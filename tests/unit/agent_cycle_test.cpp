@@ -76,18 +76,18 @@ class KeyFilesProvider : public Provider {
     std::vector<Action> actions;
     for (const auto& id : want) {
       if (std::find(present->begin(), present->end(), id) == present->end()) {
-        actions.push_back(Action{name_, "write", dir + "/" + id, "", id, "", "", Stage::kGrant, ""});
+        actions.push_back(Action{name_, Verb::kWrite, dir + "/" + id, "", id, "", "", Stage::kGrant, ""});
       }
     }
     for (const auto& id : *present) {
       if (!want.count(id))
-        actions.push_back(Action{name_, "remove", dir + "/" + id, "", "", "", "", Stage::kRevoke, ""});
+        actions.push_back(Action{name_, Verb::kRemove, dir + "/" + id, "", "", "", "", Stage::kRevoke, ""});
     }
     return actions;
   }
   Status apply(const Action& action, const Desired&, Host& host) override {
     if (calls_) calls_->push_back("apply:" + name_ + ":" + action.object.substr(action.object.rfind('/') + 1));
-    if (action.verb == "remove") return host.removeFile(action.object);
+    if (action.verb == Verb::kRemove) return host.removeFile(action.object);
     return host.writeFileAtomic(action.object, action.payload, Ownership{0644, ::geteuid(), ::getegid()});
   }
 
@@ -100,7 +100,7 @@ class ThrowingProvider : public Provider {
  public:
   std::string name() const override { return "thrower"; }
   Result<std::vector<Action>> plan(const Desired&, Host&) override {
-    return std::vector<Action>{Action{"thrower", "write", "/x", "", "", "", "", Stage::kGrant, ""}};
+    return std::vector<Action>{Action{"thrower", Verb::kWrite, "/x", "", "", "", "", Stage::kGrant, ""}};
   }
   Status apply(const Action&, const Desired&, Host&) override { throw std::runtime_error("boom"); }
 };
@@ -319,7 +319,7 @@ TEST_CASE("a cycle observes the host once: the drift check's plan is the one it 
         p.config, *p.host, *p.state, p.clock, [&](Ledger&) { return keyFileProviders(&calls); }, nullLogger());
   };
   p.publish(1, {"a", "b"});
-  REQUIRE(agent().cycle(p.store, 0).exitCode == 0);
+  REQUIRE(agent().cycle(p.store, 0).exitCode == ExitCode::kOk);
   REQUIRE(p.files("beta") == std::set<std::string>{"a", "b"});
 
   // Drift: a key file is gone. The store is unchanged, so the cycle checks the host, finds the
@@ -327,8 +327,8 @@ TEST_CASE("a cycle observes the host once: the drift check's plan is the one it 
   REQUIRE(p.host->removeFile("/out/beta/a").isOk());
   calls.clear();
   CycleReport repaired = agent().cycle(p.store, 0);
-  REQUIRE(repaired.exitCode == 0);
-  CHECK(repaired.outcome == "applied");
+  REQUIRE(repaired.exitCode == ExitCode::kOk);
+  CHECK(repaired.outcome == CycleOutcome::kApplied);
   CHECK(p.files("beta") == std::set<std::string>{"a", "b"});
   for (const char* provider : {"alpha", "beta", "gamma"}) {
     INFO(provider);
@@ -341,7 +341,7 @@ TEST_CASE("a cycle observes the host once: the drift check's plan is the one it 
   // Nothing to do: one plan each, nothing applied, no generation.
   calls.clear();
   CycleReport quiet = agent().cycle(p.store, 0);
-  CHECK(quiet.outcome == "unchanged");
+  CHECK(quiet.outcome == CycleOutcome::kUnchanged);
   CHECK(calls == std::vector<std::string>{"plan:alpha", "plan:beta", "plan:gamma"});
   CHECK(p.state->history()->size() == 2);
 }
@@ -352,8 +352,8 @@ TEST_CASE("a cycle that fails part-way keeps its revocations, is partial, and is
   {
     Agent agent = p.agent();
     CycleReport first = agent.cycle(p.store, 0);
-    REQUIRE(first.exitCode == 0);
-    REQUIRE(first.outcome == "applied");
+    REQUIRE(first.exitCode == ExitCode::kOk);
+    REQUIRE(first.outcome == CycleOutcome::kApplied);
   }
   REQUIRE(p.files("gamma") == std::set<std::string>{"a", "b"});
 
@@ -361,8 +361,8 @@ TEST_CASE("a cycle that fails part-way keeps its revocations, is partial, and is
   p.publish(2, {"a", "c", "d"});
   Agent failing = p.agent(failpoints("after-action:4"));
   CycleReport r = failing.cycle(p.store, 0);
-  CHECK(r.exitCode == 5);
-  CHECK(r.outcome == "partial");
+  CHECK(r.exitCode == ExitCode::kApplyFailed);
+  CHECK(r.outcome == CycleOutcome::kPartial);
   CHECK_THAT(r.error, Catch::Contains("failpoint after-action:4"));
   CHECK(p.files("alpha") == std::set<std::string>{"a", "c"});
   for (const char* provider : {"beta", "gamma"}) {
@@ -383,7 +383,7 @@ TEST_CASE("a cycle that fails part-way keeps its revocations, is partial, and is
   // The next cycle retries the same generation and finishes it.
   Agent healthy = p.agent();
   CycleReport again = healthy.cycle(p.store, 0);
-  CHECK(again.exitCode == 0);
+  CHECK(again.exitCode == ExitCode::kOk);
   CHECK(again.generation == generation);
   for (const char* provider : {"alpha", "beta", "gamma"}) {
     INFO(provider);
@@ -401,7 +401,7 @@ TEST_CASE("a crash in the middle of a cycle is finished at the next start, never
     DYNAMIC_SECTION(spec) {
       InProcess p;
       p.publish(1, {"a", "b"});
-      REQUIRE(p.agent().cycle(p.store, 0).exitCode == 0);
+      REQUIRE(p.agent().cycle(p.store, 0).exitCode == ExitCode::kOk);
       p.publish(2, {"c"});
       {
         Agent crashing = p.agent(failpoints(spec));
@@ -436,7 +436,7 @@ TEST_CASE("a crash in the middle of a cycle is finished at the next start, never
       // Recovery is idempotent, and the next cycle has nothing left to do.
       REQUIRE(next.recoverInterruptedCycle().isOk());
       CycleReport after = next.cycle(p.store, 0);
-      CHECK(after.exitCode == 0);
+      CHECK(after.exitCode == ExitCode::kOk);
       CHECK(after.changes.empty());
     }
   }
@@ -445,7 +445,7 @@ TEST_CASE("a crash in the middle of a cycle is finished at the next start, never
 TEST_CASE("a cycle whose recovery keeps crashing is recovered with its revocations only", "[cycle]") {
   InProcess p;
   p.publish(1, {"a", "b"});
-  REQUIRE(p.agent().cycle(p.store, 0).exitCode == 0);
+  REQUIRE(p.agent().cycle(p.store, 0).exitCode == ExitCode::kOk);
   p.publish(2, {"a", "c"});
   {
     Agent crashing = p.agent(failpoints("crash-before-provider:alpha"));
@@ -466,7 +466,7 @@ TEST_CASE("a cycle whose recovery keeps crashing is recovered with its revocatio
   CHECK_THAT((*latest)->error, Catch::Contains("revocations only"));
   CHECK_FALSE(p.state->pendingCycle()->has_value());
   // The next cycle retries it in full.
-  CHECK(next.cycle(p.store, 0).exitCode == 0);
+  CHECK(next.cycle(p.store, 0).exitCode == ExitCode::kOk);
   CHECK(p.files("gamma") == std::set<std::string>{"a", "c"});
 }
 
@@ -506,7 +506,7 @@ TEST_CASE("a state database write that fails is logged, never silently dropped",
   Agent agent(
       p.config, *p.host, *p.state, p.clock, [](Ledger&) { return keyFileProviders(nullptr); }, log, FailPoints{});
   CycleReport r = agent.cycle(p.store, 0);
-  CHECK(r.exitCode == 3);  // the document is still rejected
+  CHECK(r.exitCode == ExitCode::kRejected);  // the document is still rejected
   INFO(logged.str());
   CHECK_THAT(logged.str(), Catch::Contains("state database: record the poll:"));
   CHECK_THAT(logged.str(), Catch::Contains("state database: record the document:"));

@@ -543,15 +543,15 @@ TEST_CASE("daemon: history says why each generation exists: drift, boot, and one
 
 TEST_CASE("daemon: the STATUS= line says where the agent stands", "[daemon]") {
   CycleReport r;
-  r.outcome = "applied";
+  r.outcome = CycleOutcome::kApplied;
   r.revision = 42;
   r.generation = 7;
   CHECK(statusLine(r) == "applied revision 42 (generation 7)");
-  r.outcome = "unchanged";
+  r.outcome = CycleOutcome::kUnchanged;
   CHECK(statusLine(r) == "in force: revision 42 (generation 7)");
   CycleReport down;
-  down.exitCode = 4;
-  down.outcome = "unreachable";
+  down.exitCode = ExitCode::kUnreachable;
+  down.outcome = CycleOutcome::kUnreachable;
   down.error = "store https://portal.example/x: HTTP 404 Not Found";
   CHECK(statusLine(down) == "waiting for the store: store https://portal.example/x: HTTP 404 Not Found");
   down.notRegistered = 404;  // the store does not know the instance yet: not an outage
@@ -559,8 +559,8 @@ TEST_CASE("daemon: the STATUS= line says where the agent stands", "[daemon]") {
   down.notRegistered = 410;
   CHECK(statusLine(down) == "waiting for the store (410: not registered yet)");
   CycleReport partial = r;
-  partial.exitCode = 5;
-  partial.outcome = "partial";
+  partial.exitCode = ExitCode::kApplyFailed;
+  partial.outcome = CycleOutcome::kPartial;
   partial.error = std::string(400, 'x');
   CHECK(statusLine(partial).size() < 220);
   CHECK_THAT(statusLine(partial), Catch::StartsWith("revision 42 (generation 7) partial, retried: xxx"));
@@ -852,7 +852,7 @@ class ForkedDaemon {
     int code = 0;
     {
       Daemon daemon(loadConfig, clock, makeLogger("daemon"));
-      code = daemon.run();
+      code = static_cast<int>(daemon.run());
     }
     ::_exit(code);
   }

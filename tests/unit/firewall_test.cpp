@@ -47,7 +47,7 @@ FirewallCurrent intact(const AddressRanges& allowed, const SshGate& gate = port2
 
 std::vector<std::string> verbs(const std::vector<Action>& actions) {
   std::vector<std::string> out;
-  for (const auto& a : actions) out.push_back(a.verb + "@" + stageName(a.stage));
+  for (const auto& a : actions) out.push_back(std::string(verbName(a.verb)) + "@" + stageName(a.stage));
   return out;
 }
 

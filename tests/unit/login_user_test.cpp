@@ -19,7 +19,7 @@ namespace {
 
 std::vector<std::string> verbsAndObjects(const std::vector<Action>& actions) {
   std::vector<std::string> out;
-  for (const auto& a : actions) out.push_back(a.verb + " " + a.object);
+  for (const auto& a : actions) out.push_back(std::string(verbName(a.verb)) + " " + a.object);
   return out;
 }
 
@@ -136,8 +136,8 @@ TEST_CASE("login_user creates the group and a key-only user with a home", "[logi
   REQUIRE(::lstat(u.sb.path("/home/akeneo").c_str(), &st) == 0);
   CHECK(S_ISDIR(st.st_mode));
   CHECK(st.st_uid == (*user)->uid);
-  CHECK(u.ledger.owns("user", "akeneo"));
-  CHECK(u.ledger.owns("group", "pimtransfer"));
+  CHECK(u.ledger.owns(OwnedKind::kUser, "akeneo"));
+  CHECK(u.ledger.owns(OwnedKind::kGroup, "pimtransfer"));
 
   auto d = u.desired();
   auto again = u.provider.plan(d, u.host);
@@ -187,8 +187,8 @@ TEST_CASE("login_user manages an existing user's group membership only", "[login
   AccountsTool tool(u.host);
   CHECK((*tool.shadow("akeneo"))->password == "$6$salt$operatorhash");
   CHECK((*u.host.findUser("akeneo"))->shell == "/bin/zsh");
-  CHECK_FALSE(u.ledger.owns("user", "akeneo"));
-  CHECK_FALSE(u.ledger.owns("group", "pimtransfer"));
+  CHECK_FALSE(u.ledger.owns(OwnedKind::kUser, "akeneo"));
+  CHECK_FALSE(u.ledger.owns(OwnedKind::kGroup, "pimtransfer"));
   CHECK(u.provider.plan(d, u.host)->empty());
 }
 

@@ -126,7 +126,7 @@ int64_t recordApplied(pim::StateStore& store, const std::string& body) {
   return *n;
 }
 
-pim::CycleReport reportWithExit(int code) {
+pim::CycleReport reportWithExit(pim::ExitCode code) {
   pim::CycleReport r;
   r.exitCode = code;
   return r;
@@ -202,12 +202,12 @@ TEST_CASE("metrics: label values are escaped and unknown error kinds are kept", 
 TEST_CASE("metrics: counters map exit codes to error kinds and keep the last success", "[metrics]") {
   MetricsCounters c;
   CHECK_FALSE(c.lastSuccessTime().has_value());
-  c.countCycle(reportWithExit(0), 100);
-  c.countCycle(reportWithExit(4), 110);
-  c.countCycle(reportWithExit(4), 120);
-  c.countCycle(reportWithExit(3), 130);
-  c.countCycle(reportWithExit(5), 140);
-  c.countCycle(reportWithExit(1), 150);
+  c.countCycle(reportWithExit(pim::ExitCode::kOk), 100);
+  c.countCycle(reportWithExit(pim::ExitCode::kUnreachable), 110);
+  c.countCycle(reportWithExit(pim::ExitCode::kUnreachable), 120);
+  c.countCycle(reportWithExit(pim::ExitCode::kRejected), 130);
+  c.countCycle(reportWithExit(pim::ExitCode::kApplyFailed), 140);
+  c.countCycle(reportWithExit(pim::ExitCode::kInternal), 150);
   REQUIRE(c.lastSuccessTime() == std::optional<int64_t>(100));
   auto errors = c.errors();
   CHECK(errors["store"] == 2);
@@ -215,7 +215,7 @@ TEST_CASE("metrics: counters map exit codes to error kinds and keep the last suc
   CHECK(errors["apply"] == 1);
   CHECK(errors["internal"] == 1);
   CHECK(errors["permissions"] == 0);
-  c.countCycle(reportWithExit(0), 160);
+  c.countCycle(reportWithExit(pim::ExitCode::kOk), 160);
   CHECK(c.lastSuccessTime() == std::optional<int64_t>(160));
 
   c.setPermissionTotals(10, 2);
@@ -254,8 +254,8 @@ TEST_CASE("metrics: snapshot counts the document in force", "[metrics]") {
   const int64_t generation = recordApplied(*store, kDocument);
   pim::Config config;
   MetricsCounters counters;
-  counters.countCycle(reportWithExit(0), kNow);
-  counters.countCycle(reportWithExit(4), kNow + 30);
+  counters.countCycle(reportWithExit(pim::ExitCode::kOk), kNow);
+  counters.countCycle(reportWithExit(pim::ExitCode::kUnreachable), kNow + 30);
   counters.setPermissionTotals(6, 1);
 
   auto s = pim::snapshotFrom(*store, config, counters, kNow + 30);
@@ -377,7 +377,7 @@ TEST_CASE("metrics: publishMetrics writes the configured file, and nothing when 
   auto store = openStore(dir);
   recordApplied(*store, kDocument);
   MetricsCounters counters;
-  counters.countCycle(reportWithExit(0), kNow);
+  counters.countCycle(reportWithExit(pim::ExitCode::kOk), kNow);
 
   pim::Config off;
   REQUIRE(pim::publishMetrics(host, *store, off, counters, kNow).isOk());

@@ -165,29 +165,29 @@ TEST_CASE("report: the login audit's last logins and failed logins", "[report][a
 
 TEST_CASE("report: due after a change or a failure, else once per interval", "[report]") {
   CycleReport unchanged;
-  unchanged.outcome = "unchanged";
+  unchanged.outcome = CycleOutcome::kUnchanged;
   const seconds interval(300);
   CHECK(reportDue(unchanged, std::nullopt, interval));  // the first one
   CHECK_FALSE(reportDue(unchanged, seconds(10), interval));
   CHECK(reportDue(unchanged, seconds(300), interval));
   CycleReport applied = unchanged;
-  applied.outcome = "applied";
+  applied.outcome = CycleOutcome::kApplied;
   applied.changes.push_back(Action{});
   CHECK(reportDue(applied, seconds(1), interval));
   CycleReport rejected;
-  rejected.exitCode = 3;
-  rejected.outcome = "rejected";
+  rejected.exitCode = ExitCode::kRejected;
+  rejected.outcome = CycleOutcome::kRejected;
   CHECK(reportDue(rejected, seconds(1), interval));
   CycleReport notRegistered;
-  notRegistered.exitCode = 4;
-  notRegistered.outcome = "unreachable";
+  notRegistered.exitCode = ExitCode::kUnreachable;
+  notRegistered.outcome = CycleOutcome::kUnreachable;
   notRegistered.notRegistered = 404;
   CHECK_FALSE(reportDue(notRegistered, seconds(1), interval));
   CycleReport down = notRegistered;
   down.notRegistered = 0;
   CHECK(reportDue(down, seconds(1), interval));
   CycleReport interrupted;
-  interrupted.outcome = "interrupted";
+  interrupted.outcome = CycleOutcome::kInterrupted;
   CHECK_FALSE(reportDue(interrupted, std::nullopt, interval));
 }
 

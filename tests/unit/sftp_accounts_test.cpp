@@ -40,7 +40,7 @@ SftpAccount account(const std::string& id, const std::string& user, std::optiona
 
 std::vector<std::string> verbsAndObjects(const std::vector<Action>& actions) {
   std::vector<std::string> out;
-  for (const auto& a : actions) out.push_back(a.verb + " " + a.object);
+  for (const auto& a : actions) out.push_back(std::string(verbName(a.verb)) + " " + a.object);
   return out;
 }
 
@@ -383,7 +383,7 @@ TEST_CASE("sftp_accounts against real useradd in a --prefix sandbox", "[sftp_acc
     CHECK((*user)->gid == (*s.host.findGroup("pimtransfer"))->gid);
     CHECK((*user)->uid < 1000);  // system range
     CHECK_FALSE(fs::exists(s.sb.path("/transfer")));
-    CHECK(s.ledger.owns("user", "akeneosftp"));
+    CHECK(s.ledger.owns(OwnedKind::kUser, "akeneosftp"));
 
     CHECK(s.shadow("akeneosftp")->password == kHashA);
     CHECK_FALSE(s.shadow("akeneosftp")->expireDays);
@@ -408,7 +408,7 @@ TEST_CASE("sftp_accounts against real useradd in a --prefix sandbox", "[sftp_acc
     // The user the agent did not create: refused, reported, byte-identical.
     CHECK(lineOf(s.sb.read("/etc/passwd"), "legacysftp") == passwdBefore);
     CHECK(lineOf(s.sb.read("/etc/shadow"), "legacysftp") == shadowBefore);
-    CHECK_FALSE(s.ledger.owns("user", "legacysftp"));
+    CHECK_FALSE(s.ledger.owns(OwnedKind::kUser, "legacysftp"));
     REQUIRE(s.provider.skipped().size() == 1);
     CHECK(s.provider.skipped()[0].id == "sftp-legacy");
 
@@ -429,7 +429,7 @@ TEST_CASE("sftp_accounts against real useradd in a --prefix sandbox", "[sftp_acc
     REQUIRE(s.reconcile().isOk());
     // akeneosftp gone from the document: removed, its files stay.
     CHECK_FALSE(s.host.findUser("akeneosftp")->has_value());
-    CHECK_FALSE(s.ledger.owns("user", "akeneosftp"));
+    CHECK_FALSE(s.ledger.owns(OwnedKind::kUser, "akeneosftp"));
     CHECK(s.sb.read("/data/transfer/pim/report.csv") == "kept\n");
     // keyonly deactivated: locked, expired, no keys file.
     CHECK(s.shadow("keyonly")->password.rfind("!", 0) == 0);
@@ -521,7 +521,7 @@ TEST_CASE("sftp_accounts: a batch of new accounts is recorded first, made in one
   REQUIRE(prepare.size() == 5);
   auto failed = s.provider.applyAll(prepare, d, s.host);
   for (const auto& st : failed) CHECK_THAT(st.message(), Catch::Contains("group pimtransfer does not exist"));
-  CHECK(s.ledger.owned("user").empty());
+  CHECK(s.ledger.owned(OwnedKind::kUser).empty());
 
   REQUIRE(tool.addGroup("pimtransfer").isOk());
   prepare = byStage(Stage::kPrepare);
@@ -530,7 +530,7 @@ TEST_CASE("sftp_accounts: a batch of new accounts is recorded first, made in one
   for (const auto& st : made) CHECK(st.isOk());
   CHECK(s.host.runs["systemd-sysusers"] == 1);  // one run for the five, no useradd
   CHECK(s.host.runs["useradd"] == 0);
-  CHECK(s.ledger.owned("user").size() == 5);
+  CHECK(s.ledger.owned(OwnedKind::kUser).size() == 5);
   CHECK(s.shadow("batch3")->passwordLocked());  // made locked: no grant before its stage
 
   auto grant = byStage(Stage::kGrant);
@@ -540,7 +540,7 @@ TEST_CASE("sftp_accounts: a batch of new accounts is recorded first, made in one
   for (const auto& st : granted) CHECK(st.isOk());
   CHECK(s.host.runs["chpasswd"] == 1);
   for (int i = 0; i < 5; ++i) CHECK(s.shadow("batch" + std::to_string(i))->password == kHashA);
-  CHECK(s.ledger.owns("file", kKeysDir + "/batch0"));
+  CHECK(s.ledger.owns(OwnedKind::kFile, kKeysDir + "/batch0"));
   auto again = s.plan();
   REQUIRE(again.isOk());
   CHECK(again->empty());

@@ -27,7 +27,7 @@ namespace {
 
 std::vector<std::string> verbsAndObjects(const std::vector<Action>& actions) {
   std::vector<std::string> out;
-  for (const auto& a : actions) out.push_back(a.verb + " " + a.object);
+  for (const auto& a : actions) out.push_back(std::string(verbName(a.verb)) + " " + a.object);
   return out;
 }
 
@@ -328,7 +328,7 @@ TEST_CASE("sftp_chroots: bind mounts in a private mount namespace", "[sftp_chroo
           const std::string target = chrootTransferPath(hs.chrootBase, u);
           t.check(rootDir0755(chrootPath(hs.chrootBase, u)), std::string("chroot of ") + u + " is root:root 0755");
           t.check(mountedAt(host, target), target + " listed in mountinfo");
-          t.check(ledger.owns("mount", target), target + " recorded in the ledger");
+          t.check(ledger.owns(OwnedKind::kMount, target), target + " recorded in the ledger");
         }
         t.check(rootDir0755("/srv/pim-sftp"), "chroot base is root:root 0755");
         sb.write("/data/transfer/pim/imports/erp/hello.csv", "hello\n");
@@ -391,7 +391,7 @@ TEST_CASE("sftp_chroots: bind mounts in a private mount namespace", "[sftp_chroo
         for (const char* u : {"akeneosftp", "akeneosftp2"}) {
           const std::string target = chrootTransferPath(hs.chrootBase, u);
           t.check(!mountedAt(host, target), target + " unmounted");
-          t.check(!ledger.owns("mount", target), target + " dropped from the ledger");
+          t.check(!ledger.owns(OwnedKind::kMount, target), target + " dropped from the ledger");
           t.check(!fs::exists(sb.path(chrootPath(hs.chrootBase, u))), std::string("chroot of ") + u + " removed");
         }
         t.check(mountedAt(host, chrootTransferPath(hs.chrootBase, "akeneosftp3")),

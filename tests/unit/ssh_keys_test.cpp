@@ -143,7 +143,7 @@ TEST_CASE("planSshKeys table", "[ssh_keys]") {
     CHECK(actions[0].stage == Stage::kRevoke);
     CHECK(actions[0].payload == file({line("k-alice", kAlice)}));
     CHECK(actions[1].stage == Stage::kGrant);
-    CHECK(actions[1].verb == "write");
+    CHECK(actions[1].verb == Verb::kWrite);
     CHECK(actions[1].object == kFile);
     CHECK(actions[1].describe() == "ssh_keys: write " + kFile + " (+k-carol -k-bob; 2 keys)");
     CHECK(actions[1].payload == file({line("k-alice", kAlice), line("k-carol", kErin)}));
@@ -171,7 +171,7 @@ TEST_CASE("planSshKeys table", "[ssh_keys]") {
     SshKeysCurrent c;
     auto actions = planSshKeys(want, c);
     REQUIRE(actions.size() == 1);
-    CHECK(actions[0].verb == "write");
+    CHECK(actions[0].verb == Verb::kWrite);
     CHECK(actions[0].stage == Stage::kGrant);
     CHECK_THAT(actions[0].detail, Catch::Contains("new file"));
     CHECK(actions[0].before == "missing");
@@ -198,11 +198,11 @@ TEST_CASE("planSshKeys table", "[ssh_keys]") {
     c.keysFile.uid = 1000;
     auto actions = planSshKeys(want, c);
     REQUIRE(actions.size() == 2);
-    CHECK(actions[0].verb == "fix-dir");
+    CHECK(actions[0].verb == Verb::kFixDir);
     CHECK(actions[0].stage == Stage::kRevoke);
     CHECK(actions[1].stage == Stage::kRevoke);
     CHECK_THAT(actions[0].detail, Catch::Contains("mode 0775 owner 0:0 -> 0755 root:root"));
-    CHECK(actions[1].verb == "write");
+    CHECK(actions[1].verb == Verb::kWrite);
     CHECK_THAT(actions[1].detail, Catch::Contains("mode 0666 -> 0644") && Catch::Contains("owner 1000:0 -> 0:0"));
   }
   SECTION("ten thousand changes are summarised, not listed") {
@@ -218,16 +218,16 @@ TEST_CASE("planSshKeys table", "[ssh_keys]") {
     c.legacyDir = rootDir();
     auto actions = planSshKeys(want, c);
     REQUIRE(actions.size() == 3);
-    CHECK(actions[0].verb == "remove-legacy");
+    CHECK(actions[0].verb == Verb::kRemoveLegacy);
     CHECK(actions[0].stage == Stage::kRevoke);
     CHECK(actions[0].object == "/etc/pim-access-agent/sftp-keys/a");
     CHECK(actions[1].object == "/etc/pim-access-agent/sftp-keys/b");
-    CHECK(actions[2].verb == "remove-legacy-dir");
+    CHECK(actions[2].verb == Verb::kRemoveLegacyDir);
     CHECK(actions[2].object == "/etc/pim-access-agent/sftp-keys");
     c.legacyOthers = {"operator-notes"};
     auto kept = planSshKeys(want, c);
     REQUIRE(kept.size() == 2);
-    CHECK(kept[1].verb == "remove-legacy");
+    CHECK(kept[1].verb == Verb::kRemoveLegacy);
   }
 }
 
@@ -414,7 +414,8 @@ TEST_CASE("ssh_keys refuses a keys file or directory that is not what it should 
     auto plan = k.provider.plan(d, k.host);
     REQUIRE_FALSE(plan.isOk());
     CHECK(plan.status().code() == ErrorCode::kUnsafe);
-    Action write{"ssh_keys", "write", kFile, "", renderKeysFile("akeneo", k.doc.keys, kNow), "", "", Stage::kGrant, ""};
+    Action write{"ssh_keys", Verb::kWrite, kFile,         "", renderKeysFile("akeneo", k.doc.keys, kNow),
+                 "",         "",           Stage::kGrant, ""};
     CHECK_FALSE(k.provider.apply(write, d, k.host).isOk());
     CHECK(k.dirNames("/etc/elsewhere").empty());
   }
@@ -428,15 +429,15 @@ TEST_CASE("ssh_keys: on upgrade, 0.1's SFTP key files the agent owns are removed
   k.sb.write(legacy + "/acme", "restrict ssh-ed25519 AAAA pim:sftp-acme\n", 0644);
   k.sb.write(legacy + "/beta", "restrict ssh-ed25519 AAAA pim:sftp-beta\n", 0644);
   ::chmod(k.sb.path(legacy).c_str(), 0755);
-  REQUIRE(k.ledger.recordCreated("file", legacy + "/acme").isOk());
-  REQUIRE(k.ledger.recordCreated("file", legacy + "/beta").isOk());
-  REQUIRE(k.ledger.recordCreated("file", legacy + "/gone").isOk());  // removed by hand meanwhile
-  REQUIRE(k.ledger.recordCreated("file", "/srv/pim-sftp/acme").isOk());
+  REQUIRE(k.ledger.recordCreated(OwnedKind::kFile, legacy + "/acme").isOk());
+  REQUIRE(k.ledger.recordCreated(OwnedKind::kFile, legacy + "/beta").isOk());
+  REQUIRE(k.ledger.recordCreated(OwnedKind::kFile, legacy + "/gone").isOk());  // removed by hand meanwhile
+  REQUIRE(k.ledger.recordCreated(OwnedKind::kFile, "/srv/pim-sftp/acme").isOk());
 
   SECTION("nothing else in the directory: all gone") {
     REQUIRE(k.reconcile().isOk());
     CHECK_FALSE(fs::exists(k.sb.path(legacy)));
-    CHECK(k.ledger.owned("file") == std::vector<std::string>{"/srv/pim-sftp/acme"});
+    CHECK(k.ledger.owned(OwnedKind::kFile) == std::vector<std::string>{"/srv/pim-sftp/acme"});
     CHECK(k.planEmpty());
   }
   SECTION("a file the agent did not write keeps the directory") {

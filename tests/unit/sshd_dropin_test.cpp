@@ -782,7 +782,7 @@ TEST_CASE("sshd provider: plan, apply with sshd -t, then a fresh plan is empty",
   REQUIRE(actions.size() == 1);
   const auto& a = actions[0];
   CHECK(a.provider == "sshd");
-  CHECK(a.verb == "write");
+  CHECK(a.verb == pim::Verb::kWrite);
   CHECK(a.object == f.ss.dropin);
   CHECK(a.detail == "login user akeneo; 1 sftp account; 1 source from the document + 2 always_allow; root login no");
   CHECK(a.before == "absent");
@@ -940,7 +940,7 @@ TEST_CASE("sshd: an existing host account the agent did not create gets a deny-a
   pim::SshdSettings ss;
   pim::Desired desired{doc, hs, ss, 0};
   pim::MemoryLedger ledger;
-  REQUIRE(ledger.recordCreated("user", "akeneosftp").isOk());
+  REQUIRE(ledger.recordCreated(pim::OwnedKind::kUser, "akeneosftp").isOk());
 
   auto filtered = pim::buildDropinInput(desired, host, &ledger);
   REQUIRE(filtered.isOk());

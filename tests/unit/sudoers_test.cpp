@@ -85,7 +85,7 @@ std::string readText(const std::string& path) {
 
 std::vector<std::string> verbs(const SudoersPlan& p) {
   std::vector<std::string> out;
-  for (const auto& a : p.actions) out.push_back(std::string(stageName(a.stage)) + " " + a.verb);
+  for (const auto& a : p.actions) out.push_back(std::string(stageName(a.stage)) + " " + verbName(a.verb));
   return out;
 }
 
@@ -446,7 +446,7 @@ TEST_CASE("sudoers: apply on a sandbox with the real visudo; a fresh plan is the
   REQUIRE(::stat(sb.live().c_str(), &st) == 0);
   CHECK((st.st_mode & 07777) == 0440);
   CHECK(st.st_uid == 0);
-  CHECK(ledger.owns("file", kSudoersFile));
+  CHECK(ledger.owns(OwnedKind::kFile, kSudoersFile));
   const std::string text = readText(sb.live());
   CHECK(text.find("NOPASSWD: " + sb.root + "/usr/bin/systemctl restart pim-worker@\\*.service\n") != std::string::npos);
   CHECK(text.find("bash") == std::string::npos);
@@ -478,7 +478,7 @@ TEST_CASE("sudoers: apply on a sandbox with the real visudo; a fresh plan is the
   REQUIRE(plan->size() == 1);
   REQUIRE(provider.apply(plan->front(), desiredOf(doc), sb.host));
   CHECK_FALSE(fs::exists(sb.live()));
-  CHECK_FALSE(ledger.owns("file", kSudoersFile));
+  CHECK_FALSE(ledger.owns(OwnedKind::kFile, kSudoersFile));
 }
 
 TEST_CASE("sudoers: a candidate visudo refuses is never installed; a refused revocation removes the file",
@@ -537,7 +537,7 @@ TEST_CASE("sudoers: a file someone else wrote is never touched", "[sudoers][appl
   // Even an action planned earlier is refused at apply time.
   Action a;
   a.provider = "sudoers";
-  a.verb = "remove";
+  a.verb = Verb::kRemove;
   a.object = kSudoersFile;
   a.stage = Stage::kRevoke;
   CHECK(provider.apply(a, desiredOf(doc), sb.host).code() == ErrorCode::kUnsafe);

@@ -18,7 +18,7 @@ namespace {
 
 std::vector<std::string> verbsAndObjects(const std::vector<Action>& actions) {
   std::vector<std::string> out;
-  for (const auto& a : actions) out.push_back(a.verb + " " + a.object);
+  for (const auto& a : actions) out.push_back(std::string(verbName(a.verb)) + " " + a.object);
   return out;
 }
 
